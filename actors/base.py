@@ -1,0 +1,228 @@
+"""Provide the base of every socket-serving actor: poll requests in pieces, answer, heartbeat."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+
+from actors.ports import Clock, CommandServer, EventPublisher, Ports, ProcessProbe, RequestClient
+from messages import (
+    ActorStarted,
+    ActorStopped,
+    ErrorRaised,
+    Heartbeat,
+    Incoming,
+    Message,
+    Ping,
+    Pong,
+    RequestFailed,
+    Stop,
+    Stopped,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Poll:
+    """Internal: take the next batch of requests from the server socket."""
+
+
+@dataclass(slots=True)
+class ActorExit:
+    """How an actor ended, for the process that hosts it."""
+
+    event: threading.Event = dataclasses.field(default_factory=threading.Event)
+    reason: str = ""
+    crashed: bool = False
+
+
+class ServiceActor(pykka.ThreadingActor):
+    """An actor that owns a command server, served in pieces so stop and status are always answered.
+
+    Subclasses implement `handle(peer, message)`; requests that fail to decode are answered with
+    RequestFailed and published as ErrorRaised, and the actor goes on.
+    """
+
+    name = "actor"
+    idle_poll_ms = 50
+
+    def __init__(
+        self,
+        *,
+        ports: Ports,
+        clock: Clock,
+        probe: ProcessProbe,
+        heartbeat_s: float = 1.0,
+        exit_note: ActorExit | None = None,
+    ) -> None:
+        super().__init__()
+        self.exit_note = exit_note or ActorExit()
+        self._ports = ports
+        self._clock = clock
+        self._probe = probe
+        self._heartbeat_s = heartbeat_s
+        self._next_heartbeat = 0.0
+        self._server: CommandServer | None = None
+        self._publisher: EventPublisher | None = None
+        self._clients: dict[str, RequestClient] = {}
+        self._state = "starting"
+        self._busy = False
+        self.stop_reason = ""
+
+    # Lifecycle.
+
+    def on_start(self) -> None:
+        """Create the sockets in the actor's thread and start serving."""
+        if self._ports.publisher is not None:
+            self._publisher = self._ports.publisher()
+        if self._ports.server is not None:
+            self._server = self._ports.server()
+        for name, factory in self._ports.clients.items():
+            self._clients[name] = factory()
+        self._state = "idle"
+        self.publish(ActorStarted(pid=os.getpid()))
+        self.heartbeat(force=True)
+        self.started()
+        self.actor_ref.tell(_Poll())
+
+    def started(self) -> None:
+        """Run once after the sockets exist (subclasses override)."""
+
+    def on_stop(self) -> None:
+        """Announce the stop and close every socket."""
+        self.publish(ActorStopped(pid=os.getpid(), reason=self.stop_reason))
+        for client in self._clients.values():
+            client.close()
+        if self._server is not None:
+            self._server.close()
+        if self._publisher is not None:
+            self._publisher.close()
+        self.exit_note.reason = self.stop_reason
+        self.exit_note.event.set()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        """Log the crash with its cause; the process host exits non-zero."""
+        logger.error("%s actor crashed: %s: %s", self.name, exception_type.__name__, exception_value)
+        self.stop_reason = f"crashed: {exception_type.__name__}: {exception_value}"
+        self.exit_note.crashed = True
+        self.publish(ErrorRaised(where=self.name, error=self.stop_reason, fatal=True))
+        self.on_stop()
+
+    # Messages.
+
+    def on_receive(self, message: Any) -> Any:
+        """Dispatch internal messages; requests arrive through the server socket."""
+        match message:
+            case _Poll():
+                self._poll()
+            case _:
+                return self.on_internal(message)
+        return None
+
+    def on_internal(self, message: Any) -> Any:
+        """Handle an internal (in-process) message; subclasses override."""
+        logger.warning("%s: unexpected internal message %r", self.name, type(message).__name__)
+        return None
+
+    def _poll(self) -> None:
+        if self.actor_stopped.is_set():
+            return
+        if self._server is not None:
+            timeout = 0 if self._busy else self.poll_timeout_ms()
+            for item in self._server.poll(timeout):
+                self._dispatch(item)
+                if self.actor_stopped.is_set():
+                    return
+        self.after_poll()
+        self.heartbeat()
+        if not self.actor_stopped.is_set():
+            self.actor_ref.tell(_Poll())
+
+    def poll_timeout_ms(self) -> int:
+        """How long an idle poll of the command socket may block."""
+        return self.idle_poll_ms
+
+    def after_poll(self) -> None:
+        """Do other waiting work after each poll; without a server, wait a little (subclasses override)."""
+        if self._server is None and not self._busy:
+            self.actor_stopped.wait(self.idle_poll_ms / 1000)
+
+    def _dispatch(self, item: Incoming) -> None:
+        msg = item.message
+        if msg is None:
+            self.publish(ErrorRaised(where=f"{self.name} socket", error=item.error))
+            self.reply(item.peer, RequestFailed(request="?", error=item.error))
+            return
+        match msg:
+            case Stop():
+                logger.info("%s: stopping (%s)", self.name, msg.reason or "asked to")
+                self.before_stop(msg.reason)
+                self.reply(item.peer, Stopped(correlation_id=msg.msg_id))
+                self.stop_reason = msg.reason
+                self.stop()
+            case Ping():
+                self.reply(item.peer, Pong(correlation_id=msg.msg_id, state=self._state, pid=os.getpid()))
+            case _:
+                try:
+                    self.handle(item.peer, msg)
+                except Exception as exc:
+                    logger.exception("%s: %s failed", self.name, type(msg).__name__)
+                    error = f"{type(exc).__name__}: {exc}"
+                    self.publish(ErrorRaised(where=f"{self.name}.{type(msg).__name__}", error=error))
+                    self.reply(item.peer, self.failure(msg, error))
+
+    def handle(self, peer: bytes, msg: Message) -> None:
+        """Serve one request; subclasses match on the message type."""
+        error = f"{self.name} does not serve {type(msg).__name__}"
+        logger.warning("%s: %s", self.name, error)
+        self.publish(ErrorRaised(where=self.name, error=error))
+        self.reply(peer, self.failure(msg, error))
+
+    def before_stop(self, reason: str) -> None:
+        """Finish or abandon work before a Stop is acknowledged (subclasses override)."""
+
+    # Helpers for subclasses.
+
+    def failure(self, request: Message, error: str) -> RequestFailed:
+        """Build the error reply to a request."""
+        return RequestFailed(correlation_id=request.msg_id, request=type(request).__name__, error=error)
+
+    def reply(self, peer: bytes, msg: Message) -> None:
+        """Answer a peer, stamping this actor as the sender."""
+        if self._server is not None:
+            self._server.reply(peer, _stamped(msg, self.name))
+
+    def publish(self, msg: Message) -> None:
+        """Publish an event, stamping this actor as the sender."""
+        if self._publisher is not None:
+            self._publisher.publish(_stamped(msg, self.name))
+
+    def client(self, name: str) -> RequestClient:
+        """Return the request client to another actor."""
+        return self._clients[name]
+
+    def set_state(self, state: str) -> None:
+        """Record what the actor is doing (reported in heartbeats)."""
+        self._state = state
+
+    def heartbeat(self, *, force: bool = False) -> None:
+        """Publish a heartbeat if one is due."""
+        now = self._clock.monotonic()
+        if not force and now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + self._heartbeat_s
+        rss, cpu = self._probe.sample()
+        self.publish(Heartbeat(pid=os.getpid(), rss_bytes=rss, cpu_percent=cpu, state=self._state))
+
+
+def _stamped(msg: Message, sender: str) -> Message:
+    if msg.sender:
+        return msg
+    return dataclasses.replace(msg, sender=sender)

@@ -1,0 +1,164 @@
+"""Load and process the session's data once, then stream each episode's split to the env actor."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Protocol
+
+import numpy as np
+
+from actors.base import ActorExit, ServiceActor
+from actors.ports import Clock, Ports, ProcessProbe, RequestClient
+from services.dataset import EpisodeSplit, LoadSummary, SplitArrays
+from messages import (
+    BlockAccepted,
+    DataBlock,
+    DataComplete,
+    DataInstalled,
+    DataLoaded,
+    EpisodeDataReady,
+    Message,
+    PrepareEpisode,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class DataService(Protocol):
+    """Loads and processes the source once and cuts each episode's windows."""
+
+    def load(self) -> LoadSummary:
+        """Read, validate and process the source (or take it from the cache)."""
+        ...
+
+    def episode(self, episode: int) -> EpisodeSplit:
+        """Return the normalised train and eval arrays of an episode."""
+        ...
+
+
+class DataActor(ServiceActor):
+    """Owns the processed data; streams bounded blocks to the env actor with acknowledgements."""
+
+    name = "data"
+
+    def __init__(
+        self,
+        *,
+        service: DataService,
+        block_rows: int,
+        ports: Ports,
+        clock: Clock,
+        probe: ProcessProbe,
+        heartbeat_s: float = 1.0,
+        exit_note: ActorExit | None = None,
+        window: int = 2,
+    ) -> None:
+        super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
+        self._service = service
+        self._block_rows = block_rows
+        self._window = window
+        self._summary: LoadSummary | None = None
+        self._installed: tuple[int, int, int, int] | None = None
+        self.loads = 0
+
+    def handle(self, peer: bytes, msg: Message) -> None:
+        """Serve PrepareEpisode."""
+        match msg:
+            case PrepareEpisode():
+                self.reply(peer, self._prepare(msg))
+            case _:
+                super().handle(peer, msg)
+
+    def _prepare(self, msg: PrepareEpisode) -> EpisodeDataReady:
+        if self._summary is None:
+            self.set_state("loading")
+            self._summary = self._service.load()
+            self.loads += 1
+            s = self._summary
+            logger.info(
+                "loaded %s: %d bars, %d features, %.0f bars/year%s in %.2f s",
+                s.source,
+                s.rows,
+                len(s.features),
+                s.bars_per_year,
+                " (from cache)" if s.cached else "",
+                s.seconds,
+            )
+            self.publish(
+                DataLoaded(
+                    source=s.source,
+                    rows=s.rows,
+                    features=s.features,
+                    bars_per_year=s.bars_per_year,
+                    data_hash=s.data_hash,
+                    cached=s.cached,
+                    seconds=s.seconds,
+                )
+            )
+        split = self._service.episode(msg.episode)
+        streamed = split.key != self._installed
+        if streamed:
+            self.set_state(f"streaming episode {msg.episode}")
+            env = self.client("env")
+            for name, arrays in (("train", split.train), ("eval", split.eval)):
+                self._stream(env, name, arrays, msg.episode)
+            self._installed = split.key
+        self.set_state("idle")
+        return EpisodeDataReady(
+            correlation_id=msg.msg_id,
+            episode=msg.episode,
+            train_rows=len(split.train),
+            eval_rows=len(split.eval),
+            bars_per_year=self._summary.bars_per_year,
+            data_hash=self._summary.data_hash,
+            streamed=streamed,
+            train_start=_iso(split.train.timestamp[0]),
+            eval_start=_iso(split.eval.timestamp[0]),
+            eval_end=_iso(split.eval.timestamp[-1]),
+        )
+
+    def _stream(self, env: RequestClient, split: str, arrays: SplitArrays, episode: int) -> None:
+        """Send blocks with at most `window` unacknowledged, then an acknowledged end of stream."""
+        total = len(arrays)
+        pending: deque[str] = deque()
+        for start in range(0, total, self._block_rows):
+            end = min(start + self._block_rows, total)
+            block = DataBlock(
+                split=split,
+                offset=start,
+                total_rows=total,
+                features=arrays.features[start:end],
+                open=arrays.open[start:end],
+                close=arrays.close[start:end],
+                timestamp=arrays.timestamp[start:end],
+                sender=self.name,
+            )
+            env.send(block)
+            pending.append(block.msg_id)
+            while len(pending) >= self._window:
+                self._await_ack(env, pending)
+            self.heartbeat()
+        while pending:
+            self._await_ack(env, pending)
+        assert self._summary is not None
+        done = env.request(
+            DataComplete(split=split, total_rows=total, bars_per_year=self._summary.bars_per_year, episode=episode)
+        )
+        if not isinstance(done, DataInstalled) or done.rows != total:
+            raise RuntimeError(f"env actor did not install the {split} split: {done!r}")
+
+    def _await_ack(self, env: RequestClient, pending: deque[str]) -> None:
+        reply = env.receive(int(self._request_timeout_ms))
+        if reply is None:
+            raise TimeoutError("env actor did not acknowledge a data block in time")
+        if isinstance(reply, BlockAccepted) and reply.correlation_id in pending:
+            pending.remove(reply.correlation_id)
+            return
+        raise RuntimeError(f"env actor answered a data block with {type(reply).__name__}: {reply}")
+
+    _request_timeout_ms = 60_000
+
+
+def _iso(ns: np.int64 | int) -> str:
+    return str(np.datetime64(int(ns), "ns").astype("datetime64[s]"))

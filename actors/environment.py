@@ -1,0 +1,247 @@
+"""Hold the session's train and eval envs: created once, data swapped in place, stepped over requests."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from actors.base import ActorExit, ServiceActor
+from actors.ports import Clock, Ports, ProcessProbe
+from messages import (
+    BlockAccepted,
+    DataBlock,
+    DataComplete,
+    DataInstalled,
+    DataSwapped,
+    DescribeEnvs,
+    EnvsCreated,
+    EnvSpec,
+    EnvsReset,
+    EnvsStepped,
+    EvaluationComputed,
+    FinishEvaluation,
+    Message,
+    ResetEnvs,
+    SessionSet,
+    SetSession,
+    StepEnvs,
+)
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("train", "eval")
+
+
+class VecEnvCore(Protocol):
+    """The vectorized env as the actor uses it (services.trading_env.VecTradingEnv)."""
+
+    n_envs: int
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        """Shape of one observation."""
+        ...
+
+    def update_data(self, features: np.ndarray, open_: np.ndarray, close: np.ndarray) -> None:
+        """Swap the data in place."""
+        ...
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Reset every env."""
+        ...
+
+    def step(self, actions: np.ndarray) -> Any:
+        """Step every env with one action each."""
+        ...
+
+
+class EnvFactory(Protocol):
+    """The one way to build the envs (called once per role per session)."""
+
+    action: str
+    n_actions: int
+    max_leverage: float
+
+    def create(self, role: str, bars_per_year: float) -> VecEnvCore:
+        """Build the train envs or the sequential eval env."""
+        ...
+
+    def evaluation(self, env: VecEnvCore, timestamps: np.ndarray, bars_per_year: float) -> dict[str, Any]:
+        """Return agent and buy_and_hold metrics plus the per-bar arrays of a finished eval run.
+
+        The keys are those of EvaluationComputed: agent, buy_and_hold, timestamp, close, position,
+        equity, bh_equity.
+        """
+        ...
+
+
+@dataclass(slots=True)
+class _SplitBuffer:
+    """Arrays of one split, allocated once and refilled in place by each stream."""
+
+    features: np.ndarray
+    open: np.ndarray
+    close: np.ndarray
+    timestamp: np.ndarray
+    rows: int = 0
+    received: int = 0
+
+    def fits(self, rows: int, n_features: int) -> bool:
+        return self.features.shape[0] >= rows and self.features.shape[1] == n_features
+
+
+class EnvActor(ServiceActor):
+    """Serves reset/step of the vectorized envs to the model actor and takes data from the data actor."""
+
+    name = "env"
+
+    def __init__(
+        self,
+        *,
+        factory: EnvFactory,
+        ports: Ports,
+        clock: Clock,
+        probe: ProcessProbe,
+        heartbeat_s: float = 1.0,
+        exit_note: ActorExit | None = None,
+    ) -> None:
+        super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
+        self._factory = factory
+        self._envs: dict[str, VecEnvCore] = {}
+        self._buffers: dict[str, _SplitBuffer] = {}
+        self._bars_per_year = 252.0
+        self.envs_created = 0
+        self.session_name = ""
+        self.episode = 0
+
+    def handle(self, peer: bytes, msg: Message) -> None:
+        """Serve data blocks, session names, env descriptions, resets, steps and evaluations."""
+        match msg:
+            case StepEnvs():
+                result = self._env(msg.role).step(msg.actions)
+                self.reply(
+                    peer,
+                    EnvsStepped(
+                        correlation_id=msg.msg_id,
+                        sender=self.name,
+                        obs=result.obs,
+                        reward=result.reward,
+                        terminated=result.terminated,
+                        truncated=result.truncated,
+                        terminal_obs=result.terminal_obs,
+                        episode_return=result.episode_return,
+                        episode_length=result.episode_length,
+                    ),
+                )
+            case ResetEnvs():
+                obs = self._env(msg.role).reset(seed=None if msg.seed < 0 else msg.seed)
+                self.reply(peer, EnvsReset(correlation_id=msg.msg_id, obs=obs))
+            case DataBlock():
+                self._take_block(msg)
+                self.reply(
+                    peer,
+                    BlockAccepted(
+                        correlation_id=msg.msg_id, split=msg.split, offset=msg.offset, rows=len(msg.close)
+                    ),
+                )
+            case DataComplete():
+                rows = self._install(msg)
+                self.reply(peer, DataInstalled(correlation_id=msg.msg_id, split=msg.split, rows=rows))
+            case DescribeEnvs():
+                env = self._env(msg.role)
+                self.reply(
+                    peer,
+                    EnvSpec(
+                        correlation_id=msg.msg_id,
+                        role=msg.role,
+                        n_envs=env.n_envs,
+                        obs_shape=tuple(env.observation_shape),
+                        action=self._factory.action,
+                        n_actions=self._factory.n_actions,
+                        max_leverage=self._factory.max_leverage,
+                    ),
+                )
+            case SetSession():
+                if msg.name != self.session_name:
+                    logger.info("session name is now %s (envs kept)", msg.name)
+                self.session_name, self.episode = msg.name, msg.episode
+                self.reply(
+                    peer,
+                    SessionSet(
+                        correlation_id=msg.msg_id,
+                        name=msg.name,
+                        episode=msg.episode,
+                        envs_created=self.envs_created,
+                    ),
+                )
+            case FinishEvaluation():
+                out = self._factory.evaluation(self._env("eval"), self._eval_timestamps(), self._bars_per_year)
+                self.reply(peer, EvaluationComputed(correlation_id=msg.msg_id, episode=msg.episode, **out))
+            case _:
+                super().handle(peer, msg)
+
+    def _env(self, role: str) -> VecEnvCore:
+        if role not in ROLES:
+            raise ValueError(f"unknown env role {role!r} (expected train or eval)")
+        env = self._envs.get(role)
+        if env is None:
+            raise RuntimeError(f"the {role} envs have no data yet")
+        return env
+
+    def _take_block(self, msg: DataBlock) -> None:
+        if msg.split not in ROLES:
+            raise ValueError(f"unknown split {msg.split!r}")
+        rows = len(msg.close)
+        if msg.features.ndim != 2 or msg.features.shape[0] != rows or len(msg.open) != rows:
+            raise ValueError("block arrays disagree in length")
+        if msg.offset < 0 or msg.offset + rows > msg.total_rows:
+            raise ValueError(f"block rows {msg.offset}..{msg.offset + rows} outside 0..{msg.total_rows}")
+        buf = self._buffers.get(msg.split)
+        if msg.offset == 0:
+            n_features = msg.features.shape[1]
+            if buf is None or not buf.fits(msg.total_rows, n_features):
+                buf = _SplitBuffer(
+                    features=np.empty((msg.total_rows, n_features), dtype=np.float32),
+                    open=np.empty(msg.total_rows, dtype=np.float64),
+                    close=np.empty(msg.total_rows, dtype=np.float64),
+                    timestamp=np.empty(msg.total_rows, dtype=np.int64),
+                )
+                self._buffers[msg.split] = buf
+            buf.rows, buf.received = msg.total_rows, 0
+        if buf is None or buf.rows != msg.total_rows or msg.offset != buf.received:
+            raise ValueError(f"{msg.split} block at row {msg.offset} is out of sequence")
+        end = msg.offset + rows
+        buf.features[msg.offset : end] = msg.features
+        buf.open[msg.offset : end] = msg.open
+        buf.close[msg.offset : end] = msg.close
+        buf.timestamp[msg.offset : end] = msg.timestamp
+        buf.received = end
+
+    def _install(self, msg: DataComplete) -> int:
+        buf = self._buffers.get(msg.split)
+        if buf is None or buf.received != msg.total_rows or buf.rows != msg.total_rows:
+            got = 0 if buf is None else buf.received
+            raise ValueError(f"{msg.split} stream incomplete: {got} of {msg.total_rows} rows")
+        self._bars_per_year = msg.bars_per_year
+        n = buf.rows
+        env = self._envs.get(msg.split)
+        if env is None:
+            env = self._factory.create(msg.split, msg.bars_per_year)
+            env.update_data(buf.features[:n], buf.open[:n], buf.close[:n])
+            self._envs[msg.split] = env
+            self.envs_created += 1
+            logger.info("%s envs created: %d x obs %s", msg.split, env.n_envs, tuple(env.observation_shape))
+            self.publish(
+                EnvsCreated(n_envs=env.n_envs, obs_shape=tuple(env.observation_shape), action=self._factory.action)
+            )
+        else:
+            env.update_data(buf.features[:n], buf.open[:n], buf.close[:n])
+        self.publish(DataSwapped(split=msg.split, rows=n, episode=msg.episode))
+        return n
+
+    def _eval_timestamps(self) -> np.ndarray:
+        buf = self._buffers["eval"]
+        return buf.timestamp[: buf.rows]

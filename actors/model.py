@@ -1,0 +1,289 @@
+"""Hold the session's one TradingModel: create it on the first TrainEpisode, reuse it for every later one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from actors.base import ActorExit, ServiceActor
+from actors.ports import Clock, Ports, ProcessProbe, RequestClient
+from messages import (
+    EpisodeFinished,
+    EpisodeTrained,
+    EvaluateEpisode,
+    EvaluationComputed,
+    EvaluationFinished,
+    EvaluationReport,
+    FinishEvaluation,
+    Message,
+    ModelCreated,
+    ModelReused,
+    TrainEpisode,
+    TrainingMetrics,
+    TrainingProgress,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class TrainableModel(Protocol):
+    """What the actor needs of the model: training in pieces and a deterministic evaluation run."""
+
+    model_id: str
+    device: str
+
+    @property
+    def num_timesteps(self) -> int:
+        """The step counter, continuous across episodes."""
+        ...
+
+    @property
+    def parameters(self) -> int:
+        """Number of trainable parameters."""
+        ...
+
+    def learn(self, steps: int, tick: Callable[[int], bool]) -> int:
+        """Train at least `steps` more steps; return the steps trained."""
+        ...
+
+    def evaluate(self) -> int:
+        """Run the deterministic evaluation pass on the eval envs; return the steps taken."""
+        ...
+
+
+class ModelFactory(Protocol):
+    """The one way to build the session's model (called once per session)."""
+
+    algorithm: str
+
+    def create(self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]) -> TrainableModel:
+        """Build the model on remote train and eval envs reached through env_client."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _TrainPiece:
+    """Internal: train the next piece of the current episode."""
+
+
+@dataclass(slots=True)
+class _Job:
+    peer: bytes
+    request: TrainEpisode
+    started_at: float
+    steps_before: int
+    done: int = 0
+
+
+class ModelActor(ServiceActor):
+    """Sole owner of the session's model; trains it per TrainEpisode, evaluates it per EvaluateEpisode."""
+
+    name = "model"
+
+    def __init__(
+        self,
+        *,
+        factory: ModelFactory,
+        piece_steps: int,
+        ports: Ports,
+        clock: Clock,
+        probe: ProcessProbe,
+        heartbeat_s: float = 1.0,
+        exit_note: ActorExit | None = None,
+        progress_s: float = 0.5,
+    ) -> None:
+        super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
+        self._factory = factory
+        self._piece_steps = piece_steps
+        self._progress_s = progress_s
+        self._model: TrainableModel | None = None
+        self._job: _Job | None = None
+        self._next_progress = 0.0
+        self._episode = 0
+        self.models_created = 0
+
+    @property
+    def model(self) -> TrainableModel | None:
+        """The session's model, once created."""
+        return self._model
+
+    def handle(self, peer: bytes, msg: Message) -> None:
+        """Serve TrainEpisode and EvaluateEpisode."""
+        match msg:
+            case TrainEpisode():
+                self._start_episode(peer, msg)
+            case EvaluateEpisode():
+                self._evaluate(peer, msg)
+            case _:
+                super().handle(peer, msg)
+
+    def on_internal(self, message: object) -> object:
+        """Continue training piece by piece."""
+        if isinstance(message, _TrainPiece):
+            self._train_piece()
+            return None
+        return super().on_internal(message)
+
+    def _ensure_model(self, episode: int) -> TrainableModel:
+        if self._model is None:
+            self._model = self._factory.create(self.client("env"), self._on_values)
+            self.models_created += 1
+            logger.info(
+                "model %s created (%s on %s, %d parameters)",
+                self._model.model_id,
+                self._factory.algorithm,
+                self._model.device,
+                self._model.parameters,
+            )
+            self.publish(
+                ModelCreated(
+                    model_id=self._model.model_id,
+                    algorithm=self._factory.algorithm,
+                    device=self._model.device,
+                    parameters=self._model.parameters,
+                    episode=episode,
+                )
+            )
+        else:
+            logger.info("reusing model %s for episode %d", self._model.model_id, episode)
+            self.publish(ModelReused(model_id=self._model.model_id, episode=episode))
+        return self._model
+
+    def _start_episode(self, peer: bytes, msg: TrainEpisode) -> None:
+        if self._job is not None:
+            self.reply(peer, self.failure(msg, f"episode {self._job.request.episode} is still training"))
+            return
+        model = self._ensure_model(msg.episode)
+        self._episode = msg.episode
+        self._job = _Job(peer, msg, self._clock.monotonic(), model.num_timesteps)
+        self._busy = True
+        self.set_state(f"training episode {msg.episode}")
+        self.actor_ref.tell(_TrainPiece())
+
+    def _train_piece(self) -> None:
+        job, model = self._job, self._model
+        if job is None or model is None:
+            return
+        piece = min(self._piece_steps, job.request.steps - job.done)
+        job.done += model.learn(piece, self._tick)
+        self._publish_progress(force=True)
+        if job.done < job.request.steps:
+            self.actor_ref.tell(_TrainPiece())
+            return
+        seconds = max(self._clock.monotonic() - job.started_at, 1e-9)
+        rate = job.done / seconds
+        logger.info(
+            "model %s trained episode %d: %d steps in %.1f s (%.0f steps/s)",
+            model.model_id,
+            job.request.episode,
+            job.done,
+            seconds,
+            rate,
+        )
+        self.publish(
+            EpisodeFinished(
+                model_id=model.model_id,
+                episode=job.request.episode,
+                steps=job.done,
+                total_steps=model.num_timesteps,
+                seconds=seconds,
+                steps_per_s=rate,
+            )
+        )
+        self.reply(
+            job.peer,
+            EpisodeTrained(
+                correlation_id=job.request.msg_id,
+                episode=job.request.episode,
+                model_id=model.model_id,
+                steps=job.done,
+                total_steps=model.num_timesteps,
+                seconds=seconds,
+                steps_per_s=rate,
+            ),
+        )
+        self._job = None
+        self._busy = False
+        self.set_state("idle")
+
+    def _tick(self, num_timesteps: int) -> bool:
+        self._publish_progress()
+        self.heartbeat()
+        return not self.actor_stopped.is_set()
+
+    def _publish_progress(self, *, force: bool = False) -> None:
+        job, model = self._job, self._model
+        now = self._clock.monotonic()
+        if job is None or model is None or (not force and now < self._next_progress):
+            return
+        self._next_progress = now + self._progress_s
+        done = model.num_timesteps - job.steps_before
+        elapsed = max(now - job.started_at, 1e-9)
+        rate = done / elapsed
+        remaining = max(job.request.steps - done, 0)
+        self.publish(
+            TrainingProgress(
+                model_id=model.model_id,
+                episode=job.request.episode,
+                steps=done,
+                steps_total=job.request.steps,
+                total_steps=model.num_timesteps,
+                steps_per_s=rate,
+                eta_s=remaining / rate if rate > 0 else 0.0,
+            )
+        )
+
+    def _on_values(self, total_steps: int, values: dict[str, float]) -> None:
+        model_id = self._model.model_id if self._model is not None else ""
+        self.publish(
+            TrainingMetrics(model_id=model_id, episode=self._episode, total_steps=total_steps, values=values)
+        )
+
+    def _evaluate(self, peer: bytes, msg: EvaluateEpisode) -> None:
+        if self._model is None:
+            self.reply(peer, self.failure(msg, "no model yet: train an episode first"))
+            return
+        if self._job is not None:
+            self.reply(peer, self.failure(msg, f"episode {self._job.request.episode} is still training"))
+            return
+        model = self._model
+        self.set_state(f"evaluating episode {msg.episode}")
+        steps = model.evaluate()
+        computed = self.client("env").request(FinishEvaluation(episode=msg.episode))
+        if not isinstance(computed, EvaluationComputed):
+            raise TypeError(f"env answered FinishEvaluation with {type(computed).__name__}")
+        logger.info("model %s evaluated episode %d over %d bars", model.model_id, msg.episode, steps)
+        self.publish(
+            EvaluationFinished(
+                model_id=model.model_id,
+                episode=msg.episode,
+                agent=computed.agent,
+                buy_and_hold=computed.buy_and_hold,
+            )
+        )
+        self.reply(
+            peer,
+            EvaluationReport(
+                correlation_id=msg.msg_id,
+                episode=msg.episode,
+                model_id=model.model_id,
+                agent=computed.agent,
+                buy_and_hold=computed.buy_and_hold,
+                timestamp=computed.timestamp,
+                close=computed.close,
+                position=computed.position,
+                equity=computed.equity,
+                bh_equity=computed.bh_equity,
+            ),
+        )
+        self.set_state("idle")
+
+    def before_stop(self, reason: str) -> None:
+        """Answer a pending TrainEpisode: it ends unfinished."""
+        if self._job is not None:
+            error = f"stopped after {self._job.done} of {self._job.request.steps} steps"
+            self.reply(self._job.peer, self.failure(self._job.request, error))
+            self._job = None
+            self._busy = False

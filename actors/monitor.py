@@ -1,0 +1,109 @@
+"""Watch a session: apply numbered events to the state and show them; attach late with a snapshot."""
+
+from __future__ import annotations
+
+import logging
+
+from actors.base import ActorExit, ServiceActor
+from actors.ports import Clock, EventSubscriber, Ports, ProcessProbe
+from messages import Message, RequestSnapshot, SessionFinished, Snapshot
+from services.console import ConsoleView
+from services.session_state import SessionState
+
+logger = logging.getLogger(__name__)
+
+
+class MonitorActor(ServiceActor):
+    """Subscribes to every event; sends no command (its only request is the snapshot on attach)."""
+
+    name = "monitor"
+
+    def __init__(
+        self,
+        *,
+        view: ConsoleView,
+        ports: Ports,
+        clock: Clock,
+        probe: ProcessProbe,
+        heartbeat_s: float = 1.0,
+        exit_note: ActorExit | None = None,
+        silence_s: float = 5.0,
+        exit_when_finished: bool = False,
+        once: bool = False,
+    ) -> None:
+        super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
+        self._view = view
+        self._silence_s = silence_s
+        self._exit_when_finished = exit_when_finished
+        self._once = once
+        self._subscriber: EventSubscriber | None = None
+        self.state = SessionState()
+        self._last_event = 0.0
+        self._silent = False
+        self.gaps = 0
+
+    def started(self) -> None:
+        """Subscribe, then ask for the snapshot and apply only newer events (Clone pattern)."""
+        if self._ports.subscriber is not None:
+            self._subscriber = self._ports.subscriber()
+        self._last_event = self._clock.monotonic()
+        if "session" in self._clients:
+            reply = self.client("session").request(RequestSnapshot())
+            if isinstance(reply, Snapshot):
+                self.state = SessionState.from_snapshot(reply.seq, reply.state)
+                self._view.snapshot(self.state)
+        if self._once:
+            self.stop_reason = "snapshot printed"
+            self.stop()
+
+    def poll_timeout_ms(self) -> int:
+        """Never block on the command socket: events are what this actor waits for."""
+        return 0
+
+    def after_poll(self) -> None:
+        """Take the events that arrived, apply them and show them."""
+        if self._subscriber is None:
+            self.actor_stopped.wait(self.idle_poll_ms / 1000)
+            return
+        deadline = self._clock.monotonic() + self.idle_poll_ms / 1000
+        while not self.actor_stopped.is_set():
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                break
+            item = self._subscriber.receive(int(remaining * 1000))
+            if item is None:
+                break
+            self._take(*item)
+        self._check_silence()
+
+    def _take(self, seq: int, msg: Message) -> None:
+        self._last_event = self._clock.monotonic()
+        if self._silent:
+            self._silent = False
+            self._view.notice("session is back: events are arriving again")
+        last = self.state.seq
+        if last and seq > last + 1:
+            self.gaps += seq - last - 1
+            self._view.notice(f"lost {seq - last - 1} event(s) (sequence {last + 1}..{seq - 1})")
+        elif last and seq <= last and seq == 1:
+            self._view.notice("the session restarted its event numbering")
+            self.state = SessionState()
+        if self.state.apply(seq, msg):
+            self._view.event(self.state, seq, msg)
+        if isinstance(msg, SessionFinished) and self._exit_when_finished:
+            self.stop_reason = f"session {msg.status}"
+            self.stop()
+
+    def _check_silence(self) -> None:
+        if self._silent:
+            return
+        if self._clock.monotonic() - self._last_event > self._silence_s:
+            self._silent = True
+            self._view.notice(f"no event for {self._silence_s:g} s: the session may be gone")
+
+    def on_stop(self) -> None:
+        """Close the subscriber and the view."""
+        if self._subscriber is not None:
+            self._subscriber.close()
+        self._view.close()
+        super().on_stop()

@@ -1,0 +1,242 @@
+"""Drive the episode loop: per episode, data to the envs, TrainEpisode, then EvaluateEpisode, one model."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+
+from actors.ports import Clock, EventPublisher, Ports, RequestClient
+from messages import (
+    EpisodeDataReady,
+    EpisodeStarted,
+    EpisodeTrained,
+    EvaluateEpisode,
+    EvaluationReport,
+    Message,
+    PrepareEpisode,
+    RequestFailed,
+    SessionFinished,
+    SetSession,
+    Stop,
+    TrainEpisode,
+)
+
+logger = logging.getLogger(__name__)
+
+STOP_ORDER = ("model", "env", "data")
+"""Actors are stopped in reverse order of their start; the monitor stops on SessionFinished."""
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A request the episode script waits on: to whom, what, and how long (None: while alive)."""
+
+    actor: str
+    msg: Message
+    timeout_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Stop the session after the current piece (a signal, or a dead actor)."""
+
+    reason: str
+    status: str = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """Internal: poll for the reply to call number `call`; waits for older calls are dropped."""
+
+    call: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How the session ended and what it produced."""
+
+    status: str = "running"
+    reason: str = ""
+    trained: list[EpisodeTrained] = field(default_factory=list)
+    reports: list[EvaluationReport] = field(default_factory=list)
+    data: EpisodeDataReady | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    """Set when the session actor has stopped."""
+
+
+class SessionActor(pykka.ThreadingActor):
+    """Runs the episode loop of DESIGN section 2 against the data, env and model actors."""
+
+    name = "session"
+
+    def __init__(
+        self,
+        *,
+        outcome: Outcome,
+        session_name: str,
+        episodes: int,
+        steps_per_episode: int,
+        ports: Ports,
+        clock: Clock,
+        request_timeout_s: float,
+        hang_timeout_s: float,
+        heartbeat_age: Callable[[str], float],
+        on_report: Callable[[EvaluationReport], None],
+        stop_timeout_s: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self._session_name = session_name
+        self._episodes = episodes
+        self._steps = steps_per_episode
+        self._ports = ports
+        self._clock = clock
+        self._request_timeout_s = request_timeout_s
+        self._hang_timeout_s = hang_timeout_s
+        self._heartbeat_age = heartbeat_age
+        self._on_report = on_report
+        self._stop_timeout_s = stop_timeout_s
+        self._clients: dict[str, RequestClient] = {}
+        self._publisher: EventPublisher | None = None
+        self._script: Generator[Call, Message | None, None] | None = None
+        self._call: Call | None = None
+        self._deadline: float | None = None
+        self._stopping = False
+        self._calls = 0
+        self.outcome = outcome
+
+    def on_start(self) -> None:
+        """Create the clients in this thread and start the episode loop."""
+        for name, factory in self._ports.clients.items():
+            self._clients[name] = factory()
+        if self._ports.publisher is not None:
+            self._publisher = self._ports.publisher()
+        self._script = self._episode_loop()
+        self._advance(None)
+
+    def on_stop(self) -> None:
+        """Close every socket."""
+        for client in self._clients.values():
+            client.close()
+        if self._publisher is not None:
+            self._publisher.close()
+        self.outcome.done.set()
+
+    def on_receive(self, message: Any) -> Any:
+        """Handle waits and aborts."""
+        match message:
+            case _Wait(call=n) if n == self._calls:
+                self._wait()
+            case _Wait():
+                pass
+            case Abort():
+                self._abort(message.reason, message.status)
+            case _:
+                logger.warning("session: unexpected message %r", type(message).__name__)
+        return None
+
+    def _publish(self, msg: Message) -> None:
+        if self._publisher is not None:
+            self._publisher.publish(msg)
+
+    # The script.
+
+    def _episode_loop(self) -> Generator[Call, Message | None, None]:
+        for k in range(1, self._episodes + 1):
+            yield Call("env", SetSession(name=self._session_name, episode=k, sender=self.name), self._request_timeout_s)
+            ready = yield Call("data", PrepareEpisode(episode=k, sender=self.name), self._request_timeout_s)
+            if isinstance(ready, EpisodeDataReady):
+                self.outcome.data = ready
+            self._publish(EpisodeStarted(episode=k, episodes=self._episodes, steps=self._steps, sender=self.name))
+            trained = yield Call("model", TrainEpisode(episode=k, steps=self._steps, sender=self.name), None)
+            if isinstance(trained, EpisodeTrained):
+                self.outcome.trained.append(trained)
+            report = yield Call("model", EvaluateEpisode(episode=k, sender=self.name), self._request_timeout_s)
+            if isinstance(report, EvaluationReport):
+                self.outcome.reports.append(report)
+                self._on_report(report)
+        self.outcome.status = "completed"
+
+    def _shutdown(self) -> Generator[Call, Message | None, None]:
+        for name in STOP_ORDER:
+            if name in self._clients:
+                yield Call(name, Stop(reason=f"session {self.outcome.status}", sender=self.name), self._stop_timeout_s)
+
+    # Driving it.
+
+    def _advance(self, reply: Message | None) -> None:
+        assert self._script is not None
+        while True:
+            try:
+                call = self._script.send(reply)
+            except StopIteration:
+                if self._stopping:
+                    self._finish()
+                    return
+                self._stopping = True
+                self._script = self._shutdown()
+                reply = None
+                continue
+            self._call = call
+            self._deadline = None if call.timeout_s is None else self._clock.monotonic() + call.timeout_s
+            self._calls += 1
+            self._clients[call.actor].send(call.msg)
+            self.actor_ref.tell(_Wait(self._calls))
+            return
+
+    def _wait(self) -> None:
+        call = self._call
+        if call is None:
+            return
+        reply = self._clients[call.actor].receive(100)
+        if reply is not None and reply.correlation_id == call.msg.msg_id:
+            if isinstance(reply, RequestFailed) and not self._stopping:
+                self._fail(f"{call.actor} actor: {reply.request} failed: {reply.error}")
+                return
+            self._advance(reply)
+            return
+        now = self._clock.monotonic()
+        if self._deadline is not None and now > self._deadline:
+            self._on_silence(call, f"no reply to {type(call.msg).__name__} within {call.timeout_s:g} s")
+            return
+        if self._deadline is None and self._heartbeat_age(call.actor) > self._hang_timeout_s:
+            self._on_silence(call, f"no heartbeat for {self._hang_timeout_s:g} s")
+            return
+        self.actor_ref.tell(_Wait(self._calls))
+
+    def _on_silence(self, call: Call, why: str) -> None:
+        if self._stopping:
+            logger.warning("session: %s actor did not confirm its stop (%s)", call.actor, why)
+            self._advance(None)
+        else:
+            self._fail(f"{call.actor} actor: {why}")
+
+    def _fail(self, reason: str) -> None:
+        logger.error("session failed: %s", reason)
+        self._abort(reason, "failed")
+
+    def _abort(self, reason: str, status: str) -> None:
+        if self._stopping:
+            return
+        self.outcome.status, self.outcome.reason = status, reason
+        self._begin_shutdown()
+
+    def _begin_shutdown(self) -> None:
+        self._stopping = True
+        self._script = self._shutdown()
+        self._call = None
+        self._advance(None)
+
+    def _finish(self) -> None:
+        self._call = None
+        self._publish(
+            SessionFinished(
+                name=self._session_name, status=self.outcome.status, reason=self.outcome.reason, sender=self.name
+            )
+        )
+        logger.info("session %s %s", self._session_name, self.outcome.status)
+        self.stop()

@@ -1,0 +1,19 @@
+"""Typed, immutable messages and the one msgpack codec that carries them."""
+
+from messages.base import Message, new_id
+from messages.codec import PROTOCOL_VERSION, DecodeError, decode, encode, message_types, to_json_dict
+from messages.envelope import Incoming
+from messages.commands import *  # noqa: F403
+from messages.events import *  # noqa: F403
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "DecodeError",
+    "Incoming",
+    "Message",
+    "decode",
+    "encode",
+    "message_types",
+    "new_id",
+    "to_json_dict",
+]

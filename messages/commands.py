@@ -1,0 +1,324 @@
+"""Define commands sent DEALER -> ROUTER and the replies that answer them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from messages.base import Message
+
+
+def _empty_f32() -> np.ndarray:
+    return np.zeros(0, dtype=np.float32)
+
+
+def _empty_f64() -> np.ndarray:
+    return np.zeros(0, dtype=np.float64)
+
+
+def _empty_i64() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+# Session -> data actor.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareEpisode(Message):
+    """Make sure the env actor holds the data of this episode, streaming it if needed."""
+
+    episode: int
+    """1-based episode number."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpisodeDataReady(Message):
+    """Reply to PrepareEpisode: the env actor holds the episode's train and eval data."""
+
+    episode: int
+    train_rows: int
+    eval_rows: int
+    bars_per_year: float
+    data_hash: str
+    """Hash of the source files and the feature config (the cache key)."""
+    streamed: bool
+    """False when the env actor already held this episode's data."""
+    train_start: str = ""
+    """ISO timestamp of the first train bar."""
+    eval_start: str = ""
+    """ISO timestamp of the first eval bar."""
+    eval_end: str = ""
+    """ISO timestamp of the last eval bar."""
+
+
+# Data actor -> env actor.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataBlock(Message):
+    """Carry one bounded block of processed bars for the train or eval split."""
+
+    split: str
+    """"train" or "eval"."""
+    offset: int
+    """Row of the split where this block starts."""
+    total_rows: int
+    """Rows of the whole split, so the receiver can allocate once."""
+    features: np.ndarray = field(default_factory=_empty_f32)
+    """Normalised features, float32 [rows, n_features]."""
+    open: np.ndarray = field(default_factory=_empty_f64)
+    """Open prices, float64 [rows]."""
+    close: np.ndarray = field(default_factory=_empty_f64)
+    """Close prices, float64 [rows]."""
+    timestamp: np.ndarray = field(default_factory=_empty_i64)
+    """Bar times, int64 nanoseconds since the epoch [rows]."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockAccepted(Message):
+    """Acknowledge a DataBlock (flow control: the sender waits for it)."""
+
+    split: str
+    offset: int
+    rows: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataComplete(Message):
+    """End a split's stream: the receiver installs the blocks into its envs."""
+
+    split: str
+    total_rows: int
+    bars_per_year: float
+    episode: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataInstalled(Message):
+    """Reply to DataComplete: the envs of this split now use the new data."""
+
+    split: str
+    rows: int
+
+
+# Session -> env actor.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetSession(Message):
+    """Record the session name and episode in the env actor, re-creating nothing."""
+
+    name: str
+    episode: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionSet(Message):
+    """Reply to SetSession."""
+
+    name: str
+    episode: int
+    envs_created: int
+    """How many times the env actor has created its envs (1 in a healthy session)."""
+
+
+# Model actor -> env actor (the remote VecEnv).
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DescribeEnvs(Message):
+    """Ask for the spaces and size of the train or eval envs."""
+
+    role: str
+    """"train" or "eval"."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnvSpec(Message):
+    """Describe a vectorized env so that the model side can build its spaces."""
+
+    role: str
+    n_envs: int
+    obs_shape: tuple[int, ...]
+    action: str
+    """"discrete3", "discrete2" or "continuous"."""
+    n_actions: int
+    """Number of discrete actions; 0 for continuous."""
+    max_leverage: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResetEnvs(Message):
+    """Reset every env of a role; a seed makes the episode offsets reproducible."""
+
+    role: str
+    seed: int = -1
+    """Seed for the offsets; -1 keeps the current generator."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnvsReset(Message):
+    """Reply to ResetEnvs: the first observations."""
+
+    obs: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepEnvs(Message):
+    """Step every env of a role with one action each, in one batch."""
+
+    role: str
+    actions: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnvsStepped(Message):
+    """Reply to StepEnvs: the batched results, finished envs already reset."""
+
+    obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    terminal_obs: np.ndarray
+    """Last observation of the envs that finished on this step (other rows unspecified)."""
+    episode_return: np.ndarray
+    episode_length: np.ndarray
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FinishEvaluation(Message):
+    """Ask the env actor for the metrics and records of the finished evaluation run."""
+
+    episode: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvaluationComputed(Message):
+    """Reply to FinishEvaluation: metrics of the agent and buy-and-hold plus per-bar records."""
+
+    episode: int
+    agent: dict[str, float]
+    buy_and_hold: dict[str, float]
+    timestamp: np.ndarray = field(default_factory=_empty_i64)
+    close: np.ndarray = field(default_factory=_empty_f64)
+    position: np.ndarray = field(default_factory=_empty_f64)
+    equity: np.ndarray = field(default_factory=_empty_f64)
+    bh_equity: np.ndarray = field(default_factory=_empty_f64)
+
+
+# Session -> model actor.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainEpisode(Message):
+    """Train the session's one model for this many steps."""
+
+    episode: int
+    steps: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpisodeTrained(Message):
+    """Reply to TrainEpisode: the model trained for the episode's steps."""
+
+    episode: int
+    model_id: str
+    steps: int
+    """Steps trained in this episode (whole rollouts, so at least the budget)."""
+    total_steps: int
+    """The model's step counter after the episode."""
+    seconds: float
+    steps_per_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvaluateEpisode(Message):
+    """Evaluate the session's model deterministically on the eval window."""
+
+    episode: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvaluationReport(Message):
+    """Reply to EvaluateEpisode: metrics and per-bar records of the eval run."""
+
+    episode: int
+    model_id: str
+    agent: dict[str, float]
+    buy_and_hold: dict[str, float]
+    timestamp: np.ndarray = field(default_factory=_empty_i64)
+    close: np.ndarray = field(default_factory=_empty_f64)
+    position: np.ndarray = field(default_factory=_empty_f64)
+    equity: np.ndarray = field(default_factory=_empty_f64)
+    bh_equity: np.ndarray = field(default_factory=_empty_f64)
+
+
+# Any client -> any actor.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stop(Message):
+    """Stop the actor after the current piece of work."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Stopped(Message):
+    """Reply to Stop: the actor is stopping."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping(Message):
+    """Ask an actor whether it is alive and what it is doing."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong(Message):
+    """Reply to Ping."""
+
+    state: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestFailed(Message):
+    """Reply to any request that could not be served, saying why."""
+
+    request: str
+    """Type name of the failed request."""
+    error: str
+    """One line naming what went wrong."""
+
+
+# Monitor -> session (the only requests a monitor can make).
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DescribeSession(Message):
+    """Ask the session for its name and the event endpoint to subscribe to."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionDescription(Message):
+    """Reply to DescribeSession."""
+
+    name: str
+    events: str
+    """Endpoint of the event stream (XPUB)."""
+    protocol: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestSnapshot(Message):
+    """Ask the session for the current state (zguide Clone pattern)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot(Message):
+    """Reply to RequestSnapshot: the state after event number `seq`."""
+
+    seq: int
+    state: dict[str, Any]

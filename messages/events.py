@@ -1,0 +1,171 @@
+"""Define the events published on the bus (PUB -> XSUB/XPUB proxy -> SUB); they may be dropped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from messages.base import Message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionStarted(Message):
+    """The session started: its name, run folder, endpoints and plan."""
+
+    name: str
+    run_dir: str
+    monitor: str
+    """Endpoint a monitor connects to."""
+    episodes: int
+    steps_per_episode: int
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionFinished(Message):
+    """The session ended; status is "completed", "stopped" or "failed"."""
+
+    name: str
+    status: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorStarted(Message):
+    """An actor started in process `pid`."""
+
+    pid: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActorStopped(Message):
+    """An actor stopped."""
+
+    pid: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat(Message):
+    """An actor is alive: its process id, memory and CPU use and what it is doing."""
+
+    pid: int
+    rss_bytes: int
+    cpu_percent: float
+    state: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataLoaded(Message):
+    """The data actor loaded and processed its source (once per session)."""
+
+    source: str
+    rows: int
+    features: tuple[str, ...]
+    bars_per_year: float
+    data_hash: str
+    cached: bool
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnvsCreated(Message):
+    """The env actor created its envs (once per session)."""
+
+    n_envs: int
+    obs_shape: tuple[int, ...]
+    action: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataSwapped(Message):
+    """The env actor swapped new data into its existing envs."""
+
+    split: str
+    rows: int
+    episode: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelCreated(Message):
+    """The session's one model was created (exactly once per session)."""
+
+    model_id: str
+    algorithm: str
+    device: str
+    parameters: int
+    episode: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelReused(Message):
+    """The existing model serves another episode."""
+
+    model_id: str
+    episode: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpisodeStarted(Message):
+    """The session started an episode."""
+
+    episode: int
+    episodes: int
+    steps: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingProgress(Message):
+    """Progress of the current episode's training."""
+
+    model_id: str
+    episode: int
+    steps: int
+    """Steps done in this episode."""
+    steps_total: int
+    """Steps budgeted for this episode."""
+    total_steps: int
+    """The model's step counter."""
+    steps_per_s: float
+    eta_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingMetrics(Message):
+    """Values of SB3's logger after a rollout/update (losses, entropy, fps, episode reward)."""
+
+    model_id: str
+    episode: int
+    total_steps: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EpisodeFinished(Message):
+    """An episode finished training."""
+
+    model_id: str
+    episode: int
+    steps: int
+    total_steps: int
+    seconds: float
+    steps_per_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvaluationFinished(Message):
+    """An episode's evaluation finished: agent and buy-and-hold metrics on the eval window."""
+
+    model_id: str
+    episode: int
+    agent: dict[str, float]
+    buy_and_hold: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorRaised(Message):
+    """Something went wrong that the actor survived (or not: `fatal`)."""
+
+    where: str
+    error: str
+    fatal: bool = False

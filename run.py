@@ -1,0 +1,502 @@
+"""Train one stable-baselines3 trading model with an actor system; attach monitors; generate data.
+
+    python run.py [--config FILE | --default] [--data FILE] [--set key.path=value ...] [--name NAME]
+    python run.py monitor --connect tcp://HOST:PORT [--json] [--once]
+    python run.py generate-data --rows N --seed S --out FILE
+
+This is the one place where objects are created and wired. Exit status: 0 success, 2 bad usage,
+config or data, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent
+RUN_PY = ROOT / "run.py"
+ACTOR_KINDS = ("monitor", "data", "env", "model")
+"""Start order of the actor processes; they stop in reverse (the model first)."""
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+logger = logging.getLogger("run")
+
+
+class UsageError(Exception):
+    """Bad command line, config or data: exit status 2 with one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# Logging.
+
+
+class _OneLineFormatter(logging.Formatter):
+    """One line per record on the console; tracebacks go to the log file only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            line = f"{line}: {type(exc).__name__}: {exc}"
+        return self._fmt % {"levelname": record.levelname, "message": line} if self._fmt else line
+
+
+def _configure_logging(log_file: Path | None, *, stderr_level: int, prefix: str = "") -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(stderr_level)
+    console.setFormatter(_OneLineFormatter(f"{prefix}%(levelname)s %(message)s"))
+    root.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setLevel(logging.INFO)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"))
+        root.addHandler(fh)
+    for noisy in ("matplotlib", "PIL", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# The training session (launcher).
+
+
+def _train_parser() -> _Parser:
+    parser = _Parser(prog="run.py", description="Train one trading model with the actor system.")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--config", type=Path, help="YAML config (default: configs/default.yaml)")
+    group.add_argument("--default", action="store_true", help="use configs/default.yaml explicitly")
+    parser.add_argument("--data", help="data file, folder or glob (overrides data.source.path)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    parser.add_argument("--name", help="run name: the run folder is runs/NAME")
+    return parser
+
+
+def _resolve_config(args: argparse.Namespace) -> Any:
+    from services.config import ConfigError, load_config
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.source.path={json.dumps(args.data)}")
+    if args.name:
+        overrides.append(f"name={json.dumps(args.name)}")
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    source = Path(config.data.source.path)
+    if not any(ch in str(source) for ch in "*?[") and not source.exists():
+        raise UsageError(f"data.source.path: {source} does not exist")
+    return config
+
+
+def _new_run_dir(runs_dir: Path, name: str) -> Path:
+    if not name:
+        name = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = runs_dir / name
+    if run_dir.exists():
+        raise UsageError(f"run folder {run_dir} already exists: choose another --name")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def train(argv: Sequence[str]) -> int:
+    """Run a whole session: hub, actor processes, episode loop, summary."""
+    from actors.ports import Ports
+    from actors.session import Abort, Outcome, SessionActor
+    from messages import EvaluationReport, SessionStarted
+    from services.config import config_to_dict
+    from services.console import format_duration, format_eval_table
+    from services.event_hub import EventHub
+    from services.run_recorder import RunRecorder, write_eval_csv
+    from services.runtime import SystemClock, rss_bytes
+    from services.session_state import SessionState
+    from services.supervisor import Supervisor
+    from services.transport import Client, Endpoints, Publisher, ipc_folder, is_loopback
+
+    args = _train_parser().parse_args(argv)
+    config = _resolve_config(args)
+    opts = config.session
+    if not is_loopback(f"tcp://{opts.monitor_host}:1") and not opts.keys_dir:
+        raise UsageError(
+            f"session.monitor_host {opts.monitor_host} is not loopback: create keys with "
+            "`python run.py keys` and set session.keys_dir"
+        )
+    run_dir = _new_run_dir(ROOT / opts.runs_dir if not Path(opts.runs_dir).is_absolute() else Path(opts.runs_dir),
+                           config.name)
+    name = run_dir.name
+    _configure_logging(run_dir / "logs" / "session.log", stderr_level=logging.WARNING)
+    resolved = config_to_dict(config)
+    resolved["name"] = name
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    ipc = ipc_folder(run_dir)
+    state = SessionState()
+    recorder = RunRecorder(run_dir)
+    hub = EventHub(
+        name=name,
+        events_in=f"ipc://{ipc}/events_in.sock",
+        monitor_host=opts.monitor_host,
+        events_port=opts.events_port,
+        session_port=opts.session_port,
+        max_bytes=opts.max_message_bytes,
+        sinks=[state.apply, recorder],
+        snapshot=state.to_dict,
+    )
+    started = time.monotonic()
+    try:
+        hub.start()
+    except RuntimeError as exc:
+        raise UsageError(f"session: {exc}") from None
+    endpoints = Endpoints(
+        events_in=f"ipc://{ipc}/events_in.sock",
+        events_out=hub.events_out,
+        session=hub.session,
+        data=f"ipc://{ipc}/data.sock",
+        env=f"ipc://{ipc}/env.sock",
+        model=f"ipc://{ipc}/model.sock",
+        ipc_dir=str(ipc),
+    )
+    endpoints.write(run_dir / "endpoints.json")
+    print(f"session {name}: run folder {run_dir}", flush=True)
+    print(f"monitor: python run.py monitor --connect {hub.session}", flush=True)
+
+    publisher = Publisher(endpoints.events_in, sender="session")
+    supervisor = Supervisor(RUN_PY, run_dir, ACTOR_KINDS)
+    reports: list[EvaluationReport] = []
+
+    def on_report(report: EvaluationReport) -> None:
+        path = write_eval_csv(run_dir, report)
+        logger.info("episode %d evaluation written to %s", report.episode, path.name)
+        reports.append(report)
+
+    clock = SystemClock()
+
+    def heartbeat_age(actor: str) -> float:
+        return state.heartbeat_age(actor, clock.time())
+
+    max_bytes = opts.max_message_bytes
+    ports = Ports(
+        publisher=lambda: Publisher(endpoints.events_in, sender="session"),
+        clients={
+            kind: (lambda ep=getattr(endpoints, kind): Client(ep, max_bytes=max_bytes, timeout_s=opts.request_timeout_s,
+                                                              sender="session"))
+            for kind in ("data", "env", "model")
+        },
+    )
+    signals = _SignalLatch()
+    signals.install()
+    exit_code = EXIT_FAILURE
+    session_ref = None
+    try:
+        time.sleep(0.2)  # let the PUB connect before the first event
+        publisher.publish(
+            SessionStarted(
+                name=name,
+                run_dir=str(run_dir),
+                monitor=hub.session,
+                episodes=config.training.episodes,
+                steps_per_episode=config.training.steps_per_episode,
+                config=resolved,
+                sender="session",
+            )
+        )
+        supervisor.start_all()
+        failure = _wait_started(state, supervisor, opts.start_timeout_s, signals)
+        if failure:
+            raise RuntimeError(failure)
+        outcome = Outcome()
+        session_ref = SessionActor.start(
+            outcome=outcome,
+            session_name=name,
+            episodes=config.training.episodes,
+            steps_per_episode=config.training.steps_per_episode,
+            ports=ports,
+            clock=clock,
+            request_timeout_s=opts.request_timeout_s,
+            hang_timeout_s=opts.hang_timeout_s,
+            heartbeat_age=heartbeat_age,
+            on_report=on_report,
+        )
+        aborted = False
+        while not outcome.done.wait(0.2):
+            if signals.count >= 2:
+                print("second interrupt: stopping at once", file=sys.stderr, flush=True)
+                supervisor.kill_all()
+                os._exit(130)
+            if signals.count == 1 and not aborted:
+                aborted = True
+                print("interrupt: finishing the current piece, then stopping", file=sys.stderr, flush=True)
+                session_ref.tell(Abort(reason="interrupted", status="stopped"))
+            for kind, code in supervisor.exited():
+                if not aborted:
+                    aborted = True
+                    session_ref.tell(Abort(reason=f"{kind} actor process exited with status {code}", status="failed"))
+        supervisor.wait_all(timeout_s=15)
+        exit_code = {"completed": EXIT_OK, "stopped": EXIT_OK}.get(outcome.status, EXIT_FAILURE)
+        if outcome.status == "failed" and "DataError" in outcome.reason:
+            exit_code = EXIT_USAGE
+        _print_summary(name, run_dir, outcome, reports, state, time.monotonic() - started, rss_bytes(),
+                       format_eval_table, format_duration)
+    except RuntimeError as exc:
+        print(f"session {name} failed: {exc}", file=sys.stderr, flush=True)
+        logger.exception("session failed")
+        supervisor.kill_all()
+        exit_code = EXIT_FAILURE
+    finally:
+        if session_ref is not None:
+            session_ref.stop(block=False)
+        publisher.close()
+        time.sleep(0.1)
+        hub.stop()
+        recorder.close()
+        shutil.rmtree(ipc, ignore_errors=True)
+        signals.uninstall()
+    return exit_code
+
+
+class _SignalLatch:
+    """Count SIGINT/SIGTERM: the first stops the session cleanly, the second at once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def _wait_started(state: Any, supervisor: Any, timeout_s: float, signals: _SignalLatch) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        actors = state.to_dict()["actors"]
+        if all(kind in actors for kind in ACTOR_KINDS):
+            return ""
+        for kind, code in supervisor.exited():
+            return f"{kind} actor process exited with status {code} while starting (see its log)"
+        if signals.count:
+            return "interrupted while starting"
+        time.sleep(0.05)
+    missing = [k for k in ACTOR_KINDS if k not in state.to_dict()["actors"]]
+    return f"actor(s) {', '.join(missing)} did not start within {timeout_s:g} s"
+
+
+def _print_summary(name: str, run_dir: Path, outcome: Any, reports: list[Any], state: Any, seconds: float,
+                   launcher_rss: int, format_eval_table: Any, format_duration: Any) -> None:
+    print("", flush=True)
+    for report in reports:
+        print(format_eval_table(report.episode, report.agent, report.buy_and_hold))
+        print("")
+    snapshot = state.to_dict()
+    model_id = snapshot["model"]["model_id"]
+    print(f"model {model_id or '-'}: created {snapshot['model']['created']} time(s), "
+          f"reused {snapshot['model']['reused']} time(s)")
+    print("process RSS: launcher " + f"{launcher_rss / 2**20:.0f} MB, " + ", ".join(
+        f"{kind} {snapshot['actors'].get(kind, {}).get('rss_bytes', 0) / 2**20:.0f} MB" for kind in ACTOR_KINDS))
+    reason = f" ({outcome.reason})" if outcome.reason else ""
+    print(f"session {name} {outcome.status}{reason} in {format_duration(seconds)}; outputs in {run_dir}", flush=True)
+
+
+# The actor processes.
+
+
+def actor_main(argv: Sequence[str]) -> int:
+    """Host one actor in this process until it stops: `run.py _actor KIND --run-dir DIR`."""
+    parser = _Parser(prog="run.py _actor")
+    parser.add_argument("kind", choices=ACTOR_KINDS)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    kind, run_dir = args.kind, args.run_dir
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _configure_logging(run_dir / "logs" / f"{kind}.log", stderr_level=logging.WARNING, prefix=f"[{kind}] ")
+
+    from actors.base import ActorExit
+    from services.config import config_from_dict
+    from services.transport import Endpoints
+
+    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
+    endpoints = Endpoints.from_dict(json.loads((run_dir / "endpoints.json").read_text()))
+    note = ActorExit()
+    ref = _build_actor(kind, config, endpoints, run_dir, note)
+    signal.signal(signal.SIGTERM, lambda signum, frame: ref.stop(block=False))
+    parent = os.getppid()
+    while not note.event.wait(1.0):
+        if os.getppid() != parent:
+            logger.warning("%s: the launcher is gone; stopping", kind)
+            ref.stop(block=False)
+    return EXIT_FAILURE if note.crashed else EXIT_OK
+
+
+def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: Any) -> Any:
+    from actors.ports import Ports
+    from services.runtime import PsutilProbe, SystemClock
+    from services.transport import Client, Publisher, Server
+
+    opts = config.session
+    max_bytes = opts.max_message_bytes
+    common: dict[str, Any] = {
+        "clock": SystemClock(),
+        "probe": PsutilProbe(),
+        "heartbeat_s": opts.heartbeat_s,
+        "exit_note": note,
+    }
+
+    def ports(server: str | None, clients: Sequence[str] = ()) -> Ports:
+        return Ports(
+            server=(lambda: Server(getattr(endpoints, server), max_bytes=max_bytes, name=kind)) if server else None,
+            publisher=lambda: Publisher(endpoints.events_in, sender=kind),
+            clients={
+                c: (lambda ep=getattr(endpoints, c): Client(ep, max_bytes=max_bytes, timeout_s=opts.request_timeout_s,
+                                                           sender=kind))
+                for c in clients
+            },
+        )
+
+    if kind == "data":
+        from actors.data import DataActor
+        from services.dataset import DatasetService
+
+        service = DatasetService(config.data, window=config.env.window, episode_length=config.env.episode_length,
+                                 cache_root=ROOT, run_dir=run_dir)
+        return DataActor.start(service=service, block_rows=config.data.block_rows, ports=ports("data", ["env"]),
+                               **common)
+    if kind == "env":
+        from actors.environment import EnvActor
+        from services.env_factory import VecEnvFactory
+
+        factory = VecEnvFactory(config.env, seed=config.training.seed)
+        return EnvActor.start(factory=factory, ports=ports("env"), **common)
+    if kind == "model":
+        from actors.model import ModelActor
+        from services.trading_model import RemoteModelFactory
+
+        factory = RemoteModelFactory(config.model, seed=config.training.seed,
+                                     tensorboard_dir=run_dir / "tensorboard")
+        return ModelActor.start(factory=factory, piece_steps=config.training.piece_steps,
+                                ports=ports("model", ["env"]), **common)
+    from actors.monitor import MonitorActor
+    from services.console import PlainView
+    from services.transport import Subscriber
+
+    view = PlainView(tables=False)
+    monitor_ports = Ports(
+        publisher=lambda: Publisher(endpoints.events_in, sender=kind),
+        subscriber=lambda: Subscriber(endpoints.events_out, max_bytes=max_bytes),
+    )
+    return MonitorActor.start(view=view, ports=monitor_ports, silence_s=max(5.0, 5 * opts.heartbeat_s),
+                              exit_when_finished=True, **common)
+
+
+# The remote monitor.
+
+
+def monitor_main(argv: Sequence[str]) -> int:
+    """Attach to a running session: snapshot first, then live events, until it finishes."""
+    parser = _Parser(prog="run.py monitor", description="Attach to a running session.")
+    parser.add_argument("--connect", required=True, metavar="tcp://HOST:PORT", help="the session's monitor endpoint")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per line")
+    parser.add_argument("--once", action="store_true", help="print the snapshot and exit")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the session")
+    args = parser.parse_args(argv)
+    if not args.connect.startswith("tcp://") or ":" not in args.connect[6:]:
+        raise UsageError(f"run.py monitor: --connect must be tcp://HOST:PORT, got {args.connect!r}")
+    _configure_logging(None, stderr_level=logging.ERROR)
+
+    from actors.base import ActorExit
+    from actors.monitor import MonitorActor
+    from actors.ports import Ports
+    from messages import DescribeSession, SessionDescription
+    from services.console import JsonView, PlainView
+    from services.runtime import PsutilProbe, SystemClock
+    from services.transport import Client, Subscriber, TransportError
+
+    host = args.connect[6:].rsplit(":", 1)[0]
+    probe = Client(args.connect, max_bytes=1 << 26, timeout_s=args.timeout, sender="monitor")
+    try:
+        description = probe.request(DescribeSession(sender="monitor"))
+    except TransportError:
+        print(f"monitor: no session answered at {args.connect} within {args.timeout:g} s", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        probe.close()
+    assert isinstance(description, SessionDescription)
+    port = description.events.rsplit(":", 1)[1]
+    events = f"tcp://{host}:{port}"
+    view = JsonView() if args.json else PlainView(tables=True)
+    note = ActorExit()
+    ports = Ports(
+        subscriber=lambda: Subscriber(events, max_bytes=1 << 26),
+        clients={"session": lambda: Client(args.connect, max_bytes=1 << 26, timeout_s=args.timeout, sender="monitor")},
+    )
+    ref = MonitorActor.start(view=view, ports=ports, clock=SystemClock(), probe=PsutilProbe(), exit_note=note,
+                             exit_when_finished=True, once=args.once)
+    signals = _SignalLatch()
+    signals.install()
+    try:
+        while not note.event.wait(0.2):
+            if signals.count:
+                ref.stop(block=False)
+                note.event.wait(5)
+                break
+    finally:
+        signals.uninstall()
+    return EXIT_FAILURE if note.crashed else EXIT_OK
+
+
+# Data generation.
+
+
+def generate_main(argv: Sequence[str]) -> int:
+    """Write a synthetic OHLCV CSV of any length."""
+    from services import synthetic
+
+    return int(synthetic.main(list(argv)) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch the command line; bad usage exits 2 with one line, never a traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"monitor": monitor_main, "generate-data": generate_main, "_actor": actor_main}
+    try:
+        if argv and argv[0] in commands:
+            return commands[argv[0]](argv[1:])
+        return train(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

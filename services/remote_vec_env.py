@@ -1,0 +1,120 @@
+"""Expose the env actor's vectorized envs to SB3 as a VecEnv, stepping them over ZeroMQ.
+
+Imported only in the model actor's process (it imports stable_baselines3).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
+
+from messages import DescribeEnvs, EnvSpec, EnvsReset, EnvsStepped, Message, ResetEnvs, StepEnvs
+
+
+class Requester(Protocol):
+    """Sends one request and returns its reply."""
+
+    def request(self, msg: Message, timeout_s: float | None = None) -> Message:
+        """Send and wait for the reply."""
+        ...
+
+
+def spaces_from_spec(spec: EnvSpec) -> tuple[spaces.Box, spaces.Space[Any]]:
+    """Rebuild the observation and action spaces described by the env actor."""
+    observation = spaces.Box(-np.inf, np.inf, shape=tuple(spec.obs_shape), dtype=np.float32)
+    action: spaces.Space[Any]
+    if spec.action == "continuous":
+        action = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+    else:
+        action = spaces.Discrete(spec.n_actions)
+    return observation, action
+
+
+class RemoteVecEnv(VecEnv):
+    """A VecEnv whose envs live in the env actor: one request per batched reset or step."""
+
+    def __init__(self, client: Requester, role: str, *, sender: str = "model") -> None:
+        self._client = client
+        self._role = role
+        self._sender = sender
+        spec = self._ask(DescribeEnvs(role=role))
+        assert isinstance(spec, EnvSpec)
+        self.spec = spec
+        observation, action = spaces_from_spec(spec)
+        self._actions: np.ndarray | None = None
+        self._episode_start = time.monotonic()
+        super().__init__(spec.n_envs, observation, action)
+
+    def _ask(self, msg: Message) -> Message:
+        return self._client.request(msg)
+
+    def reset(self) -> np.ndarray:
+        """Reset every env; the first seed set by seed() makes the offsets reproducible."""
+        seed = self._seeds[0]
+        reply = self._ask(ResetEnvs(role=self._role, seed=-1 if seed is None else int(seed)))
+        assert isinstance(reply, EnvsReset)
+        self._reset_seeds()
+        return np.array(reply.obs, dtype=np.float32)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        """Remember the actions; the request goes out in step_wait."""
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        """Step every env in one request and rebuild SB3's per-env info dicts."""
+        assert self._actions is not None
+        actions = np.asarray(self._actions)
+        if actions.dtype.kind == "f":
+            actions = actions.astype(np.float32, copy=False).reshape(self.num_envs)
+        else:
+            actions = actions.astype(np.int64, copy=False).reshape(self.num_envs)
+        reply = self._ask(StepEnvs(role=self._role, actions=actions))
+        assert isinstance(reply, EnvsStepped)
+        dones = np.logical_or(reply.terminated, reply.truncated)
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        if dones.any():
+            now = time.monotonic() - self._episode_start
+            for i in np.flatnonzero(dones):
+                infos[i] = {
+                    "terminal_observation": np.array(reply.terminal_obs[i]),
+                    "TimeLimit.truncated": bool(reply.truncated[i] and not reply.terminated[i]),
+                    "episode": {
+                        "r": float(reply.episode_return[i]),
+                        "l": int(reply.episode_length[i]),
+                        "t": round(now, 6),
+                    },
+                }
+        return np.array(reply.obs, dtype=np.float32), np.array(reply.reward, dtype=np.float32), dones, infos
+
+    def close(self) -> None:
+        """Nothing to close: the envs belong to the env actor."""
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """Answer the attributes SB3 asks for; the remote envs have no others."""
+        n = len(list(self._get_indices(indices)))
+        if attr_name == "render_mode":
+            return [None] * n
+        raise AttributeError(f"remote envs have no attribute {attr_name!r}")
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        """Refuse: remote envs are configured by the env actor."""
+        raise AttributeError(f"cannot set {attr_name!r} on remote envs")
+
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
+        """Refuse: remote envs are driven only by reset and step."""
+        raise AttributeError(f"remote envs have no method {method_name!r}")
+
+    def env_is_wrapped(self, wrapper_class: type[Any], indices: VecEnvIndices = None) -> list[bool]:
+        """Report the envs as unwrapped (episode statistics come from the env actor)."""
+        return [False] * len(list(self._get_indices(indices)))
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        """Remote envs do not render."""
+        return [None] * self.num_envs

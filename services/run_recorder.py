@@ -1,0 +1,107 @@
+"""Write a session's outputs for people and tools: events.jsonl, metrics.csv and per-episode eval CSVs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from messages import EvaluationReport, Message, TrainingMetrics, to_json_dict
+
+logger = logging.getLogger(__name__)
+
+METRIC_COLUMNS = (
+    "time/fps",
+    "rollout/ep_rew_mean",
+    "rollout/ep_len_mean",
+    "rollout/exploration_rate",
+    "train/loss",
+    "train/policy_gradient_loss",
+    "train/value_loss",
+    "train/entropy_loss",
+    "train/approx_kl",
+    "train/clip_fraction",
+    "train/explained_variance",
+    "train/actor_loss",
+    "train/critic_loss",
+    "train/ent_coef",
+    "train/ent_coef_loss",
+    "train/learning_rate",
+    "train/n_updates",
+)
+"""Columns of metrics.csv after ts, episode and total_steps: the SB3 logger keys of every algorithm."""
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class RunRecorder:
+    """Append every event to events.jsonl and training values to metrics.csv; both files append on resume."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._run_dir = run_dir
+        self._events: IO[str] = (run_dir / "events.jsonl").open("a", encoding="utf-8")
+        metrics_path = run_dir / "metrics.csv"
+        new = not metrics_path.exists() or metrics_path.stat().st_size == 0
+        self._metrics_file: IO[str] = metrics_path.open("a", encoding="utf-8", newline="")
+        self._metrics = csv.writer(self._metrics_file)
+        if new:
+            self._metrics.writerow(["ts", "episode", "total_steps", *METRIC_COLUMNS])
+            self._metrics_file.flush()
+
+    def __call__(self, seq: int, msg: Message) -> None:
+        """Record one event (the hub's sink signature)."""
+        record = to_json_dict(msg)
+        record["seq"] = seq
+        record["actor"] = record.pop("sender")
+        self._events.write(json.dumps(_json_safe(record), separators=(",", ":")) + "\n")
+        self._events.flush()
+        if isinstance(msg, TrainingMetrics):
+            row = [f"{msg.ts:.3f}", msg.episode, msg.total_steps]
+            row += [_fmt(msg.values.get(key)) for key in METRIC_COLUMNS]
+            self._metrics.writerow(row)
+            self._metrics_file.flush()
+
+    def close(self) -> None:
+        """Close the files."""
+        self._events.close()
+        self._metrics_file.close()
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+def write_eval_csv(run_dir: Path, report: EvaluationReport) -> Path:
+    """Write eval-episode-<k>.csv: one row per eval bar, atomically."""
+    path = run_dir / f"eval-episode-{report.episode}.csv"
+    tmp = path.with_suffix(".tmp")
+    stamps = np.asarray(report.timestamp, dtype="datetime64[ns]")
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["timestamp", "close", "position", "equity", "buy_and_hold_equity"])
+        for i in range(len(report.close)):
+            writer.writerow(
+                [
+                    np.datetime_as_string(stamps[i], unit="s") if len(stamps) else "",
+                    f"{report.close[i]:.6f}",
+                    f"{report.position[i]:.4f}",
+                    f"{report.equity[i]:.8f}",
+                    f"{report.bh_equity[i]:.8f}",
+                ]
+            )
+    os.replace(tmp, path)
+    return path

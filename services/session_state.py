@@ -1,0 +1,174 @@
+"""Fold events into the state a monitor shows; the hub serves it as the snapshot (Clone pattern)."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+from messages import (
+    ActorStarted,
+    ActorStopped,
+    DataLoaded,
+    EpisodeFinished,
+    EpisodeStarted,
+    ErrorRaised,
+    EvaluationFinished,
+    Heartbeat,
+    Message,
+    ModelCreated,
+    ModelReused,
+    SessionFinished,
+    SessionStarted,
+    TrainingMetrics,
+    TrainingProgress,
+)
+
+MAX_ERRORS = 20
+
+
+class SessionState:
+    """The state of a session as seen through its events; apply(seq, event) ignores events already seen."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[str, Any] = copy.deepcopy(data) if data is not None else self.empty()
+
+    @staticmethod
+    def empty() -> dict[str, Any]:
+        """Return the state of a session before any event."""
+        return {
+            "seq": 0,
+            "session": {"name": "", "status": "unknown", "reason": "", "episodes": 0, "steps_per_episode": 0},
+            "actors": {},
+            "model": {"model_id": "", "algorithm": "", "device": "", "created": 0, "reused": 0},
+            "progress": {
+                "episode": 0,
+                "steps": 0,
+                "steps_total": 0,
+                "total_steps": 0,
+                "steps_per_s": 0.0,
+                "eta_s": 0.0,
+            },
+            "metrics": {},
+            "data": {},
+            "evaluations": [],
+            "errors": [],
+            "gaps": 0,
+        }
+
+    @classmethod
+    def from_snapshot(cls, seq: int, state: dict[str, Any]) -> SessionState:
+        """Build the state from a snapshot taken after event `seq`."""
+        merged = cls.empty()
+        merged.update(state)
+        merged["seq"] = seq
+        return cls(merged)
+
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last event applied."""
+        return int(self._data["seq"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a deep copy of the state (JSON- and msgpack-safe)."""
+        with self._lock:
+            return copy.deepcopy(self._data)
+
+    def heartbeat_age(self, actor: str, now: float) -> float:
+        """Seconds since the actor's last heartbeat (infinite if it never sent one)."""
+        with self._lock:
+            info = self._data["actors"].get(actor)
+            if not info or not info["last_heartbeat"]:
+                return float("inf")
+            return max(0.0, now - float(info["last_heartbeat"]))
+
+    def apply(self, seq: int, msg: Message) -> bool:
+        """Apply one event numbered `seq`; return False if it was already part of the state."""
+        with self._lock:
+            if seq <= self._data["seq"]:
+                return False
+            if self._data["seq"] and seq > self._data["seq"] + 1:
+                self._data["gaps"] += seq - self._data["seq"] - 1
+            self._data["seq"] = seq
+            self._fold(msg)
+            return True
+
+    def _actor(self, name: str) -> dict[str, Any]:
+        actors: dict[str, dict[str, Any]] = self._data["actors"]
+        return actors.setdefault(
+            name, {"state": "unknown", "pid": 0, "rss_bytes": 0, "cpu_percent": 0.0, "last_heartbeat": 0.0}
+        )
+
+    def _fold(self, msg: Message) -> None:
+        d = self._data
+        match msg:
+            case SessionStarted():
+                d["session"].update(
+                    name=msg.name,
+                    status="running",
+                    episodes=msg.episodes,
+                    steps_per_episode=msg.steps_per_episode,
+                    monitor=msg.monitor,
+                    run_dir=msg.run_dir,
+                )
+            case SessionFinished():
+                d["session"].update(status=msg.status, reason=msg.reason)
+            case ActorStarted():
+                self._actor(msg.sender).update(state="started", pid=msg.pid, last_heartbeat=msg.ts)
+            case ActorStopped():
+                self._actor(msg.sender).update(state="stopped", pid=msg.pid)
+            case Heartbeat():
+                self._actor(msg.sender).update(
+                    state=msg.state,
+                    pid=msg.pid,
+                    rss_bytes=msg.rss_bytes,
+                    cpu_percent=msg.cpu_percent,
+                    last_heartbeat=msg.ts,
+                )
+            case DataLoaded():
+                d["data"] = {
+                    "source": msg.source,
+                    "rows": msg.rows,
+                    "features": list(msg.features),
+                    "bars_per_year": msg.bars_per_year,
+                    "cached": msg.cached,
+                }
+            case ModelCreated():
+                d["model"].update(
+                    model_id=msg.model_id,
+                    algorithm=msg.algorithm,
+                    device=msg.device,
+                    parameters=msg.parameters,
+                )
+                d["model"]["created"] += 1
+            case ModelReused():
+                d["model"]["reused"] += 1
+            case EpisodeStarted():
+                d["progress"].update(episode=msg.episode, steps=0, steps_total=msg.steps, eta_s=0.0)
+            case TrainingProgress():
+                d["progress"].update(
+                    episode=msg.episode,
+                    steps=msg.steps,
+                    steps_total=msg.steps_total,
+                    total_steps=msg.total_steps,
+                    steps_per_s=msg.steps_per_s,
+                    eta_s=msg.eta_s,
+                )
+            case TrainingMetrics():
+                d["metrics"] = dict(msg.values)
+            case EpisodeFinished():
+                d["progress"].update(
+                    steps=msg.steps, total_steps=msg.total_steps, steps_per_s=msg.steps_per_s, eta_s=0.0
+                )
+            case EvaluationFinished():
+                d["evaluations"].append(
+                    {"episode": msg.episode, "agent": dict(msg.agent), "buy_and_hold": dict(msg.buy_and_hold)}
+                )
+            case ErrorRaised():
+                d["errors"] = [
+                    *d["errors"][-(MAX_ERRORS - 1) :],
+                    {"actor": msg.sender, "where": msg.where, "error": msg.error, "ts": msg.ts},
+                ]
+            case _:
+                pass
