@@ -142,8 +142,9 @@ def train(argv: Sequence[str]) -> int:
             f"session.monitor_host {opts.monitor_host} is not loopback: create keys with "
             "`python run.py keys` and set session.keys_dir"
         )
-    run_dir = _new_run_dir(ROOT / opts.runs_dir if not Path(opts.runs_dir).is_absolute() else Path(opts.runs_dir),
-                           config.name)
+    run_dir = _new_run_dir(
+        ROOT / opts.runs_dir if not Path(opts.runs_dir).is_absolute() else Path(opts.runs_dir), config.name
+    )
     name = run_dir.name
     _configure_logging(run_dir / "logs" / "session.log", stderr_level=logging.WARNING)
     resolved = config_to_dict(config)
@@ -199,8 +200,7 @@ def train(argv: Sequence[str]) -> int:
     ports = Ports(
         publisher=lambda: Publisher(endpoints.events_in, sender="session"),
         clients={
-            kind: (lambda ep=getattr(endpoints, kind): Client(ep, max_bytes=max_bytes, timeout_s=opts.request_timeout_s,
-                                                              sender="session"))
+            kind: _client_factory(getattr(endpoints, kind), max_bytes, opts.request_timeout_s, "session")
             for kind in ("data", "env", "model")
         },
     )
@@ -251,13 +251,24 @@ def train(argv: Sequence[str]) -> int:
             for kind, code in supervisor.exited():
                 if not aborted:
                     aborted = True
-                    session_ref.tell(Abort(reason=f"{kind} actor process exited with status {code}", status="failed"))
+                    session_ref.tell(
+                        Abort(reason=f"{kind} actor process exited with status {code}", status="failed")
+                    )
         supervisor.wait_all(timeout_s=15)
         exit_code = {"completed": EXIT_OK, "stopped": EXIT_OK}.get(outcome.status, EXIT_FAILURE)
         if outcome.status == "failed" and "DataError" in outcome.reason:
             exit_code = EXIT_USAGE
-        _print_summary(name, run_dir, outcome, reports, state, time.monotonic() - started, rss_bytes(),
-                       format_eval_table, format_duration)
+        _print_summary(
+            name,
+            run_dir,
+            outcome,
+            reports,
+            state,
+            time.monotonic() - started,
+            rss_bytes(),
+            format_eval_table,
+            format_duration,
+        )
     except RuntimeError as exc:
         print(f"session {name} failed: {exc}", file=sys.stderr, flush=True)
         logger.exception("session failed")
@@ -273,6 +284,13 @@ def train(argv: Sequence[str]) -> int:
         shutil.rmtree(ipc, ignore_errors=True)
         signals.uninstall()
     return exit_code
+
+
+def _client_factory(endpoint: str, max_bytes: int, timeout_s: float, sender: str) -> Any:
+    """Return a factory of request clients to one endpoint (called in the thread that uses them)."""
+    from services.transport import Client
+
+    return lambda: Client(endpoint, max_bytes=max_bytes, timeout_s=timeout_s, sender=sender)
 
 
 class _SignalLatch:
@@ -311,20 +329,40 @@ def _wait_started(state: Any, supervisor: Any, timeout_s: float, signals: _Signa
     return f"actor(s) {', '.join(missing)} did not start within {timeout_s:g} s"
 
 
-def _print_summary(name: str, run_dir: Path, outcome: Any, reports: list[Any], state: Any, seconds: float,
-                   launcher_rss: int, format_eval_table: Any, format_duration: Any) -> None:
+def _print_summary(
+    name: str,
+    run_dir: Path,
+    outcome: Any,
+    reports: list[Any],
+    state: Any,
+    seconds: float,
+    launcher_rss: int,
+    format_eval_table: Any,
+    format_duration: Any,
+) -> None:
     print("", flush=True)
     for report in reports:
         print(format_eval_table(report.episode, report.agent, report.buy_and_hold))
         print("")
     snapshot = state.to_dict()
     model_id = snapshot["model"]["model_id"]
-    print(f"model {model_id or '-'}: created {snapshot['model']['created']} time(s), "
-          f"reused {snapshot['model']['reused']} time(s)")
-    print("process RSS: launcher " + f"{launcher_rss / 2**20:.0f} MB, " + ", ".join(
-        f"{kind} {snapshot['actors'].get(kind, {}).get('rss_bytes', 0) / 2**20:.0f} MB" for kind in ACTOR_KINDS))
+    print(
+        f"model {model_id or '-'}: created {snapshot['model']['created']} time(s), "
+        f"reused {snapshot['model']['reused']} time(s)"
+    )
+    print(
+        "process RSS: launcher "
+        + f"{launcher_rss / 2**20:.0f} MB, "
+        + ", ".join(
+            f"{kind} {snapshot['actors'].get(kind, {}).get('rss_bytes', 0) / 2**20:.0f} MB"
+            for kind in ACTOR_KINDS
+        )
+    )
     reason = f" ({outcome.reason})" if outcome.reason else ""
-    print(f"session {name} {outcome.status}{reason} in {format_duration(seconds)}; outputs in {run_dir}", flush=True)
+    print(
+        f"session {name} {outcome.status}{reason} in {format_duration(seconds)}; outputs in {run_dir}",
+        flush=True,
+    )
 
 
 # The actor processes.
@@ -344,7 +382,9 @@ def actor_main(argv: Sequence[str]) -> int:
     from services.config import config_from_dict
     from services.transport import Endpoints
 
-    config = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml"))
+    config = config_from_dict(
+        yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml")
+    )
     endpoints = Endpoints.from_dict(json.loads((run_dir / "endpoints.json").read_text()))
     note = ActorExit()
     ref = _build_actor(kind, config, endpoints, run_dir, note)
@@ -373,11 +413,12 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
 
     def ports(server: str | None, clients: Sequence[str] = ()) -> Ports:
         return Ports(
-            server=(lambda: Server(getattr(endpoints, server), max_bytes=max_bytes, name=kind)) if server else None,
+            server=(lambda: Server(getattr(endpoints, server), max_bytes=max_bytes, name=kind))
+            if server
+            else None,
             publisher=lambda: Publisher(endpoints.events_in, sender=kind),
             clients={
-                c: (lambda ep=getattr(endpoints, c): Client(ep, max_bytes=max_bytes, timeout_s=opts.request_timeout_s,
-                                                           sender=kind))
+                c: _client_factory(getattr(endpoints, c), max_bytes, opts.request_timeout_s, kind)
                 for c in clients
             },
         )
@@ -386,10 +427,16 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
         from actors.data import DataActor
         from services.dataset import DatasetService
 
-        service = DatasetService(config.data, window=config.env.window, episode_length=config.env.episode_length,
-                                 cache_root=ROOT, run_dir=run_dir)
-        return DataActor.start(service=service, block_rows=config.data.block_rows, ports=ports("data", ["env"]),
-                               **common)
+        service = DatasetService(
+            config.data,
+            window=config.env.window,
+            episode_length=config.env.episode_length,
+            cache_root=ROOT,
+            run_dir=run_dir,
+        )
+        return DataActor.start(
+            service=service, block_rows=config.data.block_rows, ports=ports("data", ["env"]), **common
+        )
     if kind == "env":
         from actors.environment import EnvActor
         from services.env_factory import VecEnvFactory
@@ -400,10 +447,12 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
         from actors.model import ModelActor
         from services.trading_model import RemoteModelFactory
 
-        factory = RemoteModelFactory(config.model, seed=config.training.seed,
-                                     tensorboard_dir=run_dir / "tensorboard")
-        return ModelActor.start(factory=factory, piece_steps=config.training.piece_steps,
-                                ports=ports("model", ["env"]), **common)
+        factory = RemoteModelFactory(
+            config.model, seed=config.training.seed, tensorboard_dir=run_dir / "tensorboard"
+        )
+        return ModelActor.start(
+            factory=factory, piece_steps=config.training.piece_steps, ports=ports("model", ["env"]), **common
+        )
     from actors.monitor import MonitorActor
     from services.console import PlainView
     from services.transport import Subscriber
@@ -412,9 +461,19 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
     monitor_ports = Ports(
         publisher=lambda: Publisher(endpoints.events_in, sender=kind),
         subscriber=lambda: Subscriber(endpoints.events_out, max_bytes=max_bytes),
+        clients={
+            "session": lambda: Client(
+                endpoints.session, max_bytes=max_bytes, timeout_s=opts.request_timeout_s, sender=kind
+            )
+        },
     )
-    return MonitorActor.start(view=view, ports=monitor_ports, silence_s=max(5.0, 5 * opts.heartbeat_s),
-                              exit_when_finished=True, **common)
+    return MonitorActor.start(
+        view=view,
+        ports=monitor_ports,
+        silence_s=max(5.0, 5 * opts.heartbeat_s),
+        exit_when_finished=True,
+        **common,
+    )
 
 
 # The remote monitor.
@@ -423,7 +482,9 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
 def monitor_main(argv: Sequence[str]) -> int:
     """Attach to a running session: snapshot first, then live events, until it finishes."""
     parser = _Parser(prog="run.py monitor", description="Attach to a running session.")
-    parser.add_argument("--connect", required=True, metavar="tcp://HOST:PORT", help="the session's monitor endpoint")
+    parser.add_argument(
+        "--connect", required=True, metavar="tcp://HOST:PORT", help="the session's monitor endpoint"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
     parser.add_argument("--once", action="store_true", help="print the snapshot and exit")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the session")
@@ -456,10 +517,21 @@ def monitor_main(argv: Sequence[str]) -> int:
     note = ActorExit()
     ports = Ports(
         subscriber=lambda: Subscriber(events, max_bytes=1 << 26),
-        clients={"session": lambda: Client(args.connect, max_bytes=1 << 26, timeout_s=args.timeout, sender="monitor")},
+        clients={
+            "session": lambda: Client(
+                args.connect, max_bytes=1 << 26, timeout_s=args.timeout, sender="monitor"
+            )
+        },
     )
-    ref = MonitorActor.start(view=view, ports=ports, clock=SystemClock(), probe=PsutilProbe(), exit_note=note,
-                             exit_when_finished=True, once=args.once)
+    ref = MonitorActor.start(
+        view=view,
+        ports=ports,
+        clock=SystemClock(),
+        probe=PsutilProbe(),
+        exit_note=note,
+        exit_when_finished=True,
+        once=args.once,
+    )
     signals = _SignalLatch()
     signals.install()
     try:

@@ -10,7 +10,6 @@ import numpy as np
 
 from actors.base import ActorExit, ServiceActor
 from actors.ports import Clock, Ports, ProcessProbe, RequestClient
-from services.dataset import EpisodeSplit, LoadSummary, SplitArrays
 from messages import (
     BlockAccepted,
     DataBlock,
@@ -21,6 +20,7 @@ from messages import (
     Message,
     PrepareEpisode,
 )
+from services.dataset import EpisodeSplit, LoadSummary, SplitArrays
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,9 @@ class DataActor(ServiceActor):
             self._await_ack(env, pending)
         assert self._summary is not None
         done = env.request(
-            DataComplete(split=split, total_rows=total, bars_per_year=self._summary.bars_per_year, episode=episode)
+            DataComplete(
+                split=split, total_rows=total, bars_per_year=self._summary.bars_per_year, episode=episode
+            )
         )
         if not isinstance(done, DataInstalled) or done.rows != total:
             raise RuntimeError(f"env actor did not install the {split} split: {done!r}")

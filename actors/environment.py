@@ -178,7 +178,9 @@ class EnvActor(ServiceActor):
                     ),
                 )
             case FinishEvaluation():
-                out = self._factory.evaluation(self._env("eval"), self._eval_timestamps(), self._bars_per_year)
+                out = self._factory.evaluation(
+                    self._env("eval"), self._eval_timestamps(), self._bars_per_year
+                )
                 self.reply(peer, EvaluationComputed(correlation_id=msg.msg_id, episode=msg.episode, **out))
             case _:
                 super().handle(peer, msg)
@@ -235,7 +237,9 @@ class EnvActor(ServiceActor):
             self.envs_created += 1
             logger.info("%s envs created: %d x obs %s", msg.split, env.n_envs, tuple(env.observation_shape))
             self.publish(
-                EnvsCreated(n_envs=env.n_envs, obs_shape=tuple(env.observation_shape), action=self._factory.action)
+                EnvsCreated(
+                    n_envs=env.n_envs, obs_shape=tuple(env.observation_shape), action=self._factory.action
+                )
             )
         else:
             env.update_data(buf.features[:n], buf.open[:n], buf.close[:n])

@@ -58,7 +58,9 @@ class ModelFactory(Protocol):
 
     algorithm: str
 
-    def create(self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]) -> TrainableModel:
+    def create(
+        self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]
+    ) -> TrainableModel:
         """Build the model on remote train and eval envs reached through env_client."""
         ...
 

@@ -147,15 +147,23 @@ class SessionActor(pykka.ThreadingActor):
 
     def _episode_loop(self) -> Generator[Call, Message | None, None]:
         for k in range(1, self._episodes + 1):
-            yield Call("env", SetSession(name=self._session_name, episode=k, sender=self.name), self._request_timeout_s)
+            yield Call(
+                "env",
+                SetSession(name=self._session_name, episode=k, sender=self.name),
+                self._request_timeout_s,
+            )
             ready = yield Call("data", PrepareEpisode(episode=k, sender=self.name), self._request_timeout_s)
             if isinstance(ready, EpisodeDataReady):
                 self.outcome.data = ready
-            self._publish(EpisodeStarted(episode=k, episodes=self._episodes, steps=self._steps, sender=self.name))
+            self._publish(
+                EpisodeStarted(episode=k, episodes=self._episodes, steps=self._steps, sender=self.name)
+            )
             trained = yield Call("model", TrainEpisode(episode=k, steps=self._steps, sender=self.name), None)
             if isinstance(trained, EpisodeTrained):
                 self.outcome.trained.append(trained)
-            report = yield Call("model", EvaluateEpisode(episode=k, sender=self.name), self._request_timeout_s)
+            report = yield Call(
+                "model", EvaluateEpisode(episode=k, sender=self.name), self._request_timeout_s
+            )
             if isinstance(report, EvaluationReport):
                 self.outcome.reports.append(report)
                 self._on_report(report)
@@ -164,7 +172,11 @@ class SessionActor(pykka.ThreadingActor):
     def _shutdown(self) -> Generator[Call, Message | None, None]:
         for name in STOP_ORDER:
             if name in self._clients:
-                yield Call(name, Stop(reason=f"session {self.outcome.status}", sender=self.name), self._stop_timeout_s)
+                yield Call(
+                    name,
+                    Stop(reason=f"session {self.outcome.status}", sender=self.name),
+                    self._stop_timeout_s,
+                )
 
     # Driving it.
 
@@ -235,7 +247,10 @@ class SessionActor(pykka.ThreadingActor):
         self._call = None
         self._publish(
             SessionFinished(
-                name=self._session_name, status=self.outcome.status, reason=self.outcome.reason, sender=self.name
+                name=self._session_name,
+                status=self.outcome.status,
+                reason=self.outcome.reason,
+                sender=self.name,
             )
         )
         logger.info("session %s %s", self._session_name, self.outcome.status)

@@ -83,7 +83,8 @@ def main() -> None:
         f"(min {min(single_rates):,.0f}, max {max(single_rates):,.0f}, {args.repeats} repeats)"
     )
     print(
-        f"VecTradingEnv({args.n_envs:>3}):       median {statistics.median(vector_rates):>12,.0f} env-steps/s "
+        f"VecTradingEnv({args.n_envs:>3}):       median "
+        f"{statistics.median(vector_rates):>12,.0f} env-steps/s "
         f"(min {min(vector_rates):,.0f}, max {max(vector_rates):,.0f}, {args.repeats} repeats)"
     )
     if "torch" in sys.modules:

@@ -2,8 +2,8 @@
 
 from messages.base import Message, new_id
 from messages.codec import PROTOCOL_VERSION, DecodeError, decode, encode, message_types, to_json_dict
-from messages.envelope import Incoming
 from messages.commands import *  # noqa: F403
+from messages.envelope import Incoming
 from messages.events import *  # noqa: F403
 
 __all__ = [

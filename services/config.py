@@ -252,7 +252,7 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)][0]
+        inner = next(a for a in args if a is not type(None))
         return _coerce(inner, value, path, source)
     raise ConfigError(f"{source}: {path} has an unsupported type {hint!r}")
 

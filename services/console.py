@@ -89,7 +89,7 @@ def format_eval_table(episode: int, agent: Mapping[str, float], buy_and_hold: Ma
 
 def format_duration(seconds: float) -> str:
     """Format seconds as H:MM:SS."""
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
@@ -99,8 +99,9 @@ def format_progress(state: SessionState) -> str:
     p, s = d["progress"], d["session"]
     total = max(p["steps_total"], 1)
     pct = min(100.0, 100.0 * p["steps"] / total)
+    episodes = s["episodes"] or "?"
     return (
-        f"episode {p['episode']}/{s['episodes'] or '?'}  {p['steps']:,}/{p['steps_total']:,} steps ({pct:.0f}%)"
+        f"episode {p['episode']}/{episodes}  {p['steps']:,}/{p['steps_total']:,} steps ({pct:.0f}%)"
         f"  {p['steps_per_s']:,.0f} steps/s  ETA {format_duration(p['eta_s'])}"
     )
 
@@ -108,7 +109,9 @@ def format_progress(state: SessionState) -> str:
 class PlainView:
     """Plain lines: one per event that matters, progress at a modest rate."""
 
-    def __init__(self, out: IO[str] | None = None, *, tables: bool = True, progress_every_s: float = 5.0) -> None:
+    def __init__(
+        self, out: IO[str] | None = None, *, tables: bool = True, progress_every_s: float = 5.0
+    ) -> None:
         self._out = out or sys.stdout
         self._tables = tables
         self._every = progress_every_s
@@ -121,6 +124,8 @@ class PlainView:
         """Summarise the state on attaching."""
         d = state.to_dict()
         s, m = d["session"], d["model"]
+        if not self._tables:
+            return  # the local console: the session has only just started
         self._say(
             f"attached to session {s['name'] or '?'} ({s['status']}) at event {d['seq']}; "
             f"model {m['model_id'] or 'not created yet'}"
@@ -140,7 +145,8 @@ class PlainView:
                 self._say(f"data: {msg.rows:,} bars, {len(msg.features)} features{cached}")
             case ModelCreated():
                 self._say(
-                    f"model {msg.model_id} created ({msg.algorithm}, {msg.device}, {msg.parameters:,} parameters)"
+                    f"model {msg.model_id} created"
+                    f" ({msg.algorithm}, {msg.device}, {msg.parameters:,} parameters)"
                 )
             case ModelReused():
                 self._say(f"model {msg.model_id} reused for episode {msg.episode}")
@@ -158,11 +164,9 @@ class PlainView:
                 self._say(format_eval_table(msg.episode, msg.agent, msg.buy_and_hold))
             case EvaluationFinished():
                 a, b = msg.agent, msg.buy_and_hold
-                self._say(
-                    f"episode {msg.episode} evaluated: agent {100 * a.get('total_return', 0.0):+.2f}%"
-                    f" (Sharpe {a.get('sharpe', 0.0):.2f}), buy & hold {100 * b.get('total_return', 0.0):+.2f}%"
-                    f" (Sharpe {b.get('sharpe', 0.0):.2f})"
-                )
+                agent = f"{100 * a.get('total_return', 0.0):+.2f}% (Sharpe {a.get('sharpe', 0.0):.2f})"
+                bench = f"{100 * b.get('total_return', 0.0):+.2f}% (Sharpe {b.get('sharpe', 0.0):.2f})"
+                self._say(f"episode {msg.episode} evaluated: agent {agent}, buy & hold {bench}")
             case ErrorRaised():
                 self._say(f"error in {msg.sender or '?'} ({msg.where}): {msg.error}")
             case SessionFinished():

@@ -81,6 +81,7 @@ _FORMATS: tuple[str, ...] = (
     "%b %d, %Y",
 )
 _EPOCH_UNITS: dict[str, int] = {"epoch_s": 10**9, "epoch_ms": 10**6, "epoch_us": 10**3, "epoch_ns": 1}
+_NAT = np.iinfo(np.int64).min
 _DIGITS = re.compile(r"^-?\d+(\.\d+)?$")
 _PANDAS_LINE = re.compile(r"line (\d+)")
 
@@ -448,7 +449,7 @@ class _FileReader:
                 import pyarrow.parquet as pq
 
                 for batch in pq.ParquetFile(self.path).iter_batches(batch_size=size, columns=columns):
-                    frame = batch.to_pandas(date_as_object=False)
+                    frame = batch.to_pandas(date_as_object=False, ignore_metadata=True)
                     yield frame, first
                     first += len(frame)
                     if limit is not None:
@@ -457,7 +458,6 @@ class _FileReader:
             reader = pd.read_csv(
                 self.path,
                 usecols=columns,
-                dtype={name: str for name in self.layout.time_columns},
                 chunksize=size,
                 skipinitialspace=True,
                 skip_blank_lines=False,
@@ -495,52 +495,57 @@ class _FileReader:
             raise self.error("missing timestamp", int(rows[np.argmax(missing)]))
         if pd.api.types.is_datetime64_any_dtype(series.dtype):
             return _datetimes_to_ns(pd.DatetimeIndex(series)), rows
-        if pd.api.types.is_numeric_dtype(series.dtype):
+        if pd.api.types.is_numeric_dtype(series.dtype) and series.dtype != bool:
+            if not self.time_format:
+                self.time_format = _epoch_unit(series.to_numpy(dtype=np.float64)[:_SAMPLE_ROWS]) or ""
+            if self.time_format in _EPOCH_UNITS:
+                return _epoch_to_ns(series, self.time_format), rows
             series = series.astype(np.int64).astype(str) if series.dtype.kind in "iu" else series.astype(str)
-        text = series.astype(str).str.strip().to_numpy(dtype=object)
+        series = series.astype(str)
+        if series.iloc[:_SAMPLE_ROWS].str.match(r"^\s|.*\s$").any():
+            series = series.str.strip()
         if not self.time_format:
-            self.time_format = self._detect_format(text, rows)
-        stamps = self._strings_to_ns(text)
-        bad = stamps == np.iinfo(np.int64).min
+            self.time_format = self._detect_format(series.iloc[:_SAMPLE_ROWS].tolist(), rows)
+        stamps = self._strings_to_ns(series)
+        bad = stamps == _NAT
         if bad.any():
             at = int(np.argmax(bad))
             raise self.error(
-                f"unparsable timestamp {text[at]!r} (expected format {self.time_format!r})", int(rows[at])
+                f"unparsable timestamp {series.iloc[at]!r} (expected format {self.time_format!r})",
+                int(rows[at]),
             )
         return stamps, rows
 
-    def _detect_format(self, text: np.ndarray, rows: np.ndarray) -> str:
-        sample = [str(v) for v in text[:_SAMPLE_ROWS]]
-        if all(_DIGITS.match(v) for v in sample) and all(
-            len(v.split(".")[0].lstrip("-")) >= 9 for v in sample
-        ):
-            biggest = max(abs(float(v)) for v in sample)
-            for unit, bound in (("epoch_s", 1e11), ("epoch_ms", 1e14), ("epoch_us", 1e17)):
-                if biggest < bound:
-                    return unit
-            return "epoch_ns"
-        candidates = [fmt for fmt in _FORMATS if _parses(sample[:1], fmt)]
-        for fmt in candidates:
-            if _parses(sample, fmt):
-                logger.debug("%s: timestamp format %s", self.name, fmt)
-                return fmt
+    def _detect_format(self, sample: list[str], rows: np.ndarray) -> str:
+        if all(_DIGITS.match(v) for v in sample):
+            unit = _epoch_unit(np.array([float(v) for v in sample]))
+            if unit:
+                return unit
+        # The format that parses the most sampled values wins (the first listed on a tie); the strict
+        # parse that follows then names any row it does not fit.
+        best, best_count = "", 0
+        for fmt in _FORMATS:
+            count = _parse_count(sample, fmt)
+            if count > best_count:
+                best, best_count = fmt, count
+            if count == len(sample):
+                break
+        if best:
+            logger.debug("%s: timestamp format %s", self.name, best)
+            return best
         raise self.error(
             f"unparsable timestamp {sample[0]!r}: no known format fits; set timestamp_format", int(rows[0])
         )
 
-    def _strings_to_ns(self, text: np.ndarray) -> np.ndarray:
+    def _strings_to_ns(self, series: pd.Series) -> np.ndarray:
         fmt = self.time_format
         if fmt in _EPOCH_UNITS:
-            numbers = pd.to_numeric(pd.Series(text), errors="coerce").to_numpy(dtype=np.float64)
-            out = np.full(len(text), np.iinfo(np.int64).min, dtype=np.int64)
-            ok = np.isfinite(numbers)
-            if fmt == "epoch_ns":
-                out[ok] = pd.Series(text[ok]).astype(np.int64).to_numpy()
-            else:
-                out[ok] = np.round(numbers[ok] * _EPOCH_UNITS[fmt]).astype(np.int64)
-            return out
+            numbers = pd.to_numeric(series, errors="coerce")
+            if numbers.isna().any():
+                return np.where(numbers.isna().to_numpy(), _NAT, 0).astype(np.int64)
+            return _epoch_to_ns(numbers, fmt)
         try:
-            parsed = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
+            parsed = pd.to_datetime(series, format=fmt, errors="coerce", utc=True)
             return _datetimes_to_ns(pd.DatetimeIndex(parsed))
         except (ValueError, OverflowError) as exc:
             raise self.error(f"timestamps out of range for format {fmt!r}: {_one_line(exc)}") from exc
@@ -565,14 +570,14 @@ class _FileReader:
             finite = np.isfinite(array)
             if not finite.all():
                 at = int(np.argmin(finite))
-                raise self.error(f"non-finite {name} {array[at]!r}", int(rows[at]))
+                raise self.error(f"non-finite {name} {_num(array[at])}", int(rows[at]))
         for name in (*PRICE_COLUMNS, "adj_close"):
             if name in values and (values[name] <= 0).any():
                 at = int(np.argmax(values[name] <= 0))
-                raise self.error(f"non-positive {name} price {values[name][at]!r}", int(rows[at]))
+                raise self.error(f"non-positive {name} price {_num(values[name][at])}", int(rows[at]))
         if (values["volume"] < 0).any():
             at = int(np.argmax(values["volume"] < 0))
-            raise self.error(f"negative volume {values['volume'][at]!r}", int(rows[at]))
+            raise self.error(f"negative volume {_num(values['volume'][at])}", int(rows[at]))
         if self.options.price == "adj_close":
             factor = values["adj_close"] / values["close"]
             for name in PRICE_COLUMNS:
@@ -663,7 +668,7 @@ class _FileReader:
         inverted = high < low
         if inverted.any():
             at = int(np.argmax(inverted))
-            raise self.error(f"high {high[at]!r} is below low {low[at]!r}", int(rows[at]))
+            raise self.error(f"high {_num(high[at])} is below low {_num(low[at])}", int(rows[at]))
         upper = np.maximum(open_, close)
         lower = np.minimum(open_, close)
         outside = (upper > high) | (lower < low)
@@ -675,8 +680,8 @@ class _FileReader:
             return int(outside.sum())
         at = int(np.argmax(outside))
         raise self.error(
-            f"open {open_[at]!r} or close {close[at]!r} lies outside [low {low[at]!r}, high {high[at]!r}]"
-            " (set ohlc_policy=clip to widen high/low)",
+            f"open {_num(open_[at])} or close {_num(close[at])} lies outside "
+            f"[low {_num(low[at])}, high {_num(high[at])}] (set ohlc_policy=clip to widen high/low)",
             int(rows[at]),
         )
 
@@ -705,12 +710,30 @@ def _show_time(stamp_ns: int) -> str:
     return str(pd.Timestamp(stamp_ns, unit="ns"))
 
 
-def _parses(sample: list[str], fmt: str) -> bool:
+def _epoch_unit(numbers: np.ndarray) -> str | None:
+    """Name the epoch unit of numeric times by magnitude, or None when they look like %Y%m%d dates."""
+    if numbers.size == 0 or not np.isfinite(numbers).all() or np.abs(numbers).min() < 1e8:
+        return None
+    biggest = float(np.abs(numbers).max())
+    for unit, bound in (("epoch_s", 1e11), ("epoch_ms", 1e14), ("epoch_us", 1e17)):
+        if biggest < bound:
+            return unit
+    return "epoch_ns"
+
+
+def _epoch_to_ns(numbers: pd.Series, unit: str) -> np.ndarray:
+    scale = _EPOCH_UNITS[unit]
+    if numbers.dtype.kind in "iu":
+        return numbers.to_numpy(dtype=np.int64) * scale
+    return np.round(numbers.to_numpy(dtype=np.float64) * scale).astype(np.int64)
+
+
+def _parse_count(sample: list[str], fmt: str) -> int:
     try:
         parsed = pd.to_datetime(sample, format=fmt, errors="coerce", utc=True)
     except (ValueError, OverflowError):
-        return False
-    return not bool(pd.isna(parsed).any())
+        return 0
+    return int((~pd.isna(parsed)).sum())
 
 
 def _datetimes_to_ns(index: pd.DatetimeIndex) -> np.ndarray:
@@ -730,6 +753,10 @@ def _is_parquet(path: Path) -> bool:
 def _is_supported(path: Path) -> bool:
     name = path.name.lower()
     return name.endswith(_CSV_SUFFIXES) or name.endswith(_PARQUET_SUFFIXES)
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
 
 
 def _one_line(exc: BaseException) -> str:

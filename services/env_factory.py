@@ -33,7 +33,9 @@ class VecEnvFactory:
         if not env.done:
             raise RuntimeError("the evaluation run has not reached the last bar")
         rec = env.records()
-        agent, benchmark = compare_with_buy_and_hold(rec.equity, rec.position, rec.cost, rec.close, bars_per_year)
+        agent, benchmark = compare_with_buy_and_hold(
+            rec.equity, rec.position, rec.cost, rec.close, bars_per_year
+        )
         return {
             "agent": agent.as_dict(),
             "buy_and_hold": benchmark.as_dict(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -157,10 +158,8 @@ class EventHub:
                     sink(self.seq, msg)
                 except Exception:
                     logger.exception("event hub: a sink failed on %s", type(msg).__name__)
-            try:
+            with contextlib.suppress(zmq.Again):  # a full subscriber queue drops, never blocks
                 xpub.send_multipart(pack_event(self.seq, msg, buffers), zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                pass
 
     def _serve(self, router: zmq.Socket[bytes]) -> None:
         while router.poll(0):

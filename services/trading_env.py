@@ -131,7 +131,8 @@ class EnvOptions:
             )
         if self.borrow_bps_per_year / 1e4 / self.bars_per_year * self.max_leverage >= 1:
             raise ValueError(
-                f"EnvOptions.borrow_bps_per_year would take a whole bar's equity, got {self.borrow_bps_per_year!r}"
+                "EnvOptions.borrow_bps_per_year would take a whole bar's equity, got "
+                f"{self.borrow_bps_per_year!r}"
             )
         if not 0 < self.dsr_eta < 1:
             raise ValueError(f"EnvOptions.dsr_eta must be in (0, 1), got {self.dsr_eta!r}")
@@ -179,6 +180,7 @@ class _ScalarOps:
     """Stand in for the numpy functions of the accounting kernel when it runs on Python floats."""
 
     log = staticmethod(math.log)
+    sqrt = staticmethod(math.sqrt)
     maximum = staticmethod(max)
     minimum = staticmethod(min)
 
@@ -262,7 +264,8 @@ class _Accounting:
         d_mean = ret - mean
         d_sq = ret * ret - mean_sq
         variance = mean_sq - mean * mean
-        dsr = (mean_sq * d_mean - 0.5 * mean * d_sq) / xp.maximum(variance, _DSR_MIN_VARIANCE) ** 1.5
+        floored = xp.maximum(variance, _DSR_MIN_VARIANCE)
+        dsr = (mean_sq * d_mean - 0.5 * mean * d_sq) / (floored * xp.sqrt(floored))
         dsr = xp.where(variance > _DSR_MIN_VARIANCE, dsr, 0.0)
         dsr = xp.minimum(xp.maximum(dsr, -_DSR_CLIP), _DSR_CLIP)
         return dsr, (mean + self._eta * d_mean, mean_sq + self._eta * d_sq)
@@ -416,7 +419,6 @@ class VecTradingEnv:
         self.options = options
         self.n_envs = n
         self.sequential = sequential
-        self._seed = seed
         self._acc = _Accounting(options)
         self._data = _MarketData(options, sequential=sequential)
         self._table = _position_table(options)
@@ -575,11 +577,16 @@ class VecTradingEnv:
         if actions.ndim != 1:
             actions = actions.reshape(self.n_envs)
         if self._table.size:
-            if actions.dtype.kind not in "iu":
+            kind = actions.dtype.kind
+            if kind not in "iu":
                 raise ValueError(f"step: discrete actions must be integers, got {actions.dtype}")
-            if (actions.dtype.kind == "i" and actions.min() < 0) or actions.max() >= self._table.size:
-                raise ValueError(f"step: actions must be in [0, {self._table.size}), got {actions}")
-            np.take(self._table, actions, out=self._new)
+            try:
+                if kind == "i" and actions.min() < 0:
+                    raise IndexError
+                # Fancy indexing raises IndexError above the table and is faster than np.take here.
+                np.copyto(self._new, self._table[actions])
+            except IndexError:
+                raise ValueError(f"step: actions must be in [0, {self._table.size}), got {actions}") from None
         else:
             if actions.dtype.kind != "f" or not np.isfinite(actions).all():
                 raise ValueError("step: continuous actions must be finite floats")
@@ -683,6 +690,16 @@ class TradingEnv(gymnasium.Env[np.ndarray, Any]):
     """Trade one instrument through the gymnasium API, on the same accounting as VecTradingEnv."""
 
     metadata: dict[str, Any] = {"render_modes": []}
+    # Episode state, set by _start_episode.
+    _t: int
+    _steps: int
+    _position: float
+    _entry: float
+    _unrealised: float
+    _equity: float
+    _ep_return: float
+    _reward_state: tuple[float, float]
+    _over: bool
 
     def __init__(
         self,
@@ -708,15 +725,6 @@ class TradingEnv(gymnasium.Env[np.ndarray, Any]):
         self._positions = _position_table(self.options).tolist()
         self._width = self.options.window * self._data.n_features
         self._np_random = np.random.default_rng(seed)
-        self._t = 0
-        self._steps = 0
-        self._position = 0.0
-        self._entry = 0.0
-        self._unrealised = 0.0
-        self._equity = 1.0
-        self._ep_return = 0.0
-        self._reward_state: tuple[float, float] = self._acc.initial_reward_state()
-        self._over = False
         self._start_episode()
 
     @classmethod
@@ -781,7 +789,9 @@ class TradingEnv(gymnasium.Env[np.ndarray, Any]):
         self._over = terminated or truncated
         info: dict[str, Any] = {"bar": t, "equity": self._equity, "position": new}
         if self._over:
-            info["episode"] = {"r": self._ep_return, "l": self._steps}
+            # Not "episode": SB3's Monitor and gymnasium's RecordEpisodeStatistics own that key.
+            info["episode_return"] = self._ep_return
+            info["episode_length"] = self._steps
         return self._observation(), float(reward), terminated, truncated, info
 
     def _target(self, action: Any) -> float:
@@ -824,12 +834,14 @@ def frame_to_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nda
         raise ValueError(f"frame_to_arrays: missing columns {missing}")
     ohlcv = ohlcv[["open", "high", "low", "close", "volume"]]
     features = np.asarray(compute_features(ohlcv), dtype=np.float32)
-    finite = np.isfinite(features).all(axis=1)
+    finite = np.asarray(np.isfinite(features).all(axis=1))
     if not finite.any():
         raise ValueError("frame_to_arrays: every row of the features has a NaN")
     first = int(np.argmax(finite))
     if not finite[first:].all():
-        raise ValueError(f"frame_to_arrays: features have NaN rows after the warm-up (which ends at row {first})")
+        raise ValueError(
+            f"frame_to_arrays: features have NaN rows after the warm-up (which ends at row {first})"
+        )
     features = features[first:]
     std = features.std(axis=0)
     features = ((features - features.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -172,9 +173,7 @@ def test_dsr_follows_moody_and_saffell_from_zero_moments() -> None:
     for ret in (0.1, 99 / 110 - 1, 120 / 99 - 1):
         variance = mean_sq - mean**2
         if variance > 0:
-            expected.append(
-                (mean_sq * (ret - mean) - 0.5 * mean * (ret**2 - mean_sq)) / variance**1.5
-            )
+            expected.append((mean_sq * (ret - mean) - 0.5 * mean * (ret**2 - mean_sq)) / variance**1.5)
         else:
             expected.append(0.0)
         mean, mean_sq = mean + eta * (ret - mean), mean_sq + eta * (ret**2 - mean_sq)
@@ -334,6 +333,7 @@ def test_vectorised_env_equals_single_envs_seeded_seed_plus_index(
     finished = {"terminated": 0, "truncated": 0}
 
     for _ in range(200):
+        actions: np.ndarray
         if action == "continuous":
             actions = rng.uniform(-1.2, 1.2, size=(n_envs, 1)).astype(np.float32)
         else:
@@ -346,8 +346,8 @@ def test_vectorised_env_equals_single_envs_seeded_seed_plus_index(
             if terminated or truncated:
                 finished["terminated" if terminated else "truncated"] += 1
                 np.testing.assert_allclose(result.terminal_obs[i], obs, rtol=1e-6, atol=1e-7)
-                assert result.episode_length[i] == info["episode"]["l"]
-                assert result.episode_return[i] == pytest.approx(info["episode"]["r"], rel=1e-9, abs=1e-12)
+                assert result.episode_length[i] == info["episode_length"]
+                assert result.episode_return[i] == pytest.approx(info["episode_return"], rel=1e-9, abs=1e-12)
                 obs, _ = env.reset()
             np.testing.assert_allclose(result.obs[i], obs, rtol=1e-6, atol=1e-7)
 
@@ -426,7 +426,10 @@ def test_update_data_rejects_a_different_number_of_features() -> None:
         (lambda f, o, c: (f[:12], o[:12], c[:12]), "window \\+ episode_length = 14"),
     ],
 )
-def test_update_data_rejects_bad_data_with_a_clear_message(change, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_update_data_rejects_bad_data_with_a_clear_message(
+    change: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    message: str,
+) -> None:
     env = VecTradingEnv(EnvOptions(window=4, episode_length=10), n_envs=2)
 
     with pytest.raises(ValueError, match=message):
@@ -458,7 +461,9 @@ def test_stepping_a_hundred_thousand_steps_grows_no_buffer() -> None:
 
 def test_a_sequential_run_records_every_bar_into_fixed_buffers() -> None:
     features, open_, close = _random_data(200, 3, seed=17)
-    env = VecTradingEnv(EnvOptions(window=10, fill="close", commission_bps=0.0, slippage_bps=0.0), sequential=True)
+    env = VecTradingEnv(
+        EnvOptions(window=10, fill="close", commission_bps=0.0, slippage_bps=0.0), sequential=True
+    )
     env.update_data(features, open_, close)
     env.reset()
     before = {name: (id(array), array.shape) for name, array in env._buffers().items()}

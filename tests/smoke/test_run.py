@@ -1,0 +1,179 @@
+"""Smoke tests: run.py end to end with a tiny budget and a tiny network, plus monitors attaching."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--set", "training.steps_per_episode=1024",
+    "--set", "training.piece_steps=512",
+    "--set", "env.n_envs=4",
+    "--set", "env.window=8",
+    "--set", "env.episode_length=64",
+    "--set", "model.net_arch=[8]",
+    "--set", "model.hyperparams.n_steps=64",
+    "--set", "model.hyperparams.batch_size=64",
+    "--set", "model.hyperparams.n_epochs=1",
+]  # fmt: skip
+
+pytestmark = pytest.mark.smoke
+
+
+def run_py(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_session(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            *TINY,
+            "--set",
+            f"session.runs_dir={tmp_path}",
+            "--name",
+            name,
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def monitor_endpoint(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    for _ in range(20):
+        line = proc.stdout.readline()
+        if line.startswith("monitor: "):
+            return line.split("--connect ", 1)[1].strip()
+    raise AssertionError("the session did not print its monitor endpoint")
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def test_two_episodes_train_one_model_and_write_the_run_folder(tmp_path: Path) -> None:
+    proc = start_session(
+        tmp_path, "two", "--set", "training.episodes=2", "--set", "training.steps_per_episode=2048"
+    )
+    url = monitor_endpoint(proc)
+    attached = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "monitor", "--connect", url, "--json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    doomed = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "monitor", "--connect", url],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(2)
+    doomed.send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=240)
+    mon_out, _ = attached.communicate(timeout=30)
+
+    assert proc.returncode == 0, err
+    run_dir = tmp_path / "two"
+    for name in (
+        "config.yaml",
+        "endpoints.json",
+        "events.jsonl",
+        "metrics.csv",
+        "eval-episode-1.csv",
+        "eval-episode-2.csv",
+    ):
+        assert (run_dir / name).is_file(), name
+    evs = events(run_dir)
+    types = [e["type"] for e in evs]
+    assert types.count("ModelCreated") == 1
+    assert types.count("ModelReused") == 1
+    model_ids = {e["model_id"] for e in evs if "model_id" in e}
+    assert len(model_ids) == 1
+    assert all("actor" in e and "type" in e for e in evs)
+    assert {"data", "env", "model", "monitor", "session"} <= {e["actor"] for e in evs}
+    finished = [e for e in evs if e["type"] == "SessionFinished"]
+    assert len(finished) == 1 and finished[0]["status"] == "completed"
+    with (run_dir / "eval-episode-2.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and set(rows[0]) == {"timestamp", "close", "position", "equity", "buy_and_hold_equity"}
+    assert float(rows[0]["equity"]) == pytest.approx(1.0)
+    with (run_dir / "metrics.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) >= 2
+    assert "created 1 time(s), reused 1 time(s)" in out
+    assert "Total return" in out
+    assert "process RSS:" in out
+
+    lines = [json.loads(line) for line in mon_out.splitlines()]
+    assert lines[0]["type"] == "Snapshot"
+    snapshot_seq = lines[0]["seq"]
+    later = [line for line in lines[1:] if "seq" in line]
+    assert later and all(line["seq"] > snapshot_seq for line in later)
+    assert later[-1]["type"] == "SessionFinished"
+    assert attached.returncode == 0
+
+
+def test_the_same_seed_gives_the_same_trades_and_metrics(tmp_path: Path) -> None:
+    first = run_py(*TINY, "--set", f"session.runs_dir={tmp_path}", "--name", "a")
+    second = run_py(*TINY, "--set", f"session.runs_dir={tmp_path}", "--name", "b")
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    a = (tmp_path / "a" / "eval-episode-1.csv").read_text()
+    b = (tmp_path / "b" / "eval-episode-1.csv").read_text()
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "training.steps_per_episode=-5"], "steps_per_episode"),
+        (["--set", "env.bogus=1"], "env.bogus"),
+        (["--config", "nope.yaml"], "nope.yaml"),
+        (["--data", "missing.csv"], "missing.csv"),
+        (["--frobnicate"], "frobnicate"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_line_and_no_traceback(args: list[str], needle: str) -> None:
+    result = run_py(*args, timeout=60)
+
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_a_monitor_without_a_session_says_so_and_exits_1() -> None:
+    result = run_py("monitor", "--connect", "tcp://127.0.0.1:9", "--timeout", "1", timeout=60)
+
+    assert result.returncode == 1
+    assert "no session answered" in result.stderr
+
+
+def test_default_is_accepted_as_the_name_of_the_default_config(tmp_path: Path) -> None:
+    result = run_py("--default", *TINY, "--set", f"session.runs_dir={tmp_path}", "--name", "d")
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "d" / "eval-episode-1.csv").is_file()
+    assert os.path.getsize(tmp_path / "d" / "events.jsonl") > 0

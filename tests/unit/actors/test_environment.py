@@ -1,0 +1,250 @@
+"""Actor-level tests of the env actor: data streamed in blocks, envs created once, steps served."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+
+from actors.environment import EnvActor
+from actors.ports import Ports
+from messages import (
+    BlockAccepted,
+    DataBlock,
+    DataComplete,
+    DataInstalled,
+    DataSwapped,
+    DescribeEnvs,
+    EnvsCreated,
+    EnvSpec,
+    EnvsReset,
+    EnvsStepped,
+    EvaluationComputed,
+    FinishEvaluation,
+    RequestFailed,
+    ResetEnvs,
+    SessionSet,
+    SetSession,
+    StepEnvs,
+)
+from tests.fakes import FakeClock, FakeProbe, FakePublisher, FakeServer
+
+N_FEATURES = 3
+
+
+class Result(NamedTuple):
+    obs: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    terminal_obs: np.ndarray
+    episode_return: np.ndarray
+    episode_length: np.ndarray
+
+
+class FakeEnv:
+    def __init__(self, role: str, n_envs: int) -> None:
+        self.role = role
+        self.n_envs = n_envs
+        self.updates: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.seeds: list[int | None] = []
+        self.done = False
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        return (N_FEATURES + 2,)
+
+    def update_data(self, features: np.ndarray, open_: np.ndarray, close: np.ndarray) -> None:
+        self.updates.append((features.copy(), open_.copy(), close.copy()))
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self.seeds.append(seed)
+        return np.zeros((self.n_envs, N_FEATURES + 2), dtype=np.float32)
+
+    def step(self, actions: np.ndarray) -> Result:
+        n = self.n_envs
+        obs = np.tile(actions.astype(np.float32)[:, None], (1, N_FEATURES + 2))
+        return Result(
+            obs,
+            actions.astype(np.float32) / 10,
+            np.zeros(n, bool),
+            np.ones(n, bool),
+            obs,
+            np.ones(n),
+            np.ones(n, np.int64),
+        )
+
+
+class FakeFactory:
+    action = "discrete3"
+    n_actions = 3
+    max_leverage = 1.0
+
+    def __init__(self) -> None:
+        self.created: list[FakeEnv] = []
+        self.bars_per_year: list[float] = []
+
+    def create(self, role: str, bars_per_year: float) -> FakeEnv:
+        env = FakeEnv(role, 1 if role == "eval" else 4)
+        self.created.append(env)
+        self.bars_per_year.append(bars_per_year)
+        return env
+
+    def evaluation(self, env: Any, timestamps: np.ndarray, bars_per_year: float) -> dict[str, Any]:
+        return {
+            "agent": {"total_return": 0.5, "bars_per_year": bars_per_year},
+            "buy_and_hold": {"total_return": 0.25},
+            "timestamp": np.ascontiguousarray(timestamps),
+            "close": np.ones(len(timestamps)),
+            "position": np.zeros(len(timestamps)),
+            "equity": np.ones(len(timestamps)),
+            "bh_equity": np.ones(len(timestamps)),
+        }
+
+
+@pytest.fixture
+def world() -> tuple[FakeServer, FakePublisher, FakeFactory]:
+    server, publisher, factory = FakeServer(), FakePublisher(), FakeFactory()
+    ports = Ports(server=lambda: server, publisher=lambda: publisher)
+    EnvActor.start(factory=factory, ports=ports, clock=FakeClock(), probe=FakeProbe())
+    return server, publisher, factory
+
+
+def stream(
+    server: FakeServer, split: str, rows: int, block: int, scale: float = 1.0, episode: int = 1
+) -> None:
+    features = (np.arange(rows * N_FEATURES, dtype=np.float32).reshape(rows, N_FEATURES)) * scale
+    prices = 100.0 + np.arange(rows, dtype=np.float64) * scale
+    stamps = np.arange(rows, dtype=np.int64) * 86_400 * 10**9
+    for start in range(0, rows, block):
+        end = min(start + block, rows)
+        msg = server.push(
+            DataBlock(
+                split=split,
+                offset=start,
+                total_rows=rows,
+                features=features[start:end],
+                open=prices[start:end],
+                close=prices[start:end],
+                timestamp=stamps[start:end],
+            )
+        )
+        ack = server.reply_to(msg)
+        assert isinstance(ack, BlockAccepted) and ack.offset == start and ack.rows == end - start
+    done = server.reply_to(
+        server.push(DataComplete(split=split, total_rows=rows, bars_per_year=252.0, episode=episode))
+    )
+    assert isinstance(done, DataInstalled) and done.rows == rows
+
+
+def test_blocks_are_assembled_in_order_and_installed_into_new_envs(world) -> None:
+    server, publisher, factory = world
+
+    stream(server, "train", rows=10, block=3)
+
+    (env,) = factory.created
+    features, _, close = env.updates[0]
+    np.testing.assert_array_equal(features, np.arange(30, dtype=np.float32).reshape(10, 3))
+    np.testing.assert_array_equal(close, 100.0 + np.arange(10))
+    assert publisher.wait_for(EnvsCreated)[0].n_envs == 4
+    assert publisher.wait_for(DataSwapped)[0].rows == 10
+
+
+def test_new_data_is_swapped_into_the_same_envs_without_recreating_them(world) -> None:
+    server, publisher, factory = world
+    stream(server, "train", rows=10, block=4)
+
+    stream(server, "train", rows=8, block=4, scale=2.0, episode=2)
+    reply = server.reply_to(server.push(SetSession(name="second", episode=2)))
+
+    assert len(factory.created) == 1
+    env = factory.created[0]
+    assert len(env.updates) == 2
+    np.testing.assert_array_equal(env.updates[1][2], 100.0 + 2.0 * np.arange(8))
+    assert isinstance(reply, SessionSet) and reply.envs_created == 1 and reply.name == "second"
+    assert len(publisher.of(EnvsCreated)) == 1
+
+
+def test_out_of_sequence_block_is_refused_and_the_actor_keeps_serving(world) -> None:
+    server, _, factory = world
+    bad = server.push(
+        DataBlock(
+            split="train",
+            offset=5,
+            total_rows=10,
+            features=np.zeros((2, N_FEATURES), np.float32),
+            open=np.ones(2),
+            close=np.ones(2),
+            timestamp=np.zeros(2, np.int64),
+        )
+    )
+
+    reply = server.reply_to(bad)
+    stream(server, "train", rows=6, block=6)
+
+    assert isinstance(reply, RequestFailed)
+    assert "out of sequence" in reply.error
+    assert len(factory.created) == 1
+
+
+def test_incomplete_stream_is_not_installed(world) -> None:
+    server, _, factory = world
+    first = server.push(
+        DataBlock(
+            split="eval",
+            offset=0,
+            total_rows=10,
+            features=np.zeros((4, N_FEATURES), np.float32),
+            open=np.ones(4),
+            close=np.ones(4),
+            timestamp=np.zeros(4, np.int64),
+        )
+    )
+    server.reply_to(first)
+
+    reply = server.reply_to(
+        server.push(DataComplete(split="eval", total_rows=10, bars_per_year=252.0, episode=1))
+    )
+
+    assert isinstance(reply, RequestFailed)
+    assert "4 of 10" in reply.error
+    assert factory.created == []
+
+
+def test_describe_reset_and_step_serve_the_train_envs_in_one_batch(world) -> None:
+    server, _, factory = world
+    stream(server, "train", rows=10, block=10)
+
+    spec = server.reply_to(server.push(DescribeEnvs(role="train")))
+    reset = server.reply_to(server.push(ResetEnvs(role="train", seed=7)))
+    stepped = server.reply_to(server.push(StepEnvs(role="train", actions=np.array([0, 1, 2, 1]))))
+
+    assert isinstance(spec, EnvSpec) and spec.n_envs == 4 and spec.obs_shape == (5,) and spec.n_actions == 3
+    assert isinstance(reset, EnvsReset) and reset.obs.shape == (4, 5)
+    assert factory.created[0].seeds == [7]
+    assert isinstance(stepped, EnvsStepped)
+    np.testing.assert_allclose(stepped.reward, [0.0, 0.1, 0.2, 0.1], rtol=1e-6)
+    assert stepped.sender == "env"
+
+
+def test_steps_before_any_data_are_refused(world) -> None:
+    server, _, _ = world
+
+    reply = server.reply_to(server.push(StepEnvs(role="train", actions=np.zeros(4, np.int64))))
+    unknown = server.reply_to(server.push(StepEnvs(role="bogus", actions=np.zeros(4, np.int64))))
+
+    assert isinstance(reply, RequestFailed) and "no data" in reply.error
+    assert isinstance(unknown, RequestFailed) and "unknown env role" in unknown.error
+
+
+def test_finish_evaluation_reports_on_the_eval_bars_with_their_timestamps(world) -> None:
+    server, _, _ = world
+    stream(server, "eval", rows=6, block=4)
+
+    reply = server.reply_to(server.push(FinishEvaluation(episode=3)))
+
+    assert isinstance(reply, EvaluationComputed)
+    assert reply.episode == 3
+    assert reply.agent["total_return"] == 0.5
+    np.testing.assert_array_equal(reply.timestamp, np.arange(6) * 86_400 * 10**9)

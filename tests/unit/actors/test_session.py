@@ -1,0 +1,162 @@
+"""Actor-level tests of the session actor's episode loop with fake data, env and model actors."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from actors.ports import Ports
+from actors.session import Abort, Outcome, SessionActor
+from messages import (
+    EpisodeDataReady,
+    EpisodeStarted,
+    EpisodeTrained,
+    EvaluateEpisode,
+    EvaluationReport,
+    Message,
+    PrepareEpisode,
+    RequestFailed,
+    SessionFinished,
+    SessionSet,
+    SetSession,
+    Stop,
+    Stopped,
+    TrainEpisode,
+)
+from tests.fakes import FakeClient, FakeClock, FakePublisher
+
+
+class Script:
+    """Answers like the three actors; records the order of every request."""
+
+    def __init__(self, *, fail_train: bool = False, hold_train: bool = False) -> None:
+        self.log: list[tuple[str, str]] = []
+        self.fail_train = fail_train
+        self.hold_train = hold_train
+        self.training = threading.Event()
+
+    def actor(self, name: str) -> FakeClient:
+        def handle(msg: Message) -> Message | None:
+            self.log.append((name, type(msg).__name__))
+            cid = msg.msg_id
+            match msg:
+                case SetSession():
+                    return SessionSet(correlation_id=cid, name=msg.name, episode=msg.episode, envs_created=1)
+                case PrepareEpisode():
+                    return EpisodeDataReady(
+                        correlation_id=cid,
+                        episode=msg.episode,
+                        train_rows=10,
+                        eval_rows=5,
+                        bars_per_year=252.0,
+                        data_hash="h",
+                        streamed=msg.episode == 1,
+                    )
+                case TrainEpisode():
+                    self.training.set()
+                    if self.hold_train:
+                        return None
+                    if self.fail_train:
+                        return RequestFailed(correlation_id=cid, request="TrainEpisode", error="boom")
+                    return EpisodeTrained(
+                        correlation_id=cid,
+                        episode=msg.episode,
+                        model_id="m1",
+                        steps=msg.steps,
+                        total_steps=msg.steps * msg.episode,
+                        seconds=1.0,
+                        steps_per_s=float(msg.steps),
+                    )
+                case EvaluateEpisode():
+                    return EvaluationReport(
+                        correlation_id=cid,
+                        episode=msg.episode,
+                        model_id="m1",
+                        agent={"total_return": 0.1},
+                        buy_and_hold={"total_return": 0.2},
+                        close=np.ones(3),
+                    )
+                case Stop():
+                    return Stopped(correlation_id=cid)
+            return None
+
+        return FakeClient(handle)
+
+
+def run(script: Script, episodes: int = 2, heartbeat_age: float = 0.0, abort_when_training: bool = False):
+    publisher = FakePublisher()
+    clients = {name: script.actor(name) for name in ("data", "env", "model")}
+    ports = Ports(publisher=lambda: publisher, clients={k: (lambda c=c: c) for k, c in clients.items()})
+    reports: list[EvaluationReport] = []
+    outcome = Outcome()
+    ref = SessionActor.start(
+        outcome=outcome,
+        session_name="s1",
+        episodes=episodes,
+        steps_per_episode=100,
+        ports=ports,
+        clock=FakeClock(),
+        request_timeout_s=5.0,
+        hang_timeout_s=3.0,
+        heartbeat_age=lambda actor: heartbeat_age,
+        on_report=reports.append,
+        stop_timeout_s=1.0,
+    )
+    if abort_when_training:
+        assert script.training.wait(10)
+        ref.tell(Abort(reason="interrupted"))
+    assert outcome.done.wait(10), "session did not finish"
+    return outcome, publisher, reports
+
+
+def test_each_episode_prepares_data_trains_then_evaluates_and_the_actors_stop_in_reverse_order() -> None:
+    script = Script()
+
+    outcome, publisher, reports = run(script, episodes=2)
+
+    episode = [
+        ("env", "SetSession"),
+        ("data", "PrepareEpisode"),
+        ("model", "TrainEpisode"),
+        ("model", "EvaluateEpisode"),
+    ]
+    stops = [("model", "Stop"), ("env", "Stop"), ("data", "Stop")]
+    assert script.log == episode + episode + stops
+    assert outcome.status == "completed"
+    assert [r.episode for r in reports] == [1, 2]
+    assert [t.total_steps for t in outcome.trained] == [100, 200]
+    assert [e.episode for e in publisher.of(EpisodeStarted)] == [1, 2]
+    assert publisher.of(SessionFinished)[0].status == "completed"
+
+
+def test_a_failed_request_fails_the_session_and_still_stops_every_actor() -> None:
+    script = Script(fail_train=True)
+
+    outcome, publisher, reports = run(script)
+
+    assert outcome.status == "failed"
+    assert "TrainEpisode failed: boom" in outcome.reason
+    assert script.log[-3:] == [("model", "Stop"), ("env", "Stop"), ("data", "Stop")]
+    assert reports == []
+    assert publisher.of(SessionFinished)[0].status == "failed"
+
+
+def test_an_abort_while_training_stops_the_session_cleanly() -> None:
+    script = Script(hold_train=True)
+
+    outcome, _, _ = run(script, abort_when_training=True)
+
+    assert outcome.status == "stopped"
+    assert outcome.reason == "interrupted"
+    assert ("model", "EvaluateEpisode") not in script.log
+    assert script.log[-3:] == [("model", "Stop"), ("env", "Stop"), ("data", "Stop")]
+
+
+def test_a_model_without_heartbeat_while_training_fails_the_session() -> None:
+    script = Script(hold_train=True)
+
+    outcome, _, _ = run(script, heartbeat_age=10.0)
+
+    assert outcome.status == "failed"
+    assert "model actor: no heartbeat" in outcome.reason
