@@ -132,7 +132,7 @@ def train(argv: Sequence[str]) -> int:
     from services.runtime import SystemClock, rss_bytes
     from services.session_state import SessionState
     from services.supervisor import Supervisor
-    from services.transport import Client, Endpoints, Publisher, ipc_folder, is_loopback
+    from services.transport import Endpoints, Publisher, ipc_folder, is_loopback
 
     args = _train_parser().parse_args(argv)
     config = _resolve_config(args)

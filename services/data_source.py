@@ -343,6 +343,7 @@ class _FileReader:
         self.unit = "row" if self.is_parquet else "line"
         # CSV: line of the first data row (header is line 1). Parquet: 1-based data rows.
         self.first_row = 1 if self.is_parquet else 2
+        self.header_row = None if self.is_parquet else 1
         self.layout = self._layout(self._column_names())
         self.time_format = options.timestamp_format
         self._first_timestamp: int | None = None
@@ -401,7 +402,9 @@ class _FileReader:
         for column in columns:
             key = _normalise(column)
             if key in normal and (key in _FIELD_ALIASES or key in _TIME_NAMES):
-                raise self.error(f"columns {normal[key]!r} and {column!r} name the same field", 1)
+                raise self.error(
+                    f"columns {normal[key]!r} and {column!r} name the same field", self.header_row
+                )
             normal.setdefault(key, column)
         fields: dict[str, str] = {}
         for key, column in normal.items():
@@ -409,13 +412,15 @@ class _FileReader:
             if target is None:
                 continue
             if target in fields:
-                raise self.error(f"columns {fields[target]!r} and {column!r} both give {target}", 1)
+                raise self.error(
+                    f"columns {fields[target]!r} and {column!r} both give {target}", self.header_row
+                )
             fields[target] = column
         required = list(PRICE_COLUMNS) + (["adj_close"] if self.options.price == "adj_close" else [])
         for name in required:
             if name not in fields:
                 shown = "Adj Close" if name == "adj_close" else name.capitalize()
-                raise self.error(f"missing required column {shown!r}; columns are {columns}", 1)
+                raise self.error(f"missing required column {shown!r}; columns are {columns}", self.header_row)
         return _Layout(time_columns=self._time_columns(normal, columns), fields=fields)
 
     def _time_columns(self, normal: dict[str, str], columns: list[str]) -> tuple[str, ...]:
@@ -423,7 +428,9 @@ class _FileReader:
         if wanted:
             key = _normalise(wanted)
             if key not in normal:
-                raise self.error(f"missing timestamp column {wanted!r}; columns are {columns}", 1)
+                raise self.error(
+                    f"missing timestamp column {wanted!r}; columns are {columns}", self.header_row
+                )
             return (normal[key],)
         if "date" in normal and "time" in normal and not any(k in normal for k in ("timestamp", "datetime")):
             return (normal["date"], normal["time"])
@@ -436,7 +443,8 @@ class _FileReader:
         if columns and (columns[0] == "" or columns[0].startswith("Unnamed:")):
             return (columns[0],)
         raise self.error(
-            f"missing a time column (Date, Time, Datetime or Timestamp); columns are {columns}", 1
+            f"missing a time column (Date, Time, Datetime or Timestamp); columns are {columns}",
+            self.header_row,
         )
 
     def _frames(self, limit: int | None = None) -> Iterator[tuple[pd.DataFrame, int]]:
@@ -482,6 +490,8 @@ class _FileReader:
         if blank.any():
             frame = frame.loc[~blank]
             rows = rows[~blank]
+        if len(frame) == 0:
+            return np.empty(0, dtype=np.int64), rows
         columns = self.layout.time_columns
         series = frame[columns[0]]
         if len(columns) == 2 and series.astype(str).str.contains(":").any():

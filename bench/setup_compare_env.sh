@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create bench/.venv-compare: the project's requirements plus gym-anytrading, for the comparison benchmarks.
+#
+#     bash bench/setup_compare_env.sh
+#
+# The project's own .venv never gets gym-anytrading. torch is pinned to 2.13.0 first: that version
+# resolves to the local CPU build; any other pulls gigabytes of CUDA packages. FinRL is not installed:
+# its requirements pull in data downloaders, brokers' SDKs and another RL stack (see docs/BENCHMARKS.md).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/bench/.venv-compare"
+PYTHON="${PYTHON:-python3}"
+GYM_ANYTRADING="gym-anytrading==2.0.0"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+"${PIP[@]}" "torch==2.13.0"
+"${PIP[@]}" -r "$ROOT/requirements.txt" "$GYM_ANYTRADING"
+"$VENV/bin/python" - <<'EOF'
+import gym_anytrading
+import stable_baselines3
+import torch
+
+print(f"compare venv ready: torch {torch.__version__}, stable-baselines3 {stable_baselines3.__version__}, "
+      f"gym-anytrading from {gym_anytrading.__file__}")
+EOF
