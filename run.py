@@ -89,6 +89,10 @@ def _train_parser() -> _Parser:
     parser.add_argument("--data", help="data file, folder or glob (overrides data.source.path)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     parser.add_argument("--name", help="run name: the run folder is runs/NAME")
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue runs/NAME from its last checkpoint"
+    )
+    parser.add_argument("--force", action="store_true", help="resume even if data or config differ")
     return parser
 
 
@@ -100,14 +104,62 @@ def _resolve_config(args: argparse.Namespace) -> Any:
         overrides.append(f"data.source.path={json.dumps(args.data)}")
     if args.name:
         overrides.append(f"name={json.dumps(args.name)}")
+    config_path = args.config
+    if args.resume is not None:
+        if args.config or args.name:
+            raise UsageError("--resume takes the run's own config and name; use --set to change keys")
+        config_path = args.resume / "config.yaml"
+        if not config_path.is_file():
+            raise UsageError(f"--resume {args.resume}: not a run folder (no config.yaml)")
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(config_path, overrides)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    source = Path(config.data.source.path)
-    if not any(ch in str(source) for ch in "*?[") and not source.exists():
+    source = config.data.source.path
+    if not any(ch in source for ch in "*?[") and not Path(source).exists():
         raise UsageError(f"data.source.path: {source} does not exist")
     return config
+
+
+def _fingerprint(config: Any) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: the data files and the model-relevant config."""
+    from services.config import config_fingerprint
+    from services.data_source import DataError
+    from services.feature_cache import cache_key
+
+    try:
+        data_hash = cache_key(config.data.source, config.data.features)
+    except (DataError, OSError) as exc:
+        raise UsageError(f"data.source.path: {exc}") from None
+    return {"data_hash": data_hash, "config_hash": config_fingerprint(config)}
+
+
+def _resume_point(args: argparse.Namespace, config: Any, fingerprint: dict[str, str]) -> tuple[int, str]:
+    """Return (first episode, checkpoint path) of a resumed run, refusing a mismatch unless --force."""
+    from services.checkpoint import CheckpointError, latest_checkpoint
+
+    try:
+        info = latest_checkpoint(args.resume / "checkpoints")
+    except CheckpointError as exc:
+        raise UsageError(f"--resume: {exc}") from None
+    if info is None:
+        raise UsageError(f"--resume {args.resume}: no checkpoint to resume from")
+    differ = [
+        key.split("_")[0] for key in ("data_hash", "config_hash") if info.meta.get(key) != fingerprint[key]
+    ]
+    if differ and not args.force:
+        verb = "differ" if len(differ) > 1 else "differs"
+        raise UsageError(
+            f"--resume {args.resume}: the {' and '.join(differ)} {verb} from checkpoint {info.path.name}; "
+            "pass --force to resume anyway"
+        )
+    first = int(info.meta["episode"]) + (1 if info.meta.get("complete") else 0)
+    if first > config.training.episodes:
+        raise UsageError(
+            f"--resume {args.resume}: all {config.training.episodes} episodes are done; "
+            f"raise training.episodes with --set"
+        )
+    return first, str(info.path)
 
 
 def _new_run_dir(runs_dir: Path, name: str) -> Path:
@@ -115,7 +167,7 @@ def _new_run_dir(runs_dir: Path, name: str) -> Path:
         name = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = runs_dir / name
     if run_dir.exists():
-        raise UsageError(f"run folder {run_dir} already exists: choose another --name")
+        raise UsageError(f"run folder {run_dir} already exists: choose another --name, or --resume it")
     run_dir.mkdir(parents=True)
     return run_dir
 
@@ -142,10 +194,17 @@ def train(argv: Sequence[str]) -> int:
             f"session.monitor_host {opts.monitor_host} is not loopback: create keys with "
             "`python run.py keys` and set session.keys_dir"
         )
-    run_dir = _new_run_dir(
-        ROOT / opts.runs_dir if not Path(opts.runs_dir).is_absolute() else Path(opts.runs_dir), config.name
-    )
+    fingerprint = _fingerprint(config)
+    first_episode, resume_from = 1, ""
+    if args.resume is not None:
+        first_episode, resume_from = _resume_point(args, config, fingerprint)
+        run_dir = args.resume.resolve()
+    else:
+        runs_dir = Path(opts.runs_dir)
+        run_dir = _new_run_dir(runs_dir if runs_dir.is_absolute() else ROOT / runs_dir, config.name)
     name = run_dir.name
+    session_file = {"resume": resume_from, "first_episode": first_episode, **fingerprint}
+    (run_dir / "session.json").write_text(json.dumps(session_file, indent=1) + "\n")
     _configure_logging(run_dir / "logs" / "session.log", stderr_level=logging.WARNING)
     resolved = config_to_dict(config)
     resolved["name"] = name
@@ -230,6 +289,7 @@ def train(argv: Sequence[str]) -> int:
             outcome=outcome,
             session_name=name,
             episodes=config.training.episodes,
+            first_episode=first_episode,
             steps_per_episode=config.training.steps_per_episode,
             ports=ports,
             clock=clock,
@@ -445,10 +505,17 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
         return EnvActor.start(factory=factory, ports=ports("env"), **common)
     if kind == "model":
         from actors.model import ModelActor
+        from services.checkpoint import verify_checkpoint
         from services.trading_model import RemoteModelFactory
 
+        session = json.loads((run_dir / "session.json").read_text())
         factory = RemoteModelFactory(
-            config.model, seed=config.training.seed, tensorboard_dir=run_dir / "tensorboard"
+            config.model,
+            seed=config.training.seed,
+            tensorboard_dir=run_dir / "tensorboard",
+            checkpoint_root=run_dir / "checkpoints",
+            fingerprint={k: session[k] for k in ("data_hash", "config_hash")},
+            resume=verify_checkpoint(Path(session["resume"])) if session["resume"] else None,
         )
         return ModelActor.start(
             factory=factory, piece_steps=config.training.piece_steps, ports=ports("model", ["env"]), **common
@@ -545,6 +612,40 @@ def monitor_main(argv: Sequence[str]) -> int:
     return EXIT_FAILURE if note.crashed else EXIT_OK
 
 
+# Inference.
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    """Print the position a trained run's model would take after the last bar of the data."""
+    parser = _Parser(prog="run.py predict", description="Decide the position after the last bar.")
+    parser.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a trained run folder")
+    parser.add_argument("--data", help="data file (default: the run's own source)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    _configure_logging(None, stderr_level=logging.ERROR)
+
+    from services.checkpoint import CheckpointError
+    from services.config import ConfigError
+    from services.data_source import DataError
+    from services.inference import Predictor
+
+    if args.data is not None and not Path(args.data).exists():
+        raise UsageError(f"--data: {args.data} does not exist")
+    try:
+        prediction = Predictor(args.run).predict_source(args.data)
+    except (CheckpointError, ConfigError, DataError, ValueError) as exc:
+        raise UsageError(f"predict: {exc}") from None
+    if args.json:
+        print(json.dumps(prediction.as_dict()))
+    else:
+        side = "long" if prediction.position > 0 else "short" if prediction.position < 0 else "flat"
+        print(
+            f"after {prediction.timestamp} (close {prediction.close:.2f}): {side} {prediction.position:+.2f}"
+            f" (model {prediction.model_id}, {Path(prediction.checkpoint).name})"
+        )
+    return EXIT_OK
+
+
 # Data generation.
 
 
@@ -558,7 +659,12 @@ def generate_main(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch the command line; bad usage exits 2 with one line, never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"monitor": monitor_main, "generate-data": generate_main, "_actor": actor_main}
+    commands = {
+        "monitor": monitor_main,
+        "predict": predict_main,
+        "generate-data": generate_main,
+        "_actor": actor_main,
+    }
     try:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from actors.base import ActorExit, ServiceActor
 from actors.ports import Clock, Ports, ProcessProbe, RequestClient
 from messages import (
+    CheckpointWritten,
     EpisodeFinished,
     EpisodeTrained,
+    ErrorRaised,
     EvaluateEpisode,
     EvaluationComputed,
     EvaluationFinished,
@@ -33,6 +35,7 @@ class TrainableModel(Protocol):
 
     model_id: str
     device: str
+    restored_from: str
 
     @property
     def num_timesteps(self) -> int:
@@ -61,7 +64,11 @@ class ModelFactory(Protocol):
     def create(
         self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]
     ) -> TrainableModel:
-        """Build the model on remote train and eval envs reached through env_client."""
+        """Build (or restore, on resume) the model on remote envs reached through env_client."""
+        ...
+
+    def checkpoint(self, model: Any, episode: int, complete: bool) -> str:
+        """Write a checkpoint atomically and return its path; raise if it cannot be written."""
         ...
 
 
@@ -103,6 +110,7 @@ class ModelActor(ServiceActor):
         self._model: TrainableModel | None = None
         self._job: _Job | None = None
         self._next_progress = 0.0
+        self._checkpointed_at = -1
         self._episode = 0
         self.models_created = 0
 
@@ -130,22 +138,29 @@ class ModelActor(ServiceActor):
 
     def _ensure_model(self, episode: int) -> TrainableModel:
         if self._model is None:
-            self._model = self._factory.create(self.client("env"), self._on_values)
+            model = self._factory.create(self.client("env"), self._on_values)
+            self._model = model
             self.models_created += 1
+            self._checkpointed_at = model.num_timesteps
+            how = f"restored from {model.restored_from}" if model.restored_from else "created"
             logger.info(
-                "model %s created (%s on %s, %d parameters)",
-                self._model.model_id,
+                "model %s %s (%s on %s, %d parameters, step %d)",
+                model.model_id,
+                how,
                 self._factory.algorithm,
-                self._model.device,
-                self._model.parameters,
+                model.device,
+                model.parameters,
+                model.num_timesteps,
             )
             self.publish(
                 ModelCreated(
-                    model_id=self._model.model_id,
+                    model_id=model.model_id,
                     algorithm=self._factory.algorithm,
-                    device=self._model.device,
-                    parameters=self._model.parameters,
+                    device=model.device,
+                    parameters=model.parameters,
                     episode=episode,
+                    restored_from=model.restored_from,
+                    total_steps=model.num_timesteps,
                 )
             )
         else:
@@ -194,6 +209,13 @@ class ModelActor(ServiceActor):
                 steps_per_s=rate,
             )
         )
+        self._job = None
+        self._busy = False
+        self.set_state("idle")
+        error = self._checkpoint(job.request.episode, complete=True)
+        if error:
+            self.reply(job.peer, self.failure(job.request, error))
+            return
         self.reply(
             job.peer,
             EpisodeTrained(
@@ -206,9 +228,6 @@ class ModelActor(ServiceActor):
                 steps_per_s=rate,
             ),
         )
-        self._job = None
-        self._busy = False
-        self.set_state("idle")
 
     def _tick(self, num_timesteps: int) -> bool:
         self._publish_progress()
@@ -282,10 +301,43 @@ class ModelActor(ServiceActor):
         )
         self.set_state("idle")
 
+    def _checkpoint(self, episode: int, *, complete: bool) -> str:
+        """Write a checkpoint; return an error line if it failed (the previous one stays intact)."""
+        model = self._model
+        if model is None:
+            return ""
+        self.set_state(f"checkpointing episode {episode}")
+        try:
+            path = self._factory.checkpoint(model, episode, complete)
+        except Exception as exc:
+            error = f"checkpoint of episode {episode} failed: {exc}"
+            logger.exception("model %s: %s", model.model_id, error)
+            self.publish(ErrorRaised(where="model.checkpoint", error=error, fatal=True))
+            return error
+        finally:
+            self.set_state("idle")
+        self._checkpointed_at = model.num_timesteps
+        logger.info("model %s checkpoint written: %s", model.model_id, path)
+        self.publish(
+            CheckpointWritten(
+                model_id=model.model_id,
+                episode=episode,
+                complete=complete,
+                total_steps=model.num_timesteps,
+                path=path,
+            )
+        )
+        return ""
+
     def before_stop(self, reason: str) -> None:
-        """Answer a pending TrainEpisode: it ends unfinished."""
-        if self._job is not None:
-            error = f"stopped after {self._job.done} of {self._job.request.steps} steps"
-            self.reply(self._job.peer, self.failure(self._job.request, error))
+        """Answer a pending TrainEpisode (it ends unfinished) and checkpoint work not yet saved."""
+        job = self._job
+        if job is not None:
+            error = f"stopped after {job.done} of {job.request.steps} steps"
+            self.reply(job.peer, self.failure(job.request, error))
             self._job = None
             self._busy = False
+        model = self._model
+        if model is not None and model.num_timesteps != self._checkpointed_at:
+            episode = job.request.episode if job is not None else self._episode
+            self._checkpoint(episode, complete=job is None)

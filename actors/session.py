@@ -80,6 +80,7 @@ class SessionActor(pykka.ThreadingActor):
         outcome: Outcome,
         session_name: str,
         episodes: int,
+        first_episode: int = 1,
         steps_per_episode: int,
         ports: Ports,
         clock: Clock,
@@ -92,6 +93,7 @@ class SessionActor(pykka.ThreadingActor):
         super().__init__()
         self._session_name = session_name
         self._episodes = episodes
+        self._first_episode = first_episode
         self._steps = steps_per_episode
         self._ports = ports
         self._clock = clock
@@ -146,7 +148,7 @@ class SessionActor(pykka.ThreadingActor):
     # The script.
 
     def _episode_loop(self) -> Generator[Call, Message | None, None]:
-        for k in range(1, self._episodes + 1):
+        for k in range(self._first_episode, self._episodes + 1):
             yield Call(
                 "env",
                 SetSession(name=self._session_name, episode=k, sender=self.name),

@@ -95,6 +95,21 @@ class ModelCreated(Message):
     device: str
     parameters: int
     episode: int
+    restored_from: str = ""
+    """Checkpoint the model was restored from on resume; empty for a new model."""
+    total_steps: int = 0
+    """The model's step counter when it was created or restored."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckpointWritten(Message):
+    """The model actor wrote a checkpoint (after an episode, or on stop mid-episode)."""
+
+    model_id: str
+    episode: int
+    complete: bool
+    total_steps: int
+    path: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -101,6 +101,8 @@ class ModelOptions:
     """Hidden layer sizes of the policy and value networks."""
     hyperparams: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments for the SB3 algorithm (checked against the algorithm's known arguments)."""
+    save_replay_buffer: bool = False
+    """Put the replay buffer of off-policy algorithms into checkpoints (it can be large)."""
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHM_HYPERPARAMS:
@@ -307,6 +309,18 @@ def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) 
         key, value = parse_override(text)
         _set_path(raw, key, value, f"--set {key}")
     return _build(Config, raw, "", str(path))
+
+
+def config_fingerprint(config: Config) -> str:
+    """Hash what a checkpoint depends on: everything but the name, the session and the episode count."""
+    import hashlib
+    import json
+
+    data = config_to_dict(config)
+    for key in ("name", "session"):
+        data.pop(key, None)
+    data["training"].pop("episodes", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:

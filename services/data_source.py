@@ -595,12 +595,12 @@ class _FileReader:
         clipped = self._check_ohlc(values, rows)
         self._check_order(stamps, rows, state)
         bars = Bars(
-            timestamp=stamps,
-            open=values["open"],
-            high=values["high"],
-            low=values["low"],
-            close=values["close"],
-            volume=values["volume"],
+            timestamp=_owned(stamps),
+            open=_owned(values["open"]),
+            high=_owned(values["high"]),
+            low=_owned(values["low"]),
+            close=_owned(values["close"]),
+            volume=_owned(values["volume"]),
         )
         return bars, dropped, clipped
 
@@ -763,6 +763,11 @@ def _is_parquet(path: Path) -> bool:
 def _is_supported(path: Path) -> bool:
     name = path.name.lower()
     return name.endswith(_CSV_SUFFIXES) or name.endswith(_PARQUET_SUFFIXES)
+
+
+def _owned(array: np.ndarray) -> np.ndarray:
+    """Return the array, copied when it is a view that would keep a whole parsed chunk alive."""
+    return array if array.base is None and array.flags.c_contiguous else np.ascontiguousarray(array).copy()
 
 
 def _num(value: float) -> str:

@@ -97,14 +97,25 @@ def cache_key(source: SourceOptions, features: FeatureOptions) -> str:
 def process_source(source: SourceOptions, features: FeatureOptions, *, key: str = "") -> ProcessedData:
     """Read and validate every bar of the source and compute its features, without any cache."""
     pipeline = FeaturePipeline(features)
-    chunks: list[Bars] = []
+    fields = ("timestamp", "open", "high", "low", "close", "volume")
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in fields}
     blocks: list[np.ndarray] = []
     started = time.perf_counter()
-    for bars in read_bars(source):
-        chunks.append(bars)
-        blocks.append(pipeline.update(bars))
-    bars = Bars.concat(chunks)
+    for chunk in read_bars(source):
+        for name in fields:
+            columns[name].append(getattr(chunk, name))
+        blocks.append(pipeline.update(chunk))
+    # Join one field at a time, freeing its chunks, so the peak stays near one copy of the data.
+    merged: dict[str, np.ndarray] = {}
+    for name in fields:
+        parts = columns.pop(name)
+        merged[name] = (
+            np.concatenate(parts) if parts else np.empty(0, np.int64 if name == "timestamp" else np.float64)
+        )
+        parts.clear()
+    bars = Bars(**merged)
     table = np.concatenate(blocks) if blocks else np.empty((0, len(pipeline.names)), dtype=np.float32)
+    blocks.clear()
     elapsed = time.perf_counter() - started
     logger.info(
         "processed %d bars into %d features in %.2f s (%.0f bars/s)",

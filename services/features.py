@@ -207,7 +207,9 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def _register_log_return(k: int) -> None:
     @register_feature(
-        f"ret_{k}", warmup=k, description=f"Log return over {k} bars: log(close[t] / close[t-{k}])."
+        f"ret_{k}",
+        warmup=k,
+        description=f"Log return over {k} bar{'s' if k > 1 else ''}: log(close[t] / close[t-{k}]).",
     )
     def log_return(ctx: FeatureContext) -> np.ndarray:
         return ctx.log_return(k)

@@ -24,6 +24,67 @@ class Requester(Protocol):
         ...
 
 
+class EnvBackend(Protocol):
+    """Where the vectorized envs live: in the env actor (RemoteBackend) or in this process (LocalBackend)."""
+
+    spec: EnvSpec
+
+    def reset(self, seed: int) -> np.ndarray:
+        """Reset every env (seed -1 keeps the current offsets generator)."""
+        ...
+
+    def step(self, actions: np.ndarray) -> Any:
+        """Step every env; the result has the fields of EnvsStepped."""
+        ...
+
+
+class RemoteBackend:
+    """The env actor's envs of one role, one request per batched reset or step."""
+
+    def __init__(self, client: Requester, role: str) -> None:
+        self._client = client
+        self._role = role
+        spec = client.request(DescribeEnvs(role=role))
+        if not isinstance(spec, EnvSpec):
+            raise TypeError(f"env actor answered DescribeEnvs with {type(spec).__name__}")
+        self.spec = spec
+
+    def reset(self, seed: int) -> np.ndarray:
+        reply = self._client.request(ResetEnvs(role=self._role, seed=seed))
+        if not isinstance(reply, EnvsReset):
+            raise TypeError(f"env actor answered ResetEnvs with {type(reply).__name__}")
+        return reply.obs
+
+    def step(self, actions: np.ndarray) -> EnvsStepped:
+        reply = self._client.request(StepEnvs(role=self._role, actions=actions))
+        if not isinstance(reply, EnvsStepped):
+            raise TypeError(f"env actor answered StepEnvs with {type(reply).__name__}")
+        return reply
+
+
+class LocalBackend:
+    """A VecTradingEnv in this process (inference, benchmarks), behind the same interface."""
+
+    def __init__(
+        self, env: Any, *, action: str, n_actions: int, max_leverage: float, role: str = "eval"
+    ) -> None:
+        self._env = env
+        self.spec = EnvSpec(
+            role=role,
+            n_envs=env.n_envs,
+            obs_shape=tuple(env.observation_shape),
+            action=action,
+            n_actions=n_actions,
+            max_leverage=max_leverage,
+        )
+
+    def reset(self, seed: int) -> np.ndarray:
+        return np.asarray(self._env.reset(seed=None if seed < 0 else seed))
+
+    def step(self, actions: np.ndarray) -> Any:
+        return self._env.step(actions)
+
+
 def spaces_from_spec(spec: EnvSpec) -> tuple[spaces.Box, spaces.Space[Any]]:
     """Rebuild the observation and action spaces described by the env actor."""
     observation = spaces.Box(-np.inf, np.inf, shape=tuple(spec.obs_shape), dtype=np.float32)
@@ -36,30 +97,22 @@ def spaces_from_spec(spec: EnvSpec) -> tuple[spaces.Box, spaces.Space[Any]]:
 
 
 class RemoteVecEnv(VecEnv):
-    """A VecEnv whose envs live in the env actor: one request per batched reset or step."""
+    """A VecEnv over an EnvBackend; with RemoteBackend the envs live in the env actor's process."""
 
-    def __init__(self, client: Requester, role: str, *, sender: str = "model") -> None:
-        self._client = client
-        self._role = role
-        self._sender = sender
-        spec = self._ask(DescribeEnvs(role=role))
-        assert isinstance(spec, EnvSpec)
-        self.spec = spec
-        observation, action = spaces_from_spec(spec)
+    def __init__(self, backend: EnvBackend) -> None:
+        self._backend = backend
+        self.spec = backend.spec
+        observation, action = spaces_from_spec(self.spec)
         self._actions: np.ndarray | None = None
         self._episode_start = time.monotonic()
-        super().__init__(spec.n_envs, observation, action)
-
-    def _ask(self, msg: Message) -> Message:
-        return self._client.request(msg)
+        super().__init__(self.spec.n_envs, observation, action)
 
     def reset(self) -> np.ndarray:
         """Reset every env; the first seed set by seed() makes the offsets reproducible."""
         seed = self._seeds[0]
-        reply = self._ask(ResetEnvs(role=self._role, seed=-1 if seed is None else int(seed)))
-        assert isinstance(reply, EnvsReset)
+        obs = self._backend.reset(-1 if seed is None else int(seed))
         self._reset_seeds()
-        return np.array(reply.obs, dtype=np.float32)
+        return np.array(obs, dtype=np.float32)
 
     def step_async(self, actions: np.ndarray) -> None:
         """Remember the actions; the request goes out in step_wait."""
@@ -73,8 +126,7 @@ class RemoteVecEnv(VecEnv):
             actions = actions.astype(np.float32, copy=False).reshape(self.num_envs)
         else:
             actions = actions.astype(np.int64, copy=False).reshape(self.num_envs)
-        reply = self._ask(StepEnvs(role=self._role, actions=actions))
-        assert isinstance(reply, EnvsStepped)
+        reply = self._backend.step(actions)
         dones = np.logical_or(reply.terminated, reply.truncated)
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if dones.any():

@@ -290,6 +290,15 @@ def _build_spaces(options: EnvOptions, n_features: int) -> tuple[spaces.Box, spa
     return observation, action
 
 
+def action_position(options: EnvOptions, action: Any) -> float:
+    """Return the target position an action asks for (the mapping the envs trade with)."""
+    table = _position_table(options)
+    if table.size:
+        return float(table[int(np.asarray(action).reshape(-1)[0])])
+    value = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+    return value * options.max_leverage
+
+
 def _position_table(options: EnvOptions) -> np.ndarray:
     """Return the position of each discrete action (empty for continuous)."""
     lev = options.max_leverage

@@ -5,8 +5,10 @@ Imported only in the model actor's process: it imports torch and stable_baseline
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import random
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +22,13 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 from stable_baselines3.common.vec_env import VecEnv
 
+from services.checkpoint import CheckpointInfo, save_checkpoint
 from services.config import ModelOptions
 
 logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.zip"
+REPLAY_FILE = "replay_buffer.pkl"
 
 _CREATE = object()
 """Token that only TradingModel.create holds: there is no second way to build the model."""
@@ -95,6 +101,7 @@ class TradingModel:
             raise TypeError("build the session's model only through TradingModel.create")
         self.algorithm = algorithm
         self.eval_env = eval_env
+        self.restored_from = ""
         self.model_id = model_id
         self.options = options
         self.device = device
@@ -109,37 +116,59 @@ class TradingModel:
         seed: int,
         tensorboard_dir: Path | None,
         on_values: ValuesSink,
+        checkpoint: CheckpointInfo | None = None,
     ) -> TradingModel:
-        """Build the algorithm on the envs, with its logger forwarding values and writing TensorBoard."""
+        """Build the algorithm on the envs (or restore it from a checkpoint) with its logger wired.
+
+        This is the only way to obtain a TradingModel. A restored model keeps its id, weights, optimiser
+        state, step counter and RNG states.
+        """
         torch.set_num_threads(options.torch_threads)
         device = resolve_device(options.device)
         algo_cls = _algorithm_class(options.algorithm)
-        policy = "MlpLstmPolicy" if options.algorithm == "recurrent_ppo" else options.policy
-        kwargs: dict[str, Any] = {"verbose": 0, **options.hyperparams}
-        algorithm = algo_cls(
-            policy,
-            env,
-            seed=seed,
-            device=device,
-            policy_kwargs={"net_arch": list(options.net_arch)},
-            **kwargs,
-        )
+        if checkpoint is None:
+            policy = "MlpLstmPolicy" if options.algorithm == "recurrent_ppo" else options.policy
+            kwargs: dict[str, Any] = {"verbose": 0, **options.hyperparams}
+            algorithm = algo_cls(
+                policy,
+                env,
+                seed=seed,
+                device=device,
+                policy_kwargs={"net_arch": list(options.net_arch)},
+                **kwargs,
+            )
+            model_id, restored = uuid.uuid4().hex[:12], ""
+        else:
+            folder = checkpoint.path
+            algorithm = algo_cls.load(folder / MODEL_FILE, env=env, device=device)
+            replay = folder / REPLAY_FILE
+            if replay.is_file() and hasattr(algorithm, "load_replay_buffer"):
+                algorithm.load_replay_buffer(replay)
+            _restore_rng(folder)
+            model_id, restored = str(checkpoint.meta["model_id"]), str(folder)
         model = cls(
-            algorithm,
-            model_id=uuid.uuid4().hex[:12],
-            options=options,
-            device=device,
-            eval_env=eval_env,
-            token=_CREATE,
+            algorithm, model_id=model_id, options=options, device=device, eval_env=eval_env, token=_CREATE
         )
+        model.restored_from = restored
         formats: list[KVWriter] = [_ForwardValues(on_values, lambda: model.num_timesteps)]
-        folder = ""
+        folder_name = ""
         if tensorboard_dir is not None:
             tensorboard_dir.mkdir(parents=True, exist_ok=True)
             formats.append(TensorBoardOutputFormat(str(tensorboard_dir)))
-            folder = str(tensorboard_dir)
-        algorithm.set_logger(Logger(folder=folder or None, output_formats=formats))
+            folder_name = str(tensorboard_dir)
+        algorithm.set_logger(Logger(folder=folder_name or None, output_formats=formats))
         return model
+
+    def save(self, folder: Path, *, replay_buffer: bool) -> None:
+        """Write the model (weights and optimiser state), the replay buffer if asked, and the RNG states."""
+        self.algorithm.save(folder / MODEL_FILE)
+        if replay_buffer and getattr(self.algorithm, "replay_buffer", None) is not None:
+            self.algorithm.save_replay_buffer(folder / REPLAY_FILE)  # type: ignore[attr-defined]
+        np.save(folder / "torch_rng.npy", torch.get_rng_state().numpy(), allow_pickle=False)
+        _, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+        meta = np.array([pos, has_gauss])
+        np.savez(folder / "numpy_rng.npz", keys=keys, meta=meta, cached=np.array([cached]))
+        (folder / "python_rng.json").write_text(json.dumps(random.getstate()[1]))
 
     @property
     def num_timesteps(self) -> int:
@@ -167,7 +196,10 @@ class TradingModel:
 
     def evaluate(self) -> int:
         """Run one deterministic pass over the sequential eval env until it is done; return the steps."""
-        env = self.eval_env
+        return self.run_sequential(self.eval_env)[0]
+
+    def run_sequential(self, env: VecEnv) -> tuple[int, np.ndarray]:
+        """Run a deterministic pass over a sequential env; return the steps and the action at its last bar."""
         obs = env.reset()
         state: Any = None
         episode_start = np.ones((env.num_envs,), dtype=bool)
@@ -179,28 +211,56 @@ class TradingModel:
                 episode_start=episode_start,
                 deterministic=True,
             )
-            obs, _, dones, _ = env.step(action)
+            obs, _, dones, infos = env.step(action)
             episode_start = dones
             steps += 1
             if bool(dones[0]):
-                return steps
+                last = infos[0]["terminal_observation"][None]
+                final, _ = self.algorithm.predict(
+                    last, state=state, episode_start=np.zeros(1, dtype=bool), deterministic=True
+                )
+                return steps, np.asarray(final)
+
+
+def _restore_rng(folder: Path) -> None:
+    torch.set_rng_state(torch.from_numpy(np.load(folder / "torch_rng.npy", allow_pickle=False)))
+    with np.load(folder / "numpy_rng.npz", allow_pickle=False) as saved:
+        pos, has_gauss = (int(v) for v in saved["meta"])
+        np.random.set_state(("MT19937", saved["keys"], pos, has_gauss, float(saved["cached"][0])))
+    state = json.loads((folder / "python_rng.json").read_text())
+    random.setstate((3, tuple(state), None))
 
 
 class RemoteModelFactory:
-    """The one way to build the session's model: SB3 on remote train and eval envs in the env actor."""
+    """The one way to build the session's model: SB3 on remote train and eval envs in the env actor.
 
-    def __init__(self, options: ModelOptions, *, seed: int, tensorboard_dir: Path | None) -> None:
+    With a checkpoint, the model is restored from it instead (resume); either way it is built once.
+    """
+
+    def __init__(
+        self,
+        options: ModelOptions,
+        *,
+        seed: int,
+        tensorboard_dir: Path | None,
+        checkpoint_root: Path,
+        fingerprint: dict[str, str],
+        resume: CheckpointInfo | None = None,
+    ) -> None:
         self.algorithm = options.algorithm
         self._options = options
         self._seed = seed
         self._tensorboard_dir = tensorboard_dir
+        self._checkpoint_root = checkpoint_root
+        self._fingerprint = fingerprint
+        self._resume = resume
 
     def create(self, env_client: Any, on_values: ValuesSink) -> TradingModel:
-        """Describe the remote envs, wrap them as VecEnvs and build the model on them."""
-        from services.remote_vec_env import RemoteVecEnv
+        """Describe the remote envs, wrap them as VecEnvs and build (or restore) the model on them."""
+        from services.remote_vec_env import RemoteBackend, RemoteVecEnv
 
-        train_env = RemoteVecEnv(env_client, "train")
-        eval_env = RemoteVecEnv(env_client, "eval")
+        train_env = RemoteVecEnv(RemoteBackend(env_client, "train"))
+        eval_env = RemoteVecEnv(RemoteBackend(env_client, "eval"))
         return TradingModel.create(
             self._options,
             train_env,
@@ -208,4 +268,24 @@ class RemoteModelFactory:
             seed=self._seed,
             tensorboard_dir=self._tensorboard_dir,
             on_values=on_values,
+            checkpoint=self._resume,
         )
+
+    def checkpoint(self, model: TradingModel, episode: int, complete: bool) -> str:
+        """Write an atomic checkpoint of the model after (or, if not complete, during) an episode."""
+        meta = {
+            "model_id": model.model_id,
+            "algorithm": self.algorithm,
+            "episode": episode,
+            "complete": complete,
+            "num_timesteps": model.num_timesteps,
+            **self._fingerprint,
+        }
+        name = f"episode-{episode:04d}" + ("" if complete else "-partial")
+        path = save_checkpoint(
+            self._checkpoint_root,
+            name,
+            meta,
+            lambda folder: model.save(folder, replay_buffer=self._options.save_replay_buffer),
+        )
+        return str(path)

@@ -11,6 +11,7 @@ import pytest
 from actors.model import ModelActor
 from actors.ports import Ports, RequestClient
 from messages import (
+    CheckpointWritten,
     EpisodeFinished,
     EpisodeTrained,
     ErrorRaised,
@@ -39,6 +40,7 @@ ROLLOUT = 1000
 class FakeModel:
     model_id: str
     device: str = "cpu"
+    restored_from: str = ""
     num_timesteps: int = 0
     parameters: int = 123
     learn_calls: list[int] = field(default_factory=list)
@@ -63,8 +65,16 @@ class FakeModel:
 class FakeFactory:
     algorithm = "ppo"
 
-    def __init__(self) -> None:
+    def __init__(self, fail_checkpoint: bool = False) -> None:
         self.created: list[FakeModel] = []
+        self.checkpoints: list[tuple[str, int, bool, int]] = []
+        self.fail_checkpoint = fail_checkpoint
+
+    def checkpoint(self, model: FakeModel, episode: int, complete: bool) -> str:
+        if self.fail_checkpoint:
+            raise OSError(28, "No space left on device")
+        self.checkpoints.append((model.model_id, episode, complete, model.num_timesteps))
+        return f"ckpt/{episode}"
 
     def create(
         self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]
@@ -247,3 +257,40 @@ def test_heartbeats_name_the_actor_and_its_memory(world) -> None:
 
     assert beat.sender == "model"
     assert beat.rss_bytes == 50 << 20
+
+
+def test_a_checkpoint_is_written_after_every_episode(world) -> None:
+    server, publisher, factory, _ = world
+    start(world)
+
+    for k in (1, 2):
+        server.reply_to(server.push(TrainEpisode(episode=k, steps=2000)))
+
+    assert factory.checkpoints == [("m1", 1, True, 2000), ("m1", 2, True, 4000)]
+    written = publisher.wait_for(CheckpointWritten, 2)
+    assert [e.episode for e in written] == [1, 2]
+
+
+def test_stop_mid_episode_writes_a_partial_checkpoint(world) -> None:
+    server, publisher, factory, _ = world
+    start(world, piece_steps=1000)
+
+    server.push(TrainEpisode(episode=1, steps=10_000_000))
+    publisher.wait_for(TrainingProgress)
+    server.reply_to(server.push(Stop(reason="interrupted")))
+
+    ((model_id, episode, complete, steps),) = factory.checkpoints
+    assert (model_id, episode, complete) == ("m1", 1, False)
+    assert steps > 0
+
+
+def test_a_failed_checkpoint_fails_the_episode_and_is_published() -> None:
+    world = (FakeServer(), FakePublisher(), FakeFactory(fail_checkpoint=True), FakeClient(env_handler))
+    server, publisher, _, _ = world
+    start(world)
+
+    reply = server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
+
+    assert isinstance(reply, RequestFailed)
+    assert "No space left" in reply.error
+    assert publisher.wait_for(ErrorRaised)[0].fatal

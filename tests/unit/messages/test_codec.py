@@ -588,17 +588,37 @@ hashable_scalar = st.none() | st.booleans() | st.integers(-(2**40), 2**41) | st.
 
 @st.composite
 def plausible_frames(draw: st.DrawFn) -> list[bytes]:
-    """Draw frames that look like a message of a registered type but carry random field values and arrays."""
+    """Draw frames of a registered type whose fields and arrays are mostly valid, sometimes random."""
     name = draw(st.sampled_from(MESSAGE_NAMES))
     schema = REGISTRY[name]
-    keys = st.sampled_from(sorted(schema.plain)) | st.text(max_size=6)
-    body = draw(st.dictionaries(keys, json_like, max_size=6))
-    field_names = st.sampled_from(sorted(schema.arrays | {"sender"})) | hashable_scalar
-    dtypes = st.sampled_from(DTYPES) | hashable_scalar
-    shapes = st.lists(st.integers(-2, 6) | hashable_scalar, max_size=5) | hashable_scalar
-    specs = draw(st.lists(st.tuples(field_names, dtypes, shapes).map(list), max_size=4))
-    n_frames = draw(st.sampled_from([len(specs), len(specs), max(0, len(specs) - 1), len(specs) + 1]))
-    frames = draw(st.lists(st.binary(max_size=64), min_size=n_frames, max_size=n_frames))
+    hints = typing.get_type_hints(schema.cls)
+    body: dict[str, Any] = {}
+    for i, key in enumerate(sorted(schema.plain)):
+        choice = draw(st.sampled_from(["valid", "valid", "valid", "random", "omit"]))
+        if choice == "valid":
+            body[key] = sample_value(hints[key], key, i)
+        elif choice == "random":
+            body[key] = draw(json_like)
+    body.update(draw(st.dictionaries(st.text(max_size=6), json_like, max_size=1)))
+    specs: list[Any] = []
+    frames: list[bytes] = []
+    for i, key in enumerate(sorted(schema.arrays)):
+        choice = draw(st.sampled_from(["valid", "valid", "random", "omit"]))
+        if choice == "valid":
+            shape = tuple(draw(st.lists(st.integers(0, 3), max_size=MAX_ARRAY_DIMS)))
+            arr = sample_array(draw(st.sampled_from(DTYPES)), shape, seed=i)
+            specs.append([key, arr.dtype.str, list(arr.shape)])
+            frames.append(arr.tobytes())
+        elif choice == "random":
+            shape_items = st.integers(-2, 6) | hashable_scalar
+            specs.append([key, draw(st.sampled_from(DTYPES) | hashable_scalar), draw(st.lists(shape_items, max_size=5))])
+            frames.append(draw(st.binary(max_size=64)))
+    for _ in range(draw(st.integers(0, 1))):
+        specs.append(draw(st.tuples(hashable_scalar, hashable_scalar, hashable_scalar).map(list)))
+        frames.append(draw(st.binary(max_size=16)))
+    order = draw(st.permutations(range(len(specs))))
+    specs, frames = [specs[i] for i in order], [frames[i] for i in order]
+    frames = frames[: draw(st.sampled_from([len(frames), len(frames), max(0, len(frames) - 1)]))]
     header = {"v": PROTOCOL_VERSION, "type": name, "body": body, "arrays": specs}
     return [msgpack.packb(header, use_bin_type=True), *frames]
 

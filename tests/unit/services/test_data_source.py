@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -417,3 +419,17 @@ def test_bars_round_trip_through_a_frame() -> None:
 
     assert np.array_equal(again.timestamp, bars.timestamp)
     assert np.array_equal(again.close, bars.close)
+
+
+def test_the_data_services_never_import_torch_or_stable_baselines3() -> None:
+    code = (
+        "import sys\n"
+        "import services.data_source, services.features, services.splits\n"
+        "import services.feature_cache, services.synthetic\n"
+        "print(sorted(m for m in ('torch', 'stable_baselines3', 'sb3_contrib') if m in sys.modules))\n"
+    )
+
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,315 @@
+"""Test config loading: defaults, --set overrides, and errors that name the key and the file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.config import (
+    DEFAULT_CONFIG,
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_override,
+)
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    """Write a YAML config file and return its path."""
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def config_error(path: Path | None, overrides: tuple[str, ...] = ()) -> str:
+    """Load a config that must fail and return the error text."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value)
+
+
+def test_the_default_config_loads() -> None:
+    config = load_config()
+
+    assert isinstance(config, Config)
+    assert config == load_config(DEFAULT_CONFIG)
+    assert config.model.algorithm == "ppo"
+    assert config.model.net_arch == (64, 64)
+    assert config.model.hyperparams["n_steps"] == 256
+    assert config.env.n_envs == 16
+    assert config.data.source.path == "data/STOCKS_GOOGL.csv"
+    assert config.session.monitor_host == "127.0.0.1"
+
+
+def test_an_empty_file_gives_the_built_in_defaults(tmp_path: Path) -> None:
+    assert load_config(write_config(tmp_path, "")) == Config()
+
+
+def test_set_overrides_are_read_as_yaml_values() -> None:
+    config = load_config(
+        None,
+        [
+            "training.steps_per_episode=2048",
+            "model.hyperparams.learning_rate=0.001",
+            "data.cache=false",
+            "model.net_arch=[8, 16]",
+            "name=my-run",
+            "env.commission_bps=0",
+            "data.source.path=other.csv",
+        ],
+    )
+
+    assert config.training.steps_per_episode == 2048
+    assert type(config.training.steps_per_episode) is int
+    assert config.model.hyperparams["learning_rate"] == 0.001
+    assert config.model.hyperparams["n_steps"] == 256, "an override replaces one key, not the section"
+    assert config.data.cache is False
+    assert config.model.net_arch == (8, 16)
+    assert config.name == "my-run"
+    assert config.env.commission_bps == 0.0
+    assert type(config.env.commission_bps) is float
+    assert config.data.source.path == "other.csv"
+
+
+def test_later_overrides_win() -> None:
+    config = load_config(None, ["training.episodes=2", "training.episodes=5"])
+
+    assert config.training.episodes == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a.b=1", ("a.b", 1)),
+        ("a.b=1.5", ("a.b", 1.5)),
+        ("a.b=true", ("a.b", True)),
+        ("a.b=[1, 2]", ("a.b", [1, 2])),
+        ("a.b='7'", ("a.b", "7")),
+        ("a.b=", ("a.b", "")),
+        (" a.b =x=y", ("a.b", "x=y")),
+    ],
+)
+def test_parse_override_splits_key_and_yaml_value(text: str, expected: tuple[str, object]) -> None:
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text", ["novalue", "=1", " =1"])
+def test_an_override_without_key_and_value_is_rejected(text: str) -> None:
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        parse_override(text)
+
+
+def test_an_override_below_a_value_that_is_not_a_section_is_rejected() -> None:
+    text = config_error(None, ("training.episodes.count=1",))
+
+    assert "--set training.episodes.count" in text
+    assert "not a section" in text
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "dotted"),
+    [
+        ("bogus: 1\n", "bogus"),
+        ("training:\n  bogus: 1\n", "training.bogus"),
+        ("env:\n  n_env: 4\n", "env.n_env"),
+        ("data:\n  source:\n    bogus: 1\n", "data.source.bogus"),
+        ("data:\n  split:\n    walkforward: true\n", "data.split.walkforward"),
+        ("data:\n  features:\n    name: [ret_1]\n", "data.features.name"),
+    ],
+)
+def test_an_unknown_key_names_the_dotted_key_and_the_file(tmp_path: Path, yaml_text: str, dotted: str) -> None:
+    path = write_config(tmp_path, yaml_text)
+
+    text = config_error(path)
+
+    assert str(path) in text
+    assert f"unknown key {dotted}" in text
+
+
+def test_an_unknown_key_given_with_set_names_the_dotted_key() -> None:
+    assert "unknown key training.bogus" in config_error(None, ("training.bogus=1",))
+
+
+@pytest.mark.xfail(strict=True, reason="load_config reports keys added by --set as errors of the config file")
+def test_an_unknown_key_given_with_set_is_blamed_on_set_not_on_the_file() -> None:
+    text = config_error(None, ("training.bogus=1",))
+
+    assert "--set" in text
+    assert str(DEFAULT_CONFIG) not in text
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "fragments"),
+    [
+        ("training:\n  episodes: three\n", ["training.episodes must be an integer", "'three'"]),
+        ("training:\n  episodes: true\n", ["training.episodes must be an integer", "True"]),
+        ("training:\n  episodes: 2.5\n", ["training.episodes must be an integer"]),
+        ("training: [1, 2]\n", ["training must be a mapping", "list"]),
+        ("data:\n  source: [a.csv]\n", ["data.source must be a mapping", "list"]),
+        ("data: 3\n", ["data must be a mapping", "int"]),
+        ("model:\n  hyperparams: [1]\n", ["model.hyperparams must be a mapping"]),
+        ("model:\n  net_arch: 64\n", ["model.net_arch must be a list"]),
+        ("model:\n  net_arch: [64, wide]\n", ["model.net_arch[1] must be an integer"]),
+        ("model:\n  device: 0\n", ["model.device must be a string"]),
+        ("env:\n  commission_bps: cheap\n", ["env.commission_bps must be a number"]),
+        ("env:\n  commission_bps: false\n", ["env.commission_bps must be a number"]),
+        ("data:\n  cache: 1\n", ["data.cache must be true or false"]),
+        ("data:\n  features:\n    names: ret_1\n", ["data.features.names must be a list"]),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_the_key_and_the_file(
+    tmp_path: Path, yaml_text: str, fragments: list[str]
+) -> None:
+    path = write_config(tmp_path, yaml_text)
+
+    text = config_error(path)
+
+    assert str(path) in text
+    for fragment in fragments:
+        assert fragment in text
+
+
+def test_a_top_level_that_is_not_a_mapping_names_the_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "- a\n- b\n")
+
+    text = config_error(path)
+
+    assert str(path) in text
+    assert "top level must be a mapping" in text
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "fragments"),
+    [
+        ("training:\n  steps_per_episode: -5\n", ["steps_per_episode", "-5"]),
+        ("training:\n  episodes: 0\n", ["episodes", "at least 1"]),
+        ("env:\n  n_envs: 0\n", ["n_envs", "0"]),
+        ("env:\n  window: -1\n", ["window"]),
+        ("env:\n  action: sideways\n", ["action", "sideways"]),
+        ("model:\n  algorithm: foo\n", ["algorithm 'foo'"]),
+        ("model:\n  algorithm: dqn\n  hyperparams: {}\nenv:\n  action: continuous\n", ["dqn", "discrete"]),
+        ("model:\n  algorithm: sac\n  hyperparams: {}\n", ["sac", "continuous"]),
+        ("model:\n  algorithm: td3\n  hyperparams: {}\nenv:\n  action: discrete2\n", ["td3", "continuous"]),
+        ("model:\n  algorithm: a2c\n  hyperparams:\n    n_epochs: 4\n", ["n_epochs", "a2c"]),
+        ("model:\n  algorithm: ppo\n  hyperparams:\n    buffer_size: 100\n", ["buffer_size", "ppo"]),
+        ("model:\n  device: gpu\n", ["device", "'gpu'"]),
+        ("model:\n  device: 'cuda:'\n", ["device", "'cuda:'"]),
+        ("model:\n  device: cuda:x\n", ["device", "'cuda:x'"]),
+        ("model:\n  device: CPU\n", ["device", "'CPU'"]),
+        ("model:\n  net_arch: [64, 0]\n", ["net_arch"]),
+        ("model:\n  torch_threads: 0\n", ["torch_threads"]),
+        ("session:\n  heartbeat_s: 0\n", ["heartbeat_s"]),
+        ("session:\n  heartbeat_s: 5\n  hang_timeout_s: 10\n", ["hang_timeout_s"]),
+        ("session:\n  events_port: 70000\n", ["events_port"]),
+        ("session:\n  console: fancy\n", ["console", "fancy"]),
+        ("data:\n  block_rows: 0\n", ["block_rows"]),
+    ],
+)
+def test_an_impossible_value_is_rejected_naming_the_file(
+    tmp_path: Path, yaml_text: str, fragments: list[str]
+) -> None:
+    path = write_config(tmp_path, yaml_text)
+
+    text = config_error(path)
+
+    assert str(path) in text
+    for fragment in fragments:
+        assert fragment in text
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    [
+        "model:\n  algorithm: dqn\n  hyperparams: {buffer_size: 1000, exploration_fraction: 0.2}\n",
+        "model:\n  algorithm: sac\n  hyperparams: {tau: 0.01}\nenv:\n  action: continuous\n",
+        "model:\n  algorithm: td3\n  hyperparams: {}\nenv:\n  action: continuous\n",
+        "model:\n  algorithm: recurrent_ppo\n  hyperparams: {n_epochs: 2}\n",
+        "model:\n  algorithm: a2c\n  hyperparams: {use_rms_prop: false}\n",
+        "model:\n  device: 'cuda:1'\n",
+        "model:\n  device: cpu\n",
+    ],
+)
+def test_possible_combinations_are_accepted(tmp_path: Path, yaml_text: str) -> None:
+    assert isinstance(load_config(write_config(tmp_path, yaml_text)), Config)
+
+
+def test_malformed_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "training:\n  episodes: 1\n  seed: 42: 43\n")
+
+    text = config_error(path)
+
+    assert str(path) in text
+    assert "not valid YAML" in text
+    assert "line 3" in text
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "absent.yaml"
+
+    text = config_error(path)
+
+    assert str(path) in text
+    assert "cannot read config" in text
+
+
+def custom_config() -> Config:
+    """Return a config that differs from the defaults in every section."""
+    raw = {
+        "name": "custom",
+        "data": {
+            "source": {"path": "a.parquet", "chunk_rows": 500, "nan_policy": "drop"},
+            "features": {"names": ["ret_1", "vol_20"]},
+            "split": {"mode": "date", "eval_start": "2020-01-01", "gap_bars": 5},
+            "cache": False,
+            "block_rows": 128,
+        },
+        "env": {"n_envs": 2, "window": 8, "action": "continuous", "commission_bps": 0.5, "fill": "close"},
+        "model": {
+            "algorithm": "sac",
+            "device": "cpu",
+            "net_arch": [8],
+            "hyperparams": {"buffer_size": 1000, "learning_starts": 10, "tau": 0.02},
+        },
+        "training": {"episodes": 3, "steps_per_episode": 256, "seed": 7, "piece_steps": 64},
+        "session": {"console": "off", "request_timeout_s": 5, "max_message_bytes": 1 << 20},
+    }
+    return config_from_dict(raw, "custom")
+
+
+@pytest.mark.parametrize("make", [load_config, Config, custom_config], ids=["default-file", "built-in", "custom"])
+def test_config_to_dict_and_back_gives_an_equal_config(make: object) -> None:
+    config = make()  # type: ignore[operator]
+
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+@pytest.mark.parametrize("make", [load_config, custom_config], ids=["default-file", "custom"])
+def test_a_config_survives_being_written_as_yaml_and_json(make: object) -> None:
+    config = make()  # type: ignore[operator]
+    raw = config_to_dict(config)
+
+    from_yaml = config_from_dict(yaml.safe_load(yaml.safe_dump(raw, sort_keys=False)), "config.yaml")
+    from_json = config_from_dict(json.loads(json.dumps(raw)), "config.json")
+
+    assert from_yaml == config
+    assert from_json == config
+
+
+def test_config_to_dict_is_plain_data() -> None:
+    raw = config_to_dict(custom_config())
+
+    assert raw["model"]["net_arch"] == [8]
+    assert raw["data"]["features"]["names"] == ["ret_1", "vol_20"]
+    assert set(raw) == {f.name for f in dataclasses.fields(Config)}
+
+
+def test_config_from_dict_names_its_source_in_errors() -> None:
+    with pytest.raises(ConfigError, match=r"runs/x/config\.yaml: unknown key model\.layers"):
+        config_from_dict({"model": {"layers": 3}}, "runs/x/config.yaml")
