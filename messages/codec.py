@@ -230,6 +230,8 @@ def _decode_array(spec: Any, frame: Frame, schema: _Schema) -> tuple[str, np.nda
     if not (isinstance(spec, list) and len(spec) == 3):
         raise DecodeError("array spec must be [field, dtype, shape]")
     field_name, dtype, shape = spec
+    if not isinstance(field_name, str) or not isinstance(dtype, str):
+        raise DecodeError("array spec field and dtype must be strings")
     if field_name not in schema.arrays:
         raise DecodeError(f"{schema.cls.__name__} has no array field {field_name!r}")
     if dtype not in ALLOWED_DTYPES:

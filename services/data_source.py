@@ -24,7 +24,8 @@ PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
 
 _NS_PER_DAY = 86_400 * 10**9
 _SAMPLE_ROWS = 1000
-_CSV_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz", ".csv.bz2", ".csv.xz", ".csv.zst", ".csv.zip")
+# Suffixes taken from a folder; a file named directly is read whatever its suffix (as Parquet or CSV).
+_CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst", ".csv.zip")
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
 # Normalised column name (lower case, without spaces, underscores, hyphens and dots) -> field.
@@ -212,7 +213,7 @@ class SourceOptions:
     """Say where the bars are and how to read and clean them."""
 
     path: str = "data/STOCKS_GOOGL.csv"
-    """A CSV (optionally gzip), or Parquet file, a folder of them, or a glob; files are read in time order."""
+    """A CSV file (optionally gzip), a Parquet file, a folder of them or a glob; read in time order."""
     price: str = "close"
     """'close', or 'adj_close' to use Adj Close as close and scale open, high and low by adj_close/close."""
     timestamp_column: str = ""

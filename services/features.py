@@ -254,7 +254,9 @@ def volume_zscore(ctx: FeatureContext) -> np.ndarray:
     """Z-score of log(1 + volume) against its last 20 bars (current included); 0 when volume is flat."""
     log_volume = ctx.cached("log1p_volume", lambda: np.log1p(ctx.volume))
     mean, std = ctx.rolling_mean_std("log1p_volume", log_volume, 20)
-    return _safe_ratio(log_volume - mean, std)
+    # A flat window leaves rounding residue in the std; treat it as zero rather than divide by it.
+    flat = std <= 1e-9 * (1.0 + np.abs(mean))
+    return _safe_ratio(log_volume - mean, np.where(flat, 0.0, std))
 
 
 @register_feature("sma_ratio_20", warmup=19)

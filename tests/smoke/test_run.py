@@ -177,3 +177,34 @@ def test_default_is_accepted_as_the_name_of_the_default_config(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "d" / "eval-episode-1.csv").is_file()
     assert os.path.getsize(tmp_path / "d" / "events.jsonl") > 0
+
+
+def test_resume_continues_the_same_model_and_step_counter_and_predict_uses_it(tmp_path: Path) -> None:
+    first = run_py(*TINY, "--set", f"session.runs_dir={tmp_path}", "--name", "r", "--set", "training.episodes=2")
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "r"
+    before = events(run_dir)
+    trained = [e for e in before if e["type"] == "EpisodeFinished"]
+
+    done = run_py("--resume", str(run_dir))
+    mismatch = run_py("--resume", str(run_dir), "--set", "training.episodes=3", "--set", "env.window=9")
+    resumed = run_py("--resume", str(run_dir), "--set", "training.episodes=3")
+    predicted = run_py("predict", "--run", str(run_dir), "--json")
+
+    assert done.returncode == 2 and "all 2 episodes are done" in done.stderr
+    assert mismatch.returncode == 2 and "config differs" in mismatch.stderr
+    assert resumed.returncode == 0, resumed.stderr
+    after = events(run_dir)[len(before) :]
+    created = [e for e in after if e["type"] == "ModelCreated"]
+    assert len(created) == 1 and created[0]["restored_from"].endswith("episode-0002")
+    assert created[0]["model_id"] == trained[0]["model_id"]
+    assert created[0]["total_steps"] == trained[-1]["total_steps"]
+    finished = [e for e in after if e["type"] == "EpisodeFinished"]
+    assert [e["episode"] for e in finished] == [3]
+    assert finished[0]["total_steps"] > trained[-1]["total_steps"]
+    assert (run_dir / "eval-episode-3.csv").is_file()
+    assert predicted.returncode == 0, predicted.stderr
+    answer = json.loads(predicted.stdout)
+    assert answer["model_id"] == trained[0]["model_id"]
+    assert answer["position"] in (-1.0, 0.0, 1.0)
+    assert answer["timestamp"].startswith("2018-08-29")

@@ -200,3 +200,13 @@ def test_names_given_as_a_list_become_a_tuple() -> None:
     options = FeatureOptions(names=["ret_1", "vol_20"])  # type: ignore[arg-type]
 
     assert options.names == ("ret_1", "vol_20")
+
+
+def test_a_flat_volume_window_gives_a_zero_volume_zscore(frame: pd.DataFrame) -> None:
+    changed = frame.copy()
+    changed.loc[200:, "volume"] = 12_345.0
+
+    z = compute_features(changed, FeatureOptions(names=("vol_z_20",)))[:, 0]
+
+    assert (z[219:] == 0.0).all()
+    assert (z[200:219] != 0.0).all()

@@ -1,0 +1,399 @@
+"""Measure PPO training steps/s with the env behind the actor system, in process, and with a null env.
+
+Run from the repository root with the project venv:
+
+    .venv/bin/python bench/bench_training.py [--quick] [--steps 65536] [--repeats 5] [--skip-session]
+
+Part 1 trains four models built by the project's one factory (`TradingModel.create`, the default
+config's PPO hyperparameters, torch threads and n_envs) on the default session's train split of
+data/STOCKS_GOOGL.csv, each for --steps per repeat, the four interleaved in a rotating order:
+  (a) actor: the real env actor process (`run.py _actor env` with the real VecEnvFactory), fed the
+      train split over its ZeroMQ ROUTER, stepped from SB3 in this process through RemoteVecEnv;
+  (a') local: the same VecTradingEnv (VecEnvFactory) in this process behind the same RemoteVecEnv
+      (LocalBackend), so (a)/(a') is the cost of the process boundary alone;
+  (b) dummy: SB3's DummyVecEnv over n_envs single TradingEnvs (each in SB3's Monitor) in this process;
+  (c) null: a VecEnv that returns zeros, so the figure is the learner's own bound.
+Part 2 times the whole default session (`python run.py`, 500,000 steps) and, in the compare venv,
+SB3 PPO with its defaults on gym-anytrading's stocks-v0 (bench/bench_anytrading_ppo.py) for
+--baseline-steps, extrapolated to the same 500,000 steps; the two alternate over --session-repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from messages import DataBlock, DataComplete, DataInstalled, Ping, Stop  # noqa: E402
+from services.config import Config, config_to_dict, load_config  # noqa: E402
+from services.dataset import DatasetService, SplitArrays  # noqa: E402
+from services.trading_env import TradingEnv  # noqa: E402
+from services.transport import Client, Endpoints  # noqa: E402
+
+COMPARE_PYTHON = ROOT / "bench" / ".venv-compare" / "bin" / "python"
+SETUPS = ("actor", "local", "dummy", "null")
+
+
+class EnvActorProcess:
+    """Run the real env actor in a child process (`run.py _actor env`) and feed it the train split."""
+
+    def __init__(self, config: Config, folder: Path) -> None:
+        self.folder = folder
+        (folder / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        ipc = folder / "ipc"
+        ipc.mkdir()
+        self.endpoints = Endpoints(
+            events_in=f"ipc://{ipc}/events_in.sock",
+            events_out="",
+            session="",
+            data=f"ipc://{ipc}/data.sock",
+            env=f"ipc://{ipc}/env.sock",
+            model=f"ipc://{ipc}/model.sock",
+            ipc_dir=str(ipc),
+        )
+        self.endpoints.write(folder / "endpoints.json")
+        self._max_bytes = config.session.max_message_bytes
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "_actor", "env", "--run-dir", str(folder)], cwd=ROOT
+        )
+        self._control = self.client("bench")
+        self._control.request(Ping(), timeout_s=120.0)
+
+    def client(self, sender: str) -> Client:
+        """Return a new DEALER to the env actor's ROUTER."""
+        return Client(self.endpoints.env, max_bytes=self._max_bytes, timeout_s=60.0, sender=sender)
+
+    def install(self, split: str, arrays: SplitArrays, bars_per_year: float, block_rows: int) -> None:
+        """Stream one split to the env actor the way the data actor does, and wait until installed."""
+        total = len(arrays)
+        for start in range(0, total, block_rows):
+            end = min(start + block_rows, total)
+            self._control.request(
+                DataBlock(
+                    split=split,
+                    offset=start,
+                    total_rows=total,
+                    features=arrays.features[start:end],
+                    open=arrays.open[start:end],
+                    close=arrays.close[start:end],
+                    timestamp=arrays.timestamp[start:end],
+                )
+            )
+        done = self._control.request(
+            DataComplete(split=split, total_rows=total, bars_per_year=bars_per_year, episode=1)
+        )
+        if not isinstance(done, DataInstalled) or done.rows != total:
+            raise RuntimeError(f"the env actor did not install the {split} split: {done!r}")
+
+    def stop(self) -> None:
+        """Ask the actor to stop and wait for its process to exit."""
+        try:
+            self._control.request(Stop(reason="benchmark finished"), timeout_s=10.0)
+        finally:
+            self._control.close()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def null_vec_env(n_envs: int, obs_size: int, n_actions: int) -> Any:
+    """Return a VecEnv that does no work: zero observations and rewards, never done."""
+    from gymnasium import spaces
+    from stable_baselines3.common.vec_env.base_vec_env import VecEnv
+
+    class NullVecEnv(VecEnv):
+        """Answer every reset and step with preallocated zeros."""
+
+        def __init__(self) -> None:
+            observation = spaces.Box(-np.inf, np.inf, shape=(obs_size,), dtype=np.float32)
+            super().__init__(n_envs, observation, spaces.Discrete(n_actions))
+            self._obs = np.zeros((n_envs, obs_size), dtype=np.float32)
+            self._rewards = np.zeros(n_envs, dtype=np.float32)
+            self._dones = np.zeros(n_envs, dtype=bool)
+            self._infos: list[dict[str, Any]] = [{} for _ in range(n_envs)]
+
+        def reset(self) -> np.ndarray:
+            return self._obs
+
+        def step_async(self, actions: np.ndarray) -> None:
+            pass
+
+        def step_wait(self) -> Any:
+            return self._obs, self._rewards, self._dones, self._infos
+
+        def close(self) -> None:
+            pass
+
+        def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+            if attr_name == "render_mode":
+                return [None] * n_envs
+            raise AttributeError(attr_name)
+
+        def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
+            raise AttributeError(attr_name)
+
+        def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
+            raise AttributeError(method_name)
+
+        def env_is_wrapped(self, wrapper_class: type[Any], indices: Any = None) -> list[bool]:
+            return [False] * n_envs
+
+    return NullVecEnv()
+
+
+def dummy_vec_env(config: Config, train: SplitArrays, bars_per_year: float) -> Any:
+    """Return SB3's DummyVecEnv over n_envs single TradingEnvs, seeded like the env actor's envs."""
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    options = dataclasses.replace(config.env, bars_per_year=bars_per_year)
+    seed = config.training.seed
+
+    def maker(i: int) -> Callable[[], Any]:
+        return lambda: Monitor(TradingEnv(train.features, train.open, train.close, options, seed=seed + i))
+
+    return DummyVecEnv([maker(i) for i in range(config.env.n_envs)])
+
+
+def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """Return the median of the same-repeat ratios a[i] / b[i]."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def bench_setups(config: Config, steps: int, repeats: int) -> dict[str, Any]:
+    """Train the three setups interleaved; print and return steps/s and ratios."""
+    from services.env_factory import VecEnvFactory
+    from services.remote_vec_env import LocalBackend, RemoteBackend, RemoteVecEnv
+    from services.trading_model import TradingModel
+
+    service = DatasetService(
+        config.data, window=config.env.window, episode_length=config.env.episode_length, cache_root=ROOT
+    )
+    summary = service.load()
+    train = service.episode(1).train
+    n_features = train.features.shape[1]
+    obs_size = config.env.window * n_features + 2
+    print(
+        f"train split: {len(train)} bars x {n_features} features; n_envs {config.env.n_envs}, "
+        f"hyperparameters {config.model.hyperparams}, net_arch {list(config.model.net_arch)}, "
+        f"torch threads {config.model.torch_threads}, device {config.model.device}"
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as folder:
+        actor = EnvActorProcess(config, Path(folder))
+        try:
+            actor.install("train", train, summary.bars_per_year, config.data.block_rows)
+            factory = VecEnvFactory(config.env, seed=config.training.seed)
+            local = factory.create("train", summary.bars_per_year)
+            local.update_data(train.features, train.open, train.close)
+            local_backend = LocalBackend(
+                local,
+                action=factory.action,
+                n_actions=factory.n_actions,
+                max_leverage=factory.max_leverage,
+                role="train",
+            )
+            envs = {
+                "actor": RemoteVecEnv(RemoteBackend(actor.client("model"), "train")),
+                "local": RemoteVecEnv(local_backend),
+                "dummy": dummy_vec_env(config, train, summary.bars_per_year),
+                "null": null_vec_env(config.env.n_envs, obs_size, 3),
+            }
+            models = {
+                name: TradingModel.create(
+                    config.model,
+                    env,
+                    eval_env=env,
+                    seed=config.training.seed,
+                    tensorboard_dir=None,
+                    on_values=lambda steps, values: None,
+                )
+                for name, env in envs.items()
+            }
+            piece = config.training.piece_steps
+
+            def train_once(name: str) -> float:
+                model = models[name]
+                started = time.perf_counter()
+                done = 0
+                while done < steps:
+                    done += model.learn(min(piece, steps - done), lambda n: True)
+                return done / (time.perf_counter() - started)
+
+            for name in SETUPS:  # warm-up: first rollout, first update, allocator
+                models[name].learn(models[name].rollout_steps, lambda n: True)
+            rates: dict[str, list[float]] = {name: [] for name in SETUPS}
+            for repeat in range(repeats):
+                shift = repeat % len(SETUPS)
+                order = SETUPS[shift:] + SETUPS[:shift]
+                for name in order:
+                    rates[name].append(train_once(name))
+                print(
+                    f"  repeat {repeat + 1}: "
+                    + ", ".join(f"{name} {rates[name][-1]:,.0f}" for name in SETUPS)
+                    + " steps/s",
+                    flush=True,
+                )
+            for env in envs.values():
+                env.close()
+        finally:
+            actor.stop()
+    labels = {
+        "actor": "(a) env actor over ZeroMQ, RemoteVecEnv",
+        "local": "(a') VecTradingEnv in process, RemoteVecEnv",
+        "dummy": "(b) DummyVecEnv of TradingEnv, in process",
+        "null": "(c) null VecEnv (learner bound)",
+    }
+    print(f"PPO training steps/s, {steps:,} steps a run, {repeats} interleaved repeats")
+    for name, label in labels.items():
+        values = rates[name]
+        print(
+            f"  {label:44s} median {statistics.median(values):>9,.0f}  "
+            f"(min {min(values):,.0f}, max {max(values):,.0f})"
+        )
+    a_b = median_ratio(rates["actor"], rates["dummy"])
+    a_c = median_ratio(rates["actor"], rates["null"])
+    a_local = median_ratio(rates["actor"], rates["local"])
+    print(f"  (a)/(b) median same-repeat ratio {a_b:.2f}  (target >= 0.9: {'met' if a_b >= 0.9 else 'NOT met'})")
+    print(f"  (a)/(c) median same-repeat ratio {a_c:.2f}")
+    print(f"  (a)/(a') median same-repeat ratio {a_local:.2f} (the cost of the process boundary)")
+    return {"rates": rates, "actor_over_dummy": a_b, "actor_over_null": a_c, "actor_over_local": a_local}
+
+
+def run_session(steps: int | None, runs_dir: Path, name: str) -> dict[str, Any]:
+    """Run `python run.py` (the default session, or with steps_per_episode=steps); return its timings."""
+    command = [sys.executable, "run.py", "--name", name, "--set", f"session.runs_dir={runs_dir}"]
+    if steps is not None:
+        command += ["--set", f"training.steps_per_episode={steps}"]
+    started = time.perf_counter()
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"run.py exited {completed.returncode}: {completed.stderr[-2000:]}")
+    finished = [
+        event
+        for event in map(json.loads, (runs_dir / name / "events.jsonl").read_text().splitlines())
+        if event.get("type") == "EpisodeFinished"
+    ]
+    return {
+        "wall_s": wall,
+        "steps": sum(e["steps"] for e in finished),
+        "train_s": sum(e["seconds"] for e in finished),
+        "steps_per_s": sum(e["steps"] for e in finished) / sum(e["seconds"] for e in finished),
+    }
+
+
+def run_baseline(steps: int, total: int) -> dict[str, Any]:
+    """Run the gym-anytrading PPO baseline in the compare venv; return its JSON result."""
+    if not COMPARE_PYTHON.exists():
+        raise RuntimeError(f"{COMPARE_PYTHON} is missing: run `bash bench/setup_compare_env.sh` first")
+    command = [
+        str(COMPARE_PYTHON),
+        str(ROOT / "bench" / "bench_anytrading_ppo.py"),
+        "--steps",
+        str(steps),
+        "--total",
+        str(total),
+    ]
+    started = time.perf_counter()
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"baseline exited {completed.returncode}: {completed.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = time.perf_counter() - started
+    return result
+
+
+def bench_session(session_steps: int | None, baseline_steps: int, repeats: int) -> dict[str, Any]:
+    """Alternate the default session and the gym-anytrading baseline; print and return the figures."""
+    sessions: list[dict[str, Any]] = []
+    baselines: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-session-") as folder:
+        for repeat in range(repeats):
+            jobs: list[Callable[[], None]] = [
+                lambda r=repeat: sessions.append(run_session(session_steps, Path(folder), f"bench-{r}")),
+                lambda: baselines.append(run_baseline(baseline_steps, session_total)),
+            ]
+            session_total = session_steps or 500_000
+            for job in jobs if repeat % 2 == 0 else jobs[::-1]:
+                job()
+            s, b = sessions[-1], baselines[-1]
+            print(
+                f"  repeat {repeat + 1}: run.py wall {s['wall_s']:.1f} s ({s['steps']:,} steps at "
+                f"{s['steps_per_s']:,.0f} steps/s); gym-anytrading PPO {b['steps']:,} steps at "
+                f"{b['steps_per_s']:,.0f} steps/s -> {b['total']:,} steps in {b['total_wall_s']:.0f} s"
+                f"{' (extrapolated)' if b['extrapolated'] else ''}",
+                flush=True,
+            )
+    wall = statistics.median(s["wall_s"] for s in sessions)
+    base_wall = statistics.median(b["total_wall_s"] for b in baselines)
+    rate_ratio = median_ratio([s["steps_per_s"] for s in sessions], [b["steps_per_s"] for b in baselines])
+    wall_ratio = median_ratio([b["total_wall_s"] for b in baselines], [s["wall_s"] for s in sessions])
+    print(f"default session vs gym-anytrading PPO defaults, {repeats} alternating repeat(s)")
+    print(f"  python run.py wall time: median {wall:.1f} s; training {sessions[-1]['steps']:,} steps")
+    print(
+        f"  gym-anytrading PPO, {baselines[-1]['total']:,} steps: median {base_wall:.0f} s"
+        f"{' (extrapolated from ' + format(baseline_steps, ',') + ' steps)' if baselines[-1]['extrapolated'] else ''}"
+    )
+    print(
+        f"  wall-time ratio baseline / ours {wall_ratio:.1f}x; training steps/s ratio {rate_ratio:.1f}x "
+        f"(aim 2x: {'met' if wall_ratio >= 2 else 'NOT met'})"
+    )
+    return {"sessions": sessions, "baselines": baselines, "wall_ratio": wall_ratio, "rate_ratio": rate_ratio}
+
+
+def main() -> int:
+    """Parse the arguments and run the setups and the session comparison."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a fast smoke pass (small budgets)")
+    parser.add_argument("--steps", type=int, default=65_536, help="training steps per setup and repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-setups", action="store_true")
+    parser.add_argument("--skip-session", action="store_true")
+    parser.add_argument("--session-repeats", type=int, default=1)
+    parser.add_argument("--baseline-steps", type=int, default=65_536, help="gym-anytrading steps trained")
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    args = parser.parse_args()
+    session_steps: int | None = None
+    if args.quick:
+        args.steps, args.repeats, args.baseline_steps, session_steps = 8192, 1, 2048, 8192
+    os.chdir(ROOT)
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
+    print(f"machine: {os.cpu_count()} CPUs, {cpu}")
+    config = load_config()
+    figures: dict[str, Any] = {}
+    if not args.skip_setups:
+        figures["setups"] = bench_setups(config, args.steps, args.repeats)
+    if not args.skip_session:
+        figures["session"] = bench_session(session_steps, args.baseline_steps, args.session_repeats)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
