@@ -194,8 +194,12 @@ def _rolling_mean_std(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarra
     full = (count[window:] - count[:-window]) == window
     m = w1 / window
     var = np.maximum(w2 - w1 * m, 0.0) / max(window - 1, 1)
-    mean[window - 1 :] = np.where(full, m + anchor, np.nan)
-    std[window - 1 :] = np.where(full, np.sqrt(var), np.nan)
+    # Running sums leave rounding residue on a window of equal values; count changes (exact integers)
+    # so such a window gets std 0 and its mean exactly.
+    changes = np.concatenate(([0], np.cumsum(x[1:] != x[:-1])))
+    flat = (changes[window - 1 :] - changes[: n - window + 1]) == 0
+    mean[window - 1 :] = np.where(full, np.where(flat, x[window - 1 :], m + anchor), np.nan)
+    std[window - 1 :] = np.where(full, np.where(flat, 0.0, np.sqrt(var)), np.nan)
     return mean, std
 
 
@@ -254,9 +258,7 @@ def volume_zscore(ctx: FeatureContext) -> np.ndarray:
     """Z-score of log(1 + volume) against its last 20 bars (current included); 0 when volume is flat."""
     log_volume = ctx.cached("log1p_volume", lambda: np.log1p(ctx.volume))
     mean, std = ctx.rolling_mean_std("log1p_volume", log_volume, 20)
-    # A flat window leaves rounding residue in the std; treat it as zero rather than divide by it.
-    flat = std <= 1e-9 * (1.0 + np.abs(mean))
-    return _safe_ratio(log_volume - mean, np.where(flat, 0.0, std))
+    return _safe_ratio(log_volume - mean, std)
 
 
 @register_feature("sma_ratio_20", warmup=19)
