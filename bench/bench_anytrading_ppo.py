@@ -46,7 +46,9 @@ def main() -> int:
     from stable_baselines3 import PPO
 
     frame = pd.read_csv(DATA)
-    env = gymnasium.make("stocks-v0", df=frame, window_size=args.window, frame_bound=(args.window, len(frame)))
+    env = gymnasium.make(
+        "stocks-v0", df=frame, window_size=args.window, frame_bound=(args.window, len(frame))
+    )
     model = PPO("MlpPolicy", env, seed=args.seed, verbose=0)
     setup_s = time.perf_counter() - STARTED
     began = time.perf_counter()

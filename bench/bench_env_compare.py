@@ -142,8 +142,12 @@ def bench_speed(args: argparse.Namespace, frame: pd.DataFrame) -> dict[str, Any]
     print(f"single-env steps/s, {args.single_steps:,} steps a run; vector {args.vector_calls:,} calls a run")
     for name, label in labels.items():
         print(f"  {label:36s} {summary(rates[name])}")
-    print(f"  ours / gym-anytrading, gymnasium.make: median same-run ratio {statistics.median(make_ratio):.2f}x")
-    print(f"  ours / gym-anytrading, unwrapped:      median same-run ratio {statistics.median(raw_ratio):.2f}x")
+    print(
+        f"  ours / gym-anytrading, gymnasium.make: median same-run ratio {statistics.median(make_ratio):.2f}x"
+    )
+    print(
+        f"  ours / gym-anytrading, unwrapped:      median same-run ratio {statistics.median(raw_ratio):.2f}x"
+    )
     vec_median = statistics.median(rates["vec"])
     print(
         f"  target >= 1.5x single step: {'met' if statistics.median(make_ratio) >= 1.5 else 'NOT met'}; "
@@ -194,7 +198,6 @@ def memory_child(kind: str, checkpoints: list[int], window: int, n_envs: int) ->
 
 def bench_memory(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Run each memory measurement in a fresh child process; print and return the RSS figures."""
-    checkpoints = [10_000, args.memory_steps]
     results: dict[str, dict[str, float]] = {}
     labels = {
         "ours": "TradingEnv (steps)",
@@ -249,8 +252,11 @@ def main() -> int:
 
     frame = pd.read_csv(DATA)
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         "unknown",
     )
     print(f"machine: {os.cpu_count()} CPUs, {cpu}; python {sys.version.split()[0]}, numpy {np.__version__}")

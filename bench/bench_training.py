@@ -271,7 +271,9 @@ def bench_setups(config: Config, steps: int, repeats: int) -> dict[str, Any]:
     a_b = median_ratio(rates["actor"], rates["dummy"])
     a_c = median_ratio(rates["actor"], rates["null"])
     a_local = median_ratio(rates["actor"], rates["local"])
-    print(f"  (a)/(b) median same-repeat ratio {a_b:.2f}  (target >= 0.9: {'met' if a_b >= 0.9 else 'NOT met'})")
+    print(
+        f"  (a)/(b) median same-repeat ratio {a_b:.2f}  (target >= 0.9: {'met' if a_b >= 0.9 else 'NOT met'})"
+    )
     print(f"  (a)/(c) median same-repeat ratio {a_c:.2f}")
     print(f"  (a)/(a') median same-repeat ratio {a_local:.2f} (the cost of the process boundary)")
     return {"rates": rates, "actor_over_dummy": a_b, "actor_over_null": a_c, "actor_over_local": a_local}
@@ -325,15 +327,14 @@ def bench_session(session_steps: int | None, baseline_steps: int, repeats: int) 
     """Alternate the default session and the gym-anytrading baseline; print and return the figures."""
     sessions: list[dict[str, Any]] = []
     baselines: list[dict[str, Any]] = []
+    session_total = session_steps or 500_000
     with tempfile.TemporaryDirectory(prefix="bench-session-") as folder:
         for repeat in range(repeats):
-            jobs: list[Callable[[], None]] = [
-                lambda r=repeat: sessions.append(run_session(session_steps, Path(folder), f"bench-{r}")),
-                lambda: baselines.append(run_baseline(baseline_steps, session_total)),
-            ]
-            session_total = session_steps or 500_000
-            for job in jobs if repeat % 2 == 0 else jobs[::-1]:
-                job()
+            for job in ("session", "baseline") if repeat % 2 == 0 else ("baseline", "session"):
+                if job == "session":
+                    sessions.append(run_session(session_steps, Path(folder), f"bench-{repeat}"))
+                else:
+                    baselines.append(run_baseline(baseline_steps, session_total))
             s, b = sessions[-1], baselines[-1]
             print(
                 f"  repeat {repeat + 1}: run.py wall {s['wall_s']:.1f} s ({s['steps']:,} steps at "
@@ -348,10 +349,8 @@ def bench_session(session_steps: int | None, baseline_steps: int, repeats: int) 
     wall_ratio = median_ratio([b["total_wall_s"] for b in baselines], [s["wall_s"] for s in sessions])
     print(f"default session vs gym-anytrading PPO defaults, {repeats} alternating repeat(s)")
     print(f"  python run.py wall time: median {wall:.1f} s; training {sessions[-1]['steps']:,} steps")
-    print(
-        f"  gym-anytrading PPO, {baselines[-1]['total']:,} steps: median {base_wall:.0f} s"
-        f"{' (extrapolated from ' + format(baseline_steps, ',') + ' steps)' if baselines[-1]['extrapolated'] else ''}"
-    )
+    note = f" (extrapolated from {baseline_steps:,} steps)" if baselines[-1]["extrapolated"] else ""
+    print(f"  gym-anytrading PPO, {baselines[-1]['total']:,} steps: median {base_wall:.0f} s{note}")
     print(
         f"  wall-time ratio baseline / ours {wall_ratio:.1f}x; training steps/s ratio {rate_ratio:.1f}x "
         f"(aim 2x: {'met' if wall_ratio >= 2 else 'NOT met'})"
@@ -369,6 +368,14 @@ def main() -> int:
     parser.add_argument("--skip-session", action="store_true")
     parser.add_argument("--session-repeats", type=int, default=1)
     parser.add_argument("--baseline-steps", type=int, default=65_536, help="gym-anytrading steps trained")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="config override for part 1 only, as run.py takes it (e.g. env.n_envs=64)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args()
     session_steps: int | None = None
@@ -384,7 +391,7 @@ def main() -> int:
         "unknown",
     )
     print(f"machine: {os.cpu_count()} CPUs, {cpu}")
-    config = load_config()
+    config = load_config(None, args.overrides)
     figures: dict[str, Any] = {}
     if not args.skip_setups:
         figures["setups"] = bench_setups(config, args.steps, args.repeats)

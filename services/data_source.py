@@ -13,9 +13,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +178,8 @@ class Bars:
         Column names are matched in any case. Times come from a `timestamp` (or `date`, `datetime`)
         column or a DatetimeIndex; without either the bars are numbered 0..n-1. No validation is done.
         """
+        import pandas as pd
+
         columns = {_normalise(str(c)): c for c in frame.columns}
         missing = [name for name in PRICE_COLUMNS if name not in columns]
         if missing:
@@ -196,6 +201,8 @@ class Bars:
 
     def to_frame(self) -> pd.DataFrame:
         """Return a DataFrame with a UTC-naive `timestamp` column and lowercase price columns."""
+        import pandas as pd
+
         return pd.DataFrame(
             {
                 "timestamp": pd.to_datetime(self.timestamp, unit="ns"),
@@ -386,6 +393,8 @@ class _FileReader:
         logger.debug("%s: read %d bars", self.name, rows)
 
     def _column_names(self) -> list[str]:
+        import pandas as pd
+
         try:
             if self.is_parquet:
                 import pyarrow.parquet as pq
@@ -450,6 +459,8 @@ class _FileReader:
 
     def _frames(self, limit: int | None = None) -> Iterator[tuple[pd.DataFrame, int]]:
         """Yield (frame, row number of its first row) for bounded chunks of the file."""
+        import pandas as pd
+
         size = self.options.chunk_rows if limit is None else min(limit, self.options.chunk_rows)
         columns = list(dict.fromkeys([*self.layout.time_columns, *self.layout.fields.values()]))
         first = self.first_row
@@ -486,6 +497,8 @@ class _FileReader:
 
     def _parse_times(self, frame: pd.DataFrame, first: int) -> tuple[np.ndarray, np.ndarray]:
         """Return int64 ns times and the row numbers of the non-blank rows of `frame`."""
+        import pandas as pd
+
         rows = np.arange(first, first + len(frame), dtype=np.int64)
         blank = frame.isna().all(axis=1).to_numpy()
         if blank.any():
@@ -549,6 +562,8 @@ class _FileReader:
         )
 
     def _strings_to_ns(self, series: pd.Series) -> np.ndarray:
+        import pandas as pd
+
         fmt = self.time_format
         if fmt in _EPOCH_UNITS:
             numbers = pd.to_numeric(series, errors="coerce")
@@ -606,6 +621,8 @@ class _FileReader:
         return bars, dropped, clipped
 
     def _numeric(self, column: pd.Series, name: str, rows: np.ndarray) -> np.ndarray:
+        import pandas as pd
+
         if pd.api.types.is_numeric_dtype(column.dtype) and column.dtype != bool:
             return column.to_numpy(dtype=np.float64, na_value=np.nan)
         numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -718,6 +735,8 @@ def _order_reason(stamp: int, previous: int, where: str) -> str:
 
 
 def _show_time(stamp_ns: int) -> str:
+    import pandas as pd
+
     return str(pd.Timestamp(stamp_ns, unit="ns"))
 
 
@@ -740,6 +759,8 @@ def _epoch_to_ns(numbers: pd.Series, unit: str) -> np.ndarray:
 
 
 def _parse_count(sample: list[str], fmt: str) -> int:
+    import pandas as pd
+
     try:
         parsed = pd.to_datetime(sample, format=fmt, errors="coerce", utc=True)
     except (ValueError, OverflowError):

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from services.data_source import Bars
 
@@ -172,6 +175,8 @@ class FeatureContext:
 def _ewm(x: np.ndarray, alpha: float) -> np.ndarray:
     # pandas' recursive (adjust=False) average depends only on the previous value, so seeding it with a
     # carried value reproduces the uninterrupted series bit for bit.
+    import pandas as pd
+
     return pd.Series(x, copy=False).ewm(alpha=alpha, adjust=False).mean().to_numpy()
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    pass
 
 from services.data_source import DataError
 
@@ -145,6 +147,8 @@ def _date_index(eval_start: str, timestamps_ns: np.ndarray | None) -> int:
 
 
 def _parse_instant(text: str) -> int:
+    import pandas as pd
+
     try:
         stamp = pd.Timestamp(text)
     except (ValueError, TypeError) as exc:
