@@ -298,22 +298,19 @@ def train(argv: Sequence[str]) -> int:
             heartbeat_age=heartbeat_age,
             on_report=on_report,
         )
-        aborted = False
+        watch = _Watch(supervisor, state, session_ref, publisher, opts, run_dir, clock)
         while not outcome.done.wait(0.2):
             if signals.count >= 2:
                 print("second interrupt: stopping at once", file=sys.stderr, flush=True)
                 supervisor.kill_all()
+                shutil.rmtree(ipc, ignore_errors=True)
                 os._exit(130)
-            if signals.count == 1 and not aborted:
-                aborted = True
+            if signals.count == 1 and not watch.aborted:
+                watch.aborted = True
                 print("interrupt: finishing the current piece, then stopping", file=sys.stderr, flush=True)
                 session_ref.tell(Abort(reason="interrupted", status="stopped"))
-            for kind, code in supervisor.exited():
-                if not aborted:
-                    aborted = True
-                    session_ref.tell(
-                        Abort(reason=f"{kind} actor process exited with status {code}", status="failed")
-                    )
+            if outcome.status == "running" and not watch.aborted:
+                watch.check()
         supervisor.wait_all(timeout_s=15)
         exit_code = {"completed": EXIT_OK, "stopped": EXIT_OK}.get(outcome.status, EXIT_FAILURE)
         if outcome.status == "failed" and "DataError" in outcome.reason:
@@ -351,6 +348,84 @@ def _client_factory(endpoint: str, max_bytes: int, timeout_s: float, sender: str
     from services.transport import Client
 
     return lambda: Client(endpoint, max_bytes=max_bytes, timeout_s=timeout_s, sender=sender)
+
+
+class _Watch:
+    """Supervise the actor processes one-for-one: restart the dead, kill and restart the hung."""
+
+    def __init__(
+        self,
+        supervisor: Any,
+        state: Any,
+        session_ref: Any,
+        publisher: Any,
+        opts: Any,
+        run_dir: Path,
+        clock: Any,
+    ) -> None:
+        self.supervisor = supervisor
+        self.state = state
+        self.session_ref = session_ref
+        self.publisher = publisher
+        self.opts = opts
+        self.run_dir = run_dir
+        self.clock = clock
+        self.aborted = False
+        self.restarts: dict[str, list[float]] = {kind: [] for kind in ACTOR_KINDS}
+        self.grace_until = {kind: clock.monotonic() + opts.start_timeout_s for kind in ACTOR_KINDS}
+
+    def check(self) -> None:
+        """Restart every actor whose process ended; kill every actor whose heartbeat stopped."""
+        from actors.session import Abort, Restarted
+        from messages import ActorRestarted
+
+        now = self.clock.monotonic()
+        for kind, code in self.supervisor.exited():
+            reason = (
+                f"process exited with status {code}" if code >= 0 else f"process killed by signal {-code}"
+            )
+            recent = [t for t in self.restarts[kind] if now - t < 60.0]
+            if len(recent) >= self.opts.max_restarts_per_minute:
+                self.aborted = True
+                why = f"{kind} actor died {len(recent) + 1} times within a minute ({reason}); giving up"
+                logger.error("%s", why)
+                self.session_ref.tell(Abort(reason=why, status="failed"))
+                return
+            self.restarts[kind] = [*recent, now]
+            logger.warning("%s actor died (%s): restarting it", kind, reason)
+            if kind == "model":
+                self._resume_from_latest()
+            process = self.supervisor.restart(kind)
+            self.grace_until[kind] = now + self.opts.start_timeout_s
+            total = sum(len(v) for v in self.restarts.values())
+            self.publisher.publish(
+                ActorRestarted(actor=kind, pid=process.pid, restarts=total, reason=reason, sender="session")
+            )
+            self.session_ref.tell(Restarted(kind))
+        wall = self.clock.time()
+        for kind in ACTOR_KINDS:
+            if now < self.grace_until[kind]:
+                continue
+            age = self.state.heartbeat_age(kind, wall)
+            if age > self.opts.hang_timeout_s and self.supervisor.processes[kind].exit_code() is None:
+                logger.warning("%s actor hung (no heartbeat for %.0f s): killing it", kind, age)
+                print(
+                    f"{kind} actor hung (no heartbeat for {age:.0f} s): restarting it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.supervisor.kill(kind)
+                self.grace_until[kind] = now + self.opts.start_timeout_s
+
+    def _resume_from_latest(self) -> None:
+        """Point session.json at the last checkpoint so the new model process restores it."""
+        from services.checkpoint import latest_checkpoint, write_json_atomic
+
+        info = latest_checkpoint(self.run_dir / "checkpoints")
+        session_file = self.run_dir / "session.json"
+        data = json.loads(session_file.read_text())
+        data["resume"] = str(info.path) if info is not None else ""
+        write_json_atomic(session_file, data)
 
 
 class _SignalLatch:
@@ -408,6 +483,7 @@ def _print_summary(
     model_id = snapshot["model"]["model_id"]
     print(
         f"model {model_id or '-'}: created {snapshot['model']['created']} time(s), "
+        f"restored {snapshot['model'].get('restored', 0)} time(s), "
         f"reused {snapshot['model']['reused']} time(s)"
     )
     print(
@@ -460,7 +536,7 @@ def actor_main(argv: Sequence[str]) -> int:
 def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: Any) -> Any:
     from actors.ports import Ports
     from services.runtime import PsutilProbe, SystemClock
-    from services.transport import Client, Publisher, Server
+    from services.transport import Publisher, Server
 
     opts = config.session
     max_bytes = opts.max_message_bytes
@@ -471,16 +547,15 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
         "exit_note": note,
     }
 
-    def ports(server: str | None, clients: Sequence[str] = ()) -> Ports:
+    def ports(
+        server: str | None, clients: Sequence[str] = (), timeout_s: float = opts.request_timeout_s
+    ) -> Ports:
         return Ports(
             server=(lambda: Server(getattr(endpoints, server), max_bytes=max_bytes, name=kind))
             if server
             else None,
             publisher=lambda: Publisher(endpoints.events_in, sender=kind),
-            clients={
-                c: _client_factory(getattr(endpoints, c), max_bytes, opts.request_timeout_s, kind)
-                for c in clients
-            },
+            clients={c: _client_factory(getattr(endpoints, c), max_bytes, timeout_s, kind) for c in clients},
         )
 
     if kind == "data":
@@ -518,19 +593,31 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
             resume=verify_checkpoint(Path(session["resume"])) if session["resume"] else None,
         )
         return ModelActor.start(
-            factory=factory, piece_steps=config.training.piece_steps, ports=ports("model", ["env"]), **common
+            factory=factory,
+            piece_steps=config.training.piece_steps,
+            ports=ports("model", ["env"], opts.env_timeout_s),
+            **common,
         )
     from actors.monitor import MonitorActor
-    from services.console import PlainView
+    from services.console import make_view
+    from services.keys import LOCAL_KIT, load_client_keys, session_client
     from services.transport import Subscriber
 
-    view = PlainView(tables=False)
+    view = make_view(opts.console, json=False, tables=False, stream=sys.stdout, heartbeat_s=opts.heartbeat_s)
+    keys = None
+    if opts.keys_dir:  # with CURVE the session's own monitor needs a listed key too: keys/local
+        keys_dir = Path(opts.keys_dir) if Path(opts.keys_dir).is_absolute() else ROOT / opts.keys_dir
+        keys = load_client_keys(keys_dir / LOCAL_KIT)
     monitor_ports = Ports(
         publisher=lambda: Publisher(endpoints.events_in, sender=kind),
-        subscriber=lambda: Subscriber(endpoints.events_out, max_bytes=max_bytes),
+        subscriber=lambda: Subscriber(endpoints.events_out, max_bytes=max_bytes, curve=keys),
         clients={
-            "session": lambda: Client(
-                endpoints.session, max_bytes=max_bytes, timeout_s=opts.request_timeout_s, sender=kind
+            "session": lambda: session_client(
+                endpoints.session,
+                max_bytes=max_bytes,
+                timeout_s=opts.request_timeout_s,
+                sender=kind,
+                keys=keys,
             )
         },
     )
@@ -555,41 +642,71 @@ def monitor_main(argv: Sequence[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
     parser.add_argument("--once", action="store_true", help="print the snapshot and exit")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the session")
+    parser.add_argument(
+        "--keys", type=Path, metavar="DIR", help="a client folder made by `run.py keys` (CURVE sessions)"
+    )
+    parser.add_argument(
+        "--console", choices=("auto", "live", "plain"), default="auto", help="view (auto: live on a terminal)"
+    )
     args = parser.parse_args(argv)
     if not args.connect.startswith("tcp://") or ":" not in args.connect[6:]:
         raise UsageError(f"run.py monitor: --connect must be tcp://HOST:PORT, got {args.connect!r}")
+    if args.timeout <= 0:
+        raise UsageError(f"run.py monitor: --timeout must be positive, got {args.timeout:g}")
     _configure_logging(None, stderr_level=logging.ERROR)
 
     from actors.base import ActorExit
     from actors.monitor import MonitorActor
     from actors.ports import Ports
     from messages import DescribeSession, SessionDescription
-    from services.console import JsonView, PlainView
+    from services.console import make_view
+    from services.keys import (
+        Handshake,
+        KeysError,
+        check_handshake,
+        explain_handshake,
+        load_client_keys,
+        session_client,
+    )
     from services.runtime import PsutilProbe, SystemClock
-    from services.transport import Client, Subscriber, TransportError
+    from services.transport import Subscriber, TransportError
 
-    host = args.connect[6:].rsplit(":", 1)[0]
-    probe = Client(args.connect, max_bytes=1 << 26, timeout_s=args.timeout, sender="monitor")
+    try:
+        keys = load_client_keys(args.keys) if args.keys is not None else None
+    except KeysError as exc:
+        raise UsageError(f"run.py monitor: {exc}") from None
+    # Watch the handshake first, so a refused key gets its own message instead of a timeout.
+    handshake = check_handshake(args.connect, keys, args.timeout)
+    if handshake is not Handshake.ACCEPTED:
+        print(
+            f"monitor: {explain_handshake(handshake, args.connect, args.keys, args.timeout)}", file=sys.stderr
+        )
+        return EXIT_FAILURE
+
+    def session_link() -> Any:
+        return session_client(
+            args.connect, max_bytes=1 << 26, timeout_s=args.timeout, sender="monitor", keys=keys
+        )
+
+    probe = session_link()
     try:
         description = probe.request(DescribeSession(sender="monitor"))
-    except TransportError:
-        print(f"monitor: no session answered at {args.connect} within {args.timeout:g} s", file=sys.stderr)
+    except TransportError as exc:
+        print(f"monitor: the session at {args.connect} did not describe itself: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         probe.close()
     assert isinstance(description, SessionDescription)
-    port = description.events.rsplit(":", 1)[1]
-    events = f"tcp://{host}:{port}"
-    view = JsonView() if args.json else PlainView(tables=True)
+    host = args.connect[6:].rsplit(":", 1)[0]
+    events = f"tcp://{host}:{description.events.rsplit(':', 1)[1]}"
+    view = make_view(args.console, json=args.json, tables=True, stream=sys.stdout)
     note = ActorExit()
     ports = Ports(
-        subscriber=lambda: Subscriber(events, max_bytes=1 << 26),
-        clients={
-            "session": lambda: Client(
-                args.connect, max_bytes=1 << 26, timeout_s=args.timeout, sender="monitor"
-            )
-        },
+        subscriber=lambda: Subscriber(events, max_bytes=1 << 26, curve=keys),
+        clients={"session": session_link},
     )
+    # Sockets reconnect on their own; the actor notices silence, restarts and lost events and
+    # resynchronises with a snapshot when the session is back.
     ref = MonitorActor.start(
         view=view,
         ports=ports,
@@ -598,6 +715,7 @@ def monitor_main(argv: Sequence[str]) -> int:
         exit_note=note,
         exit_when_finished=True,
         once=args.once,
+        snapshot_timeout_s=min(args.timeout, 5.0),
     )
     signals = _SignalLatch()
     signals.install()
@@ -610,6 +728,36 @@ def monitor_main(argv: Sequence[str]) -> int:
     finally:
         signals.uninstall()
     return EXIT_FAILURE if note.crashed else EXIT_OK
+
+
+def keys_main(argv: Sequence[str]) -> int:
+    """Create CURVE keys for the session and its monitors: `run.py keys [--dir keys] [--clients N]`."""
+    parser = _Parser(prog="run.py keys", description="Create CURVE keys for a session and its monitors.")
+    parser.add_argument(
+        "--dir", type=Path, default=ROOT / "keys", help="keys folder (default: keys/ beside run.py)"
+    )
+    parser.add_argument("--clients", type=int, default=1, help="client folders to add (default: 1)")
+    args = parser.parse_args(argv)
+    if args.clients < 0:
+        raise UsageError(f"run.py keys: --clients must be zero or more, got {args.clients}")
+
+    from services.keys import ALLOWLIST_DIR, LOCAL_KIT, SERVER_DIR, create_keys
+
+    folder = args.dir.resolve()
+    try:
+        created = create_keys(folder, args.clients)
+    except OSError as exc:
+        print(f"keys: cannot create keys in {folder}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    state = "created" if created.server_created else "kept"
+    print(f"session keys {state}: {folder / SERVER_DIR}; set session.keys_dir: {folder}")
+    print(f"allowlist: {folder / ALLOWLIST_DIR} (delete a client's .key file there to revoke it)")
+    for kit in created.kits:
+        if kit.name == LOCAL_KIT:
+            print(f"local monitor keys: {kit} (used by the session's own monitor)")
+        else:
+            print(f"monitor keys: {kit} -> python run.py monitor --connect tcp://HOST:PORT --keys {kit}")
+    return EXIT_OK
 
 
 # Inference.
@@ -661,6 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {
         "monitor": monitor_main,
+        "keys": keys_main,
         "predict": predict_main,
         "generate-data": generate_main,
         "_actor": actor_main,

@@ -97,7 +97,7 @@ class DataActor(ServiceActor):
                 )
             )
         split = self._service.episode(msg.episode)
-        streamed = split.key != self._installed
+        streamed = msg.force or split.key != self._installed
         if streamed:
             self.set_state(f"streaming episode {msg.episode}")
             env = self.client("env")

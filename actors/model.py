@@ -26,6 +26,7 @@ from messages import (
     TrainingMetrics,
     TrainingProgress,
 )
+from services.transport import TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class _Job:
     started_at: float
     steps_before: int
     done: int = 0
+    env_failures: int = 0
 
 
 class ModelActor(ServiceActor):
@@ -102,11 +104,15 @@ class ModelActor(ServiceActor):
         heartbeat_s: float = 1.0,
         exit_note: ActorExit | None = None,
         progress_s: float = 0.5,
+        env_retries: int = 10,
+        retry_wait_s: float = 1.0,
     ) -> None:
         super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
         self._factory = factory
         self._piece_steps = piece_steps
         self._progress_s = progress_s
+        self._env_retries = env_retries
+        self._retry_wait_s = retry_wait_s
         self._model: TrainableModel | None = None
         self._job: _Job | None = None
         self._next_progress = 0.0
@@ -163,6 +169,9 @@ class ModelActor(ServiceActor):
                     total_steps=model.num_timesteps,
                 )
             )
+            if not model.restored_from:
+                # A model that dies before its first episode ends comes back with the same id.
+                self._checkpoint(episode - 1, complete=True)
         else:
             logger.info("reusing model %s for episode %d", self._model.model_id, episode)
             self.publish(ModelReused(model_id=self._model.model_id, episode=episode))
@@ -184,7 +193,13 @@ class ModelActor(ServiceActor):
         if job is None or model is None:
             return
         piece = min(self._piece_steps, job.request.steps - job.done)
-        job.done += model.learn(piece, self._tick)
+        before = model.num_timesteps
+        try:
+            job.done += model.learn(piece, self._tick)
+        except TransportError as exc:
+            self._env_lost(job, model.num_timesteps - before, exc)
+            return
+        job.env_failures = 0
         self._publish_progress(force=True)
         if job.done < job.request.steps:
             self.actor_ref.tell(_TrainPiece())
@@ -228,6 +243,27 @@ class ModelActor(ServiceActor):
                 steps_per_s=rate,
             ),
         )
+
+    def _env_lost(self, job: _Job, partial: int, exc: Exception) -> None:
+        """Retry the piece after the env actor failed to answer; give up after `env_retries` tries."""
+        job.done += max(partial, 0)
+        job.env_failures += 1
+        error = f"env actor did not answer ({exc})"
+        if job.env_failures > self._env_retries:
+            self.publish(ErrorRaised(where="model.train", error=error, fatal=True))
+            self.reply(
+                job.peer, self.failure(job.request, f"{error}; gave up after {self._env_retries} retries")
+            )
+            self._job = None
+            self._busy = False
+            self.set_state("idle")
+            return
+        logger.warning("model: %s; retrying the piece (%d of %d)", error, job.env_failures, self._env_retries)
+        self.publish(ErrorRaised(where="model.train", error=error))
+        self.set_state("waiting for the env actor")
+        self.actor_stopped.wait(self._retry_wait_s)
+        self.heartbeat()
+        self.actor_ref.tell(_TrainPiece())
 
     def _tick(self, num_timesteps: int) -> bool:
         self._publish_progress()

@@ -6,7 +6,7 @@ import logging
 
 from actors.base import ActorExit, ServiceActor
 from actors.ports import Clock, EventSubscriber, Ports, ProcessProbe
-from messages import Message, RequestSnapshot, SessionFinished, Snapshot
+from messages import Message, RequestSnapshot, SessionFinished, SessionStarted, Snapshot
 from services.console import ConsoleView
 from services.session_state import SessionState
 
@@ -30,6 +30,8 @@ class MonitorActor(ServiceActor):
         silence_s: float = 5.0,
         exit_when_finished: bool = False,
         once: bool = False,
+        snapshot_timeout_s: float = 5.0,
+        resync_every_s: float = 2.0,
     ) -> None:
         super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
         self._view = view
@@ -40,7 +42,12 @@ class MonitorActor(ServiceActor):
         self.state = SessionState()
         self._last_event = 0.0
         self._silent = False
+        self._snapshot_timeout_s = snapshot_timeout_s
+        self._resync_every_s = resync_every_s
+        self._next_resync = 0.0
+        self._live = False
         self.gaps = 0
+        self.resyncs = 0
 
     def started(self) -> None:
         """Subscribe, then ask for the snapshot and apply only newer events (Clone pattern)."""
@@ -48,13 +55,39 @@ class MonitorActor(ServiceActor):
             self._subscriber = self._ports.subscriber()
         self._last_event = self._clock.monotonic()
         if "session" in self._clients:
-            reply = self.client("session").request(RequestSnapshot())
-            if isinstance(reply, Snapshot):
-                self.state = SessionState.from_snapshot(reply.seq, reply.state)
-                self._view.snapshot(self.state)
+            self._request_snapshot("attaching", timeout_s=None)
+        status = self.state.to_dict()["session"]["status"]
         if self._once:
             self.stop_reason = "snapshot printed"
             self.stop()
+        elif self._exit_when_finished and status not in ("unknown", "running"):
+            self.stop_reason = f"session {status}"
+            self.stop()
+
+    def _request_snapshot(self, why: str, timeout_s: float | None) -> bool:
+        """Replace the state by the session's snapshot; False (with a notice) when none came."""
+        if "session" not in self._clients:
+            return False
+        try:
+            reply = self.client("session").request(RequestSnapshot(), timeout_s=timeout_s)
+        except Exception as exc:  # a timeout or an error reply: go on with the events alone
+            logger.warning("monitor: no snapshot (%s): %s", why, exc)
+            self._view.notice(f"could not get a snapshot ({why}): {exc}")
+            return False
+        if not isinstance(reply, Snapshot):
+            return False
+        self.state = SessionState.from_snapshot(reply.seq, reply.state)
+        self._live = False
+        self._view.snapshot(self.state)
+        return True
+
+    def _resync(self, why: str) -> bool:
+        self.resyncs += 1
+        self._next_resync = self._clock.monotonic() + self._resync_every_s
+        if not self._request_snapshot(why, self._snapshot_timeout_s):
+            return False
+        self._view.notice(f"resynchronised with the session at event {self.state.seq} ({why})")
+        return True
 
     def poll_timeout_ms(self) -> int:
         """Never block on the command socket: events are what this actor waits for."""
@@ -77,22 +110,40 @@ class MonitorActor(ServiceActor):
         self._check_silence()
 
     def _take(self, seq: int, msg: Message) -> None:
+        """Apply one event; resynchronise after silence, a restart, a new session or lost events."""
         self._last_event = self._clock.monotonic()
         if self._silent:
             self._silent = False
             self._view.notice("session is back: events are arriving again")
+            if self._resync("the session was silent"):
+                self._apply(seq, msg)
+                return
         last = self.state.seq
-        if last and seq > last + 1:
+        if self._live and seq <= last:
+            # Events after a snapshot arrive in order, so a smaller number means a restarted session.
+            self._view.notice(f"the session restarted its event numbering (event {seq} after {last})")
+            if not self._resync("the session restarted"):
+                self.state = SessionState()
+        elif isinstance(msg, SessionStarted) and self._session_name() not in ("", msg.name):
+            self._view.notice(f"a new session {msg.name} started")
+            self._resync("a new session started")
+        elif last and seq > last + 1:
             self.gaps += seq - last - 1
             self._view.notice(f"lost {seq - last - 1} event(s) (sequence {last + 1}..{seq - 1})")
-        elif last and seq <= last and seq == 1:
-            self._view.notice("the session restarted its event numbering")
-            self.state = SessionState()
+            if self._clock.monotonic() >= self._next_resync:
+                self._resync("events were lost")
+        self._apply(seq, msg)
+
+    def _apply(self, seq: int, msg: Message) -> None:
         if self.state.apply(seq, msg):
+            self._live = True
             self._view.event(self.state, seq, msg)
         if isinstance(msg, SessionFinished) and self._exit_when_finished:
             self.stop_reason = f"session {msg.status}"
             self.stop()
+
+    def _session_name(self) -> str:
+        return str(self.state.to_dict()["session"]["name"])
 
     def _check_silence(self) -> None:
         if self._silent:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,10 +26,13 @@ from messages import (
     SetSession,
     Stop,
     TrainEpisode,
+    new_id,
 )
 
 logger = logging.getLogger(__name__)
 
+MAX_RETRIES = 5
+"""Times the current call is sent again after restarts of the actors it involves."""
 STOP_ORDER = ("model", "env", "data")
 """Actors are stopped in reverse order of their start; the monitor stops on SessionFinished."""
 
@@ -47,6 +52,13 @@ class Abort:
 
     reason: str
     status: str = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class Restarted:
+    """The supervisor restarted an actor's process: redo what its death lost."""
+
+    actor: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +121,11 @@ class SessionActor(pykka.ThreadingActor):
         self._deadline: float | None = None
         self._stopping = False
         self._calls = 0
+        self._active: Call | None = None
+        self._side: deque[Call] = deque()
+        self._restarted: set[str] = set()
+        self._retries = 0
+        self._episode = 0
         self.outcome = outcome
 
     def on_start(self) -> None:
@@ -137,6 +154,8 @@ class SessionActor(pykka.ThreadingActor):
                 pass
             case Abort():
                 self._abort(message.reason, message.status)
+            case Restarted():
+                self._on_restart(message.actor)
             case _:
                 logger.warning("session: unexpected message %r", type(message).__name__)
         return None
@@ -149,6 +168,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _episode_loop(self) -> Generator[Call, Message | None, None]:
         for k in range(self._first_episode, self._episodes + 1):
+            self._episode = k
             yield Call(
                 "env",
                 SetSession(name=self._session_name, episode=k, sender=self.name),
@@ -196,22 +216,25 @@ class SessionActor(pykka.ThreadingActor):
                 reply = None
                 continue
             self._call = call
-            self._deadline = None if call.timeout_s is None else self._clock.monotonic() + call.timeout_s
-            self._calls += 1
-            self._clients[call.actor].send(call.msg)
-            self.actor_ref.tell(_Wait(self._calls))
+            self._restarted.clear()
+            self._retries = 0
+            self._send(call)
             return
 
+    def _send(self, call: Call) -> None:
+        self._active = call
+        self._deadline = None if call.timeout_s is None else self._clock.monotonic() + call.timeout_s
+        self._calls += 1
+        self._clients[call.actor].send(call.msg)
+        self.actor_ref.tell(_Wait(self._calls))
+
     def _wait(self) -> None:
-        call = self._call
+        call = self._active
         if call is None:
             return
         reply = self._clients[call.actor].receive(100)
         if reply is not None and reply.correlation_id == call.msg.msg_id:
-            if isinstance(reply, RequestFailed) and not self._stopping:
-                self._fail(f"{call.actor} actor: {reply.request} failed: {reply.error}")
-                return
-            self._advance(reply)
+            self._on_reply(call, reply)
             return
         now = self._clock.monotonic()
         if self._deadline is not None and now > self._deadline:
@@ -222,7 +245,74 @@ class SessionActor(pykka.ThreadingActor):
             return
         self.actor_ref.tell(_Wait(self._calls))
 
+    def _on_reply(self, call: Call, reply: Message) -> None:
+        failed = isinstance(reply, RequestFailed) and not self._stopping
+        if call is not self._call:  # a side call made after a restart
+            if failed:
+                assert isinstance(reply, RequestFailed)
+                self._fail(f"{call.actor} actor: {reply.request} failed after a restart: {reply.error}")
+                return
+            self._resume_main()
+            return
+        if failed:
+            assert isinstance(reply, RequestFailed)
+            if self._can_retry():
+                logger.warning("session: %s failed after a restart (%s); retry", reply.request, reply.error)
+                self._retry()
+                return
+            self._fail(f"{call.actor} actor: {reply.request} failed: {reply.error}")
+            return
+        self._advance(reply)
+
+    # Restarts.
+
+    def _can_retry(self) -> bool:
+        return bool(self._restarted) and self._retries < MAX_RETRIES and not self._stopping
+
+    def _retry(self) -> None:
+        """Send the current call again (a new id; data is streamed again whatever the envs had)."""
+        assert self._call is not None
+        self._retries += 1
+        msg = self._call.msg
+        if isinstance(msg, PrepareEpisode):
+            msg = PrepareEpisode(episode=msg.episode, force=True, sender=self.name)
+        else:
+            msg = dataclasses.replace(msg, msg_id=new_id())
+        self._call = Call(self._call.actor, msg, self._call.timeout_s)
+        self._side.clear()
+        self._send(self._call)
+
+    def _resume_main(self) -> None:
+        if self._side:
+            self._send(self._side.popleft())
+            return
+        assert self._call is not None
+        self._active = self._call
+        timeout = self._call.timeout_s
+        self._deadline = None if timeout is None else self._clock.monotonic() + timeout
+        self.actor_ref.tell(_Wait(self._calls))
+
+    def _on_restart(self, actor: str) -> None:
+        call = self._call
+        if self._stopping or call is None:
+            return
+        self._restarted.add(actor)
+        logger.info("session: %s actor restarted during %s", actor, type(call.msg).__name__)
+        if call.actor == actor:
+            self._retry()  # its reply died with it
+            return
+        if actor == "env" and self._episode:
+            # The new env actor has no data: stream it again while the current call waits.
+            refill = PrepareEpisode(episode=self._episode, force=True, sender=self.name)
+            self._side.append(Call("data", refill, self._request_timeout_s))
+            if self._active is call:
+                self._resume_main()
+
     def _on_silence(self, call: Call, why: str) -> None:
+        if call is self._call and self._can_retry():
+            logger.warning("session: %s (after a restart); retrying", why)
+            self._retry()
+            return
         if self._stopping:
             logger.warning("session: %s actor did not confirm its stop (%s)", call.actor, why)
             self._advance(None)
@@ -241,6 +331,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _begin_shutdown(self) -> None:
         self._stopping = True
+        self._side.clear()
         self._script = self._shutdown()
         self._call = None
         self._advance(None)

@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ if str(ROOT) not in sys.path:
 from services.trading_env import EnvOptions, TradingEnv, VecTradingEnv, frame_to_arrays  # noqa: E402
 
 DATA = ROOT / "data" / "STOCKS_GOOGL.csv"
+# gym-anytrading's observations are views of one array; gymnasium's env checker says so once per env.
+warnings.filterwarnings("ignore", message=".*share an object.*")
 OURS_ID = "BenchTrading-v0"
 N_ACTIONS_SAMPLED = 4096
 

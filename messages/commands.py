@@ -31,6 +31,8 @@ class PrepareEpisode(Message):
 
     episode: int
     """1-based episode number."""
+    force: bool = False
+    """Stream the data even if the env actor should already hold it (it was restarted)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,6 +46,17 @@ class ActorStopped(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ActorRestarted(Message):
+    """The supervisor restarted an actor's process after it died or hung."""
+
+    actor: str
+    pid: int
+    restarts: int
+    """Restarts of this actor so far in the session."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(Message):
     """An actor is alive: its process id, memory and CPU use and what it is doing."""
 

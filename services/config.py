@@ -162,13 +162,25 @@ class SessionOptions:
     """An actor without heartbeat for this long is treated as dead."""
     start_timeout_s: float = 120.0
     """Time allowed for every actor process to start."""
+    max_restarts_per_minute: int = 3
+    """Restarts of one actor allowed within a minute; one more stops the session with the reason."""
+    env_timeout_s: float = 10.0
+    """Timeout of the model actor's reset and step requests to the env actor (then it retries)."""
     max_message_bytes: int = 64 << 20
     """Largest message any socket accepts."""
 
     def __post_init__(self) -> None:
         if self.console not in ("auto", "live", "plain", "off"):
             raise ValueError(f"console must be auto, live, plain or off, got {self.console!r}")
-        for name in ("request_timeout_s", "heartbeat_s", "hang_timeout_s", "start_timeout_s"):
+        if self.max_restarts_per_minute < 0:
+            raise ValueError(f"max_restarts_per_minute must be >= 0, got {self.max_restarts_per_minute}")
+        for name in (
+            "request_timeout_s",
+            "heartbeat_s",
+            "hang_timeout_s",
+            "start_timeout_s",
+            "env_timeout_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.hang_timeout_s < 3 * self.heartbeat_s:

@@ -10,6 +10,7 @@ import logging
 import math
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import IO, Any, Protocol
@@ -433,7 +434,7 @@ class LiveView:
 
     def notice(self, text: str) -> None:
         """Show a connection notice under the view."""
-        stamp = format_duration(self._clock.time() % 86400)
+        stamp = time.strftime("%H:%M:%S", time.localtime(self._clock.time()))
         with self._lock:
             self._notices.append(f"{stamp} {text}")
         self._start()
@@ -465,15 +466,21 @@ class LiveView:
         if d["actors"]:
             parts.append(self._actors(d["actors"]))
         for err in d["errors"][-3:]:
-            parts.append(Text(f"error in {err['actor'] or '?'} ({err['where']}): {err['error']}", style="red"))
+            parts.append(
+                Text(f"error in {err['actor'] or '?'} ({err['where']}): {err['error']}", style="red")
+            )
         for line in notices:
             parts.append(Text(line, style="yellow"))
         return parts
 
     def _header(self, d: Mapping[str, Any]) -> Text:
         s, m, data = d["session"], d["model"], d["data"]
-        style = {"running": "green", "completed": "bold green", "failed": "bold red"}.get(s["status"], "yellow")
-        text = Text.assemble(("session ", "bold"), (s["name"] or "?", "bold cyan"), "  ", (s["status"], style))
+        style = {"running": "green", "completed": "bold green", "failed": "bold red"}.get(
+            s["status"], "yellow"
+        )
+        text = Text.assemble(
+            ("session ", "bold"), (s["name"] or "?", "bold cyan"), "  ", (s["status"], style)
+        )
         if m["model_id"]:
             params = f", {m['parameters']:,} parameters" if m.get("parameters") else ""
             text.append(
@@ -560,9 +567,10 @@ class LiveView:
         for name, actor in sorted(actors.items()):
             stale = self._watch.is_stale(actor)
             age = _age_text(self._watch.age(actor))
+            restarts = f" ({actor['restarts']} restart(s))" if actor.get("restarts") else ""
             table.add_row(
                 name,
-                Text(actor["state"], style="dim" if actor["state"] == "stopped" else ""),
+                Text(actor["state"] + restarts, style="dim" if actor["state"] == "stopped" else ""),
                 str(actor["pid"]),
                 f"{actor['rss_bytes'] / 2**20:,.0f} MB",
                 f"{actor['cpu_percent']:.1f}%",

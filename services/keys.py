@@ -66,7 +66,7 @@ class CreatedKeys:
 
 
 def create_keys(folder: Path, clients: int = 1) -> CreatedKeys:
-    """Create the session's key pair if missing, the local monitor's kit if missing, and `clients` new kits."""
+    """Create the session's key pair and the local monitor's kit if missing, plus `clients` new kits."""
     if clients < 0:
         raise ValueError(f"clients must be zero or more, got {clients}")
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -215,6 +215,8 @@ class Handshake(enum.Enum):
     NO_ANSWER = "no answer"
 
 
+_RETRY_WATCH_S = 1.0
+"""How long to keep watching after a handshake broke off without detail."""
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -236,6 +238,7 @@ def check_handshake(endpoint: str, keys: CurveClientKeys | None, timeout_s: floa
     try:
         sock.connect(endpoint)
         deadline = time.monotonic() + timeout_s
+        result = Handshake.NO_ANSWER
         while (remaining := deadline - time.monotonic()) > 0:
             if not monitor.poll(max(1, int(remaining * 1000))):
                 break
@@ -249,9 +252,16 @@ def check_handshake(endpoint: str, keys: CurveClientKeys | None, timeout_s: floa
                     event["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
                 ):
                     return Handshake.MECHANISM
+                case zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL if result is Handshake.NO_ANSWER:
+                    # The peer closed first. A mechanism mismatch can look like this too, so let the
+                    # socket retry for a moment in case the next attempt says more.
+                    result = Handshake.FAILED
+                    deadline = min(deadline, time.monotonic() + _RETRY_WATCH_S)
+                case zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                    pass
                 case _:
                     return Handshake.FAILED
-        return Handshake.NO_ANSWER
+        return result
     finally:
         sock.disable_monitor()
         monitor.close(0)
@@ -276,6 +286,11 @@ def explain_handshake(result: Handshake, endpoint: str, keys_dir: Path | None, t
             )
         case Handshake.MECHANISM:
             return f"the session at {endpoint} does not use CURVE keys: leave out --keys"
+        case Handshake.FAILED if keys_dir is None:
+            return (
+                f"the session at {endpoint} broke off the handshake: it probably requires CURVE keys "
+                "(pass --keys DIR with a client folder made by `python run.py keys`)"
+            )
         case Handshake.FAILED:
             return (
                 f"the session at {endpoint} broke off the handshake: server.key in {keys_dir} is "

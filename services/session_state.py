@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from messages import (
+    ActorRestarted,
     ActorStarted,
     ActorStopped,
     DataLoaded,
@@ -41,7 +42,14 @@ class SessionState:
             "seq": 0,
             "session": {"name": "", "status": "unknown", "reason": "", "episodes": 0, "steps_per_episode": 0},
             "actors": {},
-            "model": {"model_id": "", "algorithm": "", "device": "", "created": 0, "reused": 0},
+            "model": {
+                "model_id": "",
+                "algorithm": "",
+                "device": "",
+                "created": 0,
+                "restored": 0,
+                "reused": 0,
+            },
             "progress": {
                 "episode": 0,
                 "steps": 0,
@@ -116,6 +124,9 @@ class SessionState:
                 d["session"].update(status=msg.status, reason=msg.reason)
             case ActorStarted():
                 self._actor(msg.sender).update(state="started", pid=msg.pid, last_heartbeat=msg.ts)
+            case ActorRestarted():
+                info = self._actor(msg.actor)
+                info.update(state="restarted", pid=msg.pid, restarts=msg.restarts)
             case ActorStopped():
                 self._actor(msg.sender).update(state="stopped", pid=msg.pid)
             case Heartbeat():
@@ -141,7 +152,10 @@ class SessionState:
                     device=msg.device,
                     parameters=msg.parameters,
                 )
-                d["model"]["created"] += 1
+                if msg.restored_from:
+                    d["model"]["restored"] = d["model"].get("restored", 0) + 1
+                else:
+                    d["model"]["created"] += 1
             case ModelReused():
                 d["model"]["reused"] += 1
             case EpisodeStarted():

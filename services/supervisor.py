@@ -66,6 +66,21 @@ class Supervisor:
                 out.append((kind, code))
         return out
 
+    def restart(self, kind: str) -> ActorProcess:
+        """Start a dead actor's process again (the old one is reaped)."""
+        process = self.processes[kind]
+        if process.proc is not None and process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
+        process.start()
+        return process
+
+    def kill(self, kind: str) -> None:
+        """Kill one actor's process (a hung one); the next check restarts it."""
+        process = self.processes[kind]
+        if process.proc is not None and process.proc.poll() is None:
+            process.proc.kill()
+
     def wait_all(self, timeout_s: float) -> None:
         """Wait for every process to exit, then terminate and finally kill the stragglers."""
         deadline = time.monotonic() + timeout_s

@@ -121,7 +121,7 @@ def test_two_episodes_train_one_model_and_write_the_run_folder(tmp_path: Path) -
     assert float(rows[0]["equity"]) == pytest.approx(1.0)
     with (run_dir / "metrics.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) >= 2
-    assert "created 1 time(s), reused 1 time(s)" in out
+    assert "created 1 time(s), restored 0 time(s), reused 1 time(s)" in out
     assert "Total return" in out
     assert "process RSS:" in out
 

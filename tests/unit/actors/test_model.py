@@ -31,6 +31,7 @@ from messages import (
     TrainingMetrics,
     TrainingProgress,
 )
+from services.transport import RequestTimeout
 from tests.fakes import FakeClient, FakeClock, FakeProbe, FakePublisher, FakeServer
 
 ROLLOUT = 1000
@@ -46,8 +47,12 @@ class FakeModel:
     learn_calls: list[int] = field(default_factory=list)
     evaluations: int = 0
     values: Callable[[int, dict[str, float]], None] | None = None
+    fail_learn: int = 0
 
     def learn(self, steps: int, tick: Callable[[int], bool]) -> int:
+        if self.fail_learn:
+            self.fail_learn -= 1
+            raise RequestTimeout("no reply to StepEnvs")
         self.learn_calls.append(steps)
         rollouts = -(-steps // ROLLOUT)
         for _ in range(rollouts):
@@ -65,7 +70,8 @@ class FakeModel:
 class FakeFactory:
     algorithm = "ppo"
 
-    def __init__(self, fail_checkpoint: bool = False) -> None:
+    def __init__(self, fail_checkpoint: bool = False, fail_learn: int = 0) -> None:
+        self.fail_learn = fail_learn
         self.created: list[FakeModel] = []
         self.checkpoints: list[tuple[str, int, bool, int]] = []
         self.fail_checkpoint = fail_checkpoint
@@ -79,7 +85,7 @@ class FakeFactory:
     def create(
         self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]
     ) -> FakeModel:
-        model = FakeModel(model_id=f"m{len(self.created) + 1}", values=on_values)
+        model = FakeModel(model_id=f"m{len(self.created) + 1}", values=on_values, fail_learn=self.fail_learn)
         self.created.append(model)
         return model
 
@@ -266,9 +272,9 @@ def test_a_checkpoint_is_written_after_every_episode(world) -> None:
     for k in (1, 2):
         server.reply_to(server.push(TrainEpisode(episode=k, steps=2000)))
 
-    assert factory.checkpoints == [("m1", 1, True, 2000), ("m1", 2, True, 4000)]
-    written = publisher.wait_for(CheckpointWritten, 2)
-    assert [e.episode for e in written] == [1, 2]
+    assert factory.checkpoints == [("m1", 0, True, 0), ("m1", 1, True, 2000), ("m1", 2, True, 4000)]
+    written = publisher.wait_for(CheckpointWritten, 3)
+    assert [e.episode for e in written] == [0, 1, 2]
 
 
 def test_stop_mid_episode_writes_a_partial_checkpoint(world) -> None:
@@ -279,7 +285,8 @@ def test_stop_mid_episode_writes_a_partial_checkpoint(world) -> None:
     publisher.wait_for(TrainingProgress)
     server.reply_to(server.push(Stop(reason="interrupted")))
 
-    ((model_id, episode, complete, steps),) = factory.checkpoints
+    initial, (model_id, episode, complete, steps) = factory.checkpoints
+    assert initial == ("m1", 0, True, 0)
     assert (model_id, episode, complete) == ("m1", 1, False)
     assert steps > 0
 
@@ -294,3 +301,43 @@ def test_a_failed_checkpoint_fails_the_episode_and_is_published() -> None:
     assert isinstance(reply, RequestFailed)
     assert "No space left" in reply.error
     assert publisher.wait_for(ErrorRaised)[0].fatal
+
+
+def test_a_lost_env_actor_is_retried_and_the_episode_still_completes() -> None:
+    factory = FakeFactory(fail_learn=2)
+    server, publisher, env = FakeServer(), FakePublisher(), FakeClient(env_handler)
+    ports = Ports(server=lambda: server, publisher=lambda: publisher, clients={"env": lambda: env})
+    ModelActor.start(
+        factory=factory,
+        piece_steps=1000,
+        ports=ports,
+        clock=FakeClock(),
+        probe=FakeProbe(),
+        retry_wait_s=0.01,
+    )
+
+    reply = server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
+
+    assert isinstance(reply, EpisodeTrained)
+    lost = [e for e in publisher.of(ErrorRaised) if "env actor did not answer" in e.error]
+    assert len(lost) == 2 and not any(e.fatal for e in lost)
+
+
+def test_an_env_actor_that_never_comes_back_fails_the_episode() -> None:
+    factory = FakeFactory(fail_learn=100)
+    server, publisher, env = FakeServer(), FakePublisher(), FakeClient(env_handler)
+    ports = Ports(server=lambda: server, publisher=lambda: publisher, clients={"env": lambda: env})
+    ModelActor.start(
+        factory=factory,
+        piece_steps=1000,
+        ports=ports,
+        clock=FakeClock(),
+        probe=FakeProbe(),
+        retry_wait_s=0.001,
+        env_retries=3,
+    )
+
+    reply = server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
+
+    assert isinstance(reply, RequestFailed)
+    assert "gave up after 3 retries" in reply.error

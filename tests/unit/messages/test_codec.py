@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from messages import codec
+from messages import DataBlock, EnvsReset, Ping, codec
 from messages.base import Message
 from messages.codec import (
     ALLOWED_DTYPES,
@@ -181,7 +181,7 @@ def test_arrays_of_every_allowed_dtype_and_shape_round_trip(dtype: str, shape: t
         cls = message_types()[name]
         base = minimal_message(cls)
         arrays = {f: sample_array(dtype, shape, seed=i) for i, f in enumerate(sorted(REGISTRY[name].arrays))}
-        original = dataclasses.replace(base, **arrays)
+        original = dataclasses.replace(base, **arrays)  # type: ignore[arg-type]
 
         decoded = decode(to_wire(original))
 
@@ -190,7 +190,7 @@ def test_arrays_of_every_allowed_dtype_and_shape_round_trip(dtype: str, shape: t
 
 def test_a_two_dimensional_float32_block_travels_as_one_raw_frame() -> None:
     features = np.arange(24, dtype=np.float32).reshape(6, 4) / 7
-    block = message_types()["DataBlock"](split="train", offset=0, total_rows=6, features=features)
+    block = DataBlock(split="train", offset=0, total_rows=6, features=features)
 
     frames = encode(block)
     decoded = decode(to_wire(block))
@@ -213,7 +213,7 @@ def test_a_two_dimensional_float32_block_travels_as_one_raw_frame() -> None:
 )
 def test_non_contiguous_arrays_arrive_with_the_same_values_in_c_order(make: Callable[[], np.ndarray]) -> None:
     arr = make()
-    original = message_types()["EnvsReset"](obs=arr)
+    original = EnvsReset(obs=arr)
 
     decoded = decode(to_wire(original))
 
@@ -226,7 +226,7 @@ def test_non_contiguous_arrays_arrive_with_the_same_values_in_c_order(make: Call
     reason="codec.encode uses np.ascontiguousarray, which turns a 0-d array into shape (1,)",
 )
 def test_a_zero_dimensional_array_keeps_its_shape() -> None:
-    original = message_types()["EnvsReset"](obs=np.array(2.5, dtype="<f8"))
+    original = EnvsReset(obs=np.array(2.5, dtype="<f8"))
 
     decoded = decode(to_wire(original))
 
@@ -235,7 +235,7 @@ def test_a_zero_dimensional_array_keeps_its_shape() -> None:
 
 @pytest.mark.parametrize("dtype", [">f4", "<u2", "<f2", "<c16", "O", "<U3", "<M8[ns]"])
 def test_encoding_an_array_of_a_dtype_outside_the_protocol_raises_type_error(dtype: str) -> None:
-    msg = message_types()["EnvsReset"](obs=np.zeros(2, dtype=dtype))
+    msg = EnvsReset(obs=np.zeros(2, dtype=dtype))
 
     with pytest.raises(TypeError, match="cannot travel on the wire"):
         encode(msg)
@@ -251,7 +251,7 @@ def test_encoding_an_unregistered_message_subclass_raises_type_error() -> None:
 
 
 def test_encoding_a_subclass_that_shadows_a_registered_name_raises_type_error() -> None:
-    registered = message_types()["Ping"]
+    registered = Ping
     shadow = type("Ping", (registered,), {"__slots__": ()})
 
     with pytest.raises(TypeError, match="Ping is not registered"):
@@ -269,7 +269,9 @@ def test_to_json_dict_is_json_serialisable_for_every_message_type(name: str) -> 
     for f in dataclasses.fields(msg):
         value = getattr(msg, f.name)
         if isinstance(value, np.ndarray):
-            np.testing.assert_array_equal(np.array(out[f.name], dtype=value.dtype).reshape(value.shape), value)
+            np.testing.assert_array_equal(
+                np.array(out[f.name], dtype=value.dtype).reshape(value.shape), value
+            )
         elif isinstance(value, tuple):
             assert out[f.name] == list(value)
         else:
@@ -352,7 +354,9 @@ def test_a_header_with_an_extra_key_is_rejected() -> None:
 
 @pytest.mark.parametrize("version", [0, 2, PROTOCOL_VERSION + 1, "1", -1])
 def test_a_wrong_protocol_version_is_rejected(version: Any) -> None:
-    assert_rejected([header_frame(v=version)], "protocol version", repr(version), f"expected {PROTOCOL_VERSION}")
+    assert_rejected(
+        [header_frame(v=version)], "protocol version", repr(version), f"expected {PROTOCOL_VERSION}"
+    )
 
 
 @pytest.mark.xfail(strict=True, reason="codec.decode compares v with !=, so True and 1.0 pass as version 1")
@@ -398,12 +402,20 @@ def test_a_body_that_is_not_a_map_is_rejected() -> None:
         ("TrainEpisode", {"episode": "1", "steps": 1}, ["TrainEpisode.episode", "expected int, got str"]),
         ("TrainEpisode", {"episode": True, "steps": 1}, ["TrainEpisode.episode", "expected int, got bool"]),
         ("TrainEpisode", {"episode": 1.0, "steps": 1}, ["TrainEpisode.episode", "expected int, got float"]),
-        ("TrainEpisode", {"episode": None, "steps": 1}, ["TrainEpisode.episode", "expected int, got NoneType"]),
+        (
+            "TrainEpisode",
+            {"episode": None, "steps": 1},
+            ["TrainEpisode.episode", "expected int, got NoneType"],
+        ),
         ("Stop", {"reason": 1.5}, ["Stop.reason", "expected str, got float"]),
         ("Stop", {"sender": ["a"]}, ["Stop.sender", "expected str, got list"]),
         ("Stop", {"ts": "now"}, ["Stop.ts", "expected float, got str"]),
         ("Stop", {"ts": False}, ["Stop.ts", "expected float, got bool"]),
-        ("ErrorRaised", {"where": "w", "error": "e", "fatal": 1}, ["ErrorRaised.fatal", "expected bool, got int"]),
+        (
+            "ErrorRaised",
+            {"where": "w", "error": "e", "fatal": 1},
+            ["ErrorRaised.fatal", "expected bool, got int"],
+        ),
         (
             "EnvsCreated",
             {"n_envs": 1, "obs_shape": "32", "action": "discrete3"},
@@ -426,7 +438,9 @@ def test_a_body_that_is_not_a_map_is_rejected() -> None:
         ),
     ],
 )
-def test_a_field_of_the_wrong_type_is_rejected(type_name: str, body: dict[str, Any], fragments: list[str]) -> None:
+def test_a_field_of_the_wrong_type_is_rejected(
+    type_name: str, body: dict[str, Any], fragments: list[str]
+) -> None:
     assert_rejected([header_frame(type=type_name, body=body)], *fragments)
 
 
@@ -448,7 +462,11 @@ def test_a_map_with_integer_keys_is_rejected(type_name: str, body: dict[Any, Any
 @pytest.mark.parametrize(
     ("type_name", "body", "field_path"),
     [
-        ("TrainingMetrics", {"model_id": "m", "episode": 1, "total_steps": 1, "values": {b"": 0.5}}, "values"),
+        (
+            "TrainingMetrics",
+            {"model_id": "m", "episode": 1, "total_steps": 1, "values": {b"": 0.5}},
+            "values",
+        ),
         ("Snapshot", {"seq": 1, "state": {"a": {b"": 1}}}, "state.a"),
     ],
 )
@@ -482,14 +500,16 @@ def obs_frames(spec: Any, frame: bytes = b"\x00" * 8) -> list[bytes]:
 
 
 @pytest.mark.parametrize(("n_specs", "n_frames"), [(1, 0), (0, 1), (1, 2), (2, 1)])
-def test_an_array_spec_count_that_differs_from_the_frame_count_is_rejected(n_specs: int, n_frames: int) -> None:
+def test_an_array_spec_count_that_differs_from_the_frame_count_is_rejected(
+    n_specs: int, n_frames: int
+) -> None:
     specs = [["obs", "<f4", [2]]] * n_specs
     frames = array_frames("EnvsReset", {}, specs, [b"\x00" * 8] * n_frames)
 
     assert_rejected(frames, "EnvsReset", f"{n_frames} array frames", "different count")
 
 
-@pytest.mark.parametrize("dtype", ["|O", "<c16", ">f4", "<f2", "float32", "<U8", "V8", "", 4])
+@pytest.mark.parametrize("dtype", ["|O", "<c16", ">f4", "<f2", "float32", "<U8", "V8", ""])
 def test_an_array_of_a_dtype_outside_the_protocol_is_rejected(dtype: Any) -> None:
     assert_rejected(obs_frames(["obs", dtype, [2]]), "field obs", f"dtype {dtype!r} is not allowed")
 
@@ -526,7 +546,7 @@ def test_a_malformed_array_spec_is_rejected(spec: Any) -> None:
     assert_rejected(obs_frames(spec), "array spec must be [field, dtype, shape]")
 
 
-@pytest.mark.parametrize("field_name", ["nope", "role", 3])
+@pytest.mark.parametrize("field_name", ["nope", "role", ""])
 def test_an_array_spec_for_a_field_that_is_not_an_array_is_rejected(field_name: Any) -> None:
     frames = array_frames("StepEnvs", {"role": "train"}, [[field_name, "<f4", [2]]], [b"\x00" * 8])
 
@@ -540,14 +560,15 @@ def test_an_array_given_twice_is_rejected() -> None:
     assert_rejected(frames, "EnvsReset", "'obs' given twice")
 
 
-@pytest.mark.xfail(strict=True, reason="codec._decode_array tests an unhashable dtype/field for set membership")
-@pytest.mark.parametrize("spec", [["obs", ["<f4"], [2]], [["obs"], "<f4", [2]], ["obs", {"d": 1}, [2]]])
-def test_an_array_spec_with_a_list_or_map_for_dtype_or_field_is_rejected(spec: Any) -> None:
-    assert_rejected(obs_frames(spec), "obs")
+@pytest.mark.parametrize(
+    "spec", [["obs", ["<f4"], [2]], [["obs"], "<f4", [2]], ["obs", {"d": 1}, [2]], [3, "<f4", [2]]]
+)
+def test_an_array_spec_whose_field_or_dtype_is_not_a_string_is_rejected(spec: Any) -> None:
+    assert_rejected(obs_frames(spec), "array spec field and dtype must be strings")
 
 
 def test_a_message_larger_than_max_bytes_is_rejected() -> None:
-    msg = message_types()["EnvsReset"](obs=np.zeros(1000, dtype=np.float32))
+    msg = EnvsReset(obs=np.zeros(1000, dtype=np.float32))
     frames = to_wire(msg)
     total = sum(len(f) for f in frames)
 
@@ -580,10 +601,11 @@ def test_random_frame_lists_raise_decode_error_only(frames: list[bytes]) -> None
 
 json_like = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
     max_leaves=12,
 )
-hashable_scalar = st.none() | st.booleans() | st.integers(-(2**40), 2**41) | st.text(max_size=6)
 
 
 @st.composite
@@ -610,11 +632,13 @@ def plausible_frames(draw: st.DrawFn) -> list[bytes]:
             specs.append([key, arr.dtype.str, list(arr.shape)])
             frames.append(arr.tobytes())
         elif choice == "random":
-            shape_items = st.integers(-2, 6) | hashable_scalar
-            specs.append([key, draw(st.sampled_from(DTYPES) | hashable_scalar), draw(st.lists(shape_items, max_size=5))])
+            shape_items = st.integers(-2, 6) | json_like
+            specs.append(
+                [key, draw(st.sampled_from(DTYPES) | json_like), draw(st.lists(shape_items, max_size=5))]
+            )
             frames.append(draw(st.binary(max_size=64)))
     for _ in range(draw(st.integers(0, 1))):
-        specs.append(draw(st.tuples(hashable_scalar, hashable_scalar, hashable_scalar).map(list)))
+        specs.append(draw(st.lists(json_like, min_size=3, max_size=3) | json_like))
         frames.append(draw(st.binary(max_size=16)))
     order = draw(st.permutations(range(len(specs))))
     specs, frames = [specs[i] for i in order], [frames[i] for i in order]

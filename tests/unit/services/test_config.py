@@ -102,7 +102,7 @@ def test_parse_override_splits_key_and_yaml_value(text: str, expected: tuple[str
 
 @pytest.mark.parametrize("text", ["novalue", "=1", " =1"])
 def test_an_override_without_key_and_value_is_rejected(text: str) -> None:
-    with pytest.raises(ConfigError, match="expected key.path=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         parse_override(text)
 
 
@@ -124,7 +124,9 @@ def test_an_override_below_a_value_that_is_not_a_section_is_rejected() -> None:
         ("data:\n  features:\n    name: [ret_1]\n", "data.features.name"),
     ],
 )
-def test_an_unknown_key_names_the_dotted_key_and_the_file(tmp_path: Path, yaml_text: str, dotted: str) -> None:
+def test_an_unknown_key_names_the_dotted_key_and_the_file(
+    tmp_path: Path, yaml_text: str, dotted: str
+) -> None:
     path = write_config(tmp_path, yaml_text)
 
     text = config_error(path)
@@ -283,7 +285,9 @@ def custom_config() -> Config:
     return config_from_dict(raw, "custom")
 
 
-@pytest.mark.parametrize("make", [load_config, Config, custom_config], ids=["default-file", "built-in", "custom"])
+@pytest.mark.parametrize(
+    "make", [load_config, Config, custom_config], ids=["default-file", "built-in", "custom"]
+)
 def test_config_to_dict_and_back_gives_an_equal_config(make: object) -> None:
     config = make()  # type: ignore[operator]
 

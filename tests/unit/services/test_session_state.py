@@ -8,6 +8,7 @@ import math
 import pytest
 
 from messages import (
+    ActorRestarted,
     ActorStarted,
     EpisodeFinished,
     EpisodeStarted,
@@ -47,29 +48,95 @@ def session_events() -> list[Message]:
         ActorStarted(ts=T0 + 1, sender="env", pid=102),
         ActorStarted(ts=T0 + 1, sender="model", pid=103),
         Heartbeat(ts=T0 + 2, sender="model", pid=103, rss_bytes=1 << 20, cpu_percent=50.0, state="idle"),
-        ModelCreated(ts=T0 + 3, sender="model", model_id="m-1", algorithm="ppo", device="cpu", parameters=9000,
-                     episode=1),
+        ModelCreated(
+            ts=T0 + 3,
+            sender="model",
+            model_id="m-1",
+            algorithm="ppo",
+            device="cpu",
+            parameters=9000,
+            episode=1,
+        ),
         EpisodeStarted(ts=T0 + 3, sender="session", episode=1, episodes=2, steps=1000),
-        TrainingProgress(ts=T0 + 4, sender="model", model_id="m-1", episode=1, steps=512, steps_total=1000,
-                         total_steps=512, steps_per_s=256.0, eta_s=2.0),
-        TrainingMetrics(ts=T0 + 4, sender="model", model_id="m-1", episode=1, total_steps=512,
-                        values={"train/loss": 0.5, "train/entropy_loss": -1.1}),
+        TrainingProgress(
+            ts=T0 + 4,
+            sender="model",
+            model_id="m-1",
+            episode=1,
+            steps=512,
+            steps_total=1000,
+            total_steps=512,
+            steps_per_s=256.0,
+            eta_s=2.0,
+        ),
+        TrainingMetrics(
+            ts=T0 + 4,
+            sender="model",
+            model_id="m-1",
+            episode=1,
+            total_steps=512,
+            values={"train/loss": 0.5, "train/entropy_loss": -1.1},
+        ),
         ErrorRaised(ts=T0 + 5, sender="env", where="env socket", error="bad frame"),
-        EpisodeFinished(ts=T0 + 6, sender="model", model_id="m-1", episode=1, steps=1024, total_steps=1024,
-                        seconds=4.0, steps_per_s=256.0),
-        EvaluationFinished(ts=T0 + 7, sender="model", model_id="m-1", episode=1, agent={"sharpe": 1.2},
-                           buy_and_hold={"sharpe": 0.8}),
-        Heartbeat(ts=T0 + 8, sender="env", pid=102, rss_bytes=2 << 20, cpu_percent=12.5, state="serving"),
+        EpisodeFinished(
+            ts=T0 + 6,
+            sender="model",
+            model_id="m-1",
+            episode=1,
+            steps=1024,
+            total_steps=1024,
+            seconds=4.0,
+            steps_per_s=256.0,
+        ),
+        EvaluationFinished(
+            ts=T0 + 7,
+            sender="model",
+            model_id="m-1",
+            episode=1,
+            agent={"sharpe": 1.2},
+            buy_and_hold={"sharpe": 0.8},
+        ),
+        ActorRestarted(ts=T0 + 7.5, sender="session", actor="env", pid=202, restarts=1, reason="env died"),
+        Heartbeat(ts=T0 + 8, sender="env", pid=202, rss_bytes=2 << 20, cpu_percent=12.5, state="serving"),
         ModelReused(ts=T0 + 8, sender="model", model_id="m-1", episode=2),
         EpisodeStarted(ts=T0 + 8, sender="session", episode=2, episodes=2, steps=1000),
-        TrainingProgress(ts=T0 + 9, sender="model", model_id="m-1", episode=2, steps=256, steps_total=1000,
-                         total_steps=1280, steps_per_s=300.0, eta_s=2.5),
-        TrainingMetrics(ts=T0 + 9, sender="model", model_id="m-1", episode=2, total_steps=1280,
-                        values={"train/loss": 0.25}),
-        EpisodeFinished(ts=T0 + 10, sender="model", model_id="m-1", episode=2, steps=1024, total_steps=2048,
-                        seconds=3.5, steps_per_s=292.5),
-        EvaluationFinished(ts=T0 + 11, sender="model", model_id="m-1", episode=2, agent={"sharpe": 1.4},
-                           buy_and_hold={"sharpe": 0.8}),
+        TrainingProgress(
+            ts=T0 + 9,
+            sender="model",
+            model_id="m-1",
+            episode=2,
+            steps=256,
+            steps_total=1000,
+            total_steps=1280,
+            steps_per_s=300.0,
+            eta_s=2.5,
+        ),
+        TrainingMetrics(
+            ts=T0 + 9,
+            sender="model",
+            model_id="m-1",
+            episode=2,
+            total_steps=1280,
+            values={"train/loss": 0.25},
+        ),
+        EpisodeFinished(
+            ts=T0 + 10,
+            sender="model",
+            model_id="m-1",
+            episode=2,
+            steps=1024,
+            total_steps=2048,
+            seconds=3.5,
+            steps_per_s=292.5,
+        ),
+        EvaluationFinished(
+            ts=T0 + 11,
+            sender="model",
+            model_id="m-1",
+            episode=2,
+            agent={"sharpe": 1.4},
+            buy_and_hold={"sharpe": 0.8},
+        ),
         SessionFinished(ts=T0 + 12, sender="session", name="run-1", status="completed"),
     ]
     return events
@@ -101,6 +168,7 @@ def test_applying_a_whole_session_gives_the_expected_state() -> None:
     assert state["errors"] == [{"actor": "env", "where": "env socket", "error": "bad frame", "ts": T0 + 5}]
     assert state["actors"]["env"]["state"] == "serving"
     assert state["actors"]["env"]["rss_bytes"] == 2 << 20
+    assert (state["actors"]["env"]["pid"], state["actors"]["env"]["restarts"]) == (202, 1)
     assert state["actors"]["data"]["pid"] == 101
     assert state["gaps"] == 0
 
@@ -151,7 +219,9 @@ def test_events_already_applied_are_ignored() -> None:
 
     assert not state.apply(5, events[5])
     assert not state.apply(3, events[10])
-    assert not state.apply(1, ModelCreated(model_id="m-2", algorithm="a2c", device="cpu", parameters=1, episode=9))
+    assert not state.apply(
+        1, ModelCreated(model_id="m-2", algorithm="a2c", device="cpu", parameters=1, episode=9)
+    )
 
     assert state.to_dict() == before
     assert state.seq == 5
