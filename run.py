@@ -174,6 +174,8 @@ def _new_run_dir(runs_dir: Path, name: str) -> Path:
 
 def train(argv: Sequence[str]) -> int:
     """Run a whole session: hub, actor processes, episode loop, summary."""
+    import zmq
+
     from actors.ports import Ports
     from actors.session import Abort, Outcome, SessionActor
     from messages import EvaluationReport, SessionStarted
@@ -194,6 +196,16 @@ def train(argv: Sequence[str]) -> int:
             f"session.monitor_host {opts.monitor_host} is not loopback: create keys with "
             "`python run.py keys` and set session.keys_dir"
         )
+    session_keys = None
+    if opts.keys_dir:
+        from services.keys import LOCAL_KIT, KeysError, load_client_keys, load_session_keys
+
+        keys_dir = Path(opts.keys_dir) if Path(opts.keys_dir).is_absolute() else ROOT / opts.keys_dir
+        try:
+            session_keys = load_session_keys(keys_dir)
+            load_client_keys(keys_dir / LOCAL_KIT)  # the session's own monitor needs it: fail early
+        except KeysError as exc:
+            raise UsageError(str(exc)) from None
     fingerprint = _fingerprint(config)
     first_episode, resume_from = 1, ""
     if args.resume is not None:
@@ -222,11 +234,13 @@ def train(argv: Sequence[str]) -> int:
         max_bytes=opts.max_message_bytes,
         sinks=[state.apply, recorder],
         snapshot=state.to_dict,
+        curve=session_keys.curve if session_keys else None,
+        allowed_keys_dir=session_keys.allowlist if session_keys else None,
     )
     started = time.monotonic()
     try:
         hub.start()
-    except RuntimeError as exc:
+    except (RuntimeError, zmq.ZMQError) as exc:
         raise UsageError(f"session: {exc}") from None
     endpoints = Endpoints(
         events_in=f"ipc://{ipc}/events_in.sock",
@@ -297,6 +311,7 @@ def train(argv: Sequence[str]) -> int:
             hang_timeout_s=opts.hang_timeout_s,
             heartbeat_age=heartbeat_age,
             on_report=on_report,
+            supervised=True,
         )
         watch = _Watch(supervisor, state, session_ref, publisher, opts, run_dir, clock)
         while not outcome.done.wait(0.2):
@@ -326,6 +341,7 @@ def train(argv: Sequence[str]) -> int:
             format_eval_table,
             format_duration,
         )
+        _write_report(run_dir, name, state.to_dict()["model"]["model_id"])
     except RuntimeError as exc:
         print(f"session {name} failed: {exc}", file=sys.stderr, flush=True)
         logger.exception("session failed")
@@ -372,7 +388,7 @@ class _Watch:
         self.clock = clock
         self.aborted = False
         self.restarts: dict[str, list[float]] = {kind: [] for kind in ACTOR_KINDS}
-        self.grace_until = {kind: clock.monotonic() + opts.start_timeout_s for kind in ACTOR_KINDS}
+        self.started = {kind: clock.time() for kind in ACTOR_KINDS}
 
     def check(self) -> None:
         """Restart every actor whose process ended; kill every actor whose heartbeat stopped."""
@@ -396,26 +412,29 @@ class _Watch:
             if kind == "model":
                 self._resume_from_latest()
             process = self.supervisor.restart(kind)
-            self.grace_until[kind] = now + self.opts.start_timeout_s
+            self.started[kind] = self.clock.time()
             total = sum(len(v) for v in self.restarts.values())
             self.publisher.publish(
-                ActorRestarted(actor=kind, pid=process.pid, restarts=total, reason=reason, sender="session")
+                ActorRestarted(kind=kind, pid=process.pid, restarts=total, reason=reason, sender="session")
             )
             self.session_ref.tell(Restarted(kind))
         wall = self.clock.time()
         for kind in ACTOR_KINDS:
-            if now < self.grace_until[kind]:
+            if self.supervisor.processes[kind].exit_code() is not None:
                 continue
+            since_start = wall - self.started[kind]
             age = self.state.heartbeat_age(kind, wall)
-            if age > self.opts.hang_timeout_s and self.supervisor.processes[kind].exit_code() is None:
-                logger.warning("%s actor hung (no heartbeat for %.0f s): killing it", kind, age)
-                print(
-                    f"{kind} actor hung (no heartbeat for {age:.0f} s): restarting it",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                self.supervisor.kill(kind)
-                self.grace_until[kind] = now + self.opts.start_timeout_s
+            if age > since_start:  # no heartbeat from this process yet: it is still starting
+                if since_start <= self.opts.start_timeout_s:
+                    continue
+                why = f"did not start within {self.opts.start_timeout_s:g} s"
+            elif age > self.opts.hang_timeout_s:
+                why = f"no heartbeat for {age:.0f} s"
+            else:
+                continue
+            logger.warning("%s actor hung (%s): killing it", kind, why)
+            self.supervisor.kill(kind)
+            self.started[kind] = wall
 
     def _resume_from_latest(self) -> None:
         """Point session.json at the last checkpoint so the new model process restores it."""
@@ -462,6 +481,33 @@ def _wait_started(state: Any, supervisor: Any, timeout_s: float, signals: _Signa
         time.sleep(0.05)
     missing = [k for k in ACTOR_KINDS if k not in state.to_dict()["actors"]]
     return f"actor(s) {', '.join(missing)} did not start within {timeout_s:g} s"
+
+
+def _write_report(run_dir: Path, name: str, model_id: str) -> None:
+    """Write report.md and its plots from every evaluation the run has (resumes included)."""
+    from services.report import write_report
+
+    by_episode: dict[int, dict[str, Any]] = {}
+    with (run_dir / "events.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            if '"EvaluationFinished"' not in line:
+                continue
+            event = json.loads(line)
+            by_episode[event["episode"]] = {
+                "episode": event["episode"],
+                "agent": event["agent"],
+                "buy_and_hold": event["buy_and_hold"],
+            }
+            model_id = model_id or event.get("model_id", "")
+    if not by_episode:
+        return
+    try:
+        path = write_report(run_dir, name=name, model_id=model_id, evaluations=list(by_episode.values()))
+    except Exception as exc:
+        logger.exception("report failed")
+        print(f"report: not written ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+        return
+    print(f"report: {path}", flush=True)
 
 
 def _print_summary(

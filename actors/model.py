@@ -117,6 +117,7 @@ class ModelActor(ServiceActor):
         self._job: _Job | None = None
         self._next_progress = 0.0
         self._checkpointed_at = -1
+        self._initial_error = ""
         self._episode = 0
         self.models_created = 0
 
@@ -171,17 +172,26 @@ class ModelActor(ServiceActor):
             )
             if not model.restored_from:
                 # A model that dies before its first episode ends comes back with the same id.
-                self._checkpoint(episode - 1, complete=True)
+                self._initial_error = self._checkpoint(episode - 1, complete=True)
         else:
             logger.info("reusing model %s for episode %d", self._model.model_id, episode)
             self.publish(ModelReused(model_id=self._model.model_id, episode=episode))
         return self._model
 
     def _start_episode(self, peer: bytes, msg: TrainEpisode) -> None:
-        if self._job is not None:
-            self.reply(peer, self.failure(msg, f"episode {self._job.request.episode} is still training"))
+        job = self._job
+        if job is not None:
+            if job.request.episode == msg.episode:
+                # The session asked again (it lost the first request in a restart): answer this one.
+                job.peer, job.request = peer, msg
+                return
+            self.reply(peer, self.failure(msg, f"episode {job.request.episode} is still training"))
             return
         model = self._ensure_model(msg.episode)
+        if self._initial_error:
+            self.reply(peer, self.failure(msg, self._initial_error))
+            self._initial_error = ""
+            return
         self._episode = msg.episode
         self._job = _Job(peer, msg, self._clock.monotonic(), model.num_timesteps)
         self._busy = True

@@ -46,6 +46,7 @@ class MonitorActor(ServiceActor):
         self._resync_every_s = resync_every_s
         self._next_resync = 0.0
         self._live = False
+        self._finishing = False
         self.gaps = 0
         self.resyncs = 0
 
@@ -58,11 +59,9 @@ class MonitorActor(ServiceActor):
             self._request_snapshot("attaching", timeout_s=None)
         status = self.state.to_dict()["session"]["status"]
         if self._once:
-            self.stop_reason = "snapshot printed"
-            self.stop()
+            self._finish("snapshot printed")
         elif self._exit_when_finished and status not in ("unknown", "running"):
-            self.stop_reason = f"session {status}"
-            self.stop()
+            self._finish(f"session {status}")
 
     def _request_snapshot(self, why: str, timeout_s: float | None) -> bool:
         """Replace the state by the session's snapshot; False (with a notice) when none came."""
@@ -99,7 +98,7 @@ class MonitorActor(ServiceActor):
             self.actor_stopped.wait(self.idle_poll_ms / 1000)
             return
         deadline = self._clock.monotonic() + self.idle_poll_ms / 1000
-        while not self.actor_stopped.is_set():
+        while not self.actor_stopped.is_set() and not self._finishing:
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 break
@@ -139,8 +138,13 @@ class MonitorActor(ServiceActor):
             self._live = True
             self._view.event(self.state, seq, msg)
         if isinstance(msg, SessionFinished) and self._exit_when_finished:
-            self.stop_reason = f"session {msg.status}"
-            self.stop()
+            self._finish(f"session {msg.status}")
+
+    def _finish(self, reason: str) -> None:
+        """Stop, showing nothing more: stop() only queues the stop behind this poll."""
+        self._finishing = True
+        self.stop_reason = reason
+        self.stop()
 
     def _session_name(self) -> str:
         return str(self.state.to_dict()["session"]["name"])

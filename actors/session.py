@@ -101,6 +101,7 @@ class SessionActor(pykka.ThreadingActor):
         heartbeat_age: Callable[[str], float],
         on_report: Callable[[EvaluationReport], None],
         stop_timeout_s: float = 10.0,
+        supervised: bool = False,
     ) -> None:
         super().__init__()
         self._session_name = session_name
@@ -114,6 +115,7 @@ class SessionActor(pykka.ThreadingActor):
         self._heartbeat_age = heartbeat_age
         self._on_report = on_report
         self._stop_timeout_s = stop_timeout_s
+        self._supervised = supervised
         self._clients: dict[str, RequestClient] = {}
         self._publisher: EventPublisher | None = None
         self._script: Generator[Call, Message | None, None] | None = None
@@ -240,7 +242,10 @@ class SessionActor(pykka.ThreadingActor):
         if self._deadline is not None and now > self._deadline:
             self._on_silence(call, f"no reply to {type(call.msg).__name__} within {call.timeout_s:g} s")
             return
-        if self._deadline is None and self._heartbeat_age(call.actor) > self._hang_timeout_s:
+        # A supervisor kills and restarts a hung actor (then Restarted arrives); without one, or while
+        # stopping, silence ends the call.
+        unsupervised = not self._supervised or self._stopping
+        if self._deadline is None and unsupervised and self._heartbeat_age(call.actor) > self._hang_timeout_s:
             self._on_silence(call, f"no heartbeat for {self._hang_timeout_s:g} s")
             return
         self.actor_ref.tell(_Wait(self._calls))

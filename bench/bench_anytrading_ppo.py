@@ -6,9 +6,9 @@ Runs in the benchmark-only venv (`bash bench/setup_compare_env.sh`); bench/bench
 
 The setup follows gym-anytrading's README and SB3's quick start: one `stocks-v0` env built by
 `gymnasium.make` on data/STOCKS_GOOGL.csv (window 30 and frame bound as the package registers them),
-`PPO("MlpPolicy", env)` with every hyperparameter at SB3's default, torch's default thread count, and
-`learn(steps)`. With --steps below --total the learning rate measured on --steps is extrapolated to
---total (whole rollouts of 2,048 steps), and the printed JSON says so.
+`PPO("MlpPolicy", env)` with every hyperparameter at SB3's default, torch's default thread count (or
+--torch-threads), and `learn(steps)`. With --steps below --total, the steps/s measured on --steps is
+extrapolated to --total (whole rollouts of 2,048 steps), and the printed JSON says so.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def main() -> int:
     parser.add_argument("--total", type=int, default=0, help="steps to extrapolate to (default: --steps)")
     parser.add_argument("--window", type=int, default=30, help="stocks-v0's registered window")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="torch threads; 0 keeps torch's default (all cores)"
+    )
     args = parser.parse_args()
     total = args.total or args.steps
     # gym-anytrading returns observations that are views of one array; the env checker warns once.
@@ -45,6 +48,8 @@ def main() -> int:
     import torch
     from stable_baselines3 import PPO
 
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     frame = pd.read_csv(DATA)
     env = gymnasium.make(
         "stocks-v0", df=frame, window_size=args.window, frame_bound=(args.window, len(frame))

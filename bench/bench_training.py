@@ -302,7 +302,7 @@ def run_session(steps: int | None, runs_dir: Path, name: str) -> dict[str, Any]:
     }
 
 
-def run_baseline(steps: int, total: int) -> dict[str, Any]:
+def run_baseline(steps: int, total: int, torch_threads: int) -> dict[str, Any]:
     """Run the gym-anytrading PPO baseline in the compare venv; return its JSON result."""
     if not COMPARE_PYTHON.exists():
         raise RuntimeError(f"{COMPARE_PYTHON} is missing: run `bash bench/setup_compare_env.sh` first")
@@ -313,6 +313,8 @@ def run_baseline(steps: int, total: int) -> dict[str, Any]:
         str(steps),
         "--total",
         str(total),
+        "--torch-threads",
+        str(torch_threads),
     ]
     started = time.perf_counter()
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -323,7 +325,9 @@ def run_baseline(steps: int, total: int) -> dict[str, Any]:
     return result
 
 
-def bench_session(session_steps: int | None, baseline_steps: int, repeats: int) -> dict[str, Any]:
+def bench_session(
+    session_steps: int | None, baseline_steps: int, repeats: int, torch_threads: int
+) -> dict[str, Any]:
     """Alternate the default session and the gym-anytrading baseline; print and return the figures."""
     sessions: list[dict[str, Any]] = []
     baselines: list[dict[str, Any]] = []
@@ -334,7 +338,7 @@ def bench_session(session_steps: int | None, baseline_steps: int, repeats: int) 
                 if job == "session":
                     sessions.append(run_session(session_steps, Path(folder), f"bench-{repeat}"))
                 else:
-                    baselines.append(run_baseline(baseline_steps, session_total))
+                    baselines.append(run_baseline(baseline_steps, session_total, torch_threads))
             s, b = sessions[-1], baselines[-1]
             print(
                 f"  repeat {repeat + 1}: run.py wall {s['wall_s']:.1f} s ({s['steps']:,} steps at "
@@ -347,7 +351,11 @@ def bench_session(session_steps: int | None, baseline_steps: int, repeats: int) 
     base_wall = statistics.median(b["total_wall_s"] for b in baselines)
     rate_ratio = median_ratio([s["steps_per_s"] for s in sessions], [b["steps_per_s"] for b in baselines])
     wall_ratio = median_ratio([b["total_wall_s"] for b in baselines], [s["wall_s"] for s in sessions])
-    print(f"default session vs gym-anytrading PPO defaults, {repeats} alternating repeat(s)")
+    threads = baselines[-1]["torch_threads"]
+    print(
+        f"default session vs gym-anytrading PPO defaults ({threads} torch threads), "
+        f"{repeats} alternating repeat(s)"
+    )
     print(f"  python run.py wall time: median {wall:.1f} s; training {sessions[-1]['steps']:,} steps")
     note = f" (extrapolated from {baseline_steps:,} steps)" if baselines[-1]["extrapolated"] else ""
     print(f"  gym-anytrading PPO, {baselines[-1]['total']:,} steps: median {base_wall:.0f} s{note}")
@@ -368,6 +376,9 @@ def main() -> int:
     parser.add_argument("--skip-session", action="store_true")
     parser.add_argument("--session-repeats", type=int, default=1)
     parser.add_argument("--baseline-steps", type=int, default=65_536, help="gym-anytrading steps trained")
+    parser.add_argument(
+        "--baseline-torch-threads", type=int, default=0, help="0: torch's default, as the baseline's docs"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -396,7 +407,9 @@ def main() -> int:
     if not args.skip_setups:
         figures["setups"] = bench_setups(config, args.steps, args.repeats)
     if not args.skip_session:
-        figures["session"] = bench_session(session_steps, args.baseline_steps, args.session_repeats)
+        figures["session"] = bench_session(
+            session_steps, args.baseline_steps, args.session_repeats, args.baseline_torch_threads
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
     return 0

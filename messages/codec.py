@@ -191,12 +191,14 @@ def encode(msg: Message) -> list[Frame]:
     for field_name in schema.plain:
         body[field_name] = getattr(msg, field_name)
     for field_name in schema.arrays:
-        arr = np.ascontiguousarray(getattr(msg, field_name))
+        arr = np.asarray(getattr(msg, field_name))
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
         dtype = arr.dtype.str
         if dtype not in ALLOWED_DTYPES:
             raise TypeError(f"field {field_name}: dtype {dtype} cannot travel on the wire")
         specs.append([field_name, dtype, list(arr.shape)])
-        frames.append(memoryview(arr).cast("B") if arr.size else b"")
+        frames.append(memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")
     header = msgpack.packb(
         {"v": PROTOCOL_VERSION, "type": name, "body": body, "arrays": specs},
         default=_to_wire,
@@ -260,7 +262,7 @@ def decode(frames: Sequence[Frame], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTE
     header = _unpack_header(views[0])
     if set(header) != {"v", "type", "body", "arrays"}:
         raise DecodeError(f"header keys {sorted(map(str, header))} != ['arrays', 'body', 'type', 'v']")
-    if header["v"] != PROTOCOL_VERSION:
+    if type(header["v"]) is not int or header["v"] != PROTOCOL_VERSION:
         raise DecodeError(f"protocol version {header['v']!r}, expected {PROTOCOL_VERSION}")
     name = header["type"]
     schema = REGISTRY.get(name) if isinstance(name, str) else None

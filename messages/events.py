@@ -49,7 +49,8 @@ class ActorStopped(Message):
 class ActorRestarted(Message):
     """The supervisor restarted an actor's process after it died or hung."""
 
-    actor: str
+    kind: str
+    """Which actor: data, env, model or monitor."""
     pid: int
     restarts: int
     """Restarts of this actor so far in the session."""

@@ -185,6 +185,10 @@ class SessionOptions:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.hang_timeout_s < 3 * self.heartbeat_s:
             raise ValueError("hang_timeout_s must be at least three heartbeats")
+        if self.hang_timeout_s < 2 * self.env_timeout_s + 1:
+            raise ValueError(
+                "hang_timeout_s must exceed twice env_timeout_s plus a second (the model waits on the env)"
+            )
         for name in ("events_port", "session_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be a port number, got {getattr(self, name)}")
@@ -317,10 +321,14 @@ def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) 
     """Load a config file (the default when None) and apply --set overrides."""
     path = path or DEFAULT_CONFIG
     raw = read_yaml(path)
+    config = _build(Config, raw, "", str(path))
+    if not overrides:
+        return config
     for text in overrides:
         key, value = parse_override(text)
         _set_path(raw, key, value, f"--set {key}")
-    return _build(Config, raw, "", str(path))
+    # The file alone was valid, so what is wrong now came from the command line.
+    return _build(Config, raw, "", "--set")
 
 
 def config_fingerprint(config: Config) -> str:

@@ -1,10 +1,14 @@
-"""Render docs/CONFIG.md from the config dataclasses and their field docstrings (`python -m services.config_doc`)."""
+"""Render docs/CONFIG.md from the config dataclasses and their field docstrings.
+
+Run `python -m services.config_doc > docs/CONFIG.md` after changing a config field.
+"""
 
 from __future__ import annotations
 
 import ast
 import dataclasses
 import inspect
+import itertools
 import sys
 import textwrap
 import typing
@@ -43,7 +47,7 @@ def _field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:], strict=False):
+    for node, following in itertools.pairwise(body):
         if (
             isinstance(node, ast.AnnAssign)
             and isinstance(node.target, ast.Name)
@@ -89,7 +93,8 @@ def _section(cls: type, prefix: str, out: list[str]) -> None:
         rows.append(f"| `{key}` | `{_show(_default(f))}` | {doc} |")
     if rows:
         title = f"`{prefix.rstrip('.')}`" if prefix else "Top level"
-        out += [f"\n## {title}\n", (inspect.getdoc(cls) or "").splitlines()[0], "", "| key | default | meaning |"]
+        summary = (inspect.getdoc(cls) or "").splitlines()[0]
+        out += [f"\n## {title}\n", summary, "", "| key | default | meaning |"]
         out += ["| --- | --- | --- |", *rows]
     for sub, sub_prefix in nested:
         _section(sub, sub_prefix, out)

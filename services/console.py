@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from messages import (
+    ActorRestarted,
     DataLoaded,
     EpisodeFinished,
     ErrorRaised,
@@ -72,6 +73,10 @@ TRAINING_VALUES = (
     ("time/fps", "fps"),
 )
 """SB3 logger keys shown by the live view, in this order, with their labels."""
+BOOKKEEPING_VALUES = frozenset(
+    {"time/iterations", "time/time_elapsed", "time/total_timesteps", "time/episodes", "train/n_updates"}
+)
+"""SB3 logger keys the live view leaves out: counters that the progress bars already say."""
 
 STALE_HEARTBEATS = 3
 """An actor is stale after this many missed heartbeats."""
@@ -296,6 +301,10 @@ class PlainView:
                 self._say(f"episode {msg.episode} evaluated: agent {agent}, buy & hold {bench}")
             case ErrorRaised():
                 self._say(f"error in {msg.sender or '?'} ({msg.where}): {msg.error}")
+            case ActorRestarted():
+                self._say(
+                    f"actor {msg.kind} restarted as pid {msg.pid} (restart {msg.restarts}): {msg.reason}"
+                )
             case SessionFinished():
                 reason = f": {msg.reason}" if msg.reason else ""
                 self._say(f"session {msg.name} {msg.status}{reason}")
@@ -519,7 +528,11 @@ class LiveView:
     def _training(self, metrics: Mapping[str, float]) -> Table:
         known = dict(TRAINING_VALUES)
         items = [(label, metrics[key]) for key, label in TRAINING_VALUES if key in metrics]
-        items += [(key, value) for key, value in sorted(metrics.items()) if key not in known]
+        items += [
+            (key, value)
+            for key, value in sorted(metrics.items())
+            if key not in known and key not in BOOKKEEPING_VALUES
+        ]
         grid = Table.grid(padding=(0, 2))
         per_row = 4
         for _ in range(per_row):

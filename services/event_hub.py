@@ -24,6 +24,7 @@ from messages import (
     decode,
     encode,
 )
+from services.keys import KeyAllowlist
 from services.transport import CurveServerKeys, EventSink, _bind_tcp, _tune, context, pack_event
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,12 @@ class EventHub:
         if self._curve is not None:
             self._auth = ThreadAuthenticator(context())
             self._auth.start()
-            location = str(self._allowed_keys_dir) if self._allowed_keys_dir else zmq.auth.CURVE_ALLOW_ANY
-            self._auth.configure_curve(domain="*", location=location)
+            if self._allowed_keys_dir is None:
+                raise RuntimeError("a CURVE session needs a folder of allowed client keys")
+            # The allowlist logs every refused key, so the session side says why a monitor was refused.
+            self._auth.configure_curve_callback(
+                domain="*", credentials_provider=KeyAllowlist(self._allowed_keys_dir)
+            )
         self._thread.start()
         if not self._ready.wait(timeout_s):
             raise RuntimeError("event hub did not start")

@@ -300,31 +300,8 @@ def explain_handshake(result: Handshake, endpoint: str, keys_dir: Path | None, t
             return f"no session answered at {endpoint} within {timeout_s:g} s"
 
 
-_DEFAULTS_LOCK = threading.Lock()
-
-
 def session_client(
     endpoint: str, *, max_bytes: int, timeout_s: float, sender: str, keys: CurveClientKeys | None
 ) -> Client:
-    """Return a request client to the session's snapshot socket, a CURVE client when keys are given.
-
-    transport.Client takes no keys, and CURVE options must be set before connect; so they are set as the
-    context's defaults just while this one socket is created. Other threads must not create sockets
-    meanwhile, which holds where this is used (a monitor's own thread).
-    """
-    if keys is None:
-        return Client(endpoint, max_bytes=max_bytes, timeout_s=timeout_s, sender=sender)
-    ctx = context()
-    options = {
-        zmq.CURVE_PUBLICKEY: keys.public,
-        zmq.CURVE_SECRETKEY: keys.secret,
-        zmq.CURVE_SERVERKEY: keys.server_public,
-    }
-    with _DEFAULTS_LOCK:
-        previous = dict(ctx.sockopts)
-        ctx.sockopts.update(options)
-        try:
-            return Client(endpoint, max_bytes=max_bytes, timeout_s=timeout_s, sender=sender)
-        finally:
-            ctx.sockopts.clear()
-            ctx.sockopts.update(previous)
+    """Return a request client to the session's snapshot socket, a CURVE client when keys are given."""
+    return Client(endpoint, max_bytes=max_bytes, timeout_s=timeout_s, sender=sender, curve=keys)

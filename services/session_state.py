@@ -69,7 +69,11 @@ class SessionState:
     def from_snapshot(cls, seq: int, state: dict[str, Any]) -> SessionState:
         """Build the state from a snapshot taken after event `seq`."""
         merged = cls.empty()
-        merged.update(state)
+        for key, value in state.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
         merged["seq"] = seq
         return cls(merged)
 
@@ -125,7 +129,7 @@ class SessionState:
             case ActorStarted():
                 self._actor(msg.sender).update(state="started", pid=msg.pid, last_heartbeat=msg.ts)
             case ActorRestarted():
-                info = self._actor(msg.actor)
+                info = self._actor(msg.kind)
                 info.update(state="restarted", pid=msg.pid, restarts=msg.restarts)
             case ActorStopped():
                 self._actor(msg.sender).update(state="stopped", pid=msg.pid)

@@ -173,13 +173,23 @@ class Server:
 class Client:
     """A DEALER that sends requests and waits for the reply that carries the request's id."""
 
-    def __init__(self, endpoint: str, *, max_bytes: int, timeout_s: float, sender: str) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        max_bytes: int,
+        timeout_s: float,
+        sender: str,
+        curve: CurveClientKeys | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self._max_bytes = max_bytes
         self._timeout_s = timeout_s
         self._sender = sender
         self._sock = context().socket(zmq.DEALER)
         _tune(self._sock, max_bytes)
+        if curve is not None:
+            curve.apply(self._sock)
         self._sock.connect(endpoint)
 
     def send(self, msg: Message) -> None:
@@ -323,7 +333,7 @@ class CurveClientKeys:
         sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
 
 
-EventSink = Callable[[int, Message], None]
+EventSink = Callable[[int, Message], object]
 """Called by the hub for every valid event with its sequence number."""
 RequestHandler = Callable[[Message], Message | None]
 """Answers a monitor's request on the session socket; None means the request is refused."""

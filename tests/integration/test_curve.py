@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import zmq
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BYTES = 1 << 20
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -53,23 +55,43 @@ def events_in() -> str:
     return f"inproc://curve-{uuid.uuid4().hex}"
 
 
+def started(start: Callable[[], T]) -> T:
+    """Call start, retrying while the previous test's authenticator still holds the ZAP endpoint.
+
+    ThreadAuthenticator.stop returns before libzmq has released inproc://zeromq.zap.01.
+    """
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return start()
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 @pytest.fixture
 def hub(keys: Path, events_in: str) -> Iterator[EventHub]:
     session = load_session_keys(keys)
     state = SessionState()
-    hub = EventHub(
-        name="guarded",
-        events_in=events_in,
-        monitor_host="127.0.0.1",
-        events_port=0,
-        session_port=0,
-        max_bytes=MAX_BYTES,
-        sinks=[state.apply],
-        snapshot=state.to_dict,
-        curve=session.curve,
-        allowed_keys_dir=session.allowlist,
-    )
-    hub.start()
+
+    def start() -> EventHub:
+        hub = EventHub(
+            name="guarded",
+            events_in=events_in,
+            monitor_host="127.0.0.1",
+            events_port=0,
+            session_port=0,
+            max_bytes=MAX_BYTES,
+            sinks=[state.apply],
+            snapshot=state.to_dict,
+            curve=session.curve,
+            allowed_keys_dir=session.allowlist,
+        )
+        hub.start()
+        return hub
+
+    hub = started(start)
     try:
         yield hub
     finally:
@@ -177,7 +199,7 @@ def test_the_allowlist_logs_a_refused_key_once_and_reads_revocations_at_once(
     session = load_session_keys(keys)
     allowlist = KeyAllowlist(session.allowlist)
     auth = ThreadAuthenticator(context())
-    auth.start()
+    started(auth.start)
     auth.configure_curve_callback(domain="*", credentials_provider=allowlist)
     server = context().socket(zmq.ROUTER)
     server.setsockopt(zmq.LINGER, 0)

@@ -180,7 +180,8 @@ def test_default_is_accepted_as_the_name_of_the_default_config(tmp_path: Path) -
 
 
 def test_resume_continues_the_same_model_and_step_counter_and_predict_uses_it(tmp_path: Path) -> None:
-    first = run_py(*TINY, "--set", f"session.runs_dir={tmp_path}", "--name", "r", "--set", "training.episodes=2")
+    runs = f"session.runs_dir={tmp_path}"
+    first = run_py(*TINY, "--set", runs, "--name", "r", "--set", "training.episodes=2")
     assert first.returncode == 0, first.stderr
     run_dir = tmp_path / "r"
     before = events(run_dir)

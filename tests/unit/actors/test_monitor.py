@@ -146,6 +146,7 @@ def test_a_sequence_gap_is_reported_as_lost_events() -> None:
 def test_silence_is_reported_once_and_the_return_of_events_too() -> None:
     clock = FakeClock()
     subscriber, view, note, _ = start(clock=clock, silence_s=5.0)
+    wait_until(lambda: bool(view.snapshots))
 
     clock.advance(6.0)
     wait_until(lambda: any("may be gone" in n for n in view.notices))

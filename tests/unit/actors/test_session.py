@@ -7,7 +7,7 @@ import threading
 import numpy as np
 
 from actors.ports import Ports
-from actors.session import Abort, Outcome, SessionActor
+from actors.session import Abort, Outcome, Restarted, SessionActor
 from messages import (
     EpisodeDataReady,
     EpisodeStarted,
@@ -24,7 +24,7 @@ from messages import (
     Stopped,
     TrainEpisode,
 )
-from tests.fakes import FakeClient, FakeClock, FakePublisher
+from tests.fakes import FakeClient, FakeClock, FakePublisher, wait_until
 
 
 class Script:
@@ -160,3 +160,75 @@ def test_a_model_without_heartbeat_while_training_fails_the_session() -> None:
 
     assert outcome.status == "failed"
     assert "model actor: no heartbeat" in outcome.reason
+
+
+class RestartScript(Script):
+    """Holds the first TrainEpisode (its actor died); answers the retried one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_requests: list[TrainEpisode] = []
+        self.prepared: list[PrepareEpisode] = []
+
+    def actor(self, name: str) -> FakeClient:
+        client = super().actor(name)
+        base = client._handler
+
+        def handle(msg: Message) -> Message | None:
+            if isinstance(msg, TrainEpisode):
+                self.train_requests.append(msg)
+                self.training.set()
+                if len(self.train_requests) == 1:
+                    self.log.append((name, "TrainEpisode"))
+                    return None
+            if isinstance(msg, PrepareEpisode):
+                self.prepared.append(msg)
+            return base(msg)
+
+        client._handler = handle
+        return client
+
+
+def start_restart_case(script: RestartScript, restarted: str):
+    publisher = FakePublisher()
+    clients = {name: script.actor(name) for name in ("data", "env", "model")}
+    ports = Ports(publisher=lambda: publisher, clients={k: (lambda c=c: c) for k, c in clients.items()})
+    outcome = Outcome()
+    ref = SessionActor.start(
+        outcome=outcome,
+        session_name="s1",
+        episodes=1,
+        steps_per_episode=100,
+        ports=ports,
+        clock=FakeClock(),
+        request_timeout_s=5.0,
+        hang_timeout_s=30.0,
+        heartbeat_age=lambda actor: 0.0,
+        on_report=lambda report: None,
+        stop_timeout_s=1.0,
+    )
+    assert script.training.wait(10)
+    ref.tell(Restarted(restarted))
+    return outcome
+
+
+def test_a_restarted_model_actor_gets_the_episode_again_and_the_session_completes() -> None:
+    script = RestartScript()
+
+    outcome = start_restart_case(script, "model")
+
+    assert outcome.done.wait(10)
+    assert outcome.status == "completed"
+    assert len(script.train_requests) == 2
+    assert script.train_requests[0].msg_id != script.train_requests[1].msg_id
+
+
+def test_a_restarted_env_actor_gets_the_data_again_while_the_model_keeps_its_episode() -> None:
+    script = RestartScript()
+
+    start_restart_case(script, "env")
+
+    assert script.training.wait(10)
+    wait_until(lambda: len(script.prepared) == 2)
+    assert script.prepared[1].force and script.prepared[1].episode == 1
+    assert len(script.train_requests) == 1

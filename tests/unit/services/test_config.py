@@ -139,7 +139,6 @@ def test_an_unknown_key_given_with_set_names_the_dotted_key() -> None:
     assert "unknown key training.bogus" in config_error(None, ("training.bogus=1",))
 
 
-@pytest.mark.xfail(strict=True, reason="load_config reports keys added by --set as errors of the config file")
 def test_an_unknown_key_given_with_set_is_blamed_on_set_not_on_the_file() -> None:
     text = config_error(None, ("training.bogus=1",))
 

@@ -10,7 +10,8 @@ DOC = Path(__file__).resolve().parents[3] / "docs" / "CONFIG.md"
 
 
 def test_config_md_is_in_step_with_the_config_dataclasses() -> None:
-    assert DOC.read_text() == render(), "regenerate with: .venv/bin/python -m services.config_doc > docs/CONFIG.md"
+    hint = "regenerate with: .venv/bin/python -m services.config_doc > docs/CONFIG.md"
+    assert DOC.read_text() == render(), hint
 
 
 def test_every_documented_field_has_a_meaning() -> None:

@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from messages import (
+    ActorRestarted,
     ActorStarted,
     ActorStopped,
     DataLoaded,
@@ -115,6 +116,7 @@ def script() -> list[Message]:
         EvaluationFinished(model_id="m1", episode=1, agent=AGENT, buy_and_hold=BENCH, sender="model"),
         ModelReused(model_id="m1", episode=2, sender="model"),
         ErrorRaised(where="env socket", error="DecodeError: garbage", sender="env"),
+        ActorRestarted(kind="env", pid=102, restarts=1, reason="exited with status 1", sender="session"),
     ]  # fmt: skip
     return [msg if msg.ts < T0 + 10 else at(T0 + 1, msg) for msg in events]  # the session's clock
 
@@ -158,6 +160,7 @@ def test_the_live_view_shows_progress_training_values_evaluations_and_actors() -
     assert "loss" in text and "0.5" in text and "entropy loss" in text and "custom/x" in text
     assert "12.00%" in text and "8.00%" in text and "-11.00%" in text
     assert "model" in text and "80 MB" in text and "12.5%" in text and "0.5 s ago" in text
+    assert "restarted (1 restart(s))" in text
     assert "STALE" not in text
     assert "DecodeError: garbage" in text
     view.close()
@@ -267,6 +270,7 @@ def test_the_plain_view_prints_the_events_that_matter() -> None:
     assert "Evaluation of episode 1" in text and "12.00%" in text
     assert "model m1 reused for episode 2" in text
     assert "error in env (env socket): DecodeError: garbage" in text
+    assert "actor env restarted as pid 102 (restart 1): exited with status 1" in text
 
 
 def test_the_plain_view_prints_progress_at_most_every_few_seconds() -> None:
@@ -328,7 +332,7 @@ def test_the_plain_snapshot_summarises_the_attached_session() -> None:
     view.snapshot(folded(script()))
 
     text = out.getvalue()
-    assert "attached to session demo (running) at event 15; model m1" in text
+    assert "attached to session demo (running) at event 16; model m1" in text
     assert "Evaluation of episode 1" in text
     assert "actor env" in text
 

@@ -96,7 +96,7 @@ def session_events() -> list[Message]:
             agent={"sharpe": 1.2},
             buy_and_hold={"sharpe": 0.8},
         ),
-        ActorRestarted(ts=T0 + 7.5, sender="session", actor="env", pid=202, restarts=1, reason="env died"),
+        ActorRestarted(ts=T0 + 7.5, sender="session", kind="env", pid=202, restarts=1, reason="env died"),
         Heartbeat(ts=T0 + 8, sender="env", pid=202, rss_bytes=2 << 20, cpu_percent=12.5, state="serving"),
         ModelReused(ts=T0 + 8, sender="model", model_id="m-1", episode=2),
         EpisodeStarted(ts=T0 + 8, sender="session", episode=2, episodes=2, steps=1000),
