@@ -328,8 +328,11 @@ def train(argv: Sequence[str]) -> int:
                 watch.check()
         supervisor.wait_all(timeout_s=15)
         exit_code = {"completed": EXIT_OK, "stopped": EXIT_OK}.get(outcome.status, EXIT_FAILURE)
-        if outcome.status == "failed" and "DataError" in outcome.reason:
-            exit_code = EXIT_USAGE
+        if outcome.status == "failed":
+            bad_data = "DataError: " in outcome.reason
+            exit_code = EXIT_USAGE if bad_data else EXIT_FAILURE
+            line = outcome.reason.split("DataError: ", 1)[1] if bad_data else f"session failed: {outcome.reason}"
+            print(f"error: {line}", file=sys.stderr, flush=True)
         _print_summary(
             name,
             run_dir,
@@ -558,7 +561,8 @@ def actor_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     kind, run_dir = args.kind, args.run_dir
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _configure_logging(run_dir / "logs" / f"{kind}.log", stderr_level=logging.WARNING, prefix=f"[{kind}] ")
+    # Failed requests reach the console as events and the launcher's verdict; only crashes print here.
+    _configure_logging(run_dir / "logs" / f"{kind}.log", stderr_level=logging.ERROR, prefix=f"[{kind}] ")
 
     from actors.base import ActorExit
     from services.config import config_from_dict

@@ -173,7 +173,8 @@ class ServiceActor(pykka.ThreadingActor):
                 try:
                     self.handle(item.peer, msg)
                 except Exception as exc:
-                    logger.exception("%s: %s failed", self.name, type(msg).__name__)
+                    # A failed request is answered and published, not a crash: the traceback goes to the log.
+                    logger.warning("%s: %s failed", self.name, type(msg).__name__, exc_info=True)
                     error = f"{type(exc).__name__}: {exc}"
                     self.publish(ErrorRaised(where=f"{self.name}.{type(msg).__name__}", error=error))
                     self.reply(item.peer, self.failure(msg, error))

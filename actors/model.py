@@ -357,7 +357,7 @@ class ModelActor(ServiceActor):
             path = self._factory.checkpoint(model, episode, complete)
         except Exception as exc:
             error = f"checkpoint of episode {episode} failed: {exc}"
-            logger.exception("model %s: %s", model.model_id, error)
+            logger.warning("model %s: %s", model.model_id, error, exc_info=True)
             self.publish(ErrorRaised(where="model.checkpoint", error=error, fatal=True))
             return error
         finally:

@@ -325,7 +325,7 @@ class SessionActor(pykka.ThreadingActor):
             self._fail(f"{call.actor} actor: {why}")
 
     def _fail(self, reason: str) -> None:
-        logger.error("session failed: %s", reason)
+        logger.info("session failed: %s", reason)
         self._abort(reason, "failed")
 
     def _abort(self, reason: str, status: str) -> None:

@@ -21,6 +21,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from messages import DecodeError, decode
 from services.checkpoint import latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,12 +182,15 @@ def test_sigint_stops_cleanly_and_resume_continues_the_step_counter(tmp_path: Pa
     assert finished[-1]["total_steps"] >= stopped_at + 2048
 
 
+INT64 = st.integers(-(2**63), 2**63 - 1)
+
+
 def garbage_frames() -> st.SearchStrategy[list[bytes]]:
     header = st.fixed_dictionaries(
         {
             "v": st.one_of(st.just(1), st.integers(-3, 5), st.text(max_size=3)),
             "type": st.sampled_from(["StepEnvs", "TrainEpisode", "Stop", "DataBlock", "Nope", "Heartbeat"]),
-            "body": st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8), max_size=3),
+            "body": st.dictionaries(st.text(max_size=8), INT64 | st.text(max_size=8), max_size=3),
             "arrays": st.lists(
                 st.tuples(st.sampled_from(["actions", "obs", "x"]), st.sampled_from(["<f4", "<i8", "|O"]),
                           st.lists(st.integers(0, 2**40), max_size=3)).map(list),
@@ -197,7 +201,16 @@ def garbage_frames() -> st.SearchStrategy[list[bytes]]:
     structured = header.map(lambda h: [msgpack.packb(h)]).flatmap(
         lambda frames: st.lists(st.binary(max_size=64), max_size=2).map(lambda extra: frames + extra)
     )
-    return st.one_of(st.lists(st.binary(max_size=256), min_size=1, max_size=4), structured)
+    return st.one_of(st.lists(st.binary(max_size=256), min_size=1, max_size=4), structured).filter(malformed)
+
+
+def malformed(frames: list[bytes]) -> bool:
+    """Keep only frames the codec refuses: a valid Stop is a command, not garbage."""
+    try:
+        decode(frames)
+    except DecodeError:
+        return True
+    return False
 
 
 def test_garbage_on_every_socket_changes_nothing_the_session_computes(tmp_path: Path) -> None:
@@ -271,7 +284,7 @@ def test_a_checkpoint_that_hits_a_file_size_limit_stops_the_session_cleanly(tmp_
         "--set", "training.steps_per_episode=8192",
         preexec_fn=limit,
     )  # fmt: skip
-    out, err = proc.communicate(timeout=240)
+    _, err = proc.communicate(timeout=240)
 
     assert proc.returncode == 1
     assert "checkpoint of episode 0 failed" in err and "File too large" in err
