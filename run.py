@@ -331,7 +331,8 @@ def train(argv: Sequence[str]) -> int:
         if outcome.status == "failed":
             bad_data = "DataError: " in outcome.reason
             exit_code = EXIT_USAGE if bad_data else EXIT_FAILURE
-            line = outcome.reason.split("DataError: ", 1)[1] if bad_data else f"session failed: {outcome.reason}"
+            reason = outcome.reason
+            line = reason.split("DataError: ", 1)[1] if bad_data else f"session failed: {reason}"
             print(f"error: {line}", file=sys.stderr, flush=True)
         _print_summary(
             name,
