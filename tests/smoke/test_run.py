@@ -209,3 +209,29 @@ def test_resume_continues_the_same_model_and_step_counter_and_predict_uses_it(tm
     assert answer["model_id"] == trained[0]["model_id"]
     assert answer["position"] in (-1.0, 0.0, 1.0)
     assert answer["timestamp"].startswith("2018-08-29")
+
+
+def test_bad_data_exits_2_with_one_line_naming_the_file_and_row(tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    made = run_py("generate-data", "--rows", "400", "--seed", "3", "--out", str(good), timeout=60)
+    assert made.returncode == 0, made.stderr
+    lines = good.read_text().splitlines()
+    fields = lines[150].split(",")
+    fields[2], fields[3] = fields[3], fields[2]  # high below low on file line 151
+    lines[150] = ",".join(fields)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines) + "\n")
+
+    result = run_py(*TINY, "--data", str(bad), "--set", f"session.runs_dir={tmp_path}", "--set", "data.cache=false")
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert f"{bad}, line 151" in result.stderr and "below low" in result.stderr
+
+
+def test_a_window_longer_than_the_data_exits_2_naming_the_rows(tmp_path: Path) -> None:
+    result = run_py(*TINY, "--set", "env.window=3000", "--set", f"session.runs_dir={tmp_path}")
+
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "too few" in result.stderr
