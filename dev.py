@@ -36,7 +36,7 @@ def ensure_venv() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Dispatch `run [run.py args]`, `test [pytest args]` or `lint`."""
+    """Dispatch `run [run.py args]`, `test [pytest args]` (ruff, mypy, then pytest) or `lint`."""
     if not argv or argv[0] not in ("run", "test", "lint"):
         print(
             "usage: python3 dev.py run [run.py arguments] | test [pytest arguments] | lint", file=sys.stderr
@@ -48,6 +48,8 @@ def main(argv: list[str]) -> int:
     if command == "run":
         return subprocess.call([str(PYTHON), "run.py", *rest])
     lint = subprocess.call([str(PYTHON), "-m", "ruff", "check", "."])
+    if lint == 0:
+        lint = subprocess.call([str(PYTHON), "-m", "mypy", "actors", "messages", "services", "run.py"])
     if command == "lint" or lint != 0:
         return lint
     return subprocess.call([str(PYTHON), "-m", "pytest", *rest])

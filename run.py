@@ -627,8 +627,8 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
         from actors.environment import EnvActor
         from services.env_factory import VecEnvFactory
 
-        factory = VecEnvFactory(config.env, seed=config.training.seed)
-        return EnvActor.start(factory=factory, ports=ports("env"), **common)
+        env_factory = VecEnvFactory(config.env, seed=config.training.seed)
+        return EnvActor.start(factory=env_factory, ports=ports("env"), **common)
     if kind == "model":
         from actors.model import ModelActor
         from services.checkpoint import verify_checkpoint

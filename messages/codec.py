@@ -198,7 +198,7 @@ def encode(msg: Message) -> list[Frame]:
         if dtype not in ALLOWED_DTYPES:
             raise TypeError(f"field {field_name}: dtype {dtype} cannot travel on the wire")
         specs.append([field_name, dtype, list(arr.shape)])
-        frames.append(memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")
+        frames.append(memoryview(arr.reshape(-1)).cast("B") if arr.size else b"")  # type: ignore[arg-type]
     header = msgpack.packb(
         {"v": PROTOCOL_VERSION, "type": name, "body": body, "arrays": specs},
         default=_to_wire,

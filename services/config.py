@@ -358,4 +358,4 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             return {k: plain(v) for k, v in value.items()}
         return value
 
-    return plain(dataclasses.asdict(config))  # type: ignore[no-any-return]
+    return plain(dataclasses.asdict(config))

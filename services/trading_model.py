@@ -43,7 +43,7 @@ def _algorithm_class(name: str) -> type[BaseAlgorithm]:
     if name == "recurrent_ppo":
         from sb3_contrib import RecurrentPPO
 
-        return RecurrentPPO  # type: ignore[no-any-return]
+        return RecurrentPPO
     classes: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC, "td3": TD3}
     return classes[name]
 
@@ -165,7 +165,7 @@ class TradingModel:
         if replay_buffer and getattr(self.algorithm, "replay_buffer", None) is not None:
             self.algorithm.save_replay_buffer(folder / REPLAY_FILE)  # type: ignore[attr-defined]
         np.save(folder / "torch_rng.npy", torch.get_rng_state().numpy(), allow_pickle=False)
-        _, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+        _, keys, pos, has_gauss, cached = np.random.get_state()
         meta = np.array([pos, has_gauss])
         np.savez(folder / "numpy_rng.npz", keys=keys, meta=meta, cached=np.array([cached]))
         (folder / "python_rng.json").write_text(json.dumps(random.getstate()[1]))
