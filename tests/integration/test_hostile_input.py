@@ -8,6 +8,7 @@ actor refused them with RequestFailed, reported them as ErrorRaised, and still s
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import random
 import shutil
@@ -585,7 +586,7 @@ def test_data_blocks_out_of_sequence_are_refused_and_a_new_stream_installs(world
         (block("train", TRAIN_ROWS - 8, TRAIN_ROWS), "outside 0.."),
         (block("train", -16, TRAIN_ROWS), "outside 0.."),
         (block("test", 0, TRAIN_ROWS), "unknown split 'test'"),
-        (block("train", 16, TRAIN_ROWS, split_arrays(0, 8))._replace_close(), "disagree in length"),
+        (dataclasses.replace(block("train", 16, TRAIN_ROWS), open=rows.open[:8]), "disagree in length"),
         (DataComplete(split="train", total_rows=TRAIN_ROWS + 1, bars_per_year=252.0, episode=1), "incomplete"),
         (DataComplete(split="nope", total_rows=1, bars_per_year=252.0, episode=1), "incomplete"),
     ]
