@@ -20,7 +20,7 @@ from messages import (
     Message,
     PrepareEpisode,
 )
-from services.dataset import EpisodeSplit, LoadSummary, SplitArrays
+from services.dataset import EpisodeSplit, LoadSummary, Split
 
 logger = logging.getLogger(__name__)
 
@@ -113,25 +113,25 @@ class DataActor(ServiceActor):
             bars_per_year=self._summary.bars_per_year,
             data_hash=self._summary.data_hash,
             streamed=streamed,
-            train_start=_iso(split.train.timestamp[0]),
-            eval_start=_iso(split.eval.timestamp[0]),
-            eval_end=_iso(split.eval.timestamp[-1]),
+            train_start=_iso(split.train.first_timestamp()),
+            eval_start=_iso(split.eval.first_timestamp()),
+            eval_end=_iso(split.eval.last_timestamp()),
         )
 
-    def _stream(self, env: RequestClient, split: str, arrays: SplitArrays, episode: int) -> None:
+    def _stream(self, env: RequestClient, split: str, arrays: Split, episode: int) -> None:
         """Send blocks with at most `window` unacknowledged, then an acknowledged end of stream."""
         total = len(arrays)
         pending: deque[str] = deque()
         for start in range(0, total, self._block_rows):
-            end = min(start + self._block_rows, total)
+            rows = arrays.block(start, min(start + self._block_rows, total))
             block = DataBlock(
                 split=split,
                 offset=start,
                 total_rows=total,
-                features=arrays.features[start:end],
-                open=arrays.open[start:end],
-                close=arrays.close[start:end],
-                timestamp=arrays.timestamp[start:end],
+                features=rows.features,
+                open=rows.open,
+                close=rows.close,
+                timestamp=rows.timestamp,
                 sender=self.name,
             )
             env.send(block)

@@ -30,8 +30,11 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import pandas as pd  # noqa: E402
 
+from services.config import DataOptions  # noqa: E402
 from services.data_source import Bars, SourceOptions, read_bars  # noqa: E402
-from services.feature_cache import FeatureCache, file_digest, process_source  # noqa: E402
+from services.dataset import DatasetService  # noqa: E402
+from services.feature_cache import cache_key, file_digest, process_source  # noqa: E402
+from services.feature_store import FeatureStore  # noqa: E402
 from services.features import FeatureOptions, FeaturePipeline  # noqa: E402
 from services.synthetic import generate_bars, write_csv  # noqa: E402
 
@@ -78,6 +81,8 @@ def child(mode: str, path: str, chunk_rows: int) -> dict[str, float]:
         rows = len(frame)
     elif mode == "keep":
         rows = len(process_source(SourceOptions(path=path, chunk_rows=chunk_rows), FeatureOptions()))
+    elif mode == "actor":
+        rows = data_actor_path(path, chunk_rows)
     else:
         pipeline = FeaturePipeline(FeatureOptions())
         for bars in read_bars(SourceOptions(path=path, chunk_rows=chunk_rows)):
@@ -91,6 +96,23 @@ def child(mode: str, path: str, chunk_rows: int) -> dict[str, float]:
         "peak_rss_mib": peak_rss_mib(),
         "import_rss_mib": baseline,
     }
+
+
+def data_actor_path(path: str, chunk_rows: int) -> int:
+    """Do what the data actor does: build the feature store, then read every block of episode 1."""
+    options = DataOptions(
+        source=SourceOptions(path=path, chunk_rows=chunk_rows),
+        cache=True,
+        cache_dir=str(Path(path).parent / "store"),
+    )
+    service = DatasetService(options, window=32, episode_length=256, cache_root=ROOT)
+    service.load()
+    split = service.episode(1)
+    rows = 0
+    for part in (split.train, split.eval):
+        for start in range(0, len(part), options.block_rows):
+            rows += len(part.block(start, start + options.block_rows))
+    return rows
 
 
 def run_child(mode: str, path: Path, chunk_rows: int) -> dict[str, float]:
@@ -120,7 +142,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of the feature timing (best kept)")
     parser.add_argument("--dir", default="", help="folder for the CSV (default: a temporary folder)")
     parser.add_argument(
-        "--child", choices=("stream", "keep", "pandas", "pandas_dates"), help=argparse.SUPPRESS
+        "--child", choices=("stream", "actor", "keep", "pandas", "pandas_dates"), help=argparse.SUPPRESS
     )
     parser.add_argument("--file", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,6 +168,7 @@ def main() -> int:
 
         labels = {
             "stream": "read_bars + FeaturePipeline, streamed",
+            "actor": "data actor path: store build + episode blocks",
             "keep": "process_source (all kept in memory)",
             "pandas": "pandas.read_csv, whole file",
             "pandas_dates": "pandas.read_csv + parse_dates, whole file",
@@ -162,15 +185,16 @@ def main() -> int:
         file_digest(path)
         hashed = time.perf_counter() - started
         print(f"cache key content hash (blake2b): {size_mib / hashed:.0f} MiB/s")
-        cache = FeatureCache(Path(folder) / "cache")
         source = SourceOptions(path=str(path), chunk_rows=args.chunk_rows)
+        store = Path(folder) / "store" / cache_key(source, FeatureOptions())
         started = time.perf_counter()
-        cache.load_or_build(source, FeatureOptions())
+        FeatureStore.build(store, source, FeatureOptions(), key=store.name)
         built = time.perf_counter() - started
         started = time.perf_counter()
-        cache.load_or_build(source, FeatureOptions())
+        cache_key(source, FeatureOptions())
+        FeatureStore.open(store)
         loaded = time.perf_counter() - started
-        print(f"feature cache: miss (process + store) {built:.2f} s, hit (hash + load) {loaded:.2f} s")
+        print(f"feature store: miss (process + store) {built:.2f} s, hit (hash + open) {loaded:.2f} s")
     return 0
 
 

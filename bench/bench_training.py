@@ -4,11 +4,13 @@ Run from the repository root with the project venv:
 
     .venv/bin/python bench/bench_training.py [--quick] [--steps 65536] [--repeats 5] [--skip-session]
 
-Part 1 trains four models built by the project's one factory (`TradingModel.create`, the default
+Part 1 trains five models built by the project's one factory (`TradingModel.create`, the default
 config's PPO hyperparameters, torch threads and n_envs) on the default session's train split of
-data/STOCKS_GOOGL.csv, each for --steps per repeat, the four interleaved in a rotating order:
+data/STOCKS_GOOGL.csv, each for --steps per repeat, the five interleaved in a rotating order:
   (a) actor: the real env actor process (`run.py _actor env` with the real VecEnvFactory), fed the
       train split over its ZeroMQ ROUTER, stepped from SB3 in this process through RemoteVecEnv;
+  (a2) server: the same envs served by a bare `services.transport.Server` loop in a child process, no
+      actor (no pykka, no heartbeats), so (a)/(a2) is the cost of the actor framework;
   (a') local: the same VecTradingEnv (VecEnvFactory) in this process behind the same RemoteVecEnv
       (LocalBackend), so (a)/(a') is the cost of the process boundary alone;
   (b) dummy: SB3's DummyVecEnv over n_envs single TradingEnvs (each in SB3's Monitor) in this process;
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -47,7 +50,7 @@ from services.trading_env import TradingEnv  # noqa: E402
 from services.transport import Client, Endpoints  # noqa: E402
 
 COMPARE_PYTHON = ROOT / "bench" / ".venv-compare" / "bin" / "python"
-SETUPS = ("actor", "local", "dummy", "null")
+SETUPS = ("actor", "server", "local", "dummy", "null")
 
 
 class EnvActorProcess:
@@ -114,6 +117,67 @@ class EnvActorProcess:
                 self.process.wait()
 
 
+def whole_split(split: Any) -> SplitArrays:
+    """Return every row of an episode split as arrays (a split may be arrays or a reader of blocks)."""
+    return split.block(0, len(split)) if hasattr(split, "block") else split
+
+
+def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
+    """Serve the train envs from a bare transport Server loop in this (child) process, without an actor."""
+    from messages import DescribeEnvs, EnvSpec, EnvsReset, EnvsStepped, ResetEnvs, StepEnvs, Stopped
+    from services.env_factory import VecEnvFactory
+    from services.transport import Server
+
+    config = load_config(None, overrides)
+    service = DatasetService(
+        config.data, window=config.env.window, episode_length=config.env.episode_length, cache_root=ROOT
+    )
+    summary = service.load()
+    train = whole_split(service.episode(1).train)
+    factory = VecEnvFactory(config.env, seed=config.training.seed)
+    env = factory.create("train", summary.bars_per_year)
+    env.update_data(train.features, train.open, train.close)
+    server = Server(endpoint, max_bytes=max_bytes, name="plain-env")
+    try:
+        while True:
+            for item in server.poll(50):
+                msg = item.message
+                if isinstance(msg, StepEnvs):
+                    r = env.step(msg.actions)
+                    reply: Any = EnvsStepped(
+                        correlation_id=msg.msg_id,
+                        obs=r.obs,
+                        reward=r.reward,
+                        terminated=r.terminated,
+                        truncated=r.truncated,
+                        terminal_obs=r.terminal_obs,
+                        episode_return=r.episode_return,
+                        episode_length=r.episode_length,
+                    )
+                elif isinstance(msg, ResetEnvs):
+                    reply = EnvsReset(
+                        correlation_id=msg.msg_id, obs=env.reset(None if msg.seed < 0 else msg.seed)
+                    )
+                elif isinstance(msg, DescribeEnvs):
+                    reply = EnvSpec(
+                        correlation_id=msg.msg_id,
+                        role=msg.role,
+                        n_envs=env.n_envs,
+                        obs_shape=tuple(env.observation_shape),
+                        action=factory.action,
+                        n_actions=factory.n_actions,
+                        max_leverage=factory.max_leverage,
+                    )
+                elif isinstance(msg, Stop):
+                    server.reply(item.peer, Stopped(correlation_id=msg.msg_id))
+                    return
+                else:
+                    raise RuntimeError(f"plain env server got {msg!r}")
+                server.reply(item.peer, reply)
+    finally:
+        server.close()
+
+
 def null_vec_env(n_envs: int, obs_size: int, n_actions: int) -> Any:
     """Return a VecEnv that does no work: zero observations and rewards, never done."""
     from gymnasium import spaces
@@ -178,7 +242,7 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
-def bench_setups(config: Config, steps: int, repeats: int) -> dict[str, Any]:
+def bench_setups(config: Config, overrides: list[str], steps: int, repeats: int) -> dict[str, Any]:
     """Train the three setups interleaved; print and return steps/s and ratios."""
     from services.env_factory import VecEnvFactory
     from services.remote_vec_env import LocalBackend, RemoteBackend, RemoteVecEnv
@@ -188,7 +252,7 @@ def bench_setups(config: Config, steps: int, repeats: int) -> dict[str, Any]:
         config.data, window=config.env.window, episode_length=config.env.episode_length, cache_root=ROOT
     )
     summary = service.load()
-    train = service.episode(1).train
+    train = whole_split(service.episode(1).train)
     n_features = train.features.shape[1]
     obs_size = config.env.window * n_features + 2
     print(
@@ -198,6 +262,13 @@ def bench_setups(config: Config, steps: int, repeats: int) -> dict[str, Any]:
     )
     with tempfile.TemporaryDirectory(prefix="bench-training-") as folder:
         actor = EnvActorProcess(config, Path(folder))
+        plain_endpoint = f"ipc://{folder}/ipc/plain.sock"
+        max_bytes = config.session.max_message_bytes
+        plain = multiprocessing.get_context("spawn").Process(
+            target=serve_plain, args=(plain_endpoint, overrides, max_bytes)
+        )
+        plain.start()
+        plain_client = Client(plain_endpoint, max_bytes=max_bytes, timeout_s=120.0, sender="model")
         try:
             actor.install("train", train, summary.bars_per_year, config.data.block_rows)
             factory = VecEnvFactory(config.env, seed=config.training.seed)
@@ -212,6 +283,7 @@ def bench_setups(config: Config, steps: int, repeats: int) -> dict[str, Any]:
             )
             envs = {
                 "actor": RemoteVecEnv(RemoteBackend(actor.client("model"), "train")),
+                "server": RemoteVecEnv(RemoteBackend(plain_client, "train")),
                 "local": RemoteVecEnv(local_backend),
                 "dummy": dummy_vec_env(config, train, summary.bars_per_year),
                 "null": null_vec_env(config.env.n_envs, obs_size, 3),
@@ -255,8 +327,12 @@ def bench_setups(config: Config, steps: int, repeats: int) -> dict[str, Any]:
                 env.close()
         finally:
             actor.stop()
+            plain_client.request(Stop(reason="benchmark finished"), timeout_s=10.0)
+            plain_client.close()
+            plain.join(timeout=20)
     labels = {
         "actor": "(a) env actor over ZeroMQ, RemoteVecEnv",
+        "server": "(a2) bare Server loop + env, no actor",
         "local": "(a') VecTradingEnv in process, RemoteVecEnv",
         "dummy": "(b) DummyVecEnv of TradingEnv, in process",
         "null": "(c) null VecEnv (learner bound)",
@@ -275,8 +351,16 @@ def bench_setups(config: Config, steps: int, repeats: int) -> dict[str, Any]:
         f"  (a)/(b) median same-repeat ratio {a_b:.2f}  (target >= 0.9: {'met' if a_b >= 0.9 else 'NOT met'})"
     )
     print(f"  (a)/(c) median same-repeat ratio {a_c:.2f}")
+    a2_local = median_ratio(rates["server"], rates["local"])
     print(f"  (a)/(a') median same-repeat ratio {a_local:.2f} (the cost of the process boundary)")
-    return {"rates": rates, "actor_over_dummy": a_b, "actor_over_null": a_c, "actor_over_local": a_local}
+    print(f"  (a2)/(a') median same-repeat ratio {a2_local:.2f} (the same without the actor framework)")
+    return {
+        "rates": rates,
+        "actor_over_dummy": a_b,
+        "actor_over_null": a_c,
+        "actor_over_local": a_local,
+        "server_over_local": a2_local,
+    }
 
 
 def run_session(steps: int | None, runs_dir: Path, name: str) -> dict[str, Any]:
@@ -405,7 +489,7 @@ def main() -> int:
     config = load_config(None, args.overrides)
     figures: dict[str, Any] = {}
     if not args.skip_setups:
-        figures["setups"] = bench_setups(config, args.steps, args.repeats)
+        figures["setups"] = bench_setups(config, args.overrides, args.steps, args.repeats)
     if not args.skip_session:
         figures["session"] = bench_session(
             session_steps, args.baseline_steps, args.session_repeats, args.baseline_torch_threads

@@ -1,4 +1,8 @@
-"""Process a source into float32 features once, and cache the result in a pickle-free .npz file."""
+"""Process a whole source into float32 features in memory, and name it by a cache key.
+
+The key (the source files' bytes and the feature options) names the on-disk feature store
+(services/feature_store.py) that the data actor streams from; process_source serves inference.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,11 @@ from services.features import FEATURE_VERSION, FeatureOptions, FeaturePipeline
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-"""Bump when the cache file layout changes."""
+"""Bump when the processed result of the same source and options changes."""
 
 _HASH_BLOCK = 1 << 20
 # Source options that cannot change the processed result stay out of the key.
 _KEY_EXCLUDED_SOURCE_FIELDS = ("path", "chunk_rows")
-_ARRAYS = ("timestamp", "open", "high", "low", "close", "volume", "features")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -130,126 +130,5 @@ def process_source(source: SourceOptions, features: FeatureOptions, *, key: str 
         names=pipeline.names,
         warmup=pipeline.warmup,
         bars_per_year=infer_bars_per_year(bars.timestamp) if len(bars) >= 2 else 0.0,
-        key=key,
-    )
-
-
-class FeatureCache:
-    """Keep processed features in `<folder>/<key>.npz`, rebuilding a missing or corrupt entry."""
-
-    def __init__(self, folder: str | Path = ".cache/features") -> None:
-        self.folder = Path(folder)
-        self.hits = 0
-        """Loads served from the cache."""
-        self.misses = 0
-        """Loads that had to process the source."""
-
-    def path_for(self, key: str) -> Path:
-        """Return the cache file of a key."""
-        return self.folder / f"{key}.npz"
-
-    def load_or_build(self, source: SourceOptions, features: FeatureOptions) -> ProcessedData:
-        """Return the processed source from the cache, processing and storing it on a miss."""
-        key = cache_key(source, features)
-        cached = self.load(key)
-        if cached is not None:
-            self.hits += 1
-            logger.info("feature cache hit: %s (%d bars)", self.path_for(key), len(cached))
-            return cached
-        self.misses += 1
-        logger.info("feature cache miss: processing %s", source.path)
-        data = process_source(source, features, key=key)
-        try:
-            self.store(data)
-        except OSError as exc:
-            logger.warning("feature cache: cannot write %s: %s", self.path_for(key), exc)
-        return data
-
-    def load(self, key: str) -> ProcessedData | None:
-        """Return the cached data of a key, or None when absent or unreadable (a corrupt file is logged)."""
-        path = self.path_for(key)
-        if not path.is_file():
-            return None
-        try:
-            return _read(path, key)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            logger.warning("feature cache: ignoring corrupt %s (%s); rebuilding", path, exc)
-            return None
-
-    def store(self, data: ProcessedData) -> Path:
-        """Write the data under its key atomically (temporary file, then rename)."""
-        if not data.key:
-            raise ValueError("ProcessedData.key is empty; build it with a cache key")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.path_for(data.key)
-        meta = {
-            "key": data.key,
-            "names": list(data.names),
-            "warmup": data.warmup,
-            "bars_per_year": data.bars_per_year,
-            "cache_version": CACHE_VERSION,
-        }
-        handle, temp_name = tempfile.mkstemp(prefix=f".{data.key}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.savez(
-                    stream,
-                    meta=np.array(json.dumps(meta)),
-                    timestamp=data.bars.timestamp,
-                    open=data.bars.open,
-                    high=data.bars.high,
-                    low=data.bars.low,
-                    close=data.bars.close,
-                    volume=data.bars.volume,
-                    features=data.features,
-                )
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temp_name, path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        logger.info("feature cache: stored %s (%d bars)", path, len(data.bars))
-        return path
-
-
-def load_features(
-    source: SourceOptions, features: FeatureOptions, cache_dir: str | Path | None = ".cache/features"
-) -> ProcessedData:
-    """Return the processed source, through the cache in `cache_dir` (None processes without a cache)."""
-    if cache_dir is None:
-        return process_source(source, features)
-    return FeatureCache(cache_dir).load_or_build(source, features)
-
-
-def _read(path: Path, key: str) -> ProcessedData:
-    with np.load(path, allow_pickle=False) as archive:
-        meta = json.loads(str(archive["meta"][()]))
-        arrays = {name: archive[name] for name in _ARRAYS}
-    if meta.get("key") != key or meta.get("cache_version") != CACHE_VERSION:
-        raise ValueError("key or version does not match")
-    n = len(arrays["timestamp"])
-    names = tuple(str(name) for name in meta["names"])
-    table = arrays["features"]
-    if table.dtype != np.float32 or table.shape != (n, len(names)):
-        raise ValueError(
-            f"features have shape {table.shape} and dtype {table.dtype}, expected ({n}, {len(names)})"
-        )
-    if arrays["timestamp"].dtype != np.int64:
-        raise ValueError("timestamps are not int64")
-    bars = Bars(
-        timestamp=arrays["timestamp"],
-        open=arrays["open"].astype(np.float64, copy=False),
-        high=arrays["high"].astype(np.float64, copy=False),
-        low=arrays["low"].astype(np.float64, copy=False),
-        close=arrays["close"].astype(np.float64, copy=False),
-        volume=arrays["volume"].astype(np.float64, copy=False),
-    )
-    return ProcessedData(
-        bars=bars,
-        features=table,
-        names=names,
-        warmup=int(meta["warmup"]),
-        bars_per_year=float(meta["bars_per_year"]),
         key=key,
     )

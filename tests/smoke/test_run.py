@@ -222,7 +222,8 @@ def test_bad_data_exits_2_with_one_line_naming_the_file_and_row(tmp_path: Path) 
     bad = tmp_path / "bad.csv"
     bad.write_text("\n".join(lines) + "\n")
 
-    result = run_py(*TINY, "--data", str(bad), "--set", f"session.runs_dir={tmp_path}", "--set", "data.cache=false")
+    runs = f"session.runs_dir={tmp_path}"
+    result = run_py(*TINY, "--data", str(bad), "--set", runs, "--set", "data.cache=false")
 
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
