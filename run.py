@@ -134,6 +134,44 @@ def _fingerprint(config: Any) -> dict[str, str]:
     return {"data_hash": data_hash, "config_hash": config_fingerprint(config)}
 
 
+def _check_rows(config: Any, data_hash: str) -> None:
+    """Refuse a window and split the data cannot hold before any process starts.
+
+    The row count comes from the feature store of a previous session, else from counting the lines of
+    plain CSV files (a fast byte scan); other sources are checked by the data actor.
+    """
+    from services.data_source import DataError, list_source_files
+    from services.features import feature_warmup
+    from services.splits import split_ranges
+
+    if config.data.split.mode == "date":
+        return
+    meta = Path(config.data.cache_dir)
+    meta = (meta if meta.is_absolute() else ROOT / meta) / data_hash / "meta.json"
+    if meta.is_file():
+        rows = int(json.loads(meta.read_text())["rows"])
+    else:
+        files = list_source_files(config.data.source.path)
+        if not files or any(f.suffix.lower() != ".csv" for f in files):
+            return
+        rows = 0
+        for path in files:
+            with path.open("rb") as fh:
+                rows += sum(block.count(b"\n") for block in iter(lambda fh=fh: fh.read(1 << 20), b"")) - 1
+    try:
+        split_ranges(
+            rows,
+            config.data.split,
+            warmup=feature_warmup(config.data.features),
+            min_bars=config.env.window + config.env.episode_length,
+        )
+    except DataError as exc:
+        raise UsageError(
+            f"{config.data.source.path}: {exc} (env.window {config.env.window}, "
+            f"env.episode_length {config.env.episode_length})"
+        ) from None
+
+
 def _resume_point(args: argparse.Namespace, config: Any, fingerprint: dict[str, str]) -> tuple[int, str]:
     """Return (first episode, checkpoint path) of a resumed run, refusing a mismatch unless --force."""
     from services.checkpoint import CheckpointError, latest_checkpoint
@@ -207,6 +245,7 @@ def train(argv: Sequence[str]) -> int:
         except KeysError as exc:
             raise UsageError(str(exc)) from None
     fingerprint = _fingerprint(config)
+    _check_rows(config, fingerprint["data_hash"])
     first_episode, resume_from = 1, ""
     if args.resume is not None:
         first_episode, resume_from = _resume_point(args, config, fingerprint)

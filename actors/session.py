@@ -17,6 +17,7 @@ from messages import (
     EpisodeDataReady,
     EpisodeStarted,
     EpisodeTrained,
+    ErrorRaised,
     EvaluateEpisode,
     EvaluationReport,
     Message,
@@ -326,6 +327,7 @@ class SessionActor(pykka.ThreadingActor):
 
     def _fail(self, reason: str) -> None:
         logger.info("session failed: %s", reason)
+        self._publish(ErrorRaised(where="session", error=reason, fatal=True, sender=self.name))
         self._abort(reason, "failed")
 
     def _abort(self, reason: str, status: str) -> None:

@@ -39,7 +39,8 @@ Off-policy algorithms (DQN, SAC, TD3) step all envs once per step, so they overs
 ## Hyperparameters each algorithm accepts
 
 `model.hyperparams` is passed to the SB3 constructor; keys outside this list are refused. Unset keys keep
-SB3's defaults.
+SB3's defaults, shown here as read from the installed SB3 (configs/default.yaml sets PPO's n_steps 256,
+batch_size 1024, n_epochs 4, ent_coef 0.01 for the 16 envs).
 """
 
 
@@ -100,6 +101,23 @@ def _section(cls: type, prefix: str, out: list[str]) -> None:
         _section(sub, sub_prefix, out)
 
 
+def _sb3_defaults(algorithm: str) -> dict[str, str]:
+    """Read the default of each constructor argument of the SB3 class (imports torch: docs only)."""
+    import sb3_contrib
+    import stable_baselines3
+
+    classes = {
+        "ppo": stable_baselines3.PPO,
+        "a2c": stable_baselines3.A2C,
+        "dqn": stable_baselines3.DQN,
+        "sac": stable_baselines3.SAC,
+        "td3": stable_baselines3.TD3,
+        "recurrent_ppo": sb3_contrib.RecurrentPPO,
+    }
+    params = inspect.signature(classes[algorithm].__init__).parameters
+    return {key: repr(p.default) for key, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
 def render() -> str:
     """Return the text of docs/CONFIG.md."""
     out = [HEADER.rstrip()]
@@ -107,7 +125,9 @@ def render() -> str:
     out.append(FOOTER.rstrip())
     out.append("")
     for name, keys in ALGORITHM_HYPERPARAMS.items():
-        out.append(f"- `{name}`: {', '.join(sorted(keys))}")
+        defaults = _sb3_defaults(name)
+        shown = ", ".join(f"`{key}` = `{defaults.get(key, '?')}`" for key in sorted(keys))
+        out.append(f"- `{name}`: {shown}")
     return "\n".join(out) + "\n"
 
 
