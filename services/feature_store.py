@@ -33,7 +33,7 @@ COLUMNS: dict[str, str] = {"timestamp": "<i8", "open": "<f8", "close": "<f8", "f
 """Column files and their dtypes; features hold n_features values per row."""
 FREQUENCY_SAMPLE = 100_000
 """Leading timestamps used to infer the bar frequency."""
-BLOCK_ROWS = 1 << 20
+BLOCK_ROWS = 1 << 16
 """Rows per block when scanning a column (normalisation statistics)."""
 
 

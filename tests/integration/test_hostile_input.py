@@ -32,6 +32,7 @@ from actors.model import ModelActor
 from actors.ports import Ports, RequestClient
 from messages import (
     PROTOCOL_VERSION,
+    BlockAccepted,
     DataBlock,
     DataComplete,
     DataSwapped,
@@ -42,8 +43,11 @@ from messages import (
     EnvsReset,
     EnvsStepped,
     EpisodeDataReady,
+    EpisodeFinished,
     EpisodeTrained,
     ErrorRaised,
+    EvaluationComputed,
+    FinishEvaluation,
     Heartbeat,
     Message,
     Ping,
@@ -57,6 +61,7 @@ from messages import (
     StepEnvs,
     Stop,
     TrainEpisode,
+    TrainingProgress,
     decode,
     encode,
 )
@@ -233,6 +238,21 @@ class Probe:
                 return reply
         pytest.fail(f"no reply to {type(msg).__name__} from {self.endpoint} within {timeout_s:g} s")
 
+    def ask_reconnecting(self, make: Callable[[], Message], timeout_s: float = WAIT_S) -> Message:
+        """Send fresh requests until one is answered (a request sent while the socket reconnects is lost)."""
+        sent: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            msg = make()
+            sent.add(msg.msg_id)
+            self.send(encode_bytes(msg))
+            reply = self.receive(0.2)
+            while reply is not None:
+                if reply.correlation_id in sent:
+                    return reply
+                reply = self.receive(0.05)
+        pytest.fail(f"no request answered by {self.endpoint} within {timeout_s:g} s")
+
     def refused(self, frames: list[bytes]) -> RequestFailed:
         """Send frames and return the RequestFailed that must answer them."""
         self.send(frames)
@@ -249,13 +269,13 @@ class Probe:
 class World:
     """A running hub and env, data and model actors, plus every endpoint the tests send to."""
 
-    folder: str
     hub: EventHub
     events: EventLog
     endpoints: dict[str, str]
     refs: dict[str, Any]
     model_factory: SteppingModelFactory
     probes: list[Probe] = field(default_factory=list)
+    episodes: int = 0
 
     def probe(self, name: str, kind: int = zmq.DEALER) -> Probe:
         probe = Probe(self.endpoints[name], kind)
@@ -277,23 +297,11 @@ def encode_bytes(msg: Message) -> list[bytes]:
     return [bytes(frame) for frame in encode(msg)]
 
 
-def start_world(folder: str) -> World:
-    endpoints = {name: f"ipc://{folder}/{name}.sock" for name in ("events_in", *ACTORS)}
-    events = EventLog()
-    hub = EventHub(
-        name="hostile",
-        events_in=endpoints["events_in"],
-        monitor_host="127.0.0.1",
-        events_port=0,
-        session_port=0,
-        max_bytes=MAX_BYTES,
-        sinks=[events],
-        snapshot=lambda: {"episode": 0},
-    )
-    hub.start()
-    endpoints["session"] = hub.session
-    model_factory = SteppingModelFactory()
-    world = World(folder, hub, events, endpoints, {}, model_factory)
+def start_world(world: World) -> None:
+    """Start the hub and the actors, wait until each one's events reach the hub, stream the data."""
+    endpoints = world.endpoints
+    world.hub.start()
+    endpoints["session"] = world.hub.session
 
     def ports(name: str, *clients: str) -> Ports:
         return Ports(
@@ -306,50 +314,72 @@ def start_world(folder: str) -> World:
         )
 
     common: dict[str, Any] = {"clock": SystemClock(), "probe": PsutilProbe(), "heartbeat_s": 0.05}
-    world.refs["env"] = EnvActor.start(
-        factory=VecEnvFactory(OPTIONS, seed=3), ports=ports("env"), **common
-    )
+    world.refs["env"] = EnvActor.start(factory=VecEnvFactory(OPTIONS, seed=3), ports=ports("env"), **common)
     world.refs["data"] = DataActor.start(
         service=SmallDataService(), block_rows=16, ports=ports("data", "env"), **common
     )
     world.refs["model"] = ModelActor.start(
-        factory=model_factory, piece_steps=4, ports=ports("model", "env"), **common
+        factory=world.model_factory, piece_steps=4, ports=ports("model", "env"), **common
     )
-    for name in ACTORS:  # every publisher is connected once the hub has forwarded one of its heartbeats
-        events.wait_for(lambda m, name=name: isinstance(m, Heartbeat) and m.sender == name, what=name)
+    for name in ACTORS:  # a publisher is connected once the hub has forwarded one of its heartbeats
+        world.events.wait_for(lambda m, name=name: isinstance(m, Heartbeat) and m.sender == name, what=name)
     ready = world.probe("data").ask(PrepareEpisode(episode=1))
     assert isinstance(ready, EpisodeDataReady) and ready.streamed, ready
-    return world
 
 
 def stop_world(world: World) -> None:
+    """Close the test's sockets, stop the actors in reverse order, then the hub."""
     for probe in world.probes:
         probe.close()
     for name in reversed(ACTORS):
-        world.refs[name].stop(block=True, timeout=WAIT_S)
+        if name in world.refs:
+            world.refs[name].stop(block=True, timeout=WAIT_S)
     world.hub.stop()
-    shutil.rmtree(world.folder, ignore_errors=True)
 
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    """Start the hub and the actors on ipc sockets in a short /tmp folder; stop them and check no
-    thread of theirs is left."""
+    """A running world on ipc sockets in a short /tmp folder; afterwards no thread of it is left."""
     before = set(threading.enumerate())
     folder = tempfile.mkdtemp(prefix="h-", dir="/tmp")
-    started: list[World] = []
+    endpoints = {name: f"ipc://{folder}/{name}.sock" for name in ("events_in", *ACTORS)}
+    events = EventLog()
+    hub = EventHub(
+        name="hostile",
+        events_in=endpoints["events_in"],
+        monitor_host="127.0.0.1",
+        events_port=0,
+        session_port=0,
+        max_bytes=MAX_BYTES,
+        sinks=[events],
+        snapshot=lambda: {"episode": 0},
+    )
+    world = World(hub, events, endpoints, {}, SteppingModelFactory())
     try:
-        started.append(start_world(folder))
-        yield started[0]
+        start_world(world)
+        yield world
     finally:
-        if started:
-            stop_world(started[0])
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            stop_world(world)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     deadline = time.monotonic() + WAIT_S
     pause = threading.Event()
     while (left := set(threading.enumerate()) - before) and time.monotonic() < deadline:
         pause.wait(0.01)
     assert not left, f"threads left running: {sorted(t.name for t in left)}"
+
+
+def connected_publisher(world: World) -> Probe:
+    """Return a raw PUB on the hub's XSUB side whose events are known to arrive."""
+    pub = world.probe("events_in", zmq.PUB)
+    hello = Heartbeat(pid=1, rss_bytes=1, cpu_percent=0.0, state="probe", sender="probe")
+    deadline = time.monotonic() + WAIT_S
+    while not world.events.count(lambda m: m.msg_id == hello.msg_id):
+        assert time.monotonic() < deadline, "the probe's PUB never reached the hub"
+        pub.send(encode_bytes(hello))  # a PUB drops until the hub's subscription reaches it: repeat
+        world.events.wait_for(lambda m: m.sender in ACTORS, after=world.events.last_seq)
+    return pub
 
 
 # Hostile frames.
@@ -430,10 +460,11 @@ def decode_error(frames: list[bytes], max_bytes: int) -> str:
 
 
 def still_serves(world: World, actor: str) -> None:
-    """Check with a fresh client that an actor answers Ping and a request of its own kind correctly."""
+    """Check with a fresh client that an actor (or the hub's session socket) serves its requests correctly."""
     probe = world.probe(actor)
-    pong = probe.ask(Ping())
-    assert isinstance(pong, Pong) and pong.sender == actor
+    if actor in ACTORS:
+        pong = probe.ask(Ping())
+        assert isinstance(pong, Pong) and pong.sender == actor
     if actor == "env":
         spec = probe.ask(DescribeEnvs(role="train"))
         assert isinstance(spec, EnvSpec)
@@ -450,8 +481,8 @@ def still_serves(world: World, actor: str) -> None:
         swapped = world.events.wait_for(lambda m: isinstance(m, DataSwapped), after=mark, what="DataSwapped")
         assert isinstance(swapped, DataSwapped) and swapped.sender == "env"
     elif actor == "model":
-        episode = len(world.model_factory.created) + 1
-        trained = probe.ask(TrainEpisode(episode=episode, steps=6))
+        world.episodes += 1
+        trained = probe.ask(TrainEpisode(episode=world.episodes, steps=6))
         assert isinstance(trained, EpisodeTrained), trained
         assert trained.steps == 6 and trained.model_id == "fake-1"
     else:
@@ -494,7 +525,8 @@ def test_a_frame_above_the_size_limit_is_dropped_by_zeromq_and_the_socket_keeps_
     # ZeroMQ refuses the frame and drops the connection, so nobody is there to answer; the client
     # reconnects on its own and is served again.
     assert probe.receive(timeout_s=0.2) is None
-    assert isinstance(probe.ask(Ping() if actor != "session" else DescribeSession()), Message)
+    reply = probe.ask_reconnecting(Ping if actor != "session" else DescribeSession)
+    assert isinstance(reply, Pong if actor != "session" else SessionDescription)
     still_serves(world, actor)
 
 
@@ -587,7 +619,10 @@ def test_data_blocks_out_of_sequence_are_refused_and_a_new_stream_installs(world
         (block("train", -16, TRAIN_ROWS), "outside 0.."),
         (block("test", 0, TRAIN_ROWS), "unknown split 'test'"),
         (dataclasses.replace(block("train", 16, TRAIN_ROWS), open=rows.open[:8]), "disagree in length"),
-        (DataComplete(split="train", total_rows=TRAIN_ROWS + 1, bars_per_year=252.0, episode=1), "incomplete"),
+        (
+            DataComplete(split="train", total_rows=TRAIN_ROWS + 1, bars_per_year=252.0, episode=1),
+            "incomplete",
+        ),
         (DataComplete(split="nope", total_rows=1, bars_per_year=252.0, episode=1), "incomplete"),
     ]
 
@@ -606,6 +641,71 @@ def test_data_blocks_out_of_sequence_are_refused_and_a_new_stream_installs(world
     still_serves(world, "data")
     still_serves(world, "env")
     still_serves(world, "model")
+
+
+def run_evaluation(env: Probe) -> EvaluationComputed:
+    """Step the sequential eval env to its last bar, flat all the way, and ask for its report."""
+    assert isinstance(env.ask(ResetEnvs(role="eval")), EnvsReset)
+    flat = np.ones(1, dtype=np.int64)
+    for _ in range(EVAL_ROWS):
+        stepped = env.ask(StepEnvs(role="eval", actions=flat))
+        assert isinstance(stepped, EnvsStepped)
+        if stepped.truncated[0] or stepped.terminated[0]:
+            break
+    computed = env.ask(FinishEvaluation(episode=1))
+    assert isinstance(computed, EvaluationComputed), computed
+    return computed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="actors/environment.py _eval_timestamps reads the staging buffer that the next stream's "
+    "first block resets, not the timestamps of the installed eval split",
+)
+def test_a_new_stream_that_never_completes_leaves_the_installed_evaluation_intact(world: World) -> None:
+    env = world.probe("env")
+    before = run_evaluation(env)
+    stray = split_arrays(1000, 5)
+
+    accepted = env.ask(
+        DataBlock(
+            split="eval",
+            offset=0,
+            total_rows=5,
+            features=stray.features,
+            open=stray.open,
+            close=stray.close,
+            timestamp=stray.timestamp,
+        )
+    )
+    after = run_evaluation(env)
+
+    assert isinstance(accepted, BlockAccepted)
+    np.testing.assert_array_equal(after.timestamp, before.timestamp)
+
+
+def test_a_peer_that_leaves_before_its_reply_costs_the_actor_nothing(world: World) -> None:
+    leaver = world.probe("model")
+    leaver.send(encode_bytes(TrainEpisode(episode=1, steps=40)))
+    world.events.wait_for(lambda m: isinstance(m, TrainingProgress), what="TrainingProgress")
+
+    leaver.close()
+
+    world.events.wait_for(lambda m: isinstance(m, EpisodeFinished), what="EpisodeFinished")
+    still_serves(world, "model")
+    still_serves(world, "env")
+
+
+@pytest.mark.parametrize("actor", ACTORS)
+def test_a_peer_that_never_reads_its_replies_does_not_block_the_actor(world: World, actor: str) -> None:
+    flooder = world.probe(actor)
+    flooder.sock.setsockopt(zmq.RCVHWM, 1)
+    pings = [encode_bytes(Ping()) for _ in range(3000)]
+
+    for frames in pings:
+        flooder.send(frames)
+
+    still_serves(world, actor)
 
 
 def test_the_hub_session_socket_refuses_garbage_and_requests_monitors_may_not_make(world: World) -> None:
@@ -627,13 +727,7 @@ def test_the_hub_session_socket_refuses_garbage_and_requests_monitors_may_not_ma
 
 
 def test_the_hub_drops_undecodable_events_and_forwards_the_next_valid_one(world: World) -> None:
-    pub = world.probe("events_in", zmq.PUB)
-    connected = Heartbeat(pid=1, rss_bytes=1, cpu_percent=0.0, state="probe", sender="probe")
-    deadline = time.monotonic() + WAIT_S
-    while not world.events.count(lambda m: m.msg_id == connected.msg_id):
-        assert time.monotonic() < deadline, "the probe's PUB never reached the hub"
-        pub.send(encode_bytes(connected))  # a PUB drops until its subscription arrives: repeat
-        world.events.wait_for(lambda m: m.sender in ACTORS, after=world.events.last_seq)
+    pub = connected_publisher(world)
     rejected = world.hub.rejected
     garbage = undecodable(MAX_BYTES)
 
@@ -645,6 +739,22 @@ def test_the_hub_drops_undecodable_events_and_forwards_the_next_valid_one(world:
     world.events.wait_for(lambda m: m.msg_id == marker.msg_id, what="the marker event")
     assert world.hub.rejected - rejected == len(garbage)
     assert not UNPICKLED.is_set()
+    for actor in ACTORS:
+        still_serves(world, actor)
+
+
+def test_an_event_above_the_size_limit_is_dropped_and_the_publisher_gets_through_again(world: World) -> None:
+    pub = connected_publisher(world)
+
+    pub.send([b"\x00" * (MAX_BYTES + 1)])
+
+    # ZeroMQ drops the connection of the PUB that sent it; the PUB reconnects on its own.
+    marker = ErrorRaised(where="probe", error="after the oversized event", sender="probe")
+    deadline = time.monotonic() + WAIT_S
+    while not world.events.count(lambda m: m.msg_id == marker.msg_id):
+        assert time.monotonic() < deadline, "the probe's PUB never got through again"
+        pub.send(encode_bytes(marker))
+        world.events.wait_for(lambda m: m.sender in ACTORS, after=world.events.last_seq)
     for actor in ACTORS:
         still_serves(world, actor)
 
@@ -707,11 +817,14 @@ def fails_to_decode(frames: list[bytes]) -> bool:
 
 def test_generated_garbage_on_every_socket_is_refused_and_everything_keeps_serving(world: World) -> None:
     probes = {name: world.probe(name) for name in (*ACTORS, "session")}
-    pub = world.probe("events_in", zmq.PUB)
-    sent = {"events": 0}
+    pub = connected_publisher(world)
     rejected = world.hub.rejected
-    errors = {actor: world.events.count(lambda m, a=actor: isinstance(m, ErrorRaised) and m.sender == a)
-              for actor in ACTORS}
+
+    def errors(actor: str) -> Callable[[Message], bool]:
+        return lambda m: isinstance(m, ErrorRaised) and m.sender == actor and m.where == f"{actor} socket"
+
+    reported = {actor: world.events.count(errors(actor)) for actor in ACTORS}
+    sent: list[list[bytes]] = []
 
     @settings(
         max_examples=250,
@@ -728,22 +841,17 @@ def test_generated_garbage_on_every_socket_is_refused_and_everything_keeps_servi
             reply = probe.refused(frames)
             assert (reply.request, reply.error) == ("?", expected), name
         pub.send(frames)
-        sent["events"] += 1
+        sent.append(frames)
 
     refused_everywhere()
 
+    assert len(sent) >= 200
     for actor in ACTORS:
-        world.events.wait_count(
-            lambda m, a=actor: isinstance(m, ErrorRaised) and m.sender == a and m.where == f"{a} socket",
-            errors[actor] + sent["events"] // 2,
-        )
+        world.events.wait_count(errors(actor), reported[actor] + len(sent))
     marker = ErrorRaised(where="probe", error="after the generated garbage", sender="probe")
-    deadline = time.monotonic() + WAIT_S
-    while not world.events.count(lambda m: m.msg_id == marker.msg_id):
-        assert time.monotonic() < deadline, "the probe's PUB never reached the hub"
-        pub.send(encode_bytes(marker))
-        world.events.wait_for(lambda m: m.sender in ACTORS, after=world.events.last_seq)
-    assert world.hub.rejected > rejected
+    pub.send(encode_bytes(marker))
+    world.events.wait_for(lambda m: m.msg_id == marker.msg_id, what="the marker event")
+    assert world.hub.rejected - rejected == len(sent)
     assert not UNPICKLED.is_set()
     for name in (*ACTORS, "session"):
         still_serves(world, name)
