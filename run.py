@@ -154,10 +154,7 @@ def _check_rows(config: Any, data_hash: str) -> None:
         files = list_source_files(config.data.source.path)
         if not files or any(f.suffix.lower() != ".csv" for f in files):
             return
-        rows = 0
-        for path in files:
-            with path.open("rb") as fh:
-                rows += sum(block.count(b"\n") for block in iter(lambda fh=fh: fh.read(1 << 20), b"")) - 1
+        rows = sum(_count_lines(path) - 1 for path in files)
     try:
         split_ranges(
             rows,
@@ -170,6 +167,15 @@ def _check_rows(config: Any, data_hash: str) -> None:
             f"{config.data.source.path}: {exc} (env.window {config.env.window}, "
             f"env.episode_length {config.env.episode_length})"
         ) from None
+
+
+def _count_lines(path: Path) -> int:
+    """Count the newlines of a file in 1 MiB blocks."""
+    count = 0
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            count += block.count(b"\n")
+    return count
 
 
 def _resume_point(args: argparse.Namespace, config: Any, fingerprint: dict[str, str]) -> tuple[int, str]:
@@ -217,6 +223,7 @@ def train(argv: Sequence[str]) -> int:
     from actors.ports import Ports
     from actors.session import Abort, Outcome, SessionActor
     from messages import EvaluationReport, SessionStarted
+    from services.checkpoint import write_json_atomic
     from services.config import config_to_dict
     from services.console import format_duration, format_eval_table
     from services.event_hub import EventHub
@@ -254,12 +261,15 @@ def train(argv: Sequence[str]) -> int:
         runs_dir = Path(opts.runs_dir)
         run_dir = _new_run_dir(runs_dir if runs_dir.is_absolute() else ROOT / runs_dir, config.name)
     name = run_dir.name
-    session_file = {"resume": resume_from, "first_episode": first_episode, **fingerprint}
-    (run_dir / "session.json").write_text(json.dumps(session_file, indent=1) + "\n")
     _configure_logging(run_dir / "logs" / "session.log", stderr_level=logging.WARNING)
     resolved = config_to_dict(config)
     resolved["name"] = name
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    write_json_atomic(
+        run_dir / "session.json", {"resume": resume_from, "first_episode": first_episode, **fingerprint}
+    )
+    config_tmp = run_dir / ".config.yaml.tmp"
+    config_tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    os.replace(config_tmp, run_dir / "config.yaml")
 
     ipc = ipc_folder(run_dir)
     state = SessionState()

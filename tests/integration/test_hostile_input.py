@@ -297,6 +297,14 @@ def encode_bytes(msg: Message) -> list[bytes]:
     return [bytes(frame) for frame in encode(msg)]
 
 
+def heartbeat_of(actor: str) -> Callable[[Message], bool]:
+    return lambda m: isinstance(m, Heartbeat) and m.sender == actor
+
+
+def client_factory(endpoint: str, sender: str) -> Callable[[], RequestClient]:
+    return lambda: Client(endpoint, max_bytes=MAX_BYTES, timeout_s=WAIT_S, sender=sender)
+
+
 def start_world(world: World) -> None:
     """Start the hub and the actors, wait until each one's events reach the hub, stream the data."""
     endpoints = world.endpoints
@@ -307,10 +315,7 @@ def start_world(world: World) -> None:
         return Ports(
             server=lambda: Server(endpoints[name], max_bytes=MAX_BYTES, name=name),
             publisher=lambda: Publisher(endpoints["events_in"], sender=name),
-            clients={
-                c: (lambda c=c: Client(endpoints[c], max_bytes=MAX_BYTES, timeout_s=WAIT_S, sender=name))
-                for c in clients
-            },
+            clients={c: client_factory(endpoints[c], name) for c in clients},
         )
 
     common: dict[str, Any] = {"clock": SystemClock(), "probe": PsutilProbe(), "heartbeat_s": 0.05}
@@ -322,7 +327,7 @@ def start_world(world: World) -> None:
         factory=world.model_factory, piece_steps=4, ports=ports("model", "env"), **common
     )
     for name in ACTORS:  # a publisher is connected once the hub has forwarded one of its heartbeats
-        world.events.wait_for(lambda m, name=name: isinstance(m, Heartbeat) and m.sender == name, what=name)
+        world.events.wait_for(heartbeat_of(name), what=f"a heartbeat of {name}")
     ready = world.probe("data").ask(PrepareEpisode(episode=1))
     assert isinstance(ready, EpisodeDataReady) and ready.streamed, ready
 
@@ -713,8 +718,8 @@ def test_the_hub_session_socket_refuses_garbage_and_requests_monitors_may_not_ma
 
     for label, frames in undecodable(SESSION_MAX_BYTES):
         expected = decode_error(frames, SESSION_MAX_BYTES)
-        reply = probe.refused(frames)
-        assert (reply.request, reply.error, reply.correlation_id) == ("?", expected, ""), label
+        refusal = probe.refused(frames)
+        assert (refusal.request, refusal.error, refusal.correlation_id) == ("?", expected, ""), label
     for request_ in (Stop(reason="hostile"), TrainEpisode(episode=1, steps=1), Ping()):
         reply = probe.ask(request_)
         assert isinstance(reply, RequestFailed) and reply.request == type(request_).__name__
