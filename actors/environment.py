@@ -113,6 +113,7 @@ class EnvActor(ServiceActor):
         self._envs: dict[str, VecEnvCore] = {}
         self._buffers: dict[str, _SplitBuffer] = {}
         self._bars_per_year = 252.0
+        self._eval_stamps = np.zeros(0, dtype=np.int64)
         self.envs_created = 0
         self.session_name = ""
         self.episode = 0
@@ -229,6 +230,9 @@ class EnvActor(ServiceActor):
             raise ValueError(f"{msg.split} stream incomplete: {got} of {msg.total_rows} rows")
         self._bars_per_year = msg.bars_per_year
         n = buf.rows
+        if msg.split == "eval":
+            # The staging buffer is refilled by the next stream; the report needs these bars' times.
+            self._eval_stamps = buf.timestamp[:n].copy()
         env = self._envs.get(msg.split)
         if env is None:
             env = self._factory.create(msg.split, msg.bars_per_year)
@@ -247,5 +251,4 @@ class EnvActor(ServiceActor):
         return n
 
     def _eval_timestamps(self) -> np.ndarray:
-        buf = self._buffers["eval"]
-        return buf.timestamp[: buf.rows]
+        return self._eval_stamps

@@ -35,6 +35,12 @@ class DecodeError(ValueError):
     """Frames that are not a valid message of this protocol; the text names what was wrong."""
 
 
+def _shown(value: Any, limit: int = 64) -> str:
+    """Repr of a received value, cut so a hostile peer cannot make error lines huge."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 Validator = Callable[[Any, str], Any]
 
 
@@ -235,15 +241,15 @@ def _decode_array(spec: Any, frame: Frame, schema: _Schema) -> tuple[str, np.nda
     if not isinstance(field_name, str) or not isinstance(dtype, str):
         raise DecodeError("array spec field and dtype must be strings")
     if field_name not in schema.arrays:
-        raise DecodeError(f"{schema.cls.__name__} has no array field {field_name!r}")
+        raise DecodeError(f"{schema.cls.__name__} has no array field {_shown(field_name)}")
     if dtype not in ALLOWED_DTYPES:
-        raise DecodeError(f"field {field_name}: dtype {dtype!r} is not allowed")
+        raise DecodeError(f"field {field_name}: dtype {_shown(dtype)} is not allowed")
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_ARRAY_DIMS
         or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 40 for n in shape)
     ):
-        raise DecodeError(f"field {field_name}: bad shape {shape!r}")
+        raise DecodeError(f"field {field_name}: bad shape {_shown(shape)}")
     itemsize = np.dtype(dtype).itemsize
     expected = math.prod(shape) * itemsize
     if expected != len(frame):
@@ -263,11 +269,11 @@ def decode(frames: Sequence[Frame], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTE
     if set(header) != {"v", "type", "body", "arrays"}:
         raise DecodeError(f"header keys {sorted(map(str, header))} != ['arrays', 'body', 'type', 'v']")
     if type(header["v"]) is not int or header["v"] != PROTOCOL_VERSION:
-        raise DecodeError(f"protocol version {header['v']!r}, expected {PROTOCOL_VERSION}")
+        raise DecodeError(f"protocol version {_shown(header['v'])}, expected {PROTOCOL_VERSION}")
     name = header["type"]
     schema = REGISTRY.get(name) if isinstance(name, str) else None
     if schema is None:
-        raise DecodeError(f"unknown message type {name!r}")
+        raise DecodeError(f"unknown message type {_shown(name)}")
     body, specs = header["body"], header["arrays"]
     if not isinstance(body, dict):
         raise DecodeError(f"{name}: body is not a map")
@@ -277,7 +283,7 @@ def decode(frames: Sequence[Frame], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTE
     for key, value in body.items():
         validator = schema.plain.get(key)
         if validator is None:
-            raise DecodeError(f"{name}: unknown field {key!r}")
+            raise DecodeError(f"{name}: unknown field {_shown(key)}")
         values[key] = validator(value, f"{name}.{key}")
     for spec, frame in zip(specs, views[1:], strict=True):
         field_name, arr = _decode_array(spec, frame, schema)

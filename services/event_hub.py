@@ -5,17 +5,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from messages import (
     PROTOCOL_VERSION,
     DecodeError,
     DescribeSession,
+    ErrorRaised,
     Message,
     RequestFailed,
     RequestSnapshot,
@@ -69,6 +73,9 @@ class EventHub:
         self._error: BaseException | None = None
         self.seq = 0
         self.rejected = 0
+        self._suppressed = 0
+        self._next_report = 0.0
+        self._next_handshake_log = 0.0
         self.events_out = ""
         self.session = ""
         self._auth: ThreadAuthenticator | None = None
@@ -128,6 +135,12 @@ class EventHub:
         poller = zmq.Poller()
         for sock in (xsub, xpub, router):
             poller.register(sock, zmq.POLLIN)
+        monitors: list[zmq.Socket[bytes]] = []
+        if self._curve is not None:
+            failed = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+            monitors = [xpub.get_monitor_socket(failed), router.get_monitor_socket(failed)]
+            for monitor in monitors:
+                poller.register(monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(100))
@@ -137,11 +150,18 @@ class EventHub:
                     while xpub.poll(0):
                         xpub.recv_multipart()  # subscription notices; nothing to forward
                 if router in ready:
-                    self._serve(router)
+                    self._serve(router, xpub)
+                for monitor in monitors:
+                    if monitor in ready:
+                        self._watch_handshakes(monitor)
             # Publish what is still queued so the last events (SessionFinished) reach subscribers.
             self._forward(xsub, xpub)
         finally:
-            for sock in (xsub, xpub, router):
+            for sock in (xpub, router):
+                if self._curve is not None:
+                    with contextlib.suppress(zmq.ZMQError):
+                        sock.disable_monitor()
+            for sock in (*monitors, xsub, xpub, router):
                 sock.close(0)
 
     def _forward(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes]) -> None:
@@ -155,18 +175,47 @@ class EventHub:
                 msg = decode(buffers, max_bytes=self._max_bytes)
             except DecodeError as exc:
                 self.rejected += 1
-                logger.warning("event hub: rejected an event: %s", exc)
+                self._report(xpub, "event input", str(exc))
                 continue
-            self.seq += 1
-            for sink in self._sinks:
-                try:
-                    sink(self.seq, msg)
-                except Exception:
-                    logger.exception("event hub: a sink failed on %s", type(msg).__name__)
-            with contextlib.suppress(zmq.Again):  # a full subscriber queue drops, never blocks
-                xpub.send_multipart(pack_event(self.seq, msg, buffers), zmq.NOBLOCK, copy=False)
+            self._emit(xpub, msg, buffers)
 
-    def _serve(self, router: zmq.Socket[bytes]) -> None:
+    def _emit(self, xpub: zmq.Socket[bytes], msg: Message, buffers: list[Any] | None = None) -> None:
+        """Number an event, give it to the sinks and publish it."""
+        self.seq += 1
+        for sink in self._sinks:
+            try:
+                sink(self.seq, msg)
+            except Exception:
+                logger.exception("event hub: a sink failed on %s", type(msg).__name__)
+        with contextlib.suppress(zmq.Again):  # a full subscriber queue drops, never blocks
+            xpub.send_multipart(pack_event(self.seq, msg, buffers), zmq.NOBLOCK, copy=False)
+
+    def _report(self, xpub: zmq.Socket[bytes], where: str, error: str) -> None:
+        """Log and publish garbage received, at most once a second (a flood is counted, not echoed)."""
+        now = time.monotonic()
+        self._suppressed += 1
+        if now < self._next_report:
+            return
+        more = f" (and {self._suppressed - 1} more since the last report)" if self._suppressed > 1 else ""
+        logger.warning("event hub: rejected input on the %s: %s%s", where, error, more)
+        self._emit(xpub, ErrorRaised(where=f"session {where}", error=f"{error}{more}", sender="session"))
+        self._suppressed = 0
+        self._next_report = now + 1.0
+
+    def _watch_handshakes(self, monitor: zmq.Socket[bytes]) -> None:
+        """Log CURVE handshakes that failed before the allowlist was asked (a key of another session)."""
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)
+            now = time.monotonic()
+            if now < self._next_handshake_log:
+                continue
+            self._next_handshake_log = now + 60.0
+            logger.warning(
+                "a monitor's CURVE handshake failed (event %s): it does not hold this session's server key",
+                event.get("event"),
+            )
+
+    def _serve(self, router: zmq.Socket[bytes], xpub: zmq.Socket[bytes]) -> None:
         while router.poll(0):
             frames = router.recv_multipart(copy=False)
             peer = frames[0].bytes
@@ -174,7 +223,7 @@ class EventHub:
             try:
                 request = decode([f.buffer for f in frames[1:]], max_bytes=1 << 16)
             except DecodeError as exc:
-                logger.warning("session socket: rejected a request: %s", exc)
+                self._report(xpub, "session socket", str(exc))
                 reply = RequestFailed(request="?", error=str(exc), sender="session")
             else:
                 reply = self._answer(request)

@@ -128,6 +128,8 @@ class Server:
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._sock.bind(endpoint)
         self.endpoint = endpoint
+        self._drops = 0
+        self._next_drop_log = 0.0
 
     def poll(self, timeout_ms: int, limit: int = 64) -> list[Incoming]:
         """Wait up to timeout_ms for requests and return those available (at most `limit`)."""
@@ -156,14 +158,25 @@ class Server:
         try:
             self._sock.send_multipart([peer, *encode(msg)], zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            logger.warning("%s: reply %s dropped, peer is not reading", self._name, type(msg).__name__)
+            self._dropped(msg, "peer is not reading")
             return False
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
-                logger.warning("%s: reply %s dropped, peer is gone", self._name, type(msg).__name__)
+                self._dropped(msg, "peer is gone")
                 return False
             raise
         return True
+
+    def _dropped(self, msg: Message, why: str) -> None:
+        """Log dropped replies at most every 10 s, counting the rest (a flooding peer)."""
+        self._drops += 1
+        now = time.monotonic()
+        if now >= self._next_drop_log:
+            logger.warning(
+                "%s: %d reply(ies) dropped, last %s: %s", self._name, self._drops, type(msg).__name__, why
+            )
+            self._drops = 0
+            self._next_drop_log = now + 10.0
 
     def close(self) -> None:
         """Close the socket."""

@@ -662,11 +662,6 @@ def run_evaluation(env: Probe) -> EvaluationComputed:
     return computed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="actors/environment.py _eval_timestamps reads the staging buffer that the next stream's "
-    "first block resets, not the timestamps of the installed eval split",
-)
 def test_a_new_stream_that_never_completes_leaves_the_installed_evaluation_intact(world: World) -> None:
     env = world.probe("env")
     before = run_evaluation(env)
