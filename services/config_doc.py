@@ -114,7 +114,7 @@ def _sb3_defaults(algorithm: str) -> dict[str, str]:
         "td3": stable_baselines3.TD3,
         "recurrent_ppo": sb3_contrib.RecurrentPPO,
     }
-    params = inspect.signature(classes[algorithm].__init__).parameters
+    params = inspect.signature(classes[algorithm]).parameters
     return {key: repr(p.default) for key, p in params.items() if p.default is not inspect.Parameter.empty}
 
 

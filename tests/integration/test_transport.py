@@ -688,9 +688,14 @@ def test_garbage_sent_to_the_hub_is_counted_and_not_forwarded(res: Resources) ->
     inlet.send_multipart(encode(marker))
 
     assert watcher.poll(5000)
+    seq, report = unpack_event(watcher.recv_multipart(), MAX_BYTES)
+    assert isinstance(report, ErrorRaised), "garbage is reported once, as an error event"
+    assert report.where == "session event input"
+    assert report.sender == "session" and seq == numbered + 1
+    assert watcher.poll(5000)
     seq, msg = unpack_event(watcher.recv_multipart(), MAX_BYTES)
     assert msg.msg_id == marker.msg_id, "the next published event is the marker, not garbage"
-    assert seq == numbered + 1, "garbage must not take sequence numbers"
+    assert seq == numbered + 2, "garbage itself takes no sequence number"
     assert hub.rejected == len(garbage)
     assert [m.msg_id for _, m in recorder.wait_for_count(seq)][-1] == marker.msg_id
     assert len(recorder.events) == seq
