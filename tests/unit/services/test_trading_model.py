@@ -40,14 +40,14 @@ TINY = ModelOptions(net_arch=(8,), hyperparams={"n_steps": 32, "batch_size": 32,
 
 
 def make_model(options: ModelOptions = TINY, env: EnvOptions = ENV, **kwargs: object) -> TradingModel:
+    arguments: dict[str, object] = {"tensorboard_dir": None, **kwargs}
     return TradingModel.create(
         options,
         vec_env(env),
         eval_env=vec_env(env, sequential=True),
         seed=3,
-        tensorboard_dir=None,
         on_values=lambda steps, values: None,
-        **kwargs,  # type: ignore[arg-type]
+        **arguments,  # type: ignore[arg-type]
     )
 
 
@@ -211,3 +211,29 @@ def test_every_algorithm_trains_evaluates_and_checkpoints_with_a_tiny_budget(
     if algorithm in ("dqn", "sac", "td3"):
         assert (tmp_path / "episode-0001" / "replay_buffer.pkl").is_file()
         assert restored.algorithm.replay_buffer.size() == model.algorithm.replay_buffer.size()
+
+
+def test_tensorboard_steps_continue_across_a_resume_in_one_folder(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = tmp_path / "tensorboard"
+    factory = RemoteModelFactory(
+        TINY, seed=3, tensorboard_dir=board, checkpoint_root=tmp_path / "ck", fingerprint={"data_hash": "d"}
+    )
+    first = make_model(tensorboard_dir=board)
+    first.learn(128, lambda steps: True)
+    factory.checkpoint(first, 1, True)
+    second = make_model(tensorboard_dir=board, checkpoint=latest_checkpoint(tmp_path / "ck"))
+    second.learn(128, lambda steps: True)
+    for model in (first, second):
+        model.algorithm.logger.close()
+
+    steps: list[int] = []
+    for path in sorted(board.iterdir(), key=lambda p: p.stat().st_mtime):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        steps += [e.step for e in events.Scalars("time/fps")]
+
+    assert len(list(board.iterdir())) == 2
+    assert steps == sorted(steps) and steps[0] < 128 < steps[-1]
+    assert steps[-1] == 256
