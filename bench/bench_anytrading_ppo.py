@@ -32,6 +32,7 @@ DATA = ROOT / "data" / "STOCKS_GOOGL.csv"
 def main() -> int:
     """Build the env and the default PPO, train, and print one JSON line of timings."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a fast smoke pass: one rollout")
     parser.add_argument("--steps", type=int, default=500_000, help="steps actually trained")
     parser.add_argument("--total", type=int, default=0, help="steps to extrapolate to (default: --steps)")
     parser.add_argument("--window", type=int, default=30, help="stocks-v0's registered window")
@@ -40,6 +41,8 @@ def main() -> int:
         "--torch-threads", type=int, default=0, help="torch threads; 0 keeps torch's default (all cores)"
     )
     args = parser.parse_args()
+    if args.quick:
+        args.steps = 2048
     total = args.total or args.steps
     # gym-anytrading returns observations that are views of one array; the env checker warns once.
     warnings.filterwarnings("ignore", message=".*share an object.*")

@@ -163,6 +163,28 @@ def bench_speed(args: argparse.Namespace, frame: pd.DataFrame) -> dict[str, Any]
     }
 
 
+def profile_ours(frame: pd.DataFrame, window: int, steps: int) -> None:
+    """Print where our unwrapped TradingEnv.step spends its time (cProfile, own time per function)."""
+    import cProfile
+    import pstats
+
+    env = make_ours(frame, window).unwrapped
+    actions = np.random.default_rng(0).integers(0, 3, size=N_ACTIONS_SAMPLED)
+    plain = step_rate(env, actions, steps, 0)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    step_rate(env, actions, steps, 0)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in stats.values())
+    print(f"TradingEnv.step unwrapped, {steps:,} steps: {1e6 / plain:.2f} us a step without the profiler")
+    print("  own time per function under cProfile (share of the profiled total):")
+    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:10]
+    for (filename, line, name), entry in rows:
+        where = f"{Path(filename).name}:{line}" if line else filename
+        print(f"    {entry[2] / total:6.1%}  {name:28s} {where}  ({entry[1]:,} calls)")
+
+
 def rss_mib() -> float:
     """Return this process's resident memory in MiB."""
     return psutil.Process().memory_info().rss / 2**20
@@ -243,6 +265,7 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=32, help="window of both envs (stocks-v0's is 30)")
     parser.add_argument("--memory-steps", type=int, default=1_000_000)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="also profile our single env's step")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument("--memory-child", choices=("ours", "vec", "anytrading"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -265,6 +288,8 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} CPUs, {cpu}; python {sys.version.split()[0]}, numpy {np.__version__}")
     print(f"data: {DATA.name}, {len(frame)} rows; window {args.window}")
     figures: dict[str, Any] = {"speed": bench_speed(args, frame)}
+    if args.profile:
+        profile_ours(frame, args.window, args.single_steps)
     if not args.skip_memory:
         figures["memory"] = bench_memory(args)
     if args.json:

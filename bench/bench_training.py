@@ -117,6 +117,26 @@ class EnvActorProcess:
                 self.process.wait()
 
 
+class TimedBackend:
+    """Wrap an env backend and record the duration of every step request (for the breakdown)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.spec = backend.spec
+        self.durations: list[float] = []
+
+    def reset(self, seed: int) -> np.ndarray:
+        """Reset through the wrapped backend."""
+        return np.asarray(self._backend.reset(seed))
+
+    def step(self, actions: np.ndarray) -> Any:
+        """Step through the wrapped backend, timing the call."""
+        started = time.perf_counter()
+        result = self._backend.step(actions)
+        self.durations.append(time.perf_counter() - started)
+        return result
+
+
 def whole_split(split: Any) -> SplitArrays:
     """Return every row of an episode split as arrays (a split may be arrays or a reader of blocks)."""
     return split.block(0, len(split)) if hasattr(split, "block") else split
@@ -281,10 +301,13 @@ def bench_setups(config: Config, overrides: list[str], steps: int, repeats: int)
                 max_leverage=factory.max_leverage,
                 role="train",
             )
+            timed = {
+                "actor": TimedBackend(RemoteBackend(actor.client("model"), "train")),
+                "server": TimedBackend(RemoteBackend(plain_client, "train")),
+                "local": TimedBackend(local_backend),
+            }
             envs = {
-                "actor": RemoteVecEnv(RemoteBackend(actor.client("model"), "train")),
-                "server": RemoteVecEnv(RemoteBackend(plain_client, "train")),
-                "local": RemoteVecEnv(local_backend),
+                **{name: RemoteVecEnv(backend) for name, backend in timed.items()},
                 "dummy": dummy_vec_env(config, train, summary.bars_per_year),
                 "null": null_vec_env(config.env.n_envs, obs_size, 3),
             }
@@ -301,13 +324,23 @@ def bench_setups(config: Config, overrides: list[str], steps: int, repeats: int)
             }
             piece = config.training.piece_steps
 
+            step_share: dict[str, list[float]] = {name: [] for name in timed}
+            step_us: dict[str, list[float]] = {name: [] for name in timed}
+
             def train_once(name: str) -> float:
                 model = models[name]
+                backend = timed.get(name)
+                if backend is not None:
+                    backend.durations.clear()
                 started = time.perf_counter()
                 done = 0
                 while done < steps:
                     done += model.learn(min(piece, steps - done), lambda n: True)
-                return done / (time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                if backend is not None:
+                    step_share[name].append(sum(backend.durations) / seconds)
+                    step_us[name].append(statistics.median(backend.durations) * 1e6)
+                return done / seconds
 
             for name in SETUPS:  # warm-up: first rollout, first update, allocator
                 models[name].learn(models[name].rollout_steps, lambda n: True)
@@ -352,6 +385,9 @@ def bench_setups(config: Config, overrides: list[str], steps: int, repeats: int)
     )
     print(f"  (a)/(c) median same-repeat ratio {a_c:.2f}")
     a2_local = median_ratio(rates["server"], rates["local"])
+    for name in step_us:
+        request_us, share = statistics.median(step_us[name]), statistics.median(step_share[name])
+        print(f"  {labels[name]:44s} step request: median {request_us:6.0f} us, {share:.0%} of the time")
     print(f"  (a)/(a') median same-repeat ratio {a_local:.2f} (the cost of the process boundary)")
     print(f"  (a2)/(a') median same-repeat ratio {a2_local:.2f} (the same without the actor framework)")
     return {

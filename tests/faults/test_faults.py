@@ -101,10 +101,12 @@ def training_progress(run_dir: Path) -> int:
 
 def test_kill_9_of_every_actor_mid_training_loses_no_episode_and_keeps_the_model(tmp_path: Path) -> None:
     run_dir = tmp_path / "k"
-    proc = start(tmp_path, "k", "--set", "training.episodes=3", "--set", "training.steps_per_episode=120000")
+    # Two epochs per update slow training enough that all four kills land in the first episode.
+    budget = ["--set", "training.episodes=2", "--set", "training.steps_per_episode=50000"]
+    proc = start(tmp_path, "k", *budget, "--set", "model.hyperparams.n_epochs=2")
     for kind in ("env", "data", "monitor", "model"):
         seen = training_progress(run_dir)
-        wait_for(lambda s=seen: training_progress(run_dir) > s + 2, proc=proc)
+        wait_for(lambda s=seen: training_progress(run_dir) > s, proc=proc)
         pid = actor_pid(run_dir, kind)
         os.kill(pid, signal.SIGKILL)
         wait_for(
@@ -118,7 +120,7 @@ def test_kill_9_of_every_actor_mid_training_loses_no_episode_and_keeps_the_model
     restarted = [e["kind"] for e in evs if e["type"] == "ActorRestarted"]
     assert sorted(restarted) == ["data", "env", "model", "monitor"]
     assert len({e["model_id"] for e in evs if e.get("model_id")}) == 1
-    assert sorted({e["episode"] for e in evs if e["type"] == "EvaluationFinished"}) == [1, 2, 3]
+    assert sorted({e["episode"] for e in evs if e["type"] == "EvaluationFinished"}) == [1, 2]
     assert (run_dir / "eval-episode-2.csv").is_file()
 
 
