@@ -23,17 +23,10 @@ from hypothesis import strategies as st
 
 from messages import DecodeError, decode
 from services.checkpoint import latest_checkpoint
+from tests.sessions import ROOT, TINY_MODEL
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = [
-    "--set", "training.piece_steps=512",
-    "--set", "env.n_envs=4",
-    "--set", "env.window=8",
-    "--set", "env.episode_length=64",
-    "--set", "model.net_arch=[8]",
-    "--set", "model.hyperparams.n_steps=64",
-    "--set", "model.hyperparams.batch_size=64",
-    "--set", "model.hyperparams.n_epochs=1",
+    *TINY_MODEL,
     "--set", "session.heartbeat_s=0.25",
     "--set", "session.hang_timeout_s=4",
     "--set", "session.env_timeout_s=1.5",

@@ -13,18 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "--set", "training.steps_per_episode=1024",
-    "--set", "training.piece_steps=512",
-    "--set", "env.n_envs=4",
-    "--set", "env.window=8",
-    "--set", "env.episode_length=64",
-    "--set", "model.net_arch=[8]",
-    "--set", "model.hyperparams.n_steps=64",
-    "--set", "model.hyperparams.batch_size=64",
-    "--set", "model.hyperparams.n_epochs=1",
-]  # fmt: skip
+from tests.sessions import ROOT, TINY
 
 pytestmark = pytest.mark.smoke
 
