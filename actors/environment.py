@@ -123,6 +123,7 @@ class EnvActor(ServiceActor):
         match msg:
             case StepEnvs():
                 result = self._env(msg.role).step(msg.actions)
+                finished = result.terminated | result.truncated
                 self.reply(
                     peer,
                     EnvsStepped(
@@ -132,7 +133,8 @@ class EnvActor(ServiceActor):
                         reward=result.reward,
                         terminated=result.terminated,
                         truncated=result.truncated,
-                        terminal_obs=result.terminal_obs,
+                        # Only finished envs have a terminal observation: send those rows alone.
+                        terminal_obs=result.terminal_obs[finished],
                         episode_return=result.episode_return,
                         episode_length=result.episode_length,
                     ),

@@ -184,7 +184,7 @@ class EnvsStepped(Message):
     terminated: np.ndarray
     truncated: np.ndarray
     terminal_obs: np.ndarray
-    """Last observation of the envs that finished on this step (other rows unspecified)."""
+    """Last observations of the envs that finished on this step, in env order, one row per finished env."""
     episode_return: np.ndarray
     episode_length: np.ndarray
 

@@ -131,9 +131,16 @@ class RemoteVecEnv(VecEnv):
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if dones.any():
             now = time.monotonic() - self._episode_start
-            for i in np.flatnonzero(dones):
+            finished = np.flatnonzero(dones)
+            # The env actor sends the finished rows only; a local backend hands over every row.
+            terminal = (
+                reply.terminal_obs
+                if len(reply.terminal_obs) == len(finished)
+                else reply.terminal_obs[finished]
+            )
+            for row, i in enumerate(finished):
                 infos[i] = {
-                    "terminal_observation": np.array(reply.terminal_obs[i]),
+                    "terminal_observation": np.array(terminal[row]),
                     "TimeLimit.truncated": bool(reply.truncated[i] and not reply.terminated[i]),
                     "episode": {
                         "r": float(reply.episode_return[i]),
