@@ -670,7 +670,11 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
             run_dir=run_dir,
         )
         return DataActor.start(
-            service=service, block_rows=config.data.block_rows, ports=ports("data", ["env"]), **common
+            service=service,
+            block_rows=config.data.block_rows,
+            ack_timeout_s=opts.request_timeout_s,
+            ports=ports("data", ["env"]),
+            **common,
         )
     if kind == "env":
         from actors.environment import EnvActor

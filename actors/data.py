@@ -53,11 +53,13 @@ class DataActor(ServiceActor):
         heartbeat_s: float = 1.0,
         exit_note: ActorExit | None = None,
         window: int = 2,
+        ack_timeout_s: float = 60.0,
     ) -> None:
         super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
         self._service = service
         self._block_rows = block_rows
         self._window = window
+        self._ack_timeout_ms = int(ack_timeout_s * 1000)
         self._summary: LoadSummary | None = None
         self._installed: tuple[int, int, int, int] | None = None
         self.loads = 0
@@ -151,15 +153,13 @@ class DataActor(ServiceActor):
             raise RuntimeError(f"env actor did not install the {split} split: {done!r}")
 
     def _await_ack(self, env: RequestClient, pending: deque[str]) -> None:
-        reply = env.receive(int(self._request_timeout_ms))
+        reply = env.receive(self._ack_timeout_ms)
         if reply is None:
             raise TimeoutError("env actor did not acknowledge a data block in time")
         if isinstance(reply, BlockAccepted) and reply.correlation_id in pending:
             pending.remove(reply.correlation_id)
             return
         raise RuntimeError(f"env actor answered a data block with {type(reply).__name__}: {reply}")
-
-    _request_timeout_ms = 60_000
 
 
 def _iso(ns: np.int64 | int) -> str:

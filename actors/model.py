@@ -119,7 +119,6 @@ class ModelActor(ServiceActor):
         self._checkpointed_at = -1
         self._initial_error = ""
         self._episode = 0
-        self.models_created = 0
 
     @property
     def model(self) -> TrainableModel | None:
@@ -147,7 +146,6 @@ class ModelActor(ServiceActor):
         if self._model is None:
             model = self._factory.create(self.client("env"), self._on_values)
             self._model = model
-            self.models_created += 1
             self._checkpointed_at = model.num_timesteps
             how = f"restored from {model.restored_from}" if model.restored_from else "created"
             logger.info(

@@ -3,7 +3,6 @@ and a file-size limit while checkpointing. Marked `faults`; part of the README's
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 
 from messages import DecodeError, decode
 from services.checkpoint import latest_checkpoint
-from tests.sessions import ROOT, TINY_MODEL
+from tests.sessions import ROOT, TINY_MODEL, events, start_session
 
 TINY = [
     *TINY_MODEL,
@@ -37,34 +36,7 @@ pytestmark = pytest.mark.faults
 
 
 def start(tmp_path: Path, name: str, *extra: str, **popen: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            *TINY,
-            "--set",
-            f"session.runs_dir={tmp_path}",
-            "--name",
-            name,
-            *extra,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **popen,  # type: ignore[call-overload]
-    )
-
-
-def events(run_dir: Path) -> list[dict]:
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):  # a line being written
-            out.append(json.loads(line))
-    return out
+    return start_session(TINY, tmp_path, name, *extra, **popen)
 
 
 def wait_for(

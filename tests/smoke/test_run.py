@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sessions import ROOT, TINY
+from tests import sessions
+from tests.sessions import ROOT, TINY, events
 
 pytestmark = pytest.mark.smoke
 
@@ -29,22 +30,7 @@ def run_py(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]
 
 
 def start_session(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            *TINY,
-            "--set",
-            f"session.runs_dir={tmp_path}",
-            "--name",
-            name,
-            *extra,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return sessions.start_session(TINY, tmp_path, name, *extra)
 
 
 def monitor_endpoint(proc: subprocess.Popen[str]) -> str:
@@ -54,10 +40,6 @@ def monitor_endpoint(proc: subprocess.Popen[str]) -> str:
         if line.startswith("monitor: "):
             return line.split("--connect ", 1)[1].strip()
     raise AssertionError("the session did not print its monitor endpoint")
-
-
-def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
 def test_two_episodes_train_one_model_and_write_the_run_folder(tmp_path: Path) -> None:
