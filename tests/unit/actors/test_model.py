@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -112,14 +113,13 @@ def world() -> tuple[FakeServer, FakePublisher, FakeFactory, FakeClient]:
 
 
 def start(
-    world: tuple[FakeServer, FakePublisher, FakeFactory, FakeClient], piece_steps: int = 2500
+    world: tuple[FakeServer, FakePublisher, FakeFactory, FakeClient], piece_steps: int = 2500, **options: Any
 ) -> ModelActor:
     server, publisher, factory, env = world
     ports = Ports(server=lambda: server, publisher=lambda: publisher, clients={"env": lambda: env})
-    ref = ModelActor.start(
-        factory=factory, piece_steps=piece_steps, ports=ports, clock=FakeClock(), probe=FakeProbe()
+    return ModelActor.start(
+        factory=factory, piece_steps=piece_steps, ports=ports, clock=FakeClock(), probe=FakeProbe(), **options
     )
-    return ref
 
 
 def test_three_train_messages_are_served_by_one_model_created_once(world) -> None:
@@ -304,17 +304,9 @@ def test_a_failed_checkpoint_fails_the_episode_and_is_published() -> None:
 
 
 def test_a_lost_env_actor_is_retried_and_the_episode_still_completes() -> None:
-    factory = FakeFactory(fail_learn=2)
-    server, publisher, env = FakeServer(), FakePublisher(), FakeClient(env_handler)
-    ports = Ports(server=lambda: server, publisher=lambda: publisher, clients={"env": lambda: env})
-    ModelActor.start(
-        factory=factory,
-        piece_steps=1000,
-        ports=ports,
-        clock=FakeClock(),
-        probe=FakeProbe(),
-        retry_wait_s=0.01,
-    )
+    world = (FakeServer(), FakePublisher(), FakeFactory(fail_learn=2), FakeClient(env_handler))
+    server, publisher, _, _ = world
+    start(world, piece_steps=1000, retry_wait_s=0.01)
 
     reply = server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
 
@@ -324,18 +316,9 @@ def test_a_lost_env_actor_is_retried_and_the_episode_still_completes() -> None:
 
 
 def test_an_env_actor_that_never_comes_back_fails_the_episode() -> None:
-    factory = FakeFactory(fail_learn=100)
-    server, publisher, env = FakeServer(), FakePublisher(), FakeClient(env_handler)
-    ports = Ports(server=lambda: server, publisher=lambda: publisher, clients={"env": lambda: env})
-    ModelActor.start(
-        factory=factory,
-        piece_steps=1000,
-        ports=ports,
-        clock=FakeClock(),
-        probe=FakeProbe(),
-        retry_wait_s=0.001,
-        env_retries=3,
-    )
+    world = (FakeServer(), FakePublisher(), FakeFactory(fail_learn=100), FakeClient(env_handler))
+    server, _, _, _ = world
+    start(world, piece_steps=1000, retry_wait_s=0.001, env_retries=3)
 
     reply = server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
 

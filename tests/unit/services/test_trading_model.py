@@ -51,6 +51,17 @@ def make_model(options: ModelOptions = TINY, env: EnvOptions = ENV, **kwargs: ob
     )
 
 
+def checkpointer(root: Path, options: ModelOptions = TINY) -> RemoteModelFactory:
+    """A factory used only to write checkpoints of models built by make_model."""
+    return RemoteModelFactory(
+        options,
+        seed=3,
+        tensorboard_dir=None,
+        checkpoint_root=root,
+        fingerprint={"data_hash": "d", "config_hash": "c"},
+    )
+
+
 def weights(model: TradingModel) -> list[np.ndarray]:
     return [p.detach().cpu().numpy().copy() for p in model.algorithm.policy.parameters()]
 
@@ -106,13 +117,7 @@ def test_values_of_the_sb3_logger_reach_the_sink() -> None:
 def test_a_restored_checkpoint_has_the_same_id_weights_counter_and_continues_identically(
     tmp_path: Path,
 ) -> None:
-    factory = RemoteModelFactory(
-        TINY,
-        seed=3,
-        tensorboard_dir=None,
-        checkpoint_root=tmp_path,
-        fingerprint={"data_hash": "d", "config_hash": "c"},
-    )
+    factory = checkpointer(tmp_path)
     original = make_model()
     original.learn(64, lambda steps: True)
     factory.checkpoint(original, 1, True)
@@ -140,13 +145,7 @@ def test_a_restored_checkpoint_has_the_same_id_weights_counter_and_continues_ide
 
 
 def test_a_loaded_checkpoint_predicts_the_same_actions_as_the_model_that_saved_it(tmp_path: Path) -> None:
-    factory = RemoteModelFactory(
-        TINY,
-        seed=3,
-        tensorboard_dir=None,
-        checkpoint_root=tmp_path,
-        fingerprint={"data_hash": "d", "config_hash": "c"},
-    )
+    factory = checkpointer(tmp_path)
     model = make_model()
     model.learn(64, lambda steps: True)
     factory.checkpoint(model, 1, True)
@@ -191,13 +190,7 @@ def test_every_algorithm_trains_evaluates_and_checkpoints_with_a_tiny_budget(
         algorithm=algorithm, net_arch=(8,), hyperparams=hyperparams, save_replay_buffer=True
     )
     env = dataclasses.replace(ENV, action=action)
-    factory = RemoteModelFactory(
-        options,
-        seed=1,
-        tensorboard_dir=None,
-        checkpoint_root=tmp_path,
-        fingerprint={"data_hash": "d", "config_hash": "c"},
-    )
+    factory = checkpointer(tmp_path, options)
     model = make_model(options, env)
 
     trained = model.learn(64, lambda steps: True)
