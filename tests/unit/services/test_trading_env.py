@@ -299,17 +299,21 @@ def test_no_observation_or_reward_up_to_a_bar_depends_on_a_later_bar(fill: str) 
 # Vectorised env against single envs.
 
 
-@pytest.mark.parametrize(
-    ("action", "reward", "fill", "leverage"),
-    [
-        ("discrete3", "log_return", "next_open", 1.0),
-        ("discrete2", "drawdown_penalty", "close", 1.0),
-        ("continuous", "dsr", "next_open", 4.0),
-        ("continuous", "log_return", "close", 6.0),
-    ],
-)
+# Every combination of action, reward and fill; leverage and borrow vary with them so that ruin and the
+# borrow charge are exercised too. The single env's step is the scalar twin of the numpy kernel.
+_EVERY_COMBINATION = [
+    (action, reward, fill, leverage, borrow)
+    for (action, leverage), reward, (fill, borrow) in itertools.product(
+        [("discrete3", 3.0), ("discrete2", 1.0), ("continuous", 6.0)],
+        ["log_return", "dsr", "drawdown_penalty"],
+        [("next_open", 300.0), ("close", 0.0)],
+    )
+]
+
+
+@pytest.mark.parametrize(("action", "reward", "fill", "leverage", "borrow"), _EVERY_COMBINATION)
 def test_vectorised_env_equals_single_envs_seeded_seed_plus_index(
-    action: str, reward: str, fill: str, leverage: float
+    action: str, reward: str, fill: str, leverage: float, borrow: float
 ) -> None:
     features, open_, close = _random_data(120, 2, seed=4)
     options = EnvOptions(
@@ -319,7 +323,7 @@ def test_vectorised_env_equals_single_envs_seeded_seed_plus_index(
         reward=reward,
         fill=fill,
         max_leverage=leverage,
-        borrow_bps_per_year=300.0,
+        borrow_bps_per_year=borrow,
         ruin_equity=0.7,
     )
     n_envs, seed = 5, 11
