@@ -30,7 +30,7 @@ FOOTER = """
 
 `training.steps_per_episode` counts env steps of all envs together. On-policy algorithms (PPO, A2C,
 RecurrentPPO) collect whole rollouts of `n_steps x env.n_envs` steps, so an episode trains the first whole
-rollout at or past its budget: with the defaults (`n_steps` 256, 16 envs, 4,096 steps a rollout) the
+rollout at or past its budget: with the defaults (`n_steps` 64, 64 envs, 4,096 steps a rollout) the
 500,000-step budget trains 123 rollouts, 503,808 steps. Training runs in pieces of `training.piece_steps`
 (rounded up to whole rollouts the same way); stop and status requests are answered between pieces.
 Off-policy algorithms (DQN, SAC, TD3) step all envs once per step, so they overshoot by less than
@@ -39,8 +39,9 @@ Off-policy algorithms (DQN, SAC, TD3) step all envs once per step, so they overs
 ## Hyperparameters each algorithm accepts
 
 `model.hyperparams` is passed to the SB3 constructor; keys outside this list are refused. Unset keys keep
-SB3's defaults, shown here as read from the installed SB3 (configs/default.yaml sets PPO's n_steps 256,
-batch_size 1024, n_epochs 4, ent_coef 0.01 for the 16 envs).
+SB3's defaults, shown here as read from the installed SB3 (configs/default.yaml sets PPO's n_steps 64,
+batch_size 1024, n_epochs 4, ent_coef 0.01 for the 64 envs). Off-policy algorithms take one gradient step
+per step of all envs, so they usually want fewer envs than PPO: e.g. `--set env.n_envs=4`.
 """
 
 

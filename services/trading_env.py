@@ -70,7 +70,7 @@ _N_STATE = 2
 class EnvOptions:
     """Configure the trading envs (the `env:` section of the config)."""
 
-    n_envs: int = 16
+    n_envs: int = 64
     """Number of parallel training envs."""
     window: int = 32
     """Bars of features in one observation."""

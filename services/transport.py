@@ -112,20 +112,48 @@ def _bind_tcp(sock: zmq.Socket[bytes], host: str, port: int) -> str:
     return f"tcp://{host}:{chosen}"
 
 
-SPIN_S = 0.0005
-"""How long a waiting socket polls without sleeping before it blocks: a reply on the hot path (env
-steps) usually arrives within this, and waking a blocked process costs more than the spin."""
+SPIN_S = 0.002
+"""How long a socket on the hot path polls before it blocks: a reply to an env step, or the next step
+request, usually arrives within this, and waking a blocked process costs more than the spin."""
+HOT_S = 0.01
+"""A server socket is on the hot path while its last request arrived at most this long ago; an idle one
+blocks at once, so idle actors cost no CPU."""
 
 
-def _spin_then_poll(sock: zmq.Socket[bytes], timeout_ms: int) -> bool:
-    """Poll without blocking for up to SPIN_S, then block for the rest of timeout_ms."""
-    if timeout_ms <= 0:
-        return bool(sock.poll(0))
-    end = time.perf_counter() + min(SPIN_S, timeout_ms / 1000)
-    while time.perf_counter() < end:
-        if sock.poll(0):
+class _Waiter:
+    """Wait until a socket is readable: poll it in a loop for a short while when it is busy, else block.
+
+    The loop gives the CPU away (sched_yield) between polls, so that on a machine with few cores the
+    ZeroMQ I/O threads of both processes, which carry the message, are not kept waiting by the spin.
+    """
+
+    __slots__ = ("_last", "_sock")
+
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        self._sock = sock
+        self._last = -HOT_S
+
+    def touch(self) -> None:
+        """Mark the socket busy: the next wait spins before it blocks."""
+        self._last = time.perf_counter()
+
+    def wait(self, timeout_ms: int) -> bool:
+        """Return True once the socket has a message, False after timeout_ms without one."""
+        sock = self._sock
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             return True
-    return bool(sock.poll(max(0, timeout_ms - int(SPIN_S * 1000))))
+        if timeout_ms <= 0:
+            return False
+        now = time.perf_counter()
+        if now - self._last < HOT_S:
+            end = now + min(SPIN_S, timeout_ms / 1000)
+            while now < end:
+                os.sched_yield()
+                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return True
+                now = time.perf_counter()
+            timeout_ms -= int(SPIN_S * 1000)
+        return bool(sock.poll(max(timeout_ms, 0)))
 
 
 def _tune(sock: zmq.Socket[bytes], max_bytes: int) -> None:
@@ -143,6 +171,7 @@ class Server:
         _tune(self._sock, max_bytes)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._sock.bind(endpoint)
+        self._waiter = _Waiter(self._sock)
         self.endpoint = endpoint
         self._drops = 0
         self._next_drop_log = 0.0
@@ -150,8 +179,9 @@ class Server:
     def poll(self, timeout_ms: int, limit: int = 64) -> list[Incoming]:
         """Wait up to timeout_ms for requests and return those available (at most `limit`)."""
         out: list[Incoming] = []
-        if not _spin_then_poll(self._sock, timeout_ms):
+        if not self._waiter.wait(timeout_ms):
             return out
+        self._waiter.touch()
         while len(out) < limit:
             try:
                 frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -220,17 +250,19 @@ class Client:
         if curve is not None:
             curve.apply(self._sock)
         self._sock.connect(endpoint)
+        self._waiter = _Waiter(self._sock)
 
     def send(self, msg: Message) -> None:
         """Send a message without waiting for a reply."""
         self._sock.send_multipart(encode(msg), copy=False)
+        self._waiter.touch()
 
     def receive(self, timeout_ms: int) -> Message | None:
         """Return the next valid message within timeout_ms, or None; invalid ones are logged and skipped."""
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             remaining = max(0, int((deadline - time.monotonic()) * 1000))
-            if not _spin_then_poll(self._sock, remaining):
+            if not self._waiter.wait(remaining):
                 return None
             frames = self._sock.recv_multipart(copy=False)
             try:

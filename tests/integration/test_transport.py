@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import zmq
 
+import services.transport
 from messages import (
     PROTOCOL_VERSION,
     DecodeError,
@@ -47,6 +48,8 @@ from messages import (
 from services.event_hub import EventHub
 from services.session_state import SessionState
 from services.transport import (
+    HOT_S,
+    SPIN_S,
     Client,
     Publisher,
     RemoteError,
@@ -447,6 +450,66 @@ def test_a_reply_to_a_peer_that_does_not_read_returns_false_once_its_queue_is_fu
 
     assert results[0] is True
     assert results[-1] is False
+
+
+# Waiting: spin on the hot path, block when idle.
+
+
+class YieldCounter:
+    """Count the sched_yield calls of the transport's spin loop (the spin's only system call)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = os.sched_yield
+
+        def counted() -> None:
+            self.calls += 1
+            real()
+
+        monkeypatch.setattr(services.transport.os, "sched_yield", counted)
+
+
+def test_an_idle_server_blocks_without_spinning(res: Resources, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = res.add(Server(endpoint(res, "ipc"), max_bytes=MAX_BYTES, name="test"))
+    yields = YieldCounter(monkeypatch)
+
+    started = time.monotonic()
+    assert server.poll(30) == []
+
+    assert time.monotonic() - started >= 0.025, "an empty poll waits for its timeout"
+    assert yields.calls == 0, "a server with no recent request must block, not spin"
+
+
+def test_a_server_spins_right_after_a_request_then_blocks_once_idle(
+    res: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = res.add(Server(endpoint(res, "ipc"), max_bytes=MAX_BYTES, name="test"))
+    client = client_for(res, server.endpoint)
+    client.send(Ping(sender="test"))
+    poll_server(server, 1)
+    yields = YieldCounter(monkeypatch)
+
+    assert server.poll(int(SPIN_S * 1000) + 20) == []
+    spun = yields.calls
+    time.sleep(HOT_S)
+    assert server.poll(20) == []
+
+    assert spun > 0, "the poll right after a request spins before it blocks"
+    assert yields.calls == spun, "once the last request is older than HOT_S the server blocks at once"
+
+
+def test_a_request_answered_during_the_spin_returns_its_reply(
+    res: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = start_server(res, "ipc", answer_pings)
+    client = client_for(res, server)
+    client.request(Ping(sender="test"))  # connected, and the server is on the hot path
+    yields = YieldCounter(monkeypatch)
+
+    replies = [client.request(Ping(sender="test")) for _ in range(20)]
+
+    assert all(isinstance(reply, Pong) for reply in replies)
+    assert yields.calls > 0, "the client spins while it waits for a reply"
 
 
 # Published events.

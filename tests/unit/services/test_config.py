@@ -42,8 +42,8 @@ def test_the_default_config_loads() -> None:
     assert config == load_config(DEFAULT_CONFIG)
     assert config.model.algorithm == "ppo"
     assert config.model.net_arch == (64, 64)
-    assert config.model.hyperparams["n_steps"] == 256
-    assert config.env.n_envs == 16
+    assert config.model.hyperparams["n_steps"] == 64
+    assert config.env.n_envs == 64
     assert config.data.source.path == "data/STOCKS_GOOGL.csv"
     assert config.session.monitor_host == "127.0.0.1"
 
@@ -69,7 +69,7 @@ def test_set_overrides_are_read_as_yaml_values() -> None:
     assert config.training.steps_per_episode == 2048
     assert type(config.training.steps_per_episode) is int
     assert config.model.hyperparams["learning_rate"] == 0.001
-    assert config.model.hyperparams["n_steps"] == 256, "an override replaces one key, not the section"
+    assert config.model.hyperparams["n_steps"] == 64, "an override replaces one key, not the section"
     assert config.data.cache is False
     assert config.model.net_arch == (8, 16)
     assert config.name == "my-run"
