@@ -9,6 +9,7 @@ import dataclasses
 import ipaddress
 import json
 import logging
+import math
 import os
 import struct
 import tempfile
@@ -131,7 +132,7 @@ class _Waiter:
 
     def __init__(self, sock: zmq.Socket[bytes]) -> None:
         self._sock = sock
-        self._last = -HOT_S
+        self._last = -math.inf
 
     def touch(self) -> None:
         """Mark the socket busy: the next wait spins before it blocks."""
@@ -139,8 +140,8 @@ class _Waiter:
 
     def wait(self, timeout_ms: int) -> bool:
         """Return True once the socket has a message, False after timeout_ms without one."""
-        sock = self._sock
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        readable = self._readable
+        if readable():
             return True
         if timeout_ms <= 0:
             return False
@@ -149,11 +150,15 @@ class _Waiter:
             end = now + min(SPIN_S, timeout_ms / 1000)
             while now < end:
                 os.sched_yield()
-                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if readable():
                     return True
                 now = time.perf_counter()
             timeout_ms -= int(SPIN_S * 1000)
-        return bool(sock.poll(max(timeout_ms, 0)))
+        return bool(self._sock.poll(max(timeout_ms, 0)))
+
+    def _readable(self) -> bool:
+        """Tell whether a message is waiting, without blocking (cheaper than poll(0))."""
+        return bool(int(self._sock.get(zmq.EVENTS)) & zmq.POLLIN)
 
 
 def _tune(sock: zmq.Socket[bytes], max_bytes: int) -> None:
