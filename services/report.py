@@ -22,6 +22,8 @@ from services.console import TABLE_ROWS
 logger = logging.getLogger(__name__)
 
 PLOTS_DIR = "plots"
+LATEST_PLOT = "equity.png"
+"""The latest evaluated episode's equity and drawdown, agent vs buy & hold, in the run folder itself."""
 TRAINING_CURVES = (
     ("rollout/ep_rew_mean", "episode reward (mean)"),
     ("train/loss", "loss"),
@@ -121,40 +123,60 @@ def _save(fig: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _plot_episode(figure: Any, plots: Path, episode: int, columns: Mapping[str, list[str]]) -> list[str]:
+class _EpisodeSeries:
+    """The equity curves of one evaluated episode, with the x axis to draw them on."""
+
+    def __init__(self, episode: int, columns: Mapping[str, list[str]]) -> None:
+        self.episode = episode
+        self.equity = _floats(columns["equity"])
+        self.bench = _floats(columns["buy_and_hold_equity"])
+        stamps = columns.get("timestamp", [])
+        self.x: Any = np.arange(len(self.equity))
+        self.xlabel = "eval bar"
+        if stamps and all(stamps):
+            try:
+                self.x = np.asarray(stamps, dtype="datetime64[s]")
+                self.xlabel = "time"
+            except ValueError:
+                pass
+
+    def draw(self, ax: Any, kind: str) -> None:
+        """Draw the agent against buy & hold on one axis: "equity" or "drawdown"."""
+        if kind == "equity":
+            ax.plot(self.x, self.equity, label="agent", linewidth=1.2)
+            ax.plot(self.x, self.bench, label="buy & hold", linewidth=1.0, alpha=0.8)
+            ax.set_ylabel("equity (start = 1)")
+            ax.set_title(f"Episode {self.episode}: equity on the eval window, agent vs buy & hold")
+        else:
+            ax.fill_between(self.x, drawdown(self.equity) * 100, 0, label="agent", alpha=0.5)
+            ax.plot(self.x, drawdown(self.bench) * 100, label="buy & hold", linewidth=1.0, color="tab:orange")
+            ax.set_ylabel("drawdown (%)")
+            ax.set_title(f"Episode {self.episode}: drawdown on the eval window")
+        ax.set_xlabel(self.xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+
+
+def _plot_episode(figure: Any, plots: Path, series: _EpisodeSeries) -> list[str]:
     """Write the equity and drawdown PNGs of one episode; return their names relative to the run folder."""
-    equity = _floats(columns["equity"])
-    bench = _floats(columns["buy_and_hold_equity"])
-    stamps = columns.get("timestamp", [])
-    x: Any = np.arange(len(equity))
-    xlabel = "eval bar"
-    if stamps and all(stamps):
-        try:
-            x = np.asarray(stamps, dtype="datetime64[s]")
-            xlabel = "time"
-        except ValueError:
-            pass
     names = []
     for kind in ("equity", "drawdown"):
         fig = figure(figsize=(9, 4), layout="constrained")
-        ax = fig.add_subplot()
-        if kind == "equity":
-            ax.plot(x, equity, label="agent", linewidth=1.2)
-            ax.plot(x, bench, label="buy & hold", linewidth=1.0, alpha=0.8)
-            ax.set_ylabel("equity (start = 1)")
-            ax.set_title(f"Episode {episode}: equity on the eval window, agent vs buy & hold")
-        else:
-            ax.fill_between(x, drawdown(equity) * 100, 0, label="agent", alpha=0.5)
-            ax.plot(x, drawdown(bench) * 100, label="buy & hold", linewidth=1.0, color="tab:orange")
-            ax.set_ylabel("drawdown (%)")
-            ax.set_title(f"Episode {episode}: drawdown on the eval window")
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best")
-        name = f"{kind}-episode-{episode}.png"
+        series.draw(fig.add_subplot(), kind)
+        name = f"{kind}-episode-{series.episode}.png"
         _save(fig, plots / name)
         names.append(f"{PLOTS_DIR}/{name}")
     return names
+
+
+def _plot_latest(figure: Any, run_dir: Path, series: _EpisodeSeries) -> str:
+    """Write equity.png: the latest episode's equity over its drawdown, agent vs buy & hold."""
+    fig = figure(figsize=(9, 7), layout="constrained")
+    top = fig.add_subplot(2, 1, 1)
+    series.draw(top, "equity")
+    series.draw(fig.add_subplot(2, 1, 2, sharex=top), "drawdown")
+    _save(fig, run_dir / LATEST_PLOT)
+    return LATEST_PLOT
 
 
 def _plot_training(figure: Any, plots: Path, columns: Mapping[str, list[str]]) -> str:
@@ -196,6 +218,7 @@ def _markdown(
     config: Mapping[str, Any],
     evaluations: Sequence[Mapping[str, Any]],
     episode_plots: Mapping[int, list[str]],
+    latest_plot: str,
     training_plot: str,
 ) -> str:
     lines = [f"# Session {name}", ""]
@@ -212,6 +235,9 @@ def _markdown(
     if not evaluations:
         lines += ["No episode was evaluated.", ""]
     else:
+        if latest_plot:
+            episode = evaluations[-1]["episode"]
+            lines += [f"![Episode {episode}: equity and drawdown, agent vs buy & hold]({latest_plot})", ""]
         lines += [
             "| episode | return agent | return B&H | Sharpe agent | Sharpe B&H "
             "| max drawdown agent | max drawdown B&H | trades |",
@@ -254,7 +280,10 @@ def _markdown(
 
 
 def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[dict[str, Any]]) -> Path:
-    """Write report.md and its PNGs (equity and drawdown per episode, training curves); return its path.
+    """Write report.md and its PNGs; return its path.
+
+    The PNGs: equity.png in the run folder (the latest episode's equity and drawdown, agent vs buy &
+    hold), and under plots/ the equity and drawdown of every episode and the training curves.
 
     Args:
         evaluations: as in SessionState.to_dict()["evaluations"]: episode, agent and buy_and_hold metrics.
@@ -271,11 +300,15 @@ def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[d
     plots = run_dir / PLOTS_DIR
     plots.mkdir(exist_ok=True)
     episode_plots: dict[int, list[str]] = {}
+    latest_plot = ""
     for ev in evaluations:
         episode = int(ev["episode"])
         columns = _read_csv(run_dir / f"eval-episode-{episode}.csv")
         if columns.get("equity") and "buy_and_hold_equity" in columns:
-            episode_plots[episode] = _plot_episode(figure, plots, episode, columns)
+            series = _EpisodeSeries(episode, columns)
+            episode_plots[episode] = _plot_episode(figure, plots, series)
+            if ev is evaluations[-1]:
+                latest_plot = _plot_latest(figure, run_dir, series)
         else:
             logger.warning("report: no per-bar records for episode %d; no plots", episode)
     training_plot = _plot_training(figure, plots, _read_csv(run_dir / "metrics.csv"))
@@ -291,6 +324,7 @@ def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[d
         config=config,
         evaluations=evaluations,
         episode_plots=episode_plots,
+        latest_plot=latest_plot,
         training_plot=training_plot,
     )
     _atomic_text(report, text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import re
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,7 @@ def test_the_report_and_its_plots_are_written_from_the_run_files(run_dir: Path) 
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(links) == sorted(
         [
+            "equity.png",
             "plots/equity-episode-1.png",
             "plots/drawdown-episode-1.png",
             "plots/equity-episode-2.png",
@@ -90,6 +92,19 @@ def test_the_report_and_its_plots_are_written_from_the_run_files(run_dir: Path) 
     for link in links:
         assert (run_dir / link).read_bytes()[:8] == PNG_SIGNATURE, link
     assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_equity_png_shows_the_latest_episode_equity_over_its_drawdown(run_dir: Path) -> None:
+    report = write_report(run_dir, name="demo", model_id="m-42", evaluations=[evaluation(1), evaluation(2)])
+
+    png = (run_dir / "equity.png").read_bytes()
+    assert png[:8] == PNG_SIGNATURE
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (900, 700), "one figure, equity on top of drawdown"
+    assert "![Episode 2: equity and drawdown, agent vs buy & hold](equity.png)" in report.read_text()
+    write_eval_csv(run_dir, 2, bars=30)
+    write_report(run_dir, name="demo", model_id="m-42", evaluations=[evaluation(1), evaluation(2)])
+    assert (run_dir / "equity.png").read_bytes() != png, "the plot follows the latest episode's records"
 
 
 def test_an_episode_without_records_keeps_its_table_and_gets_no_plots(tmp_path: Path) -> None:
