@@ -378,10 +378,8 @@ def train(argv: Sequence[str]) -> int:
         supervisor.wait_all(timeout_s=15)
         exit_code = {"completed": EXIT_OK, "stopped": EXIT_OK}.get(outcome.status, EXIT_FAILURE)
         if outcome.status == "failed":
-            bad_data = "DataError: " in outcome.reason
-            exit_code = EXIT_USAGE if bad_data else EXIT_FAILURE
-            reason = outcome.reason
-            line = reason.split("DataError: ", 1)[1] if bad_data else f"session failed: {reason}"
+            exit_code = EXIT_USAGE if outcome.input_error else EXIT_FAILURE
+            line = outcome.reason if outcome.input_error else f"session failed: {outcome.reason}"
             print(f"error: {line}", file=sys.stderr, flush=True)
         _print_summary(
             name,

@@ -25,6 +25,7 @@ from messages import (
     Stop,
     Stopped,
 )
+from services.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,11 @@ class ServiceActor(pykka.ThreadingActor):
             case _:
                 try:
                     self.handle(item.peer, msg)
+                except InputError as exc:
+                    # The user's data or config is wrong: one line for them, no traceback.
+                    logger.warning("%s: %s refused: %s", self.name, type(msg).__name__, exc)
+                    self.publish(ErrorRaised(where=f"{self.name}.{type(msg).__name__}", error=str(exc)))
+                    self.reply(item.peer, self.failure(msg, str(exc), kind="input"))
                 except Exception as exc:
                     # A failed request is answered and published, not a crash: the traceback goes to the log.
                     logger.warning("%s: %s failed", self.name, type(msg).__name__, exc_info=True)
@@ -191,9 +197,11 @@ class ServiceActor(pykka.ThreadingActor):
 
     # Helpers for subclasses.
 
-    def failure(self, request: Message, error: str) -> RequestFailed:
-        """Build the error reply to a request."""
-        return RequestFailed(correlation_id=request.msg_id, request=type(request).__name__, error=error)
+    def failure(self, request: Message, error: str, *, kind: str = "internal") -> RequestFailed:
+        """Build the error reply to a request (kind "input" when the user's data or config is at fault)."""
+        return RequestFailed(
+            correlation_id=request.msg_id, request=type(request).__name__, error=error, kind=kind
+        )
 
     def reply(self, peer: bytes, msg: Message) -> None:
         """Answer a peer, stamping this actor as the sender."""

@@ -75,6 +75,8 @@ class Outcome:
 
     status: str = "running"
     reason: str = ""
+    input_error: bool = False
+    """True when the session failed on the user's data or config (reason is then the line for them)."""
     trained: list[EpisodeTrained] = field(default_factory=list)
     reports: list[EvaluationReport] = field(default_factory=list)
     data: EpisodeDataReady | None = None
@@ -253,6 +255,10 @@ class SessionActor(pykka.ThreadingActor):
 
     def _on_reply(self, call: Call, reply: Message) -> None:
         failed = isinstance(reply, RequestFailed) and not self._stopping
+        if failed and isinstance(reply, RequestFailed) and reply.kind == "input":
+            # The same input would fail again: no retry, and the line goes to the user as it is.
+            self._fail(reply.error, input_error=True)
+            return
         if call is not self._call:  # a side call made after a restart
             if failed:
                 assert isinstance(reply, RequestFailed)
@@ -325,9 +331,11 @@ class SessionActor(pykka.ThreadingActor):
         else:
             self._fail(f"{call.actor} actor: {why}")
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, *, input_error: bool = False) -> None:
         logger.info("session failed: %s", reason)
         self._publish(ErrorRaised(where="session", error=reason, fatal=True, sender=self.name))
+        if not self._stopping:
+            self.outcome.input_error = input_error
         self._abort(reason, "failed")
 
     def _abort(self, reason: str, status: str) -> None:

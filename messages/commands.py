@@ -293,6 +293,9 @@ class RequestFailed(Message):
     """Type name of the failed request."""
     error: str
     """One line naming what went wrong."""
+    kind: str = "internal"
+    """"input" when the user's data or config is at fault (the line is then for the user as is; the
+    launcher exits with status 2), "internal" for every other failure."""
 
 
 # Monitor -> session (the only requests a monitor can make).

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from services.errors import InputError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -90,7 +92,7 @@ _DIGITS = re.compile(r"^-?\d+(\.\d+)?$")
 _PANDAS_LINE = re.compile(r"line (\d+)")
 
 
-class DataError(Exception):
+class DataError(InputError):
     """Report bad input data on one line naming the file, the row and what is wrong."""
 
     def __init__(self, reason: str, *, path: str = "", line: int | None = None, unit: str = "line") -> None:

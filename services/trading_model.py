@@ -24,6 +24,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from services.checkpoint import CheckpointInfo, save_checkpoint
 from services.config import ModelOptions
+from services.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,28 @@ def _algorithm_class(name: str) -> type[BaseAlgorithm]:
     return classes[name]
 
 
+class DeviceError(InputError):
+    """model.device names a device this machine (or this build of torch) does not have."""
+
+
 def resolve_device(device: str) -> str:
-    """Turn 'auto' into cuda when a GPU is present, else cpu; keep explicit devices."""
+    """Turn 'auto' into cuda when a GPU is present, else cpu; check that an explicit cuda device exists.
+
+    SB3 quietly falls back to the CPU when CUDA is missing; a session asked for cuda must not train on
+    the CPU while its events say cuda, so that is refused here (the launcher exits with status 2).
+    """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"model.device is {device!r}, but torch {torch.__version__} sees no CUDA device "
+                "(set model.device to auto or cpu)"
+            )
+        index = int(device.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise DeviceError(f"model.device is {device!r}, but this machine has {count} CUDA device(s)")
     return device
 
 
@@ -104,7 +123,8 @@ class TradingModel:
         self.restored_from = ""
         self.model_id = model_id
         self.options = options
-        self.device = device
+        # What the algorithm really runs on (e.g. "cuda:0" for "cuda"), as events report it.
+        self.device = str(algorithm.device)
 
     @classmethod
     def create(

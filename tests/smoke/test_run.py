@@ -201,6 +201,29 @@ def test_bad_data_exits_2_with_one_line_naming_the_file_and_row(tmp_path: Path) 
     assert f"{bad}, line 151" in result.stderr and "below low" in result.stderr
 
 
+def test_a_cuda_device_on_a_machine_without_one_exits_2_with_one_line(tmp_path: Path) -> None:
+    if _torch_sees_cuda():
+        pytest.skip("this machine has a CUDA device")
+    result = run_py(*TINY, "--set", "model.device=cuda", "--set", f"session.runs_dir={tmp_path}")
+
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "model.device is 'cuda'" in result.stderr and "sees no CUDA device" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _torch_sees_cuda() -> bool:
+    """Ask a child process, so this test process does not import torch."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return probe.stdout.strip() == "True"
+
+
 def test_a_window_longer_than_the_data_exits_2_naming_the_rows(tmp_path: Path) -> None:
     result = run_py(*TINY, "--set", "env.window=3000", "--set", f"session.runs_dir={tmp_path}")
 

@@ -14,10 +14,12 @@ from messages import (
     DataInstalled,
     DataLoaded,
     EpisodeDataReady,
+    ErrorRaised,
     Message,
     PrepareEpisode,
     RequestFailed,
 )
+from services.data_source import DataError
 from services.dataset import EpisodeSplit, LoadSummary, SplitArrays
 from tests.fakes import FakeClient, FakeClock, FakeProbe, FakePublisher, FakeServer
 
@@ -168,4 +170,17 @@ def test_a_load_error_is_answered_with_its_message_and_the_actor_goes_on() -> No
 
     assert isinstance(reply, RequestFailed)
     assert "line 7: high below low" in reply.error
+    assert reply.kind == "internal", "a ValueError is the system's fault, not the user's"
     assert isinstance(again, RequestFailed)
+
+
+def test_bad_data_is_answered_as_the_users_input_with_its_line_alone() -> None:
+    service = FakeService(fail=DataError("high 9.5 is below low 10", path="data/x.csv", line=7))
+    server, publisher, _, _ = start(service)
+
+    reply = server.reply_to(server.push(PrepareEpisode(episode=1)))
+
+    assert isinstance(reply, RequestFailed)
+    assert reply.kind == "input"
+    assert reply.error == "data/x.csv, line 7: high 9.5 is below low 10"
+    assert [e.error for e in publisher.of(ErrorRaised)] == [reply.error]

@@ -30,9 +30,10 @@ from tests.fakes import FakeClient, FakeClock, FakePublisher, wait_until
 class Script:
     """Answers like the three actors; records the order of every request."""
 
-    def __init__(self, *, fail_train: bool = False, hold_train: bool = False) -> None:
+    def __init__(self, *, fail_train: str = "", hold_train: bool = False) -> None:
         self.log: list[tuple[str, str]] = []
         self.fail_train = fail_train
+        """Fail TrainEpisode with RequestFailed of this kind ("internal" or "input")."""
         self.hold_train = hold_train
         self.training = threading.Event()
 
@@ -58,7 +59,9 @@ class Script:
                     if self.hold_train:
                         return None
                     if self.fail_train:
-                        return RequestFailed(correlation_id=cid, request="TrainEpisode", error="boom")
+                        return RequestFailed(
+                            correlation_id=cid, request="TrainEpisode", error="boom", kind=self.fail_train
+                        )
                     return EpisodeTrained(
                         correlation_id=cid,
                         episode=msg.episode,
@@ -131,14 +134,28 @@ def test_each_episode_prepares_data_trains_then_evaluates_and_the_actors_stop_in
 
 
 def test_a_failed_request_fails_the_session_and_still_stops_every_actor() -> None:
-    script = Script(fail_train=True)
+    script = Script(fail_train="internal")
 
     outcome, publisher, reports = run(script)
 
     assert outcome.status == "failed"
     assert "TrainEpisode failed: boom" in outcome.reason
+    assert not outcome.input_error
     assert script.log[-3:] == [("model", "Stop"), ("env", "Stop"), ("data", "Stop")]
     assert reports == []
+    assert publisher.of(SessionFinished)[0].status == "failed"
+
+
+def test_a_request_failed_on_the_users_input_fails_the_session_with_that_line_alone() -> None:
+    script = Script(fail_train="input")
+
+    outcome, publisher, _ = run(script)
+
+    assert outcome.status == "failed"
+    assert outcome.input_error, "the launcher exits 2 on it"
+    assert outcome.reason == "boom", "the actor's line reaches the user as it is"
+    assert script.log.count(("model", "TrainEpisode")) == 1, "the same input is not retried"
+    assert script.log[-3:] == [("model", "Stop"), ("env", "Stop"), ("data", "Stop")]
     assert publisher.of(SessionFinished)[0].status == "failed"
 
 

@@ -13,7 +13,7 @@ from services.checkpoint import latest_checkpoint
 from services.config import ModelOptions
 from services.remote_vec_env import LocalBackend, RemoteVecEnv
 from services.trading_env import EnvOptions, VecTradingEnv
-from services.trading_model import RemoteModelFactory, TradingModel
+from services.trading_model import DeviceError, RemoteModelFactory, TradingModel, resolve_device
 
 N_ACTIONS = {"discrete3": 3, "discrete2": 2, "continuous": 0}
 
@@ -230,3 +230,58 @@ def test_tensorboard_steps_continue_across_a_resume_in_one_folder(tmp_path: Path
     assert len(list(board.iterdir())) == 2
     assert steps == sorted(steps) and steps[0] < 128 < steps[-1]
     assert steps[-1] == 256
+
+
+# Devices.
+
+
+def test_cuda_without_a_cuda_device_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    with pytest.raises(DeviceError, match=r"^model.device is 'cuda', but torch \S+ sees no CUDA device"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError):
+        resolve_device("cuda:0")
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_a_cuda_index_beyond_the_machines_devices_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(DeviceError, match="has 2 CUDA device"):
+        resolve_device("cuda:2")
+
+
+def test_a_model_reports_the_device_it_really_runs_on() -> None:
+    model = make_model(dataclasses.replace(TINY, device="cpu"))
+
+    assert model.device == "cpu"
+    assert all(p.device.type == "cpu" for p in model.algorithm.policy.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+def test_a_model_trains_on_cuda_and_its_checkpoint_acts_the_same_on_the_cpu(tmp_path: Path) -> None:
+    on_gpu = dataclasses.replace(TINY, device="cuda")
+    model = make_model(on_gpu)
+    assert model.device.startswith("cuda")
+    assert all(p.is_cuda for p in model.algorithm.policy.parameters())
+    assert make_model(dataclasses.replace(TINY, device="auto")).device.startswith("cuda")
+
+    model.learn(128, lambda steps: True)
+    checkpointer(tmp_path, on_gpu).checkpoint(model, 1, True)
+    on_cpu = make_model(dataclasses.replace(TINY, device="cpu"), checkpoint=latest_checkpoint(tmp_path))
+    obs = (
+        np.random.default_rng(2)
+        .normal(size=(64, *model.algorithm.observation_space.shape))
+        .astype(np.float32)
+    )
+
+    assert on_cpu.device == "cpu" and on_cpu.num_timesteps == model.num_timesteps == 128
+    np.testing.assert_array_equal(
+        model.algorithm.predict(obs, deterministic=True)[0],
+        on_cpu.algorithm.predict(obs, deterministic=True)[0],
+    )
