@@ -160,7 +160,7 @@ def _collect(*modules: types.ModuleType) -> dict[str, _Schema]:
     for module in modules:
         for name, obj in vars(module).items():
             if isinstance(obj, type) and issubclass(obj, Message) and obj is not Message:
-                if obj.__module__ != module.__name__:
+                if obj.__module__ != module.__name__ or name.startswith("_"):
                     continue
                 if name in registry:
                     raise TypeError(f"message type {name} registered twice")

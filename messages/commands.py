@@ -197,8 +197,8 @@ class FinishEvaluation(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EvaluationComputed(Message):
-    """Reply to FinishEvaluation: metrics of the agent and buy-and-hold plus per-bar records."""
+class _Evaluation(Message):
+    """Fields of both evaluation replies (not a message type itself: the codec skips _ names)."""
 
     episode: int
     agent: dict[str, float]
@@ -208,6 +208,11 @@ class EvaluationComputed(Message):
     position: np.ndarray = field(default_factory=_empty_f64)
     equity: np.ndarray = field(default_factory=_empty_f64)
     bh_equity: np.ndarray = field(default_factory=_empty_f64)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvaluationComputed(_Evaluation):
+    """Reply to FinishEvaluation: metrics of the agent and buy-and-hold plus per-bar records."""
 
 
 # Session -> model actor.
@@ -243,18 +248,10 @@ class EvaluateEpisode(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EvaluationReport(Message):
+class EvaluationReport(_Evaluation):
     """Reply to EvaluateEpisode: metrics and per-bar records of the eval run."""
 
-    episode: int
     model_id: str
-    agent: dict[str, float]
-    buy_and_hold: dict[str, float]
-    timestamp: np.ndarray = field(default_factory=_empty_i64)
-    close: np.ndarray = field(default_factory=_empty_f64)
-    position: np.ndarray = field(default_factory=_empty_f64)
-    equity: np.ndarray = field(default_factory=_empty_f64)
-    bh_equity: np.ndarray = field(default_factory=_empty_f64)
 
 
 # Any client -> any actor.

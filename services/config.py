@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from services.data_source import SourceOptions
+from services.errors import InputError
 from services.features import FeatureOptions
 from services.splits import SplitOptions
 from services.trading_env import EnvOptions
@@ -19,7 +20,7 @@ from services.trading_env import EnvOptions
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A configuration that cannot be used; the text names the key and the file."""
 
 

@@ -143,6 +143,8 @@ def test_the_registry_holds_every_message_class_under_its_class_name() -> None:
     for name, cls in classes.items():
         assert cls.__name__ == name
         assert issubclass(cls, Message)
+    assert not [name for name in classes if name.startswith("_")], "shared bases are not wire types"
+    assert {"EvaluationComputed", "EvaluationReport"} <= set(classes)
 
 
 @pytest.mark.parametrize("name", MESSAGE_NAMES)
