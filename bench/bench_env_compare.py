@@ -8,15 +8,19 @@ It prints
   1. single-env steps/s with random actions, resetting at episode ends, of our TradingEnv (default
      options: discrete3, next_open fills, 3 bps costs) and of gym-anytrading's StocksEnv, both built
      with `gymnasium.make` (gym-anytrading's documented usage; ours registered for the run) and both
-     unwrapped; the four runs are interleaved, in a rotating order, over several repeats;
+     unwrapped, and of FinRL's StockTradingEnv (its single-stock pandas env, FinRL 0.3.7 installed
+     without its dependencies; see finrl_env_class) on the same bars with our 8 features as its
+     indicators; the runs are interleaved, in a rotating order, over several repeats;
   2. VecTradingEnv env-steps/s at --n-envs envs, observations written every step, interleaved with 1;
   3. the RSS of a fresh process after 10,000 and after 1,000,000 steps of our TradingEnv, of a
-     VecTradingEnv (in step calls), and of gym-anytrading's env for contrast.
+     VecTradingEnv (in step calls), and of gym-anytrading's env for contrast (FinRL's after 10,000 and
+     --finrl-memory-steps, since it is slow).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -40,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from services.features import DEFAULT_FEATURES  # noqa: E402
 from services.trading_env import EnvOptions, TradingEnv, VecTradingEnv, frame_to_arrays  # noqa: E402
 
 DATA = ROOT / "data" / "STOCKS_GOOGL.csv"
@@ -61,6 +66,52 @@ def make_anytrading(frame: pd.DataFrame, window: int) -> gymnasium.Env[Any, Any]
     import gym_anytrading  # noqa: F401  (registers stocks-v0)
 
     return gymnasium.make("stocks-v0", df=frame, window_size=window, frame_bound=(window, len(frame)))
+
+
+def finrl_env_class() -> type[Any] | None:
+    """Return FinRL's StockTradingEnv class, or None when FinRL is not installed in this venv.
+
+    `import finrl` runs its package __init__, which imports its train/test/trade scripts and through
+    them broker and data-vendor SDKs that are not installed; the env module itself needs only numpy,
+    pandas, gymnasium, matplotlib and SB3. So the module file is loaded on its own, unchanged.
+    """
+    spec = importlib.util.find_spec("finrl")  # finds the package without running its __init__
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "meta" / "env_stock_trading" / "env_stocktrading.py"
+    module_spec = importlib.util.spec_from_file_location("finrl_env_stocktrading", path)
+    if module_spec is None or module_spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.StockTradingEnv  # type: ignore[no-any-return]
+
+
+def make_finrl(frame: pd.DataFrame) -> gymnasium.Env[Any, Any] | None:
+    """Build FinRL's single-stock env as its tutorials do, on our bars, with our features as indicators."""
+    env_class = finrl_env_class()
+    if env_class is None:
+        return None
+    features, _, close = frame_to_arrays(frame)
+    dates = frame.iloc[len(frame) - len(close) :, 0].to_numpy()
+    df = pd.DataFrame({"date": dates, "tic": "GOOGL", "close": close})
+    for i, name in enumerate(DEFAULT_FEATURES):
+        df[name] = features[:, i]
+    df.index = np.arange(len(df))  # FinRL indexes its frame by day number: df.loc[day, :]
+    return env_class(  # type: ignore[no-any-return]
+        df=df,
+        stock_dim=1,
+        hmax=100,
+        initial_amount=1_000_000,
+        num_stock_shares=[0],
+        buy_cost_pct=[0.001],
+        sell_cost_pct=[0.001],
+        reward_scaling=1e-4,
+        state_space=1 + 2 + len(DEFAULT_FEATURES),
+        action_space=1,
+        tech_indicator_list=list(DEFAULT_FEATURES),
+        print_verbosity=10**9,  # it prints a summary every print_verbosity episodes
+    )
 
 
 def step_rate(env: gymnasium.Env[Any, Any], actions: np.ndarray, steps: int, seed: int) -> float:
@@ -119,13 +170,19 @@ def bench_speed(args: argparse.Namespace, frame: pd.DataFrame) -> dict[str, Any]
     one = VecTradingEnv(EnvOptions(window=args.window, n_envs=1))
     one.update_data(*frame_to_arrays(frame))
     runs["vec1"] = lambda r: vector_rate(one, vec_actions[:, :1], args.vector_calls, r)
+    finrl = make_finrl(frame)
+    if finrl is not None:
+        finrl_actions = rng.uniform(-1.0, 1.0, size=(N_ACTIONS_SAMPLED, 1)).astype(np.float32)
+        runs["finrl"] = lambda r: step_rate(finrl, finrl_actions, args.finrl_steps, r)
+    else:
+        print("FinRL is not installed in this venv (bash bench/setup_compare_env.sh installs it): skipped")
     print(
         f"observations: ours {ours.observation_space.shape} float32, gym-anytrading "
         f"{theirs.observation_space.shape} float32; episodes: ours {EnvOptions().episode_length} steps, "
         f"gym-anytrading {len(frame) - args.window - 1} steps (the whole frame)"
     )
     for run in runs.values():
-        run(10_000)  # warm-up: first-call checks of the wrappers, caches
+        run(2_000)  # warm-up: first-call checks of the wrappers, caches
     rates: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for repeat in range(args.repeats):
@@ -141,16 +198,25 @@ def bench_speed(args: argparse.Namespace, frame: pd.DataFrame) -> dict[str, Any]
         "anytrading_raw": "StocksEnv, unwrapped",
         "vec": f"VecTradingEnv({args.n_envs}) env-steps/s",
         "vec1": "VecTradingEnv(1) env-steps/s",
+        "finrl": "FinRL StockTradingEnv",
     }
-    print(f"single-env steps/s, {args.single_steps:,} steps a run; vector {args.vector_calls:,} calls a run")
+    print(
+        f"single-env steps/s, {args.single_steps:,} steps a run (FinRL {args.finrl_steps:,}); "
+        f"vector {args.vector_calls:,} calls a run"
+    )
     for name, label in labels.items():
-        print(f"  {label:36s} {summary(rates[name])}")
+        if name in rates:
+            print(f"  {label:36s} {summary(rates[name])}")
     print(
         f"  ours / gym-anytrading, gymnasium.make: median same-run ratio {statistics.median(make_ratio):.2f}x"
     )
     print(
         f"  ours / gym-anytrading, unwrapped:      median same-run ratio {statistics.median(raw_ratio):.2f}x"
     )
+    finrl_ratio = None
+    if "finrl" in rates:
+        finrl_ratio = statistics.median(same_run_ratios(rates["ours_raw"], rates["finrl"]))
+        print(f"  ours / FinRL, unwrapped:               median same-run ratio {finrl_ratio:.1f}x")
     vec_median = statistics.median(rates["vec"])
     print(
         f"  target >= 1.5x single step: {'met' if statistics.median(make_ratio) >= 1.5 else 'NOT met'}; "
@@ -160,6 +226,7 @@ def bench_speed(args: argparse.Namespace, frame: pd.DataFrame) -> dict[str, Any]
         "rates": rates,
         "ratio_make": statistics.median(make_ratio),
         "ratio_raw": statistics.median(raw_ratio),
+        "ratio_finrl": finrl_ratio,
     }
 
 
@@ -207,8 +274,15 @@ def memory_child(kind: str, checkpoints: list[int], window: int, n_envs: int) ->
             done = mark
             out[str(mark)] = rss_mib()
         return out
-    gym_env = make_ours(frame, window) if kind == "ours" else make_anytrading(frame, window)
-    actions_1d = rng.integers(0, gym_env.action_space.n, size=N_ACTIONS_SAMPLED)  # type: ignore[attr-defined]
+    actions_1d: np.ndarray
+    if kind == "finrl":
+        finrl = make_finrl(frame)
+        assert finrl is not None, "FinRL is not installed"
+        gym_env = finrl
+        actions_1d = rng.uniform(-1.0, 1.0, size=(N_ACTIONS_SAMPLED, 1)).astype(np.float32)
+    else:
+        gym_env = make_ours(frame, window) if kind == "ours" else make_anytrading(frame, window)
+        actions_1d = rng.integers(0, gym_env.action_space.n, size=N_ACTIONS_SAMPLED)  # type: ignore[attr-defined]
     gym_env.reset(seed=0)
     done = 0
     for mark in checkpoints:
@@ -229,15 +303,18 @@ def bench_memory(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         "vec": f"VecTradingEnv({args.n_envs}) (step calls)",
         "anytrading": "gym-anytrading stocks-v0 (steps)",
     }
-    print(f"RSS of a fresh process after 10,000 and {args.memory_steps:,} steps (MiB)")
+    if finrl_env_class() is not None:
+        labels["finrl"] = "FinRL StockTradingEnv (steps)"
+    print(f"RSS of a fresh process after 10,000 and {args.memory_steps:,} steps (MiB; FinRL: see its row)")
     for kind, label in labels.items():
+        steps = args.finrl_memory_steps if kind == "finrl" else args.memory_steps
         command = [
             sys.executable,
             __file__,
             "--memory-child",
             kind,
             "--memory-steps",
-            str(args.memory_steps),
+            str(steps),
             "--window",
             str(args.window),
             "--n-envs",
@@ -246,9 +323,9 @@ def bench_memory(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         result = json.loads(output.strip().splitlines()[-1])
         results[kind] = result
-        first, last = result["10000"], result[str(args.memory_steps)]
+        first, last = result["10000"], result[str(steps)]
         print(
-            f"  {label:40s} after 10,000: {first:7.1f}  after {args.memory_steps:,}: {last:7.1f}  "
+            f"  {label:40s} after 10,000: {first:7.1f}  after {steps:,}: {last:7.1f}  "
             f"growth {last - first:+.2f} MiB ({last / first:.4f}x)"
         )
     return results
@@ -264,10 +341,14 @@ def main() -> int:
     parser.add_argument("--n-envs", type=int, default=64)
     parser.add_argument("--window", type=int, default=32, help="window of both envs (stocks-v0's is 30)")
     parser.add_argument("--memory-steps", type=int, default=1_000_000)
+    parser.add_argument("--finrl-steps", type=int, default=20_000, help="FinRL steps a run (it is slow)")
+    parser.add_argument("--finrl-memory-steps", type=int, default=200_000)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--profile", action="store_true", help="also profile our single env's step")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
-    parser.add_argument("--memory-child", choices=("ours", "vec", "anytrading"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--memory-child", choices=("ours", "vec", "anytrading", "finrl"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.memory_child:
         checkpoints = [10_000, args.memory_steps]
@@ -275,6 +356,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.repeats, args.single_steps, args.vector_calls, args.memory_steps = 3, 20_000, 2_000, 50_000
+        args.finrl_steps, args.finrl_memory_steps = 5_000, 20_000
 
     frame = pd.read_csv(DATA)
     cpu = next(

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Create bench/.venv-compare: the project's requirements plus gym-anytrading, for the comparison benchmarks.
+# Create bench/.venv-compare: the project's requirements plus gym-anytrading and FinRL, for the comparison
+# benchmarks.
 #
 #     bash bench/setup_compare_env.sh
 #
 # The project's own .venv never gets gym-anytrading. torch is pinned to 2.13.0 first: that version
-# resolves to the local CPU build; any other pulls gigabytes of CUDA packages. FinRL is not installed:
-# its requirements pull in data downloaders, brokers' SDKs and another RL stack (see docs/BENCHMARKS.md).
+# resolves to the local CPU build; any other pulls gigabytes of CUDA packages. FinRL's wheel is installed
+# without dependencies: `import finrl` would pull in data downloaders and brokers' SDKs, so the benchmark
+# loads only its env module, which needs nothing beyond what is already here (see docs/BENCHMARKS.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/bench/.venv-compare"
 PYTHON="${PYTHON:-python3}"
 GYM_ANYTRADING="gym-anytrading==2.0.0"
+FINRL="FinRL==0.3.7"
 
 if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
@@ -19,6 +22,7 @@ fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" "torch==2.13.0"
 "${PIP[@]}" -r "$ROOT/requirements.txt" "$GYM_ANYTRADING"
+"${PIP[@]}" --no-deps "$FINRL"
 "$VENV/bin/python" - <<'EOF'
 import gym_anytrading
 import stable_baselines3
