@@ -613,12 +613,10 @@ def actor_main(argv: Sequence[str]) -> int:
     _configure_logging(run_dir / "logs" / f"{kind}.log", stderr_level=logging.ERROR, prefix=f"[{kind}] ")
 
     from actors.base import ActorExit
-    from services.config import config_from_dict
+    from services.config import config_from_dict, read_yaml
     from services.transport import Endpoints
 
-    config = config_from_dict(
-        yaml.safe_load((run_dir / "config.yaml").read_text()), str(run_dir / "config.yaml")
-    )
+    config = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
     endpoints = Endpoints.from_dict(json.loads((run_dir / "endpoints.json").read_text()))
     note = ActorExit()
     ref = _build_actor(kind, config, endpoints, run_dir, note)

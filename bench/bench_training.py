@@ -14,7 +14,10 @@ data/STOCKS_GOOGL.csv, each for --steps per repeat, the five interleaved in a ro
   (a') local: the same VecTradingEnv (VecEnvFactory) in this process behind the same RemoteVecEnv
       (LocalBackend), so (a)/(a') is the cost of the process boundary alone;
   (b) dummy: SB3's DummyVecEnv over n_envs single TradingEnvs (each in SB3's Monitor) in this process;
-  (c) null: a VecEnv that returns zeros, so the figure is the learner's own bound.
+  (c) null: a VecEnv that returns zeros, so the figure is the learner's own bound;
+  (s) session: the whole system, `python run.py` with the same config and --session-factor times the
+      steps (model actor training in pieces, hub, monitor, heartbeats and events all running); its
+      training steps/s from its EpisodeFinished event (model creation and start-up excluded).
 Part 2 times the whole default session (`python run.py`, 500,000 steps) and, in the compare venv,
 SB3 PPO with its defaults on gym-anytrading's stocks-v0 (bench/bench_anytrading_ppo.py) for
 --baseline-steps, extrapolated to the same 500,000 steps; the two alternate over --session-repeats.
@@ -50,7 +53,7 @@ from services.trading_env import TradingEnv  # noqa: E402
 from services.transport import Client, Endpoints  # noqa: E402
 
 COMPARE_PYTHON = ROOT / "bench" / ".venv-compare" / "bin" / "python"
-SETUPS = ("actor", "server", "local", "dummy", "null")
+SETUPS = ("actor", "server", "local", "dummy", "null", "session")
 
 
 class EnvActorProcess:
@@ -262,8 +265,10 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
-def bench_setups(config: Config, overrides: list[str], steps: int, repeats: int) -> dict[str, Any]:
-    """Train the three setups interleaved; print and return steps/s and ratios."""
+def bench_setups(
+    config: Config, overrides: list[str], steps: int, repeats: int, session_factor: int
+) -> dict[str, Any]:
+    """Train the setups interleaved; print and return steps/s and ratios."""
     from services.env_factory import VecEnvFactory
     from services.remote_vec_env import LocalBackend, RemoteBackend, RemoteVecEnv
     from services.trading_model import TradingModel
@@ -342,14 +347,20 @@ def bench_setups(config: Config, overrides: list[str], steps: int, repeats: int)
                     step_us[name].append(statistics.median(backend.durations) * 1e6)
                 return done / seconds
 
-            for name in SETUPS:  # warm-up: first rollout, first update, allocator
+            def session_once(repeat: int) -> float:
+                result = run_session(
+                    steps * session_factor, Path(folder), f"setup-session-{repeat}", overrides
+                )
+                return float(result["steps_per_s"])
+
+            for name in models:  # warm-up: first rollout, first update, allocator
                 models[name].learn(models[name].rollout_steps, lambda n: True)
             rates: dict[str, list[float]] = {name: [] for name in SETUPS}
             for repeat in range(repeats):
                 shift = repeat % len(SETUPS)
                 order = SETUPS[shift:] + SETUPS[:shift]
                 for name in order:
-                    rates[name].append(train_once(name))
+                    rates[name].append(session_once(repeat) if name == "session" else train_once(name))
                 print(
                     f"  repeat {repeat + 1}: "
                     + ", ".join(f"{name} {rates[name][-1]:,.0f}" for name in SETUPS)
@@ -369,6 +380,7 @@ def bench_setups(config: Config, overrides: list[str], steps: int, repeats: int)
         "local": "(a') VecTradingEnv in process, RemoteVecEnv",
         "dummy": "(b) DummyVecEnv of TradingEnv, in process",
         "null": "(c) null VecEnv (learner bound)",
+        "session": "(s) whole system, python run.py",
     }
     print(f"PPO training steps/s, {steps:,} steps a run, {repeats} interleaved repeats")
     for name, label in labels.items():
@@ -378,12 +390,14 @@ def bench_setups(config: Config, overrides: list[str], steps: int, repeats: int)
             f"(min {min(values):,.0f}, max {max(values):,.0f})"
         )
     a_b = median_ratio(rates["actor"], rates["dummy"])
+    s_b = median_ratio(rates["session"], rates["dummy"])
     a_c = median_ratio(rates["actor"], rates["null"])
     a_local = median_ratio(rates["actor"], rates["local"])
     print(
         f"  (a)/(b) median same-repeat ratio {a_b:.2f}  (target >= 0.9: {'met' if a_b >= 0.9 else 'NOT met'})"
     )
     print(f"  (a)/(c) median same-repeat ratio {a_c:.2f}")
+    print(f"  (s)/(b) median same-repeat ratio {s_b:.2f} (the whole system against DummyVecEnv)")
     a2_local = median_ratio(rates["server"], rates["local"])
     for name in step_us:
         request_us, share = statistics.median(step_us[name]), statistics.median(step_share[name])
@@ -393,15 +407,20 @@ def bench_setups(config: Config, overrides: list[str], steps: int, repeats: int)
     return {
         "rates": rates,
         "actor_over_dummy": a_b,
+        "session_over_dummy": s_b,
         "actor_over_null": a_c,
         "actor_over_local": a_local,
         "server_over_local": a2_local,
     }
 
 
-def run_session(steps: int | None, runs_dir: Path, name: str) -> dict[str, Any]:
+def run_session(
+    steps: int | None, runs_dir: Path, name: str, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
     """Run `python run.py` (the default session, or with steps_per_episode=steps); return its timings."""
     command = [sys.executable, "run.py", "--name", name, "--set", f"session.runs_dir={runs_dir}"]
+    for override in overrides:
+        command += ["--set", override]
     if steps is not None:
         command += ["--set", f"training.steps_per_episode={steps}"]
     started = time.perf_counter()
@@ -492,6 +511,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a fast smoke pass (small budgets)")
     parser.add_argument("--steps", type=int, default=65_536, help="training steps per setup and repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--session-factor", type=int, default=4, help="(s) trains this many times --steps")
     parser.add_argument("--skip-setups", action="store_true")
     parser.add_argument("--skip-session", action="store_true")
     parser.add_argument("--session-repeats", type=int, default=1)
@@ -525,7 +545,9 @@ def main() -> int:
     config = load_config(None, args.overrides)
     figures: dict[str, Any] = {}
     if not args.skip_setups:
-        figures["setups"] = bench_setups(config, args.overrides, args.steps, args.repeats)
+        figures["setups"] = bench_setups(
+            config, args.overrides, args.steps, args.repeats, args.session_factor
+        )
     if not args.skip_session:
         figures["session"] = bench_session(
             session_steps, args.baseline_steps, args.session_repeats, args.baseline_torch_threads

@@ -241,6 +241,16 @@ def test_possible_combinations_are_accepted(tmp_path: Path, yaml_text: str) -> N
     assert isinstance(load_config(write_config(tmp_path, yaml_text)), Config)
 
 
+def test_yes_no_on_off_are_words_and_only_true_false_are_booleans(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "session:\n  console: off\ndata:\n  cache: false\n")
+
+    assert load_config(path).session.console == "off"
+    assert load_config(path).data.cache is False
+    assert load_config(None, ("session.console=off",)).session.console == "off"
+    assert load_config(None, ("data.cache=TRUE",)).data.cache is True
+    assert "data.cache must be true or false, got 'yes'" in config_error(None, ("data.cache=yes",))
+
+
 def test_malformed_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
     path = write_config(tmp_path, "training:\n  episodes: 1\n  seed: 42: 43\n")
 
