@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -121,6 +121,11 @@ HOT_S = 0.01
 blocks at once, so idle actors cost no CPU."""
 
 
+# Plain ints: the spin reads these hundreds of times a request, and pyzmq's enums are slower to combine.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
+
 class _Waiter:
     """Wait until a socket is readable: poll it in a loop for a short while when it is busy, else block.
 
@@ -158,7 +163,7 @@ class _Waiter:
 
     def _readable(self) -> bool:
         """Tell whether a message is waiting, without blocking (cheaper than poll(0))."""
-        return bool(int(self._sock.get(zmq.EVENTS)) & zmq.POLLIN)
+        return bool(cast(int, self._sock.get(_EVENTS)) & _POLLIN)
 
 
 def _tune(sock: zmq.Socket[bytes], max_bytes: int) -> None:
