@@ -170,7 +170,7 @@ def _plot_episode(figure: Any, plots: Path, series: _EpisodeSeries) -> list[str]
 
 
 def _plot_latest(figure: Any, run_dir: Path, series: _EpisodeSeries) -> str:
-    """Write equity.png: the latest episode's equity over its drawdown, agent vs buy & hold."""
+    """Write equity.png: an episode's equity over its drawdown, agent vs buy & hold; return its name."""
     fig = figure(figsize=(9, 7), layout="constrained")
     top = fig.add_subplot(2, 1, 1)
     series.draw(top, "equity")
@@ -218,7 +218,7 @@ def _markdown(
     config: Mapping[str, Any],
     evaluations: Sequence[Mapping[str, Any]],
     episode_plots: Mapping[int, list[str]],
-    latest_plot: str,
+    latest_plot: tuple[int, str] | None,
     training_plot: str,
 ) -> str:
     lines = [f"# Session {name}", ""]
@@ -235,9 +235,9 @@ def _markdown(
     if not evaluations:
         lines += ["No episode was evaluated.", ""]
     else:
-        if latest_plot:
-            episode = evaluations[-1]["episode"]
-            lines += [f"![Episode {episode}: equity and drawdown, agent vs buy & hold]({latest_plot})", ""]
+        if latest_plot is not None:
+            episode, plot = latest_plot
+            lines += [f"![Episode {episode}: equity and drawdown, agent vs buy & hold]({plot})", ""]
         lines += [
             "| episode | return agent | return B&H | Sharpe agent | Sharpe B&H "
             "| max drawdown agent | max drawdown B&H | trades |",
@@ -282,8 +282,9 @@ def _markdown(
 def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[dict[str, Any]]) -> Path:
     """Write report.md and its PNGs; return its path.
 
-    The PNGs: equity.png in the run folder (the latest episode's equity and drawdown, agent vs buy &
-    hold), and under plots/ the equity and drawdown of every episode and the training curves.
+    The PNGs: equity.png in the run folder (the equity and drawdown of the latest episode with per-bar
+    records, agent vs buy & hold), and under plots/ the equity and drawdown of every episode and the
+    training curves.
 
     Args:
         evaluations: as in SessionState.to_dict()["evaluations"]: episode, agent and buy_and_hold metrics.
@@ -300,17 +301,16 @@ def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[d
     plots = run_dir / PLOTS_DIR
     plots.mkdir(exist_ok=True)
     episode_plots: dict[int, list[str]] = {}
-    latest_plot = ""
+    latest: _EpisodeSeries | None = None
     for ev in evaluations:
         episode = int(ev["episode"])
         columns = _read_csv(run_dir / f"eval-episode-{episode}.csv")
         if columns.get("equity") and "buy_and_hold_equity" in columns:
-            series = _EpisodeSeries(episode, columns)
-            episode_plots[episode] = _plot_episode(figure, plots, series)
-            if ev is evaluations[-1]:
-                latest_plot = _plot_latest(figure, run_dir, series)
+            latest = _EpisodeSeries(episode, columns)
+            episode_plots[episode] = _plot_episode(figure, plots, latest)
         else:
             logger.warning("report: no per-bar records for episode %d; no plots", episode)
+    latest_plot = (latest.episode, _plot_latest(figure, run_dir, latest)) if latest is not None else None
     training_plot = _plot_training(figure, plots, _read_csv(run_dir / "metrics.csv"))
     config: Mapping[str, Any] = {}
     config_path = run_dir / "config.yaml"

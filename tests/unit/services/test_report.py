@@ -115,6 +115,9 @@ def test_an_episode_without_records_keeps_its_table_and_gets_no_plots(tmp_path: 
     text = report.read_text()
     assert "### Episode 2" in text
     assert "plots/equity-episode-2.png" not in text
+    assert "![Episode 1: equity and drawdown, agent vs buy & hold](equity.png)" in text, (
+        "equity.png shows the latest episode that has records"
+    )
     assert (tmp_path / "plots" / "equity-episode-1.png").is_file()
     assert "No training values were recorded." in text
     assert "## Configuration" not in text
