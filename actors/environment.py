@@ -29,6 +29,7 @@ from messages import (
     SetSession,
     StepEnvs,
 )
+from services.trading_env import StepResult
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class VecEnvCore(Protocol):
         """Reset every env."""
         ...
 
-    def step(self, actions: np.ndarray) -> Any:
+    def step(self, actions: np.ndarray) -> StepResult:
         """Step every env with one action each."""
         ...
 
@@ -122,8 +123,8 @@ class EnvActor(ServiceActor):
         """Serve data blocks, session names, env descriptions, resets, steps and evaluations."""
         match msg:
             case StepEnvs():
-                result = self._env(msg.role).step(msg.actions)
-                finished = result.terminated | result.truncated
+                # Only finished envs have a terminal observation: the reply carries those rows alone.
+                result = self._env(msg.role).step(msg.actions).finished_only()
                 self.reply(
                     peer,
                     EnvsStepped(
@@ -133,8 +134,7 @@ class EnvActor(ServiceActor):
                         reward=result.reward,
                         terminated=result.terminated,
                         truncated=result.truncated,
-                        # Only finished envs have a terminal observation: send those rows alone.
-                        terminal_obs=result.terminal_obs[finished],
+                        terminal_obs=result.terminal_obs,
                         episode_return=result.episode_return,
                         episode_length=result.episode_length,
                     ),

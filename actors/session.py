@@ -334,14 +334,13 @@ class SessionActor(pykka.ThreadingActor):
     def _fail(self, reason: str, *, input_error: bool = False) -> None:
         logger.info("session failed: %s", reason)
         self._publish(ErrorRaised(where="session", error=reason, fatal=True, sender=self.name))
-        if not self._stopping:
-            self.outcome.input_error = input_error
-        self._abort(reason, "failed")
+        self._abort(reason, "failed", input_error=input_error)
 
-    def _abort(self, reason: str, status: str) -> None:
+    def _abort(self, reason: str, status: str, *, input_error: bool = False) -> None:
         if self._stopping:
             return
         self.outcome.status, self.outcome.reason = status, reason
+        self.outcome.input_error = input_error
         self._begin_shutdown()
 
     def _begin_shutdown(self) -> None:

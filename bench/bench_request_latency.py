@@ -54,7 +54,7 @@ def stepped_reply(n_envs: int, obs_size: int) -> EnvsStepped:
         reward=np.zeros(n_envs, dtype=np.float32),
         terminated=np.zeros(n_envs, dtype=bool),
         truncated=np.zeros(n_envs, dtype=bool),
-        terminal_obs=np.zeros((n_envs, obs_size), dtype=np.float32),
+        terminal_obs=np.zeros((0, obs_size), dtype=np.float32),  # no env finished, as on most steps
         episode_return=np.zeros(n_envs),
         episode_length=np.zeros(n_envs, dtype=np.int64),
     )

@@ -166,7 +166,7 @@ def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
             for item in server.poll(50):
                 msg = item.message
                 if isinstance(msg, StepEnvs):
-                    r = env.step(msg.actions)
+                    r = env.step(msg.actions).finished_only()
                     reply: Any = EnvsStepped(
                         correlation_id=msg.msg_id,
                         obs=r.obs,

@@ -82,7 +82,7 @@ class LocalBackend:
         return np.asarray(self._env.reset(seed=None if seed < 0 else seed))
 
     def step(self, actions: np.ndarray) -> Any:
-        return self._env.step(actions)
+        return self._env.step(actions).finished_only()
 
 
 def spaces_from_spec(spec: EnvSpec) -> tuple[spaces.Box, spaces.Space[Any]]:
@@ -131,16 +131,10 @@ class RemoteVecEnv(VecEnv):
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if dones.any():
             now = time.monotonic() - self._episode_start
-            finished = np.flatnonzero(dones)
-            # The env actor sends the finished rows only; a local backend hands over every row.
-            terminal = (
-                reply.terminal_obs
-                if len(reply.terminal_obs) == len(finished)
-                else reply.terminal_obs[finished]
-            )
-            for row, i in enumerate(finished):
+            # terminal_obs holds the finished envs' rows only, in env order (both backends).
+            for row, i in enumerate(np.flatnonzero(dones)):
                 infos[i] = {
-                    "terminal_observation": np.array(terminal[row]),
+                    "terminal_observation": np.array(reply.terminal_obs[row]),
                     "TimeLimit.truncated": bool(reply.truncated[i] and not reply.terminated[i]),
                     "episode": {
                         "r": float(reply.episode_return[i]),

@@ -158,6 +158,10 @@ class StepResult(NamedTuple):
     episode_length: np.ndarray
     """[N] int64: steps of the finished episode; valid for finished envs."""
 
+    def finished_only(self) -> StepResult:
+        """Return the result with terminal_obs cut to the finished envs' rows, in env order (wire form)."""
+        return self._replace(terminal_obs=self.terminal_obs[self.terminated | self.truncated])
+
 
 class EvaluationRecords(NamedTuple):
     """Hold the per-bar records of a sequential run; row 0 is the start bar, before any trade."""
@@ -177,9 +181,8 @@ class EvaluationRecords(NamedTuple):
 
 
 class _ScalarOps:
-    """Stand in for the numpy functions of the accounting kernel when it runs on Python floats."""
+    """Stand in for the numpy functions of the reward kernel when it runs on Python floats."""
 
-    log = staticmethod(math.log)
     sqrt = staticmethod(math.sqrt)
     maximum = staticmethod(max)
     minimum = staticmethod(min)
@@ -189,17 +192,13 @@ class _ScalarOps:
         """Return if_true where condition holds, like np.where on scalars."""
         return if_true if condition else if_false
 
-    @staticmethod
-    def sign(value: float) -> float:
-        """Return -1.0, 0.0 or 1.0 like np.sign."""
-        return float((value > 0.0) - (value < 0.0))
 
-
-# The kernel below is written with operators and these few functions only, so that it serves numpy arrays
-# (xp = np, the vectorized env) and Python floats (xp = _ScalarOps). The single env calls it for the
-# dsr and drawdown rewards; its growth, entry and unrealised PnL are written out on floats in
+# The vectorized env runs the kernel below on numpy arrays. Its reward is written with operators and the
+# few functions of xp only, so that the single env runs it on Python floats too (xp = _ScalarOps) for the
+# dsr and drawdown rewards; the single env's growth, entry and unrealised PnL are written out on floats in
 # TradingEnv.step, which is twice as fast, and a test checks the two agree for every option combination.
 _Num = Any
+"""A numpy array or a Python float: the reward kernel takes either."""
 
 
 class _Accounting:
@@ -215,34 +214,36 @@ class _Accounting:
         self._eta = options.dsr_eta
         self._penalty = options.drawdown_penalty
 
-    def growth(self, xp: Any, old: _Num, new: _Num, gap: _Num, drift: _Num) -> _Num:
+    def growth(self, old: np.ndarray, new: np.ndarray, gap: np.ndarray, drift: np.ndarray) -> np.ndarray:
         """Return the factor by which equity grows over the bar (see the module docstring)."""
         factor = (1.0 + old * gap) * (1.0 - abs(new - old) * self.cost) * (1.0 + new * drift)
         if self.borrow:
             factor = factor * (1.0 - (abs(new) - new) * (0.5 * self.borrow))
-        return xp.maximum(factor, _MIN_GROWTH)
+        return np.maximum(factor, _MIN_GROWTH)
 
-    def costs(self, equity: _Num, old: _Num, new: _Num, gap: _Num, drift: _Num) -> _Num:
+    def costs(
+        self, equity: np.ndarray, old: np.ndarray, new: np.ndarray, gap: np.ndarray, drift: np.ndarray
+    ) -> np.ndarray:
         """Return commission, slippage and borrow paid over the bar, in units of equity."""
         at_fill = equity * (1.0 + old * gap)
         traded = at_fill * abs(new - old) * self.cost
         at_close = (at_fill - traded) * (1.0 + new * drift)
         return traded + at_close * (abs(new) - new) * (0.5 * self.borrow)
 
-    def entry(self, xp: Any, old: _Num, new: _Num, entry: _Num, fill: _Num) -> _Num:
+    def entry(self, old: np.ndarray, new: np.ndarray, entry: np.ndarray, fill: np.ndarray) -> np.ndarray:
         """Return the log entry price of `new` after it replaced `old` at log price `fill`."""
         if self._discrete:
             # Discrete positions are -lev, 0 or lev: a change is always a flip, an entry or an exit,
             # which the general rule below reduces to.
-            return xp.where(new != old, fill, entry)
-        added = xp.maximum(abs(new) - abs(old), 0.0)
-        share_new = xp.where(old * new > 0.0, added / xp.maximum(abs(new), _TINY), 1.0)
+            return np.where(new != old, fill, entry)
+        added = np.maximum(abs(new) - abs(old), 0.0)
+        share_new = np.where(old * new > 0.0, added / np.maximum(abs(new), _TINY), 1.0)
         return entry + share_new * (fill - entry)
 
     @staticmethod
-    def unrealised(xp: Any, position: _Num, entry: _Num, log_close: _Num) -> _Num:
+    def unrealised(position: np.ndarray, entry: np.ndarray, log_close: np.ndarray) -> np.ndarray:
         """Return the log PnL of the open position since its entry, signed by its side."""
-        return xp.sign(position) * (log_close - entry)
+        return np.sign(position) * (log_close - entry)
 
     def reward(
         self, xp: Any, growth: _Num, log_growth: _Num, equity: _Num, state: tuple[_Num, _Num]
@@ -618,12 +619,12 @@ class VecTradingEnv:
         new = self._targets(actions)
         self._t += 1
         gap, drift, fill, log_close = self._data.bars.take(self._t, axis=1)
-        growth = acc.growth(np, old, new, gap, drift)
+        growth = acc.growth(old, new, gap, drift)
         log_growth = np.log(growth)
         if self.sequential:
             cost = float(acc.costs(self._equity, old, new, gap, drift)[0])
-        np.copyto(self._entry, acc.entry(np, old, new, self._entry, fill))
-        np.copyto(self._unrealised, acc.unrealised(np, new, self._entry, log_close))
+        np.copyto(self._entry, acc.entry(old, new, self._entry, fill))
+        np.copyto(self._unrealised, acc.unrealised(new, self._entry, log_close))
         np.copyto(old, new)
         self._equity *= growth
         reward, state = acc.reward(np, growth, log_growth, self._equity, self._reward_state)
@@ -711,6 +712,10 @@ class TradingEnv(gymnasium.Env[np.ndarray, Any]):
     _ep_return: float
     _reward_state: tuple[float, float]
     _over: bool
+    _episode_bars: list[list[float]]
+    """(gap, drift, fill, log close) of each bar of the episode, as Python floats."""
+    _windows: np.ndarray
+    """The data's window view (new data brings a new view)."""
 
     def __init__(
         self,
@@ -737,7 +742,6 @@ class TradingEnv(gymnasium.Env[np.ndarray, Any]):
         self._width = self.options.window * self._data.n_features
         self._obs_size = self._width + _N_STATE
         self._window_offset = self.options.window - 1
-        self._windows = self._data.windows
         # The scalar step's constants, read once (see step).
         self._cost = self._acc.cost
         self._borrow = self._acc.borrow
@@ -745,8 +749,6 @@ class TradingEnv(gymnasium.Env[np.ndarray, Any]):
         self._log_reward = self.options.reward == "log_return"
         self._ruin = self.options.ruin_equity
         self._length = self.options.episode_length
-        # (gap, drift, fill, log close) of each bar of the current episode, as Python floats.
-        self._episode_bars: list[list[float]] = []
         self._np_random = np.random.default_rng(seed)
         self._start_episode()
 
@@ -814,7 +816,7 @@ class TradingEnv(gymnasium.Env[np.ndarray, Any]):
         if change:
             if self._discrete or old * new <= 0.0:
                 self._entry = fill
-            elif (new if new > 0.0 else -new) > (old if old > 0.0 else -old):
+            elif abs(new) > abs(old):
                 self._entry += (1.0 - abs(old) / abs(new)) * (fill - self._entry)
         if new > 0.0:
             self._unrealised = log_close - self._entry

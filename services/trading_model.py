@@ -112,7 +112,6 @@ class TradingModel:
         *,
         model_id: str,
         options: ModelOptions,
-        device: str,
         eval_env: VecEnv,
         token: object = None,
     ) -> None:
@@ -166,9 +165,7 @@ class TradingModel:
                 algorithm.load_replay_buffer(replay)
             _restore_rng(folder)
             model_id, restored = str(checkpoint.meta["model_id"]), str(folder)
-        model = cls(
-            algorithm, model_id=model_id, options=options, device=device, eval_env=eval_env, token=_CREATE
-        )
+        model = cls(algorithm, model_id=model_id, options=options, eval_env=eval_env, token=_CREATE)
         model.restored_from = restored
         formats: list[KVWriter] = [_ForwardValues(on_values, lambda: model.num_timesteps)]
         folder_name = ""

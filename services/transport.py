@@ -117,8 +117,8 @@ SPIN_S = 0.002
 """How long a socket on the hot path polls before it blocks: a reply to an env step, or the next step
 request, usually arrives within this, and waking a blocked process costs more than the spin."""
 HOT_S = 0.01
-"""A server socket is on the hot path while its last request arrived at most this long ago; an idle one
-blocks at once, so idle actors cost no CPU."""
+"""A socket is on the hot path while its last message (received by a server, sent by a client) is at most
+this old; any other socket blocks at once, so idle actors cost no CPU."""
 
 
 # Plain ints: the spin reads these hundreds of times a request, and pyzmq's enums are slower to combine.
@@ -150,7 +150,7 @@ class _Waiter:
             return True
         if timeout_ms <= 0:
             return False
-        now = time.perf_counter()
+        started = now = time.perf_counter()
         if now - self._last < HOT_S:
             end = now + min(SPIN_S, timeout_ms / 1000)
             while now < end:
@@ -158,7 +158,7 @@ class _Waiter:
                 if readable():
                     return True
                 now = time.perf_counter()
-            timeout_ms -= int(SPIN_S * 1000)
+            timeout_ms -= int((now - started) * 1000)
         return bool(self._sock.poll(max(timeout_ms, 0)))
 
     def _readable(self) -> bool:

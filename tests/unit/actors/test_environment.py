@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,19 +28,10 @@ from messages import (
     SetSession,
     StepEnvs,
 )
+from services.trading_env import StepResult
 from tests.fakes import FakeClock, FakeProbe, FakePublisher, FakeServer
 
 N_FEATURES = 3
-
-
-class Result(NamedTuple):
-    obs: np.ndarray
-    reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    terminal_obs: np.ndarray
-    episode_return: np.ndarray
-    episode_length: np.ndarray
 
 
 class FakeEnv:
@@ -62,15 +53,15 @@ class FakeEnv:
         self.seeds.append(seed)
         return np.zeros((self.n_envs, N_FEATURES + 2), dtype=np.float32)
 
-    def step(self, actions: np.ndarray) -> Result:
+    def step(self, actions: np.ndarray) -> StepResult:
         n = self.n_envs
         obs = np.tile(actions.astype(np.float32)[:, None], (1, N_FEATURES + 2))
-        return Result(
+        return StepResult(
             obs,
             actions.astype(np.float32) / 10,
             np.zeros(n, bool),
-            np.ones(n, bool),
-            obs,
+            actions == 1,  # the envs given action 1 finish
+            obs * 10,
             np.ones(n),
             np.ones(n, np.int64),
         )
@@ -225,6 +216,9 @@ def test_describe_reset_and_step_serve_the_train_envs_in_one_batch(world) -> Non
     assert factory.created[0].seeds == [7]
     assert isinstance(stepped, EnvsStepped)
     np.testing.assert_allclose(stepped.reward, [0.0, 0.1, 0.2, 0.1], rtol=1e-6)
+    assert stepped.truncated.tolist() == [False, True, False, True]
+    assert stepped.terminal_obs.shape == (2, 5), "the reply carries the finished envs' rows alone"
+    np.testing.assert_array_equal(stepped.terminal_obs, 10.0)
     assert stepped.sender == "env"
 
 

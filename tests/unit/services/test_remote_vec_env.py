@@ -41,3 +41,29 @@ def test_finished_rows_map_to_their_envs_with_gymnasium_truncation_semantics() -
     assert infos[1]["TimeLimit.truncated"] is False and infos[3]["TimeLimit.truncated"] is True
     assert infos[3]["episode"]["r"] == 0.25 and infos[3]["episode"]["l"] == 9
     np.testing.assert_array_equal(rewards, [0, 1, 2, 3])
+
+
+def test_a_local_backend_gives_each_finished_env_its_own_terminal_observation() -> None:
+    from services.remote_vec_env import LocalBackend
+    from services.trading_env import EnvOptions, VecTradingEnv
+
+    rng = np.random.default_rng(0)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 200)))
+    features = rng.normal(size=(200, 2)).astype(np.float32)
+    options = EnvOptions(n_envs=5, window=3, episode_length=4)
+    local, twin = (VecTradingEnv(options, seed=7) for _ in range(2))
+    for env in (local, twin):
+        env.update_data(features, close.copy(), close)
+    remote = RemoteVecEnv(LocalBackend(local, action="discrete3", n_actions=3, max_leverage=1.0))
+    remote.reset()
+    twin.reset()
+
+    checked = 0
+    for _ in range(12):
+        actions = rng.integers(0, 3, size=5)
+        expected = twin.step(actions)
+        _, _, dones, infos = remote.step(actions)
+        for i in np.flatnonzero(dones):
+            np.testing.assert_array_equal(infos[i]["terminal_observation"], expected.terminal_obs[i])
+            checked += 1
+    assert checked >= 10, "every env finished at least twice"

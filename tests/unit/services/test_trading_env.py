@@ -360,6 +360,22 @@ def test_vectorised_env_equals_single_envs_seeded_seed_plus_index(
         assert finished["terminated"] > 0
 
 
+def test_finished_only_keeps_the_terminal_rows_of_the_finished_envs_in_env_order() -> None:
+    n = 4
+    result = StepResult(
+        obs=np.zeros((n, 2), dtype=np.float32),
+        reward=np.zeros(n, dtype=np.float32),
+        terminated=np.array([False, False, True, False]),
+        truncated=np.array([True, False, False, False]),
+        terminal_obs=np.arange(n * 2, dtype=np.float32).reshape(n, 2),
+        episode_return=np.zeros(n),
+        episode_length=np.zeros(n, dtype=np.int64),
+    )
+
+    np.testing.assert_array_equal(result.finished_only().terminal_obs, [[0, 1], [4, 5]])
+    assert result.finished_only().obs is result.obs
+
+
 def test_reset_with_a_seed_replays_the_same_start_bars() -> None:
     features, open_, close = _random_data(300, 2, seed=6)
     env = VecTradingEnv(EnvOptions(window=4, episode_length=10), n_envs=8, seed=0)

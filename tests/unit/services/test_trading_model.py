@@ -70,7 +70,7 @@ def test_the_model_cannot_be_built_except_through_create() -> None:
     model = make_model()
 
     with pytest.raises(TypeError, match=r"only through TradingModel\.create"):
-        TradingModel(model.algorithm, model_id="x", options=TINY, device="cpu", eval_env=model.eval_env)
+        TradingModel(model.algorithm, model_id="x", options=TINY, eval_env=model.eval_env)
 
 
 def test_only_trading_model_constructs_sb3_algorithms() -> None:
