@@ -49,7 +49,8 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(PYTHON), "run.py", *rest])
     lint = subprocess.call([str(PYTHON), "-m", "ruff", "check", "."])
     if lint == 0:
-        lint = subprocess.call([str(PYTHON), "-m", "mypy", "actors", "messages", "services", "run.py"])
+        packages = ["actors", "messages", "services", "launcher", "run.py"]
+        lint = subprocess.call([str(PYTHON), "-m", "mypy", *packages])
     if command == "lint" or lint != 0:
         return lint
     return subprocess.call([str(PYTHON), "-m", "pytest", *rest])

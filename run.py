@@ -124,8 +124,8 @@ def _resolve_config(args: argparse.Namespace) -> Any:
 def _fingerprint(config: Any) -> dict[str, str]:
     """What a checkpoint must match to be resumed: the data files and the model-relevant config."""
     from services.config import config_fingerprint
-    from services.data_source import DataError
-    from services.feature_cache import cache_key
+    from services.data.fingerprint import cache_key
+    from services.data.reader import DataError
 
     try:
         data_hash = cache_key(config.data.source, config.data.features)
@@ -140,9 +140,9 @@ def _check_rows(config: Any, data_hash: str) -> None:
     The row count comes from the feature store of a previous session, else from counting the lines of
     plain CSV files (a fast byte scan); other sources are checked by the data actor.
     """
-    from services.data_source import DataError, list_source_files
-    from services.features import feature_warmup
-    from services.splits import split_ranges
+    from services.data.features import feature_warmup
+    from services.data.reader import DataError, list_source_files
+    from services.data.splits import split_ranges
 
     if config.data.split.mode == "date":
         return
@@ -180,7 +180,7 @@ def _count_lines(path: Path) -> int:
 
 def _resume_point(args: argparse.Namespace, config: Any, fingerprint: dict[str, str]) -> tuple[int, str]:
     """Return (first episode, checkpoint path) of a resumed run, refusing a mismatch unless --force."""
-    from services.checkpoint import CheckpointError, latest_checkpoint
+    from services.model.checkpoint import CheckpointError, latest_checkpoint
 
     try:
         info = latest_checkpoint(args.resume / "checkpoints")
@@ -222,16 +222,16 @@ def train(argv: Sequence[str]) -> int:
 
     from actors.ports import Ports
     from actors.session import Abort, Outcome, SessionActor
+    from launcher.supervisor import Supervisor
     from messages import EvaluationReport, SessionStarted
-    from services.checkpoint import write_json_atomic
     from services.config import config_to_dict
-    from services.console import format_duration, format_eval_table
-    from services.event_hub import EventHub
-    from services.run_recorder import RunRecorder, write_eval_csv
+    from services.model.checkpoint import write_json_atomic
     from services.runtime import SystemClock, rss_bytes
-    from services.session_state import SessionState
-    from services.supervisor import Supervisor
-    from services.transport import Endpoints, Publisher, ipc_folder, is_loopback
+    from services.session.console import format_duration, format_eval_table
+    from services.session.recorder import RunRecorder, write_eval_csv
+    from services.session.state import SessionState
+    from services.transport.hub import EventHub
+    from services.transport.sockets import Endpoints, Publisher, ipc_folder, is_loopback
 
     args = _train_parser().parse_args(argv)
     config = _resolve_config(args)
@@ -243,7 +243,7 @@ def train(argv: Sequence[str]) -> int:
         )
     session_keys = None
     if opts.keys_dir:
-        from services.keys import LOCAL_KIT, KeysError, load_client_keys, load_session_keys
+        from services.transport.curve import LOCAL_KIT, KeysError, load_client_keys, load_session_keys
 
         keys_dir = Path(opts.keys_dir) if Path(opts.keys_dir).is_absolute() else ROOT / opts.keys_dir
         try:
@@ -412,7 +412,7 @@ def train(argv: Sequence[str]) -> int:
 
 def _client_factory(endpoint: str, max_bytes: int, timeout_s: float, sender: str) -> Any:
     """Return a factory of request clients to one endpoint (called in the thread that uses them)."""
-    from services.transport import Client
+    from services.transport.sockets import Client
 
     return lambda: Client(endpoint, max_bytes=max_bytes, timeout_s=timeout_s, sender=sender)
 
@@ -489,7 +489,7 @@ class _Watch:
 
     def _resume_from_latest(self) -> None:
         """Point session.json at the last checkpoint so the new model process restores it."""
-        from services.checkpoint import latest_checkpoint, write_json_atomic
+        from services.model.checkpoint import latest_checkpoint, write_json_atomic
 
         info = latest_checkpoint(self.run_dir / "checkpoints")
         session_file = self.run_dir / "session.json"
@@ -536,7 +536,7 @@ def _wait_started(state: Any, supervisor: Any, timeout_s: float, signals: _Signa
 
 def _write_report(run_dir: Path, name: str, model_id: str) -> None:
     """Write report.md and its plots from every evaluation the run has (resumes included)."""
-    from services.report import write_report
+    from services.session.report import write_report
 
     by_episode: dict[int, dict[str, Any]] = {}
     with (run_dir / "events.jsonl").open(encoding="utf-8") as fh:
@@ -614,7 +614,7 @@ def actor_main(argv: Sequence[str]) -> int:
 
     from actors.base import ActorExit
     from services.config import config_from_dict, read_yaml
-    from services.transport import Endpoints
+    from services.transport.sockets import Endpoints
 
     config = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
     endpoints = Endpoints.from_dict(json.loads((run_dir / "endpoints.json").read_text()))
@@ -632,7 +632,7 @@ def actor_main(argv: Sequence[str]) -> int:
 def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: Any) -> Any:
     from actors.ports import Ports
     from services.runtime import PsutilProbe, SystemClock
-    from services.transport import Publisher, Server
+    from services.transport.sockets import Publisher, Server
 
     opts = config.session
     max_bytes = opts.max_message_bytes
@@ -656,7 +656,7 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
 
     if kind == "data":
         from actors.data import DataActor
-        from services.dataset import DatasetService
+        from services.data.dataset import DatasetService
 
         service = DatasetService(
             config.data,
@@ -674,14 +674,14 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
         )
     if kind == "env":
         from actors.environment import EnvActor
-        from services.env_factory import VecEnvFactory
+        from services.env.factory import VecEnvFactory
 
         env_factory = VecEnvFactory(config.env, seed=config.training.seed)
         return EnvActor.start(factory=env_factory, ports=ports("env"), **common)
     if kind == "model":
         from actors.model import ModelActor
-        from services.checkpoint import verify_checkpoint
-        from services.trading_model import RemoteModelFactory
+        from services.model.checkpoint import verify_checkpoint
+        from services.model.trading_model import RemoteModelFactory
 
         session = json.loads((run_dir / "session.json").read_text())
         factory = RemoteModelFactory(
@@ -699,9 +699,9 @@ def _build_actor(kind: str, config: Any, endpoints: Any, run_dir: Path, note: An
             **common,
         )
     from actors.monitor import MonitorActor
-    from services.console import make_view
-    from services.keys import LOCAL_KIT, load_client_keys, session_client
-    from services.transport import Subscriber
+    from services.session.console import make_view
+    from services.transport.curve import LOCAL_KIT, load_client_keys, session_client
+    from services.transport.sockets import Subscriber
 
     view = make_view(opts.console, json=False, tables=False, stream=sys.stdout, heartbeat_s=opts.heartbeat_s)
     keys = None
@@ -759,8 +759,9 @@ def monitor_main(argv: Sequence[str]) -> int:
     from actors.monitor import MonitorActor
     from actors.ports import Ports
     from messages import DescribeSession, SessionDescription
-    from services.console import make_view
-    from services.keys import (
+    from services.runtime import PsutilProbe, SystemClock
+    from services.session.console import make_view
+    from services.transport.curve import (
         Handshake,
         KeysError,
         check_handshake,
@@ -768,8 +769,7 @@ def monitor_main(argv: Sequence[str]) -> int:
         load_client_keys,
         session_client,
     )
-    from services.runtime import PsutilProbe, SystemClock
-    from services.transport import Subscriber, TransportError
+    from services.transport.sockets import Subscriber, TransportError
 
     try:
         keys = load_client_keys(args.keys) if args.keys is not None else None
@@ -841,7 +841,7 @@ def keys_main(argv: Sequence[str]) -> int:
     if args.clients < 0:
         raise UsageError(f"run.py keys: --clients must be zero or more, got {args.clients}")
 
-    from services.keys import ALLOWLIST_DIR, LOCAL_KIT, SERVER_DIR, create_keys
+    from services.transport.curve import ALLOWLIST_DIR, LOCAL_KIT, SERVER_DIR, create_keys
 
     folder = args.dir.resolve()
     try:
@@ -872,10 +872,10 @@ def predict_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     _configure_logging(None, stderr_level=logging.ERROR)
 
-    from services.checkpoint import CheckpointError
+    from launcher.predict import Predictor
     from services.config import ConfigError
-    from services.data_source import DataError
-    from services.inference import Predictor
+    from services.data.reader import DataError
+    from services.model.checkpoint import CheckpointError
 
     if args.data is not None and not Path(args.data).exists():
         raise UsageError(f"--data: {args.data} does not exist")
@@ -899,7 +899,7 @@ def predict_main(argv: Sequence[str]) -> int:
 
 def generate_main(argv: Sequence[str]) -> int:
     """Write a synthetic OHLCV CSV of any length."""
-    from services import synthetic
+    from services.data import synthetic
 
     return int(synthetic.main(list(argv)) or 0)
 

@@ -20,7 +20,7 @@ from messages import (
     Message,
     PrepareEpisode,
 )
-from services.dataset import EpisodeSplit, LoadSummary, Split
+from services.data.dataset import EpisodeSplit, LoadSummary, Split
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from messages import (
     SetSession,
     StepEnvs,
 )
-from services.trading_env import StepResult
+from services.env.trading_env import StepResult
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ ROLES = ("train", "eval")
 
 
 class VecEnvCore(Protocol):
-    """The vectorized env as the actor uses it (services.trading_env.VecTradingEnv)."""
+    """The vectorized env as the actor uses it (services.env.trading_env.VecTradingEnv)."""
 
     n_envs: int
 

@@ -26,7 +26,7 @@ from messages import (
     TrainingMetrics,
     TrainingProgress,
 )
-from services.transport import TransportError
+from services.transport.sockets import TransportError
 
 logger = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ import logging
 from actors.base import ActorExit, ServiceActor
 from actors.ports import Clock, EventSubscriber, Ports, ProcessProbe
 from messages import Message, RequestSnapshot, SessionFinished, SessionStarted, Snapshot
-from services.console import ConsoleView
-from services.session_state import SessionState
+from services.session.console import ConsoleView
+from services.session.state import SessionState
 
 logger = logging.getLogger(__name__)
 

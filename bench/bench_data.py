@@ -31,12 +31,12 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import pandas as pd  # noqa: E402
 
 from services.config import DataOptions  # noqa: E402
-from services.data_source import Bars, SourceOptions, read_bars  # noqa: E402
-from services.dataset import DatasetService  # noqa: E402
-from services.feature_cache import cache_key, file_digest, process_source  # noqa: E402
-from services.feature_store import FeatureStore  # noqa: E402
-from services.features import FeatureOptions, FeaturePipeline  # noqa: E402
-from services.synthetic import generate_bars, write_csv  # noqa: E402
+from services.data.dataset import DatasetService  # noqa: E402
+from services.data.features import FeatureOptions, FeaturePipeline  # noqa: E402
+from services.data.fingerprint import cache_key, file_digest, process_source  # noqa: E402
+from services.data.reader import Bars, SourceOptions, read_bars  # noqa: E402
+from services.data.store import FeatureStore  # noqa: E402
+from services.data.synthetic import generate_bars, write_csv  # noqa: E402
 
 
 def pin_to_one_core() -> None:

@@ -19,7 +19,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.trading_env import EnvOptions, TradingEnv, VecTradingEnv, frame_to_arrays  # noqa: E402
+from services.env.trading_env import EnvOptions, TradingEnv, VecTradingEnv, frame_to_arrays  # noqa: E402
 
 
 def bench_single(env: TradingEnv, steps: int, seed: int) -> float:

@@ -40,9 +40,9 @@ from bench_training import EnvActorProcess, whole_split  # noqa: E402
 
 from messages import EnvsStepped, Ping, StepEnvs, Stop, Stopped, decode, encode  # noqa: E402
 from services.config import load_config  # noqa: E402
-from services.dataset import DatasetService  # noqa: E402
-from services.env_factory import VecEnvFactory  # noqa: E402
-from services.transport import Client, Server  # noqa: E402
+from services.data.dataset import DatasetService  # noqa: E402
+from services.env.factory import VecEnvFactory  # noqa: E402
+from services.transport.sockets import Client, Server  # noqa: E402
 
 MAX_BYTES = 64 << 20
 

@@ -9,7 +9,7 @@ config's PPO hyperparameters, torch threads and n_envs) on the default session's
 data/STOCKS_GOOGL.csv, each for --steps per repeat, the five interleaved in a rotating order:
   (a) actor: the real env actor process (`run.py _actor env` with the real VecEnvFactory), fed the
       train split over its ZeroMQ ROUTER, stepped from SB3 in this process through RemoteVecEnv;
-  (a2) server: the same envs served by a bare `services.transport.Server` loop in a child process, no
+  (a2) server: the same envs served by a bare `services.transport.sockets.Server` loop in a child process, no
       actor (no pykka, no heartbeats), so (a)/(a2) is the cost of the actor framework;
   (a') local: the same VecTradingEnv (VecEnvFactory) in this process behind the same RemoteVecEnv
       (LocalBackend), so (a)/(a') is the cost of the process boundary alone;
@@ -48,9 +48,9 @@ if str(ROOT) not in sys.path:
 
 from messages import DataBlock, DataComplete, DataInstalled, Ping, Stop  # noqa: E402
 from services.config import Config, config_to_dict, load_config  # noqa: E402
-from services.dataset import DatasetService, SplitArrays  # noqa: E402
-from services.trading_env import TradingEnv  # noqa: E402
-from services.transport import Client, Endpoints  # noqa: E402
+from services.data.dataset import DatasetService, SplitArrays  # noqa: E402
+from services.env.trading_env import TradingEnv  # noqa: E402
+from services.transport.sockets import Client, Endpoints  # noqa: E402
 
 COMPARE_PYTHON = ROOT / "bench" / ".venv-compare" / "bin" / "python"
 SETUPS = ("actor", "server", "local", "dummy", "null", "session")
@@ -148,8 +148,8 @@ def whole_split(split: Any) -> SplitArrays:
 def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
     """Serve the train envs from a bare transport Server loop in this (child) process, without an actor."""
     from messages import DescribeEnvs, EnvSpec, EnvsReset, EnvsStepped, ResetEnvs, StepEnvs, Stopped
-    from services.env_factory import VecEnvFactory
-    from services.transport import Server
+    from services.env.factory import VecEnvFactory
+    from services.transport.sockets import Server
 
     config = load_config(None, overrides)
     service = DatasetService(
@@ -269,9 +269,9 @@ def bench_setups(
     config: Config, overrides: list[str], steps: int, repeats: int, session_factor: int
 ) -> dict[str, Any]:
     """Train the setups interleaved; print and return steps/s and ratios."""
-    from services.env_factory import VecEnvFactory
-    from services.remote_vec_env import LocalBackend, RemoteBackend, RemoteVecEnv
-    from services.trading_model import TradingModel
+    from services.env.factory import VecEnvFactory
+    from services.model.remote_vec_env import LocalBackend, RemoteBackend, RemoteVecEnv
+    from services.model.trading_model import TradingModel
 
     service = DatasetService(
         config.data, window=config.env.window, episode_length=config.env.episode_length, cache_root=ROOT

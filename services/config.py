@@ -12,11 +12,11 @@ from typing import Any
 
 import yaml
 
-from services.data_source import SourceOptions
+from services.data.features import FeatureOptions
+from services.data.reader import SourceOptions
+from services.data.splits import SplitOptions
+from services.env.trading_env import EnvOptions
 from services.errors import InputError
-from services.features import FeatureOptions
-from services.splits import SplitOptions
-from services.trading_env import EnvOptions
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from messages import DecodeError, decode
-from services.checkpoint import latest_checkpoint
+from services.model.checkpoint import latest_checkpoint
 from tests.sessions import ROOT, TINY_MODEL, events, start_session
 
 TINY = [

@@ -17,8 +17,8 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from messages import DescribeSession, Heartbeat, RequestSnapshot, SessionDescription, Snapshot
-from services.event_hub import EventHub
-from services.keys import (
+from services.session.state import SessionState
+from services.transport.curve import (
     ALLOWLIST_DIR,
     Handshake,
     KeyAllowlist,
@@ -30,8 +30,8 @@ from services.keys import (
     load_session_keys,
     session_client,
 )
-from services.session_state import SessionState
-from services.transport import CurveServerKeys, Publisher, Subscriber, context
+from services.transport.hub import EventHub
+from services.transport.sockets import CurveServerKeys, Publisher, Subscriber, context
 
 pytestmark = pytest.mark.integration
 
@@ -207,7 +207,7 @@ def test_the_allowlist_logs_a_refused_key_once_and_reads_revocations_at_once(
     endpoint = f"tcp://127.0.0.1:{server.bind_to_random_port('tcp://127.0.0.1')}"
     listed = load_client_keys(keys / "client-1")
     try:
-        with caplog.at_level(logging.WARNING, logger="services.keys"):
+        with caplog.at_level(logging.WARNING, logger="services.transport.curve"):
             before = check_handshake(endpoint, listed, timeout_s=5)
             refused = [check_handshake(endpoint, load_client_keys(keys / "client-2"), 5) for _ in range(3)]
             (keys / ALLOWLIST_DIR / "client-1.key").unlink()

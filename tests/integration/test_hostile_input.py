@@ -66,12 +66,12 @@ from messages import (
     encode,
 )
 from messages.codec import MAX_HEADER_BYTES
-from services.dataset import EpisodeSplit, LoadSummary, SplitArrays
-from services.env_factory import VecEnvFactory
-from services.event_hub import EventHub
+from services.data.dataset import EpisodeSplit, LoadSummary, SplitArrays
+from services.env.factory import VecEnvFactory
+from services.env.trading_env import EnvOptions
 from services.runtime import PsutilProbe, SystemClock
-from services.trading_env import EnvOptions
-from services.transport import Client, Publisher, Server, context
+from services.transport.hub import EventHub
+from services.transport.sockets import Client, Publisher, Server, context
 
 pytestmark = pytest.mark.integration
 

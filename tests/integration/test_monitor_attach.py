@@ -28,10 +28,10 @@ from messages import (
     TrainingMetrics,
     TrainingProgress,
 )
-from services.event_hub import EventHub
 from services.runtime import SystemClock
-from services.session_state import SessionState
-from services.transport import Client, Publisher, Subscriber, context
+from services.session.state import SessionState
+from services.transport.hub import EventHub
+from services.transport.sockets import Client, Publisher, Subscriber, context
 from tests.fakes import FakeProbe, wait_until
 
 pytestmark = pytest.mark.integration

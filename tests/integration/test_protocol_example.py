@@ -19,9 +19,9 @@ import pytest
 import zmq
 
 from messages import EpisodeStarted, ErrorRaised, Message, encode
-from services.event_hub import EventHub
-from services.session_state import SessionState
-from services.transport import context
+from services.session.state import SessionState
+from services.transport.hub import EventHub
+from services.transport.sockets import context
 
 pytestmark = pytest.mark.integration
 

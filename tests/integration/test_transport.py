@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import zmq
 
-import services.transport
+import services.transport.sockets
 from messages import (
     PROTOCOL_VERSION,
     DecodeError,
@@ -45,9 +45,9 @@ from messages import (
     encode,
     message_types,
 )
-from services.event_hub import EventHub
-from services.session_state import SessionState
-from services.transport import (
+from services.session.state import SessionState
+from services.transport.hub import EventHub
+from services.transport.sockets import (
     SPIN_S,
     Client,
     Publisher,
@@ -465,7 +465,7 @@ class YieldCounter:
             self.calls += 1
             real()
 
-        monkeypatch.setattr(services.transport.os, "sched_yield", counted)
+        monkeypatch.setattr(services.transport.sockets.os, "sched_yield", counted)
 
 
 def test_an_idle_server_blocks_without_spinning(res: Resources, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -483,7 +483,7 @@ def test_a_server_spins_right_after_a_request_then_blocks_once_idle(
     res: Resources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hot_s = 0.5  # wide, so that a slow CI machine cannot make the first poll miss the window
-    monkeypatch.setattr(services.transport, "HOT_S", hot_s)
+    monkeypatch.setattr(services.transport.sockets, "HOT_S", hot_s)
     server = res.add(Server(endpoint(res, "ipc"), max_bytes=MAX_BYTES, name="test"))
     client = client_for(res, server.endpoint)
     client.send(Ping(sender="test"))

@@ -32,7 +32,7 @@ from messages import (
     TrainingMetrics,
     TrainingProgress,
 )
-from services.transport import RequestTimeout
+from services.transport.sockets import RequestTimeout
 from tests.fakes import FakeClient, FakeClock, FakeProbe, FakePublisher, FakeServer
 
 ROLLOUT = 1000

@@ -17,7 +17,7 @@ from messages import (
     Snapshot,
     TrainingProgress,
 )
-from services.session_state import SessionState
+from services.session.state import SessionState
 from tests.fakes import FakeClient, FakeClock, FakeProbe, wait_until
 
 

@@ -1,0 +1,1 @@
+"""The launcher: command line, preflight, the training session, supervision and actor hosting."""

@@ -1,0 +1,201 @@
+"""Serve the data actor: process the source once into a feature store, then cut each episode's windows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from services.config import DataOptions
+from services.data.fingerprint import cache_key
+from services.data.splits import Normalizer, split_ranges
+from services.data.store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SplitArrays:
+    """Rows of a split as they travel: normalised float32 features and the prices the env trades at."""
+
+    features: np.ndarray
+    open: np.ndarray
+    close: np.ndarray
+    timestamp: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.close)
+
+    def block(self, start: int, stop: int) -> SplitArrays:
+        """Return rows [start, stop)."""
+        return SplitArrays(
+            self.features[start:stop],
+            self.open[start:stop],
+            self.close[start:stop],
+            self.timestamp[start:stop],
+        )
+
+    def first_timestamp(self) -> int:
+        """Time of the first bar, ns since the epoch."""
+        return int(self.timestamp[0])
+
+    def last_timestamp(self) -> int:
+        """Time of the last bar, ns since the epoch."""
+        return int(self.timestamp[-1])
+
+
+class Split(Protocol):
+    """A split the data actor streams block by block."""
+
+    def __len__(self) -> int: ...
+
+    def block(self, start: int, stop: int) -> SplitArrays:
+        """Return rows [start, stop) of the split."""
+        ...
+
+    def first_timestamp(self) -> int:
+        """Time of the first bar."""
+        ...
+
+    def last_timestamp(self) -> int:
+        """Time of the last bar."""
+        ...
+
+
+class StoredSplit:
+    """Rows [start, stop) of a feature store, read and normalised one block at a time."""
+
+    def __init__(self, store: FeatureStore, normalizer: Normalizer, start: int, stop: int) -> None:
+        self._store = store
+        self._normalizer = normalizer
+        self._start = start
+        self._stop = stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def block(self, start: int, stop: int) -> SplitArrays:
+        """Read rows [start, stop) of the split from disk and normalise the features."""
+        a, b = self._start + start, self._start + min(stop, len(self))
+        return SplitArrays(
+            features=self._normalizer.apply(self._store.read("features", a, b)),
+            open=self._store.read("open", a, b),
+            close=self._store.read("close", a, b),
+            timestamp=self._store.read("timestamp", a, b),
+        )
+
+    def first_timestamp(self) -> int:
+        """Time of the first bar of the split."""
+        return int(self._store.read("timestamp", self._start, self._start + 1)[0])
+
+    def last_timestamp(self) -> int:
+        """Time of the last bar of the split."""
+        return int(self._store.read("timestamp", self._stop - 1, self._stop)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeSplit:
+    """An episode's train and eval rows plus the key that identifies the windows."""
+
+    key: tuple[int, int, int, int]
+    """(train_start, train_end, eval_context_start, eval_end) bar indices."""
+    train: Split
+    eval: Split
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSummary:
+    """What loading found: published as DataLoaded."""
+
+    source: str
+    rows: int
+    features: tuple[str, ...]
+    bars_per_year: float
+    data_hash: str
+    cached: bool
+    seconds: float
+
+
+class DatasetService:
+    """Processes the configured source once into a feature store and serves episode splits from it."""
+
+    def __init__(
+        self,
+        options: DataOptions,
+        *,
+        window: int,
+        episode_length: int,
+        cache_root: Path,
+        run_dir: Path | None = None,
+    ) -> None:
+        self._options = options
+        self._window = window
+        self._episode_length = episode_length
+        self._cache_root = cache_root
+        self._run_dir = run_dir
+        self._store: FeatureStore | None = None
+
+    def load(self) -> LoadSummary:
+        """Open the store of this source and feature config, or build it by streaming the source."""
+        started = time.perf_counter()
+        opts = self._options
+        key = cache_key(opts.source, opts.features)
+        if opts.cache or self._run_dir is None:
+            folder = Path(opts.cache_dir)
+            folder = (folder if folder.is_absolute() else self._cache_root / folder) / key
+        else:
+            folder = self._run_dir / "features"
+        store = FeatureStore.open(folder) if opts.cache else None
+        cached = store is not None
+        if store is None:
+            store = FeatureStore.build(folder, opts.source, opts.features, key=key)
+        self._store = store
+        return LoadSummary(
+            source=opts.source.path,
+            rows=len(store),
+            features=store.info.names,
+            bars_per_year=store.info.bars_per_year,
+            data_hash=key,
+            cached=cached,
+            seconds=time.perf_counter() - started,
+        )
+
+    def episode(self, episode: int) -> EpisodeSplit:
+        """Return episode `episode` (1-based): train and eval rows normalised with train statistics.
+
+        The eval rows start window - 1 bars before the first eval bar, so the first eval observation has a
+        full window; those context bars are earlier than every eval bar (no look-ahead).
+        """
+        store = self._store
+        if store is None:
+            raise RuntimeError("load() must run before episode()")
+        split = split_ranges(
+            len(store),
+            self._options.split,
+            episode=episode - 1,
+            timestamps_ns=store.timestamps(),
+            warmup=store.info.warmup,
+            min_bars=self._window + max(self._episode_length, 1),
+        )
+        normalizer = store.fit_normalizer(split.train)
+        self._save_normalizer(normalizer, episode)
+        context = max(split.eval.start - (self._window - 1), store.info.warmup)
+        return EpisodeSplit(
+            key=(split.train.start, split.train.stop, context, split.eval.stop),
+            train=StoredSplit(store, normalizer, split.train.start, split.train.stop),
+            eval=StoredSplit(store, normalizer, context, split.eval.stop),
+        )
+
+    def _save_normalizer(self, normalizer: Normalizer, episode: int) -> None:
+        if self._run_dir is None:
+            return
+        path = self._run_dir / "normalizer.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"episode": episode, **normalizer.to_dict()}, indent=1))
+        os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""The trading environments, their accounting, the env factory and the evaluation metrics."""

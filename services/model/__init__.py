@@ -1,0 +1,1 @@
+"""The one TradingModel, the algorithm registry, the remote VecEnv it trains on and its checkpoints."""

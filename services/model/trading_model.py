@@ -1,0 +1,308 @@
+"""Wrap the session's one SB3 algorithm: create it once, train it in pieces, evaluate it deterministically.
+
+Imported only in the model actor's process: it imports torch and stable_baselines3.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.vec_env import VecEnv
+
+from services.config import ModelOptions
+from services.errors import InputError
+from services.model.checkpoint import CheckpointInfo, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.zip"
+REPLAY_FILE = "replay_buffer.pkl"
+
+_CREATE = object()
+"""Token that only TradingModel.create holds: there is no second way to build the model."""
+
+ValuesSink = Callable[[int, dict[str, float]], None]
+"""Receives SB3's logger values after each rollout/update, with the model's step counter."""
+StepTick = Callable[[int], bool]
+"""Called after every vectorized env step with the step counter; False stops the current piece."""
+
+
+def _algorithm_class(name: str) -> type[BaseAlgorithm]:
+    if name == "recurrent_ppo":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO
+    classes: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC, "td3": TD3}
+    return classes[name]
+
+
+class DeviceError(InputError):
+    """model.device names a device this machine (or this build of torch) does not have."""
+
+
+def resolve_device(device: str) -> str:
+    """Turn 'auto' into cuda when a GPU is present, else cpu; check that an explicit cuda device exists.
+
+    SB3 quietly falls back to the CPU when CUDA is missing; a session asked for cuda must not train on
+    the CPU while its events say cuda, so that is refused here (the launcher exits with status 2).
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"model.device is {device!r}, but torch {torch.__version__} sees no CUDA device "
+                "(set model.device to auto or cpu)"
+            )
+        index = int(device.partition(":")[2] or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise DeviceError(f"model.device is {device!r}, but this machine has {count} CUDA device(s)")
+    return device
+
+
+class _ForwardValues(KVWriter):
+    """Forward the values SB3 dumps to a sink (they become TrainingMetrics events)."""
+
+    def __init__(self, sink: ValuesSink, steps: Callable[[], int]) -> None:
+        self._sink = sink
+        self._steps = steps
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        values = {
+            k: float(v)
+            for k, v in key_values.items()
+            if isinstance(v, int | float | np.floating | np.integer) and math.isfinite(float(v))
+        }
+        if values:
+            self._sink(self._steps(), values)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class _Tick(BaseCallback):
+    def __init__(self, tick: StepTick) -> None:
+        super().__init__()
+        self._tick = tick
+
+    def _on_step(self) -> bool:
+        return self._tick(self.num_timesteps)
+
+
+class TradingModel:
+    """The session's one trading model; build it only through `TradingModel.create`."""
+
+    def __init__(
+        self,
+        algorithm: BaseAlgorithm,
+        *,
+        model_id: str,
+        options: ModelOptions,
+        eval_env: VecEnv,
+        token: object = None,
+    ) -> None:
+        if token is not _CREATE:
+            raise TypeError("build the session's model only through TradingModel.create")
+        self.algorithm = algorithm
+        self.eval_env = eval_env
+        self.restored_from = ""
+        self.model_id = model_id
+        self.options = options
+        # What the algorithm really runs on (e.g. "cuda:0" for "cuda"), as events report it.
+        self.device = str(algorithm.device)
+
+    @classmethod
+    def create(
+        cls,
+        options: ModelOptions,
+        env: VecEnv,
+        *,
+        eval_env: VecEnv,
+        seed: int,
+        tensorboard_dir: Path | None,
+        on_values: ValuesSink,
+        checkpoint: CheckpointInfo | None = None,
+    ) -> TradingModel:
+        """Build the algorithm on the envs (or restore it from a checkpoint) with its logger wired.
+
+        This is the only way to obtain a TradingModel. A restored model keeps its id, weights, optimiser
+        state, step counter and RNG states.
+        """
+        torch.set_num_threads(options.torch_threads)
+        device = resolve_device(options.device)
+        algo_cls = _algorithm_class(options.algorithm)
+        if checkpoint is None:
+            policy = "MlpLstmPolicy" if options.algorithm == "recurrent_ppo" else options.policy
+            kwargs: dict[str, Any] = {"verbose": 0, **options.hyperparams}
+            algorithm = algo_cls(
+                policy,
+                env,
+                seed=seed,
+                device=device,
+                policy_kwargs={"net_arch": list(options.net_arch)},
+                **kwargs,
+            )
+            model_id, restored = uuid.uuid4().hex[:12], ""
+        else:
+            folder = checkpoint.path
+            algorithm = algo_cls.load(folder / MODEL_FILE, env=env, device=device)
+            replay = folder / REPLAY_FILE
+            if replay.is_file() and hasattr(algorithm, "load_replay_buffer"):
+                algorithm.load_replay_buffer(replay)
+            _restore_rng(folder)
+            model_id, restored = str(checkpoint.meta["model_id"]), str(folder)
+        model = cls(algorithm, model_id=model_id, options=options, eval_env=eval_env, token=_CREATE)
+        model.restored_from = restored
+        formats: list[KVWriter] = [_ForwardValues(on_values, lambda: model.num_timesteps)]
+        folder_name = ""
+        if tensorboard_dir is not None:
+            tensorboard_dir.mkdir(parents=True, exist_ok=True)
+            formats.append(TensorBoardOutputFormat(str(tensorboard_dir)))
+            folder_name = str(tensorboard_dir)
+        algorithm.set_logger(Logger(folder=folder_name or None, output_formats=formats))
+        return model
+
+    def save(self, folder: Path, *, replay_buffer: bool) -> None:
+        """Write the model (weights and optimiser state), the replay buffer if asked, and the RNG states."""
+        self.algorithm.save(folder / MODEL_FILE)
+        if replay_buffer and getattr(self.algorithm, "replay_buffer", None) is not None:
+            self.algorithm.save_replay_buffer(folder / REPLAY_FILE)  # type: ignore[attr-defined]
+        np.save(folder / "torch_rng.npy", torch.get_rng_state().numpy(), allow_pickle=False)
+        _, keys, pos, has_gauss, cached = np.random.get_state()
+        meta = np.array([pos, has_gauss])
+        np.savez(folder / "numpy_rng.npz", keys=keys, meta=meta, cached=np.array([cached]))
+        (folder / "python_rng.json").write_text(json.dumps(random.getstate()[1]))
+
+    @property
+    def num_timesteps(self) -> int:
+        """The model's step counter (all envs together), continuous across episodes."""
+        return int(self.algorithm.num_timesteps)
+
+    @property
+    def parameters(self) -> int:
+        """Number of trainable parameters of the policy."""
+        return int(sum(p.numel() for p in self.algorithm.policy.parameters() if p.requires_grad))
+
+    @property
+    def rollout_steps(self) -> int:
+        """Steps of one whole rollout (n_steps x n_envs) for on-policy algorithms, else the env count."""
+        n_steps = getattr(self.algorithm, "n_steps", 1)
+        return int(n_steps) * int(self.algorithm.n_envs)
+
+    def learn(self, steps: int, tick: StepTick) -> int:
+        """Train for at least `steps` more steps (whole rollouts); return the steps actually trained."""
+        before = self.num_timesteps
+        self.algorithm.learn(
+            total_timesteps=steps, reset_num_timesteps=False, callback=_Tick(tick), progress_bar=False
+        )
+        return self.num_timesteps - before
+
+    def evaluate(self) -> int:
+        """Run one deterministic pass over the sequential eval env until it is done; return the steps."""
+        return self.run_sequential(self.eval_env)[0]
+
+    def run_sequential(self, env: VecEnv) -> tuple[int, np.ndarray]:
+        """Run a deterministic pass over a sequential env; return the steps and the action at its last bar."""
+        obs = env.reset()
+        state: Any = None
+        episode_start = np.ones((env.num_envs,), dtype=bool)
+        steps = 0
+        while True:
+            action, state = self.algorithm.predict(
+                obs,  # type: ignore[arg-type]
+                state=state,
+                episode_start=episode_start,
+                deterministic=True,
+            )
+            obs, _, dones, infos = env.step(action)
+            episode_start = dones
+            steps += 1
+            if bool(dones[0]):
+                last = infos[0]["terminal_observation"][None]
+                final, _ = self.algorithm.predict(
+                    last, state=state, episode_start=np.zeros(1, dtype=bool), deterministic=True
+                )
+                return steps, np.asarray(final)
+
+
+def _restore_rng(folder: Path) -> None:
+    torch.set_rng_state(torch.from_numpy(np.load(folder / "torch_rng.npy", allow_pickle=False)))
+    with np.load(folder / "numpy_rng.npz", allow_pickle=False) as saved:
+        pos, has_gauss = (int(v) for v in saved["meta"])
+        np.random.set_state(("MT19937", saved["keys"], pos, has_gauss, float(saved["cached"][0])))
+    state = json.loads((folder / "python_rng.json").read_text())
+    random.setstate((3, tuple(state), None))
+
+
+class RemoteModelFactory:
+    """The one way to build the session's model: SB3 on remote train and eval envs in the env actor.
+
+    With a checkpoint, the model is restored from it instead (resume); either way it is built once.
+    """
+
+    def __init__(
+        self,
+        options: ModelOptions,
+        *,
+        seed: int,
+        tensorboard_dir: Path | None,
+        checkpoint_root: Path,
+        fingerprint: dict[str, str],
+        resume: CheckpointInfo | None = None,
+    ) -> None:
+        self.algorithm = options.algorithm
+        self._options = options
+        self._seed = seed
+        self._tensorboard_dir = tensorboard_dir
+        self._checkpoint_root = checkpoint_root
+        self._fingerprint = fingerprint
+        self._resume = resume
+
+    def create(self, env_client: Any, on_values: ValuesSink) -> TradingModel:
+        """Describe the remote envs, wrap them as VecEnvs and build (or restore) the model on them."""
+        from services.model.remote_vec_env import RemoteBackend, RemoteVecEnv
+
+        train_env = RemoteVecEnv(RemoteBackend(env_client, "train"))
+        eval_env = RemoteVecEnv(RemoteBackend(env_client, "eval"))
+        return TradingModel.create(
+            self._options,
+            train_env,
+            eval_env=eval_env,
+            seed=self._seed,
+            tensorboard_dir=self._tensorboard_dir,
+            on_values=on_values,
+            checkpoint=self._resume,
+        )
+
+    def checkpoint(self, model: TradingModel, episode: int, complete: bool) -> str:
+        """Write an atomic checkpoint of the model after (or, if not complete, during) an episode."""
+        meta = {
+            "model_id": model.model_id,
+            "algorithm": self.algorithm,
+            "episode": episode,
+            "complete": complete,
+            "num_timesteps": model.num_timesteps,
+            **self._fingerprint,
+        }
+        name = f"episode-{episode:04d}" + ("" if complete else "-partial")
+        path = save_checkpoint(
+            self._checkpoint_root,
+            name,
+            meta,
+            lambda folder: model.save(folder, replay_buffer=self._options.save_replay_buffer),
+        )
+        return str(path)

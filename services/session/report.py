@@ -1,0 +1,331 @@
+"""Write a session's report for people: report.md with the evaluation tables and PNG plots beside it.
+
+Reads what the run folder already holds (eval-episode-<k>.csv, metrics.csv, config.yaml); matplotlib
+is imported only while plotting, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from services.session.console import TABLE_ROWS
+
+logger = logging.getLogger(__name__)
+
+PLOTS_DIR = "plots"
+LATEST_PLOT = "equity.png"
+"""The latest evaluated episode's equity and drawdown, agent vs buy & hold, in the run folder itself."""
+TRAINING_CURVES = (
+    ("rollout/ep_rew_mean", "episode reward (mean)"),
+    ("train/loss", "loss"),
+    ("train/policy_gradient_loss", "policy gradient loss"),
+    ("train/value_loss", "value loss"),
+    ("train/entropy_loss", "entropy loss"),
+    ("train/approx_kl", "approx KL"),
+    ("train/explained_variance", "explained variance"),
+    ("train/actor_loss", "actor loss"),
+    ("train/critic_loss", "critic loss"),
+    ("train/ent_coef", "entropy coefficient"),
+    ("time/fps", "steps per second"),
+)
+"""metrics.csv columns plotted as training curves, when they hold values."""
+CONFIG_SUMMARY = (
+    ("data.source.path", "data"),
+    ("data.split.mode", "split"),
+    ("env.n_envs", "envs"),
+    ("env.window", "window (bars)"),
+    ("env.action", "action"),
+    ("env.fill", "fill"),
+    ("env.commission_bps", "commission (bps)"),
+    ("env.slippage_bps", "slippage (bps)"),
+    ("env.reward", "reward"),
+    ("model.algorithm", "algorithm"),
+    ("model.policy", "policy"),
+    ("model.net_arch", "network"),
+    ("model.device", "device"),
+    ("training.episodes", "episodes"),
+    ("training.steps_per_episode", "steps per episode"),
+    ("training.seed", "seed"),
+)
+"""Keys of config.yaml summarised in the report."""
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_csv(path: Path) -> dict[str, list[str]]:
+    """Return the columns of a CSV file as lists of strings (empty when the file is missing)."""
+    if not path.is_file():
+        return {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns: dict[str, list[str]] = {name: [] for name in reader.fieldnames or ()}
+        for row in reader:
+            for name in columns:
+                columns[name].append(row.get(name) or "")
+    return columns
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # an empty cell: SB3 did not log this value on that update
+        return math.nan
+
+
+def _floats(values: Sequence[str]) -> np.ndarray:
+    return np.array([_float(v) for v in values], dtype=np.float64)
+
+
+def drawdown(equity: np.ndarray) -> np.ndarray:
+    """Return the drawdown of an equity curve at every bar: equity / running peak - 1 (zero or less)."""
+    if not len(equity):
+        return equity
+    peak = np.maximum.accumulate(equity)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(peak > 0, equity / peak - 1.0, 0.0)
+
+
+def _cell(value: Any, kind: str) -> str:
+    if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "int":
+        return f"{int(value):d}"
+    return f"{value:.3f}"
+
+
+def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _save(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    os.replace(tmp, path)
+
+
+class _EpisodeSeries:
+    """The equity curves of one evaluated episode, with the x axis to draw them on."""
+
+    def __init__(self, episode: int, columns: Mapping[str, list[str]]) -> None:
+        self.episode = episode
+        self.equity = _floats(columns["equity"])
+        self.bench = _floats(columns["buy_and_hold_equity"])
+        stamps = columns.get("timestamp", [])
+        self.x: Any = np.arange(len(self.equity))
+        self.xlabel = "eval bar"
+        if stamps and all(stamps):
+            try:
+                self.x = np.asarray(stamps, dtype="datetime64[s]")
+                self.xlabel = "time"
+            except ValueError:
+                pass
+
+    def draw(self, ax: Any, kind: str) -> None:
+        """Draw the agent against buy & hold on one axis: "equity" or "drawdown"."""
+        if kind == "equity":
+            ax.plot(self.x, self.equity, label="agent", linewidth=1.2)
+            ax.plot(self.x, self.bench, label="buy & hold", linewidth=1.0, alpha=0.8)
+            ax.set_ylabel("equity (start = 1)")
+            ax.set_title(f"Episode {self.episode}: equity on the eval window, agent vs buy & hold")
+        else:
+            ax.fill_between(self.x, drawdown(self.equity) * 100, 0, label="agent", alpha=0.5)
+            ax.plot(self.x, drawdown(self.bench) * 100, label="buy & hold", linewidth=1.0, color="tab:orange")
+            ax.set_ylabel("drawdown (%)")
+            ax.set_title(f"Episode {self.episode}: drawdown on the eval window")
+        ax.set_xlabel(self.xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+
+
+def _plot_episode(figure: Any, plots: Path, series: _EpisodeSeries) -> list[str]:
+    """Write the equity and drawdown PNGs of one episode; return their names relative to the run folder."""
+    names = []
+    for kind in ("equity", "drawdown"):
+        fig = figure(figsize=(9, 4), layout="constrained")
+        series.draw(fig.add_subplot(), kind)
+        name = f"{kind}-episode-{series.episode}.png"
+        _save(fig, plots / name)
+        names.append(f"{PLOTS_DIR}/{name}")
+    return names
+
+
+def _plot_latest(figure: Any, run_dir: Path, series: _EpisodeSeries) -> str:
+    """Write equity.png: an episode's equity over its drawdown, agent vs buy & hold; return its name."""
+    fig = figure(figsize=(9, 7), layout="constrained")
+    top = fig.add_subplot(2, 1, 1)
+    series.draw(top, "equity")
+    series.draw(fig.add_subplot(2, 1, 2, sharex=top), "drawdown")
+    _save(fig, run_dir / LATEST_PLOT)
+    return LATEST_PLOT
+
+
+def _plot_training(figure: Any, plots: Path, columns: Mapping[str, list[str]]) -> str:
+    """Write training.png from metrics.csv; return its name, or "" when there is nothing to plot."""
+    if not columns.get("total_steps"):
+        return ""
+    steps = _floats(columns["total_steps"])
+    curves = []
+    for key, label in TRAINING_CURVES:
+        values = _floats(columns.get(key, []))
+        if len(values) == len(steps) and np.isfinite(values).any():
+            curves.append((label, values))
+    if not curves:
+        return ""
+    episodes = _floats(columns.get("episode", []))
+    starts = [steps[i] for i in range(1, len(episodes)) if episodes[i] != episodes[i - 1]]
+    ncols = 2 if len(curves) > 1 else 1
+    nrows = math.ceil(len(curves) / ncols)
+    fig = figure(figsize=(6 * ncols, 2.6 * nrows), layout="constrained")
+    for i, (label, values) in enumerate(curves):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ok = np.isfinite(values)
+        ax.plot(steps[ok], values[ok], linewidth=1.0)
+        for start in starts:
+            ax.axvline(start, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("model steps", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    name = "training.png"
+    _save(fig, plots / name)
+    return f"{PLOTS_DIR}/{name}"
+
+
+def _markdown(
+    *,
+    name: str,
+    model_id: str,
+    config: Mapping[str, Any],
+    evaluations: Sequence[Mapping[str, Any]],
+    episode_plots: Mapping[int, list[str]],
+    latest_plot: tuple[int, str] | None,
+    training_plot: str,
+) -> str:
+    lines = [f"# Session {name}", ""]
+    lines.append(f"Model `{model_id or '-'}`: one model trained and evaluated across every episode.")
+    lines.append("")
+    if config:
+        lines += ["## Configuration", "", "| setting | value |", "| --- | --- |"]
+        for key, label in CONFIG_SUMMARY:
+            value = _lookup(config, key)
+            if value is not None and value != "":
+                lines.append(f"| {label} | `{value}` |")
+        lines += ["", "The full resolved configuration is in [config.yaml](config.yaml).", ""]
+    lines += ["## Evaluation on the eval window: agent vs buy & hold", ""]
+    if not evaluations:
+        lines += ["No episode was evaluated.", ""]
+    else:
+        if latest_plot is not None:
+            episode, plot = latest_plot
+            lines += [f"![Episode {episode}: equity and drawdown, agent vs buy & hold]({plot})", ""]
+        lines += [
+            "| episode | return agent | return B&H | Sharpe agent | Sharpe B&H "
+            "| max drawdown agent | max drawdown B&H | trades |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for ev in evaluations:
+            a, b = ev["agent"], ev["buy_and_hold"]
+            lines.append(
+                f"| {ev['episode']} | {_cell(a.get('total_return'), 'pct')} "
+                f"| {_cell(b.get('total_return'), 'pct')} | {_cell(a.get('sharpe'), 'num')} "
+                f"| {_cell(b.get('sharpe'), 'num')} | {_cell(a.get('max_drawdown'), 'pct')} "
+                f"| {_cell(b.get('max_drawdown'), 'pct')} | {_cell(a.get('trades'), 'int')} |"
+            )
+        lines.append("")
+    for ev in evaluations:
+        episode = int(ev["episode"])
+        a, b = ev["agent"], ev["buy_and_hold"]
+        lines += [f"### Episode {episode}", "", "| metric | agent | buy & hold |", "| --- | ---: | ---: |"]
+        for key, label, kind in TABLE_ROWS:
+            if key in a or key in b:
+                lines.append(f"| {label} | {_cell(a.get(key), kind)} | {_cell(b.get(key), kind)} |")
+        lines.append("")
+        plots = episode_plots.get(episode, [])
+        for plot in plots:
+            title = "equity" if "equity" in plot else "drawdown"
+            lines.append(f"![Episode {episode} {title}]({plot})")
+        if plots:
+            lines.append("")
+        lines += [f"Per-bar records: [eval-episode-{episode}.csv](eval-episode-{episode}.csv)", ""]
+    lines += ["## Training", ""]
+    if training_plot:
+        lines += [f"![Training curves]({training_plot})", ""]
+    else:
+        lines += ["No training values were recorded.", ""]
+    lines += [
+        "Every value per update is in [metrics.csv](metrics.csv); TensorBoard logs in `tensorboard/`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[dict[str, Any]]) -> Path:
+    """Write report.md and its PNGs; return its path.
+
+    The PNGs: equity.png in the run folder (the equity and drawdown of the latest episode with per-bar
+    records, agent vs buy & hold), and under plots/ the equity and drawdown of every episode and the
+    training curves.
+
+    Args:
+        evaluations: as in SessionState.to_dict()["evaluations"]: episode, agent and buy_and_hold metrics.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def figure(**kwargs: Any) -> Any:
+        # A bare Figure on an Agg canvas: no pyplot, so no global figure registry and no GUI backend.
+        fig = Figure(**kwargs)
+        FigureCanvasAgg(fig)
+        return fig
+
+    plots = run_dir / PLOTS_DIR
+    plots.mkdir(exist_ok=True)
+    episode_plots: dict[int, list[str]] = {}
+    latest: _EpisodeSeries | None = None
+    for ev in evaluations:
+        episode = int(ev["episode"])
+        columns = _read_csv(run_dir / f"eval-episode-{episode}.csv")
+        if columns.get("equity") and "buy_and_hold_equity" in columns:
+            latest = _EpisodeSeries(episode, columns)
+            episode_plots[episode] = _plot_episode(figure, plots, latest)
+        else:
+            logger.warning("report: no per-bar records for episode %d; no plots", episode)
+    latest_plot = (latest.episode, _plot_latest(figure, run_dir, latest)) if latest is not None else None
+    training_plot = _plot_training(figure, plots, _read_csv(run_dir / "metrics.csv"))
+    config: Mapping[str, Any] = {}
+    config_path = run_dir / "config.yaml"
+    if config_path.is_file():
+        loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        config = loaded if isinstance(loaded, Mapping) else {}
+    report = run_dir / "report.md"
+    text = _markdown(
+        name=name,
+        model_id=model_id,
+        config=config,
+        evaluations=evaluations,
+        episode_plots=episode_plots,
+        latest_plot=latest_plot,
+        training_plot=training_plot,
+    )
+    _atomic_text(report, text)
+    return report

@@ -1,0 +1,1 @@
+"""ZeroMQ sockets, the event hub and CURVE keys: how the session's processes talk."""

@@ -1,0 +1,147 @@
+"""Tests of the end-of-session report: report.md and PNG plots from small synthetic run files."""
+
+from __future__ import annotations
+
+import csv
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from services.session.recorder import METRIC_COLUMNS
+from services.session.report import drawdown, write_report
+
+ROOT = Path(__file__).resolve().parents[4]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def evaluation(episode: int) -> dict:
+    return {
+        "episode": episode,
+        "agent": {"total_return": 0.1 * episode, "sharpe": 1.2, "max_drawdown": -0.04, "trades": 9.0},
+        "buy_and_hold": {"total_return": 0.05, "sharpe": 0.6, "max_drawdown": -0.12, "trades": 1.0},
+    }
+
+
+def write_eval_csv(run_dir: Path, episode: int, bars: int = 60) -> None:
+    rng = np.random.default_rng(episode)
+    equity = np.cumprod(1 + rng.normal(0.001, 0.01, bars))
+    bench = np.cumprod(1 + rng.normal(0.0005, 0.012, bars))
+    stamps = np.datetime64("2021-01-04") + np.arange(bars).astype("timedelta64[D]")
+    with (run_dir / f"eval-episode-{episode}.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["timestamp", "close", "position", "equity", "buy_and_hold_equity"])
+        for i in range(bars):
+            writer.writerow([f"{stamps[i]}T00:00:00", 100 + i, 1.0, equity[i], bench[i]])
+
+
+def write_metrics_csv(run_dir: Path, rows: int = 8) -> None:
+    with (run_dir / "metrics.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["ts", "episode", "total_steps", *METRIC_COLUMNS])
+        for i in range(rows):
+            values = {"train/loss": 1.0 / (i + 1), "train/value_loss": 0.5 / (i + 1), "time/fps": 900 + i}
+            if i % 2:  # SB3 logs rollout values on some updates only
+                values["rollout/ep_rew_mean"] = 0.01 * i
+            cells = [str(values[key]) if key in values else "" for key in METRIC_COLUMNS]
+            writer.writerow([f"{1000.0 + i:.3f}", 1 + i // 4, 256 * (i + 1), *cells])
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "demo"
+    run.mkdir()
+    config = {
+        "name": "demo",
+        "env": {"n_envs": 4, "commission_bps": 1.0},
+        "model": {"algorithm": "ppo", "net_arch": [8]},
+        "training": {"episodes": 2, "steps_per_episode": 1024},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    for episode in (1, 2):
+        write_eval_csv(run, episode)
+    write_metrics_csv(run)
+    return run
+
+
+def test_the_report_and_its_plots_are_written_from_the_run_files(run_dir: Path) -> None:
+    report = write_report(run_dir, name="demo", model_id="m-42", evaluations=[evaluation(1), evaluation(2)])
+
+    text = report.read_text()
+    assert report == run_dir / "report.md"
+    assert "# Session demo" in text and "`m-42`" in text
+    assert "| algorithm | `ppo` |" in text and "| envs | `4` |" in text
+    assert "| 2 | 20.00% | 5.00% | 1.200 | 0.600 | -4.00% | -12.00% | 9 |" in text
+    assert "| Total return | 10.00% | 5.00% |" in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert sorted(links) == sorted(
+        [
+            "equity.png",
+            "plots/equity-episode-1.png",
+            "plots/drawdown-episode-1.png",
+            "plots/equity-episode-2.png",
+            "plots/drawdown-episode-2.png",
+            "plots/training.png",
+        ]
+    )
+    for link in links:
+        assert (run_dir / link).read_bytes()[:8] == PNG_SIGNATURE, link
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+def test_equity_png_shows_the_latest_episode_equity_over_its_drawdown(run_dir: Path) -> None:
+    report = write_report(run_dir, name="demo", model_id="m-42", evaluations=[evaluation(1), evaluation(2)])
+
+    png = (run_dir / "equity.png").read_bytes()
+    assert png[:8] == PNG_SIGNATURE
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (900, 700), "one figure, equity on top of drawdown"
+    assert "![Episode 2: equity and drawdown, agent vs buy & hold](equity.png)" in report.read_text()
+    write_eval_csv(run_dir, 2, bars=30)
+    write_report(run_dir, name="demo", model_id="m-42", evaluations=[evaluation(1), evaluation(2)])
+    assert (run_dir / "equity.png").read_bytes() != png, "the plot follows the latest episode's records"
+
+
+def test_an_episode_without_records_keeps_its_table_and_gets_no_plots(tmp_path: Path) -> None:
+    write_eval_csv(tmp_path, 1)
+
+    report = write_report(tmp_path, name="bare", model_id="", evaluations=[evaluation(1), evaluation(2)])
+
+    text = report.read_text()
+    assert "### Episode 2" in text
+    assert "plots/equity-episode-2.png" not in text
+    assert "![Episode 1: equity and drawdown, agent vs buy & hold](equity.png)" in text, (
+        "equity.png shows the latest episode that has records"
+    )
+    assert (tmp_path / "plots" / "equity-episode-1.png").is_file()
+    assert "No training values were recorded." in text
+    assert "## Configuration" not in text
+
+
+def test_writing_the_report_again_replaces_it(run_dir: Path) -> None:
+    write_report(run_dir, name="demo", model_id="m-1", evaluations=[evaluation(1)])
+
+    report = write_report(run_dir, name="demo", model_id="m-2", evaluations=[evaluation(1), evaluation(2)])
+
+    assert "`m-2`" in report.read_text() and "`m-1`" not in report.read_text()
+
+
+def test_drawdown_is_the_fall_from_the_running_peak() -> None:
+    dd = drawdown(np.array([1.0, 1.2, 0.9, 1.3, 1.04]))
+
+    np.testing.assert_allclose(dd, [0.0, 0.0, -0.25, 0.0, -0.2])
+
+
+def test_importing_the_report_module_does_not_import_matplotlib() -> None:
+    code = "import sys, services.session.report; print('matplotlib' in sys.modules)"
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+    assert result.stdout.strip() == "False", result.stderr
