@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from launcher.logs import configure_logging
+from launcher.usage import EXIT_OK, Parser, UsageError
 from services.config import Config, ConfigError, config_from_dict, read_yaml
+from services.data.reader import DataError
 from services.data.splits import Normalizer
 from services.model.checkpoint import CheckpointError, latest_checkpoint
 
@@ -94,8 +99,8 @@ class Predictor:
     def _predict(
         self, features: np.ndarray, open_: np.ndarray, close: np.ndarray, stamps: np.ndarray
     ) -> Prediction:
-        from services.env.factory import N_ACTIONS
-        from services.env.trading_env import VecTradingEnv, action_position
+        from services.env.options import n_actions
+        from services.env.vec_env import VecTradingEnv, action_position
         from services.model.remote_vec_env import LocalBackend, RemoteVecEnv
         from services.model.trading_model import TradingModel
 
@@ -113,7 +118,7 @@ class Predictor:
         backend = LocalBackend(
             env,
             action=env_options.action,
-            n_actions=N_ACTIONS[env_options.action],
+            n_actions=n_actions(env_options.action),
             max_leverage=env_options.max_leverage,
         )
         vec = RemoteVecEnv(backend)
@@ -145,3 +150,33 @@ def _timestamps(frame: Any) -> np.ndarray:
         if str(column).lower() in ("date", "time", "datetime", "timestamp"):
             return pd.to_datetime(frame[column]).to_numpy("datetime64[ns]").astype(np.int64)
     return pd.to_datetime(frame.index).to_numpy("datetime64[ns]").astype(np.int64)
+
+
+def parser() -> Parser:
+    """Return the parser of `run.py predict`."""
+    parser = Parser(prog="run.py predict", description="Decide the position after the last bar.")
+    parser.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a trained run folder")
+    parser.add_argument("--data", help="data file (default: the run's own source)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def predict_main(argv: Sequence[str]) -> int:
+    """Print the position a trained run's model would take after the last bar of the data."""
+    args = parser().parse_args(argv)
+    configure_logging(None, stderr_level=logging.ERROR)
+    if args.data is not None and not Path(args.data).exists():
+        raise UsageError(f"--data: {args.data} does not exist")
+    try:
+        prediction = Predictor(args.run).predict_source(args.data)
+    except (CheckpointError, ConfigError, DataError, ValueError) as exc:
+        raise UsageError(f"predict: {exc}") from None
+    if args.json:
+        print(json.dumps(prediction.as_dict()))
+        return EXIT_OK
+    side = "long" if prediction.position > 0 else "short" if prediction.position < 0 else "flat"
+    print(
+        f"after {prediction.timestamp} (close {prediction.close:.2f}): {side} {prediction.position:+.2f}"
+        f" (model {prediction.model_id}, {Path(prediction.checkpoint).name})"
+    )
+    return EXIT_OK

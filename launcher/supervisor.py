@@ -1,4 +1,10 @@
-"""Start, watch and stop the actor processes of a session."""
+"""Start, watch and stop the actor processes of a session: the process table and the supervision policy.
+
+The policy is one-for-one: an actor whose process ended is restarted (the model from the latest
+checkpoint), at most `max_restarts` times within `restart_window_s` per actor before the session gives
+up; an actor that sent no heartbeat for `hang_timeout_s` (or none at all within `start_timeout_s` of its
+start) is killed, and the next check restarts it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+from actors.ports import Clock
 
 logger = logging.getLogger(__name__)
+
+ACTOR_KINDS = ("monitor", "data", "env", "model")
+"""Start order of the actor processes; they stop in reverse (the model first)."""
 
 
 @dataclass(slots=True)
@@ -21,10 +33,7 @@ class ActorProcess:
 
     kind: str
     argv: list[str]
-    log_path: Path
     proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-    restarts: list[float] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -35,7 +44,6 @@ class ActorProcess:
         """Start the process; it ignores SIGINT (the launcher coordinates every stop)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL)
-        self.starts += 1
         logger.info("%s actor process started (pid %d)", self.kind, self.proc.pid)
 
     def exit_code(self) -> int | None:
@@ -43,14 +51,34 @@ class ActorProcess:
         return None if self.proc is None else self.proc.poll()
 
 
-class Supervisor:
-    """Owns the actor processes of a session."""
+class ProcessTable(Protocol):
+    """What the supervision policy needs of the actor processes."""
 
-    def __init__(self, run_py: Path, run_dir: Path, kinds: Sequence[str]) -> None:
-        self.processes: dict[str, ActorProcess] = {}
-        for kind in kinds:
-            argv = [sys.executable, str(run_py), "_actor", kind, "--run-dir", str(run_dir)]
-            self.processes[kind] = ActorProcess(kind, argv, run_dir / "logs" / f"{kind}.log")
+    def exited(self) -> list[tuple[str, int]]:
+        """Return (kind, exit code) of every process that has ended."""
+        ...
+
+    def running(self, kind: str) -> bool:
+        """Whether the actor's process is alive."""
+        ...
+
+    def restart(self, kind: str) -> int:
+        """Start the actor's process again and return its pid."""
+        ...
+
+    def kill(self, kind: str) -> None:
+        """Kill the actor's process."""
+        ...
+
+
+class Supervisor:
+    """Own the actor processes of a session."""
+
+    def __init__(self, run_py: Path, run_dir: Path, kinds: Sequence[str] = ACTOR_KINDS) -> None:
+        self.processes: dict[str, ActorProcess] = {
+            kind: ActorProcess(kind, [sys.executable, str(run_py), "_actor", kind, "--run-dir", str(run_dir)])
+            for kind in kinds
+        }
 
     def start_all(self) -> None:
         """Start every actor process."""
@@ -59,21 +87,21 @@ class Supervisor:
 
     def exited(self) -> list[tuple[str, int]]:
         """Return (kind, exit code) of every process that has ended."""
-        out = []
-        for kind, process in self.processes.items():
-            code = process.exit_code()
-            if code is not None:
-                out.append((kind, code))
-        return out
+        codes = ((kind, process.exit_code()) for kind, process in self.processes.items())
+        return [(kind, code) for kind, code in codes if code is not None]
 
-    def restart(self, kind: str) -> ActorProcess:
-        """Start a dead actor's process again (the old one is reaped)."""
+    def running(self, kind: str) -> bool:
+        """Whether the actor's process is alive."""
+        return self.processes[kind].exit_code() is None
+
+    def restart(self, kind: str) -> int:
+        """Start a dead actor's process again (the old one is reaped) and return its pid."""
+        self.kill(kind)
         process = self.processes[kind]
-        if process.proc is not None and process.proc.poll() is None:
-            process.proc.kill()
+        if process.proc is not None:
             process.proc.wait()
         process.start()
-        return process
+        return process.pid
 
     def kill(self, kind: str) -> None:
         """Kill one actor's process (a hung one); the next check restarts it."""
@@ -100,6 +128,132 @@ class Supervisor:
 
     def kill_all(self) -> None:
         """Kill every process at once (second Ctrl-C)."""
-        for process in self.processes.values():
-            if process.proc is not None and process.proc.poll() is None:
-                process.proc.kill()
+        for kind in self.processes:
+            self.kill(kind)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisionRules:
+    """The limits of the supervision policy (from the session config)."""
+
+    max_restarts: int
+    """Restarts of one actor allowed within restart_window_s; one more gives up the session."""
+    hang_timeout_s: float
+    """Seconds without a heartbeat after which a started actor counts as hung and is killed."""
+    start_timeout_s: float
+    """Seconds a (re)started actor may take to send its first heartbeat."""
+    restart_window_s: float = 60.0
+    """The window of the restart cap."""
+
+
+class SupervisionActions(Protocol):
+    """What the policy does to the rest of the session when it acts."""
+
+    def restore_model(self) -> None:
+        """Make the next model process restore the latest checkpoint."""
+        ...
+
+    def restarted(self, kind: str, pid: int, restarts: int, reason: str) -> None:
+        """Report a restart (`restarts` counts every actor's) so the session redoes the lost work."""
+        ...
+
+    def give_up(self, reason: str) -> None:
+        """Fail the session: an actor keeps dying."""
+        ...
+
+
+class SupervisionPolicy:
+    """Restart the dead, kill the hung, give up on an actor that keeps dying."""
+
+    def __init__(
+        self,
+        processes: ProcessTable,
+        rules: SupervisionRules,
+        clock: Clock,
+        heartbeat_age: Callable[[str, float], float],
+        actions: SupervisionActions,
+        kinds: Sequence[str] = ACTOR_KINDS,
+    ) -> None:
+        self._processes = processes
+        self._rules = rules
+        self._clock = clock
+        self._heartbeat_age = heartbeat_age
+        self._actions = actions
+        self._kinds = tuple(kinds)
+        self._restarts: dict[str, list[float]] = {kind: [] for kind in self._kinds}
+        self._started = {kind: clock.time() for kind in self._kinds}
+        self.gave_up = False
+
+    def check(self) -> None:
+        """Restart every actor whose process ended; kill every actor whose heartbeat stopped."""
+        if self.gave_up:
+            return
+        for kind, code in self._processes.exited():
+            if not self._restart(kind, code):
+                return
+        wall = self._clock.time()
+        for kind in self._kinds:
+            if not self._processes.running(kind):
+                continue
+            why = self._hung(kind, wall)
+            if why:
+                logger.warning("%s actor hung (%s): killing it", kind, why)
+                self._processes.kill(kind)
+                self._started[kind] = wall
+
+    def _restart(self, kind: str, code: int) -> bool:
+        now = self._clock.monotonic()
+        reason = f"process exited with status {code}" if code >= 0 else f"process killed by signal {-code}"
+        recent = [t for t in self._restarts[kind] if now - t < self._rules.restart_window_s]
+        if len(recent) >= self._rules.max_restarts:
+            self.gave_up = True
+            window = (
+                "a minute" if self._rules.restart_window_s == 60.0 else f"{self._rules.restart_window_s:g} s"
+            )
+            why = f"{kind} actor died {len(recent) + 1} times within {window} ({reason}); giving up"
+            logger.error("%s", why)
+            self._actions.give_up(why)
+            return False
+        self._restarts[kind] = [*recent, now]
+        logger.warning("%s actor died (%s): restarting it", kind, reason)
+        if kind == "model":
+            self._actions.restore_model()
+        pid = self._processes.restart(kind)
+        self._started[kind] = self._clock.time()
+        total = sum(len(times) for times in self._restarts.values())
+        self._actions.restarted(kind, pid, total, reason)
+        return True
+
+    def _hung(self, kind: str, wall: float) -> str:
+        since_start = wall - self._started[kind]
+        age = self._heartbeat_age(kind, wall)
+        if age > since_start:  # no heartbeat from this process yet: it is still starting
+            if since_start <= self._rules.start_timeout_s:
+                return ""
+            return f"did not start within {self._rules.start_timeout_s:g} s"
+        if age > self._rules.hang_timeout_s:
+            return f"no heartbeat for {age:.0f} s"
+        return ""
+
+
+def wait_started(
+    started: Callable[[], set[str]],
+    processes: ProcessTable,
+    timeout_s: float,
+    interrupted: Callable[[], bool],
+    clock: Clock,
+    sleep: Callable[[float], None] = time.sleep,
+    kinds: Sequence[str] = ACTOR_KINDS,
+) -> str:
+    """Wait until every actor has announced itself; return why not ("" once all have)."""
+    deadline = clock.monotonic() + timeout_s
+    while clock.monotonic() < deadline:
+        if set(kinds) <= started():
+            return ""
+        for kind, code in processes.exited():
+            return f"{kind} actor process exited with status {code} while starting (see its log)"
+        if interrupted():
+            return "interrupted while starting"
+        sleep(0.05)
+    missing = [kind for kind in kinds if kind not in started()]
+    return f"actor(s) {', '.join(missing)} did not start within {timeout_s:g} s"

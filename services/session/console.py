@@ -1,6 +1,6 @@
 """Render a session's state and events for people (a live view or plain lines) and scripts (JSON lines).
 
-This is the console UI: the one place besides run.py's final table that prints.
+This is the console UI (with live.py): the one place besides the launcher's summary that prints.
 """
 
 from __future__ import annotations
@@ -9,17 +9,8 @@ import json
 import logging
 import math
 import sys
-import threading
-import time
-from collections import deque
 from collections.abc import Mapping
 from typing import IO, Any, Protocol
-
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
 from messages import (
     ActorRestarted,
@@ -36,25 +27,10 @@ from messages import (
     to_json_dict,
 )
 from services.runtime import SystemClock
+from services.session.figures import TABLE_ROWS, format_cell
 from services.session.state import SessionState
 
 logger = logging.getLogger(__name__)
-
-TABLE_ROWS = (
-    ("total_return", "Total return", "pct"),
-    ("annualised_return", "Annualised return", "pct"),
-    ("annualised_volatility", "Annualised volatility", "pct"),
-    ("sharpe", "Sharpe", "num"),
-    ("sortino", "Sortino", "num"),
-    ("max_drawdown", "Max drawdown", "pct"),
-    ("max_drawdown_duration", "Max drawdown duration (bars)", "int"),
-    ("calmar", "Calmar", "num"),
-    ("turnover", "Turnover", "num"),
-    ("costs_paid", "Costs paid", "pct"),
-    ("trades", "Trades", "int"),
-    ("win_rate", "Win rate", "pct"),
-    ("exposure", "Exposure", "pct"),
-)
 
 TRAINING_VALUES = (
     ("rollout/ep_rew_mean", "episode reward"),
@@ -116,16 +92,6 @@ class ViewClock(Protocol):
         ...
 
 
-def _cell(value: Any, kind: str) -> str:
-    if not isinstance(value, int | float):
-        return "-"
-    if kind == "pct":
-        return f"{100 * value:.2f}%"
-    if kind == "int":
-        return f"{int(value):d}"
-    return f"{value:.3f}"
-
-
 def format_eval_table(episode: int, agent: Mapping[str, float], buy_and_hold: Mapping[str, float]) -> str:
     """Return the evaluation table of one episode: agent vs buy-and-hold, one metric per row."""
     lines = [
@@ -134,9 +100,8 @@ def format_eval_table(episode: int, agent: Mapping[str, float], buy_and_hold: Ma
     ]
     for key, label, kind in TABLE_ROWS:
         if key in agent or key in buy_and_hold:
-            lines.append(
-                f"{label:<30}{_cell(agent.get(key), kind):>14}{_cell(buy_and_hold.get(key), kind):>14}"
-            )
+            ours, theirs = format_cell(agent.get(key), kind), format_cell(buy_and_hold.get(key), kind)
+            lines.append(f"{label:<30}{ours:>14}{theirs:>14}")
     return "\n".join(lines)
 
 
@@ -208,7 +173,7 @@ class HeartbeatWatch:
         return actor.get("state") != "stopped" and self.age(actor) > self.stale_after_s
 
 
-def _age_text(age: float) -> str:
+def age_text(age: float) -> str:
     return "never" if not math.isfinite(age) else f"{age:.1f} s ago"
 
 
@@ -218,7 +183,7 @@ def format_actor(name: str, actor: Mapping[str, Any], watch: HeartbeatWatch) -> 
     return (
         f"actor {name:<8} {actor['state']:<10} pid {actor['pid']:<7} "
         f"RSS {actor['rss_bytes'] / 2**20:7.0f} MB  CPU {actor['cpu_percent']:5.1f}%  "
-        f"heartbeat {_age_text(watch.age(actor))}{stale}"
+        f"heartbeat {age_text(watch.age(actor))}{stale}"
     )
 
 
@@ -388,237 +353,3 @@ class NullView:
 
     def close(self) -> None:
         """Nothing to finish."""
-
-
-class LiveView:
-    """A live terminal view redrawn by rich at most LIVE_REFRESH_HZ times a second.
-
-    The actor's calls only keep a reference to the state (and queue notices); rich's refresh thread
-    renders, so a slow terminal never holds up the actor, and stale actors show up without new events.
-    """
-
-    def __init__(
-        self,
-        console: Console | None = None,
-        *,
-        heartbeat_s: float = 1.0,
-        clock: ViewClock | None = None,
-        refresh_hz: float = LIVE_REFRESH_HZ,
-        auto_refresh: bool = True,
-    ) -> None:
-        self._console = console or Console()
-        self._clock = clock or SystemClock()
-        self._watch = HeartbeatWatch(self._clock, heartbeat_s)
-        self._refresh_hz = min(refresh_hz, LIVE_REFRESH_HZ)
-        self._auto_refresh = auto_refresh
-        self._state: SessionState | None = None
-        self._notices: deque[str] = deque(maxlen=4)
-        self._lock = threading.Lock()
-        self._live: Live | None = None
-        self._closed = False
-
-    def _start(self) -> None:
-        if self._live is not None or self._closed:
-            return
-        self._live = Live(
-            console=self._console,
-            get_renderable=self.render,
-            refresh_per_second=self._refresh_hz,
-            auto_refresh=self._auto_refresh,
-            redirect_stdout=False,
-            redirect_stderr=False,
-        )
-        self._live.start()
-
-    def snapshot(self, state: SessionState) -> None:
-        """Show the attached state."""
-        self._state = state
-        self._start()
-
-    def event(self, state: SessionState, seq: int, msg: Message) -> None:
-        """Take the new state; the next refresh shows it."""
-        self._state = state
-        self._watch.saw(msg)
-        self._start()
-
-    def notice(self, text: str) -> None:
-        """Show a connection notice under the view."""
-        stamp = time.strftime("%H:%M:%S", time.localtime(self._clock.time()))
-        with self._lock:
-            self._notices.append(f"{stamp} {text}")
-        self._start()
-
-    def close(self) -> None:
-        """Draw the final state and stop the refresh thread."""
-        self._closed = True
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
-    def render(self) -> RenderableType:
-        """Build the whole view from the current state (called by rich's refresh thread)."""
-        try:
-            d = self._state.to_dict() if self._state is not None else SessionState.empty()
-            with self._lock:
-                notices = list(self._notices)
-            return Group(*self._parts(d, notices))
-        except Exception as exc:  # the refresh thread must survive a bad state
-            logger.exception("live view: rendering failed")
-            return Text(f"console: rendering failed: {type(exc).__name__}: {exc}", style="red")
-
-    def _parts(self, d: Mapping[str, Any], notices: list[str]) -> list[RenderableType]:
-        parts: list[RenderableType] = [self._header(d), self._progress(d)]
-        if d["metrics"]:
-            parts.append(self._training(d["metrics"]))
-        if d["evaluations"]:
-            parts.append(self._evaluations(d["evaluations"]))
-        if d["actors"]:
-            parts.append(self._actors(d["actors"]))
-        for err in d["errors"][-3:]:
-            parts.append(
-                Text(f"error in {err['actor'] or '?'} ({err['where']}): {err['error']}", style="red")
-            )
-        for line in notices:
-            parts.append(Text(line, style="yellow"))
-        return parts
-
-    def _header(self, d: Mapping[str, Any]) -> Text:
-        s, m, data = d["session"], d["model"], d["data"]
-        style = {"running": "green", "completed": "bold green", "failed": "bold red"}.get(
-            s["status"], "yellow"
-        )
-        text = Text.assemble(
-            ("session ", "bold"), (s["name"] or "?", "bold cyan"), "  ", (s["status"], style)
-        )
-        if m["model_id"]:
-            params = f", {m['parameters']:,} parameters" if m.get("parameters") else ""
-            text.append(
-                f"  model {m['model_id']} ({m['algorithm']}, {m['device']}{params}; "
-                f"created {m['created']}, reused {m['reused']})"
-            )
-        if data:
-            text.append(f"  data {data['rows']:,} bars")
-        if d["gaps"]:
-            text.append(f"  {d['gaps']} event(s) lost", style="yellow")
-        return text
-
-    def _progress(self, d: Mapping[str, Any]) -> Table:
-        p, s = d["progress"], d["session"]
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(min_width=14)
-        grid.add_column(width=32)
-        grid.add_column()
-        total = max(int(p["steps_total"]), 1)
-        steps = int(p["steps"])
-        grid.add_row(
-            f"episode {p['episode']}/{s['episodes'] or '?'}",
-            ProgressBar(total=total, completed=min(steps, total), width=32),
-            f"{steps:,}/{p['steps_total']:,} steps ({min(100.0, 100.0 * steps / total):.0f}%)  "
-            f"{p['steps_per_s']:,.0f} steps/s  ETA {format_duration(p['eta_s'])}",
-        )
-        done, planned, eta = session_progress(d)
-        grid.add_row(
-            "session",
-            ProgressBar(total=max(planned, 1), completed=min(done, max(planned, 1)), width=32),
-            f"{done:,}/{planned:,} steps ({min(100.0, 100.0 * done / max(planned, 1)):.0f}%)  "
-            f"ETA {format_duration(eta)}",
-        )
-        return grid
-
-    def _training(self, metrics: Mapping[str, float]) -> Table:
-        known = dict(TRAINING_VALUES)
-        items = [(label, metrics[key]) for key, label in TRAINING_VALUES if key in metrics]
-        items += [
-            (key, value)
-            for key, value in sorted(metrics.items())
-            if key not in known and key not in BOOKKEEPING_VALUES
-        ]
-        grid = Table.grid(padding=(0, 2))
-        per_row = 4
-        for _ in range(per_row):
-            grid.add_column(style="dim")
-            grid.add_column(justify="right")
-        for i in range(0, len(items), per_row):
-            row: list[str] = []
-            for label, value in items[i : i + per_row]:
-                row += [label, f"{value:.4g}" if isinstance(value, int | float) else str(value)]
-            grid.add_row(*row)
-        return grid
-
-    def _evaluations(self, evaluations: list[Mapping[str, Any]]) -> Table:
-        shown = evaluations[-EVAL_ROWS_SHOWN:]
-        earlier = len(evaluations) - len(shown)
-        table = Table(
-            title="evaluation on the eval window: agent vs buy & hold",
-            caption=f"{earlier} earlier episode(s) not shown" if earlier else None,
-            title_justify="left",
-        )
-        table.add_column("episode", justify="right")
-        for label in ("return", "Sharpe", "max drawdown"):
-            table.add_column(f"{label} agent", justify="right")
-            table.add_column("B&H", justify="right")
-        table.add_column("trades", justify="right")
-        for ev in shown:
-            a, b = ev["agent"], ev["buy_and_hold"]
-            better = a.get("total_return", 0.0) >= b.get("total_return", 0.0)
-            table.add_row(
-                str(ev["episode"]),
-                Text(_cell(a.get("total_return"), "pct"), style="green" if better else "red"),
-                _cell(b.get("total_return"), "pct"),
-                _cell(a.get("sharpe"), "num"),
-                _cell(b.get("sharpe"), "num"),
-                _cell(a.get("max_drawdown"), "pct"),
-                _cell(b.get("max_drawdown"), "pct"),
-                _cell(a.get("trades"), "int"),
-            )
-        return table
-
-    def _actors(self, actors: Mapping[str, Mapping[str, Any]]) -> Table:
-        table = Table(title="actors", title_justify="left")
-        for label in ("actor", "state", "pid", "RSS", "CPU", "heartbeat"):
-            table.add_column(label, justify="left" if label in ("actor", "state", "heartbeat") else "right")
-        for name, actor in sorted(actors.items()):
-            stale = self._watch.is_stale(actor)
-            age = _age_text(self._watch.age(actor))
-            restarts = f" ({actor['restarts']} restart(s))" if actor.get("restarts") else ""
-            table.add_row(
-                name,
-                Text(actor["state"] + restarts, style="dim" if actor["state"] == "stopped" else ""),
-                str(actor["pid"]),
-                f"{actor['rss_bytes'] / 2**20:,.0f} MB",
-                f"{actor['cpu_percent']:.1f}%",
-                Text(f"STALE, {age}", style="bold red") if stale else Text(age),
-            )
-        return table
-
-
-def make_view(
-    mode: str,
-    *,
-    json: bool,
-    tables: bool,
-    stream: IO[str] | None = None,
-    heartbeat_s: float = 1.0,
-    clock: ViewClock | None = None,
-) -> ConsoleView:
-    """Choose a view: JSON lines, or by mode (auto: live when the stream is a terminal, else plain).
-
-    Args:
-        mode: auto, live, plain or off (`session.console`).
-        json: one JSON object per line for scripts, whatever the mode.
-        tables: print full evaluation tables and the attach summary in plain mode (remote monitors).
-    """
-    out = stream or sys.stdout
-    if json:
-        return JsonView(out)
-    if mode == "auto":
-        mode = "live" if out.isatty() else "plain"
-    match mode:
-        case "live":
-            return LiveView(Console(file=out), heartbeat_s=heartbeat_s, clock=clock)
-        case "plain":
-            return PlainView(out, tables=tables, heartbeat_s=heartbeat_s, clock=clock)
-        case "off":
-            return NullView()
-        case _:
-            raise ValueError(f"console mode must be auto, live, plain or off, got {mode!r}")

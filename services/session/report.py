@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from services.session.console import TABLE_ROWS
+from services.session.figures import TABLE_ROWS, format_cell
 
 logger = logging.getLogger(__name__)
 
@@ -96,16 +96,6 @@ def drawdown(equity: np.ndarray) -> np.ndarray:
     peak = np.maximum.accumulate(equity)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(peak > 0, equity / peak - 1.0, 0.0)
-
-
-def _cell(value: Any, kind: str) -> str:
-    if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
-        return "-"
-    if kind == "pct":
-        return f"{100 * value:.2f}%"
-    if kind == "int":
-        return f"{int(value):d}"
-    return f"{value:.3f}"
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
@@ -246,10 +236,10 @@ def _markdown(
         for ev in evaluations:
             a, b = ev["agent"], ev["buy_and_hold"]
             lines.append(
-                f"| {ev['episode']} | {_cell(a.get('total_return'), 'pct')} "
-                f"| {_cell(b.get('total_return'), 'pct')} | {_cell(a.get('sharpe'), 'num')} "
-                f"| {_cell(b.get('sharpe'), 'num')} | {_cell(a.get('max_drawdown'), 'pct')} "
-                f"| {_cell(b.get('max_drawdown'), 'pct')} | {_cell(a.get('trades'), 'int')} |"
+                f"| {ev['episode']} | {format_cell(a.get('total_return'), 'pct')} "
+                f"| {format_cell(b.get('total_return'), 'pct')} | {format_cell(a.get('sharpe'), 'num')} "
+                f"| {format_cell(b.get('sharpe'), 'num')} | {format_cell(a.get('max_drawdown'), 'pct')} "
+                f"| {format_cell(b.get('max_drawdown'), 'pct')} | {format_cell(a.get('trades'), 'int')} |"
             )
         lines.append("")
     for ev in evaluations:
@@ -258,7 +248,8 @@ def _markdown(
         lines += [f"### Episode {episode}", "", "| metric | agent | buy & hold |", "| --- | ---: | ---: |"]
         for key, label, kind in TABLE_ROWS:
             if key in a or key in b:
-                lines.append(f"| {label} | {_cell(a.get(key), kind)} | {_cell(b.get(key), kind)} |")
+                ours, theirs = format_cell(a.get(key), kind), format_cell(b.get(key), kind)
+                lines.append(f"| {label} | {ours} | {theirs} |")
         lines.append("")
         plots = episode_plots.get(episode, [])
         for plot in plots:

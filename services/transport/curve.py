@@ -29,7 +29,7 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from services.transport.sockets import Client, CurveClientKeys, CurveServerKeys, context
+from services.transport.sockets import CurveClientKeys, CurveServerKeys, context
 
 logger = logging.getLogger(__name__)
 
@@ -298,10 +298,3 @@ def explain_handshake(result: Handshake, endpoint: str, keys_dir: Path | None, t
             )
         case _:
             return f"no session answered at {endpoint} within {timeout_s:g} s"
-
-
-def session_client(
-    endpoint: str, *, max_bytes: int, timeout_s: float, sender: str, keys: CurveClientKeys | None
-) -> Client:
-    """Return a request client to the session's snapshot socket, a CURVE client when keys are given."""
-    return Client(endpoint, max_bytes=max_bytes, timeout_s=timeout_s, sender=sender, curve=keys)

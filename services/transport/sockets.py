@@ -23,6 +23,7 @@ import zmq
 
 from messages import DecodeError, Message, RequestFailed, decode, encode
 from messages.envelope import Incoming
+from services import errors
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ IPC_PATH_LIMIT = 100
 """Longest ipc path used; longer run folders get their sockets in a short temporary folder."""
 
 
-class TransportError(RuntimeError):
+class TransportError(errors.TransportError):
     """A request that failed on the way: timeout, peer gone or an error reply."""
 
 
@@ -79,6 +80,19 @@ class Endpoints:
     """The model actor's ROUTER."""
     ipc_dir: str
     """Folder holding the ipc socket files, removed at the end of the session."""
+
+    @classmethod
+    def local(cls, ipc_dir: Path, *, events_out: str, session: str) -> Endpoints:
+        """Name a session's endpoints: its actors and the hub's input on ipc sockets in ipc_dir."""
+        return cls(
+            events_in=f"ipc://{ipc_dir}/events_in.sock",
+            events_out=events_out,
+            session=session,
+            data=f"ipc://{ipc_dir}/data.sock",
+            env=f"ipc://{ipc_dir}/env.sock",
+            model=f"ipc://{ipc_dir}/model.sock",
+            ipc_dir=str(ipc_dir),
+        )
 
     def to_dict(self) -> dict[str, str]:
         """Return the endpoints as a plain dict."""
@@ -261,6 +275,19 @@ class Client:
             curve.apply(self._sock)
         self._sock.connect(endpoint)
         self._waiter = _Waiter(self._sock)
+
+    @classmethod
+    def factory(
+        cls,
+        endpoint: str,
+        *,
+        max_bytes: int,
+        timeout_s: float,
+        sender: str,
+        curve: CurveClientKeys | None = None,
+    ) -> Callable[[], Client]:
+        """Return a factory of clients to one endpoint, called in the thread that uses the client."""
+        return lambda: cls(endpoint, max_bytes=max_bytes, timeout_s=timeout_s, sender=sender, curve=curve)
 
     def send(self, msg: Message) -> None:
         """Send a message without waiting for a reply."""

@@ -28,10 +28,9 @@ from services.transport.curve import (
     explain_handshake,
     load_client_keys,
     load_session_keys,
-    session_client,
 )
 from services.transport.hub import EventHub
-from services.transport.sockets import CurveServerKeys, Publisher, Subscriber, context
+from services.transport.sockets import Client, CurveServerKeys, Publisher, Subscriber, context
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +132,7 @@ def test_a_listed_key_gets_the_description_the_snapshot_and_events(
     hub: EventHub, keys: Path, events_in: str
 ) -> None:
     listed = load_client_keys(keys / "client-1")
-    client = session_client(hub.session, max_bytes=MAX_BYTES, timeout_s=5, sender="monitor", keys=listed)
+    client = Client(hub.session, max_bytes=MAX_BYTES, timeout_s=5, sender="monitor", curve=listed)
     subscriber = Subscriber(hub.events_out, max_bytes=MAX_BYTES, curve=listed)
     publisher = Publisher(events_in, sender="model")
     try:

@@ -27,15 +27,10 @@ from messages import (
     TrainingMetrics,
     TrainingProgress,
 )
-from services.session.console import (
-    JsonView,
-    LiveView,
-    NullView,
-    PlainView,
-    make_view,
-    session_progress,
-)
+from services.session.console import JsonView, NullView, PlainView, session_progress
+from services.session.live import LiveView
 from services.session.state import SessionState
+from services.session.views import make_view
 
 T0 = 1_700_000_000.0
 AGENT = {"total_return": 0.12, "sharpe": 1.1, "max_drawdown": -0.05, "trades": 14.0}

@@ -1,0 +1,189 @@
+"""Host one actor in its own process: `run.py _actor KIND --run-dir DIR`, one builder per kind.
+
+A builder imports what its actor needs inside itself, so each process loads only its own libraries: the
+data and env processes never load torch, only the model process does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from actors.base import ActorExit
+from actors.ports import Ports
+from launcher.logs import configure_logging
+from launcher.supervisor import ACTOR_KINDS
+from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, Parser, project_path
+from services.config import Config, config_from_dict, read_yaml
+from services.runtime import PsutilProbe, SystemClock
+from services.transport.sockets import Client, Endpoints, Publisher, Server
+
+logger = logging.getLogger(__name__)
+
+
+def actor_main(argv: Sequence[str]) -> int:
+    """Host one actor in this process until it stops."""
+    parser = Parser(prog="run.py _actor")
+    parser.add_argument("kind", choices=ACTOR_KINDS)
+    parser.add_argument("--run-dir", type=Path, required=True)
+    args = parser.parse_args(argv)
+    kind, run_dir = args.kind, args.run_dir
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Failed requests reach the console as events and the launcher's verdict; only crashes print here.
+    configure_logging(run_dir / "logs" / f"{kind}.log", stderr_level=logging.ERROR, prefix=f"[{kind}] ")
+    config = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    endpoints = Endpoints.from_dict(json.loads((run_dir / "endpoints.json").read_text()))
+    host = ActorHost(kind, config, endpoints, run_dir, ActorExit())
+    ref = BUILDERS[kind](host)
+    signal.signal(signal.SIGTERM, lambda signum, frame: ref.stop(block=False))
+    parent = os.getppid()
+    while not host.note.event.wait(1.0):
+        if os.getppid() != parent:
+            logger.warning("%s: the launcher is gone; stopping", kind)
+            ref.stop(block=False)
+    return EXIT_FAILURE if host.note.crashed else EXIT_OK
+
+
+@dataclass(frozen=True, slots=True)
+class ActorHost:
+    """What every builder gets: the actor's kind, the run's config, endpoints and folder."""
+
+    kind: str
+    config: Config
+    endpoints: Endpoints
+    run_dir: Path
+    note: ActorExit
+
+    def common(self) -> dict[str, object]:
+        """Return the constructor arguments every served actor takes."""
+        return {
+            "clock": SystemClock(),
+            "probe": PsutilProbe(),
+            "heartbeat_s": self.config.session.heartbeat_s,
+            "exit_note": self.note,
+        }
+
+    def ports(self, serve: bool, clients: Sequence[str] = (), timeout_s: float | None = None) -> Ports:
+        """Return the actor's socket factories: its own server, its publisher and clients to others."""
+        opts, kind, endpoints = self.config.session, self.kind, self.endpoints
+        max_bytes = opts.max_message_bytes
+        timeout = opts.request_timeout_s if timeout_s is None else timeout_s
+        return Ports(
+            server=(lambda: Server(getattr(endpoints, kind), max_bytes=max_bytes, name=kind))
+            if serve
+            else None,
+            publisher=lambda: Publisher(endpoints.events_in, sender=kind),
+            clients={
+                peer: Client.factory(
+                    getattr(endpoints, peer), max_bytes=max_bytes, timeout_s=timeout, sender=kind
+                )
+                for peer in clients
+            },
+        )
+
+
+def build_data(host: ActorHost) -> pykka.ActorRef[Any]:
+    """Start the data actor over the dataset service."""
+    from actors.data import DataActor
+    from services.data.dataset import DatasetService
+
+    config = host.config
+    service = DatasetService(
+        config.data,
+        window=config.env.window,
+        episode_length=config.env.episode_length,
+        cache_root=ROOT,
+        run_dir=host.run_dir,
+    )
+    return DataActor.start(
+        service=service,
+        block_rows=config.data.block_rows,
+        ack_timeout_s=config.session.request_timeout_s,
+        ports=host.ports(True, ["env"]),
+        **host.common(),
+    )
+
+
+def build_env(host: ActorHost) -> pykka.ActorRef[Any]:
+    """Start the env actor over the vectorized env factory."""
+    from actors.environment import EnvActor
+    from services.env.factory import VecEnvFactory
+
+    factory = VecEnvFactory(host.config.env, seed=host.config.training.seed)
+    return EnvActor.start(factory=factory, ports=host.ports(True), **host.common())
+
+
+def build_model(host: ActorHost) -> pykka.ActorRef[Any]:
+    """Start the model actor; it restores the checkpoint session.json names, if any."""
+    from actors.model import ModelActor
+    from services.model.checkpoint import verify_checkpoint
+    from services.model.trading_model import RemoteModelFactory
+
+    config, run_dir = host.config, host.run_dir
+    session = json.loads((run_dir / "session.json").read_text())
+    factory = RemoteModelFactory(
+        config.model,
+        seed=config.training.seed,
+        tensorboard_dir=run_dir / "tensorboard",
+        checkpoint_root=run_dir / "checkpoints",
+        fingerprint={k: session[k] for k in ("data_hash", "config_hash")},
+        resume=verify_checkpoint(Path(session["resume"])) if session["resume"] else None,
+    )
+    return ModelActor.start(
+        factory=factory,
+        piece_steps=config.training.piece_steps,
+        ports=host.ports(True, ["env"], config.session.env_timeout_s),
+        **host.common(),
+    )
+
+
+def build_monitor(host: ActorHost) -> pykka.ActorRef[Any]:
+    """Start the session's own monitor: the console view of the events."""
+    from actors.monitor import MonitorActor
+    from services.session.views import make_view
+    from services.transport.curve import LOCAL_KIT, load_client_keys
+    from services.transport.sockets import Subscriber
+
+    opts, endpoints = host.config.session, host.endpoints
+    view = make_view(opts.console, json=False, tables=False, stream=sys.stdout, heartbeat_s=opts.heartbeat_s)
+    # With CURVE the session's own monitor needs a listed key too: keys/local.
+    keys = load_client_keys(project_path(opts.keys_dir) / LOCAL_KIT) if opts.keys_dir else None
+    max_bytes = opts.max_message_bytes
+    ports = Ports(
+        publisher=lambda: Publisher(endpoints.events_in, sender=host.kind),
+        subscriber=lambda: Subscriber(endpoints.events_out, max_bytes=max_bytes, curve=keys),
+        clients={
+            "session": Client.factory(
+                endpoints.session,
+                max_bytes=max_bytes,
+                timeout_s=opts.request_timeout_s,
+                sender=host.kind,
+                curve=keys,
+            )
+        },
+    )
+    return MonitorActor.start(
+        view=view,
+        ports=ports,
+        silence_s=max(5.0, 5 * opts.heartbeat_s),
+        exit_when_finished=True,
+        **host.common(),
+    )
+
+
+BUILDERS: dict[str, Callable[[ActorHost], pykka.ActorRef[Any]]] = {
+    "data": build_data,
+    "env": build_env,
+    "model": build_model,
+    "monitor": build_monitor,
+}
+"""One builder per actor kind."""

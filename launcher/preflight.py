@@ -1,0 +1,200 @@
+"""Check everything a session needs before any process starts: config, keys, data size, resume point."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from launcher.usage import UsageError, project_path
+from services.config import Config, ConfigError, config_fingerprint, config_to_dict, load_config
+from services.data.features import feature_warmup
+from services.data.fingerprint import cache_key
+from services.data.reader import DataError, list_source_files
+from services.data.splits import split_ranges
+from services.model.checkpoint import CheckpointError, latest_checkpoint, write_json_atomic
+from services.transport.curve import LOCAL_KIT, KeysError, SessionKeys, load_client_keys, load_session_keys
+from services.transport.sockets import is_loopback
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prepared:
+    """A session that passed every check, with its run folder made and its config written."""
+
+    config: Config
+    """The resolved config."""
+    run_dir: Path
+    """The run folder (new, or the one resumed)."""
+    resolved: dict[str, object]
+    """The config as written to config.yaml, with the run's name."""
+    fingerprint: dict[str, str]
+    """data_hash and config_hash: what a checkpoint must match to be resumed."""
+    first_episode: int
+    """The first episode this launch trains (after the last complete one when resuming)."""
+    resume_from: str
+    """The checkpoint the model restores first ("" for a new run)."""
+    session_keys: SessionKeys | None
+    """CURVE keys of the monitor sockets, when session.keys_dir is set."""
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Run every check of a training launch, then make the run folder and write its config."""
+    config = resolve_config(args)
+    session_keys = load_keys(config)
+    fingerprint = data_fingerprint(config)
+    check_rows(config, fingerprint["data_hash"])
+    first_episode, resume_from = 1, ""
+    if args.resume is not None:
+        first_episode, resume_from = resume_point(args.resume, args.force, config, fingerprint)
+        run_dir = args.resume.resolve()
+    else:
+        run_dir = new_run_dir(project_path(config.session.runs_dir), config.name)
+    resolved: dict[str, object] = {**config_to_dict(config), "name": run_dir.name}
+    write_json_atomic(
+        run_dir / "session.json", {"resume": resume_from, "first_episode": first_episode, **fingerprint}
+    )
+    config_tmp = run_dir / ".config.yaml.tmp"
+    config_tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    os.replace(config_tmp, run_dir / "config.yaml")
+    return Prepared(
+        config=config,
+        run_dir=run_dir,
+        resolved=resolved,
+        fingerprint=fingerprint,
+        first_episode=first_episode,
+        resume_from=resume_from,
+        session_keys=session_keys,
+    )
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Load the config named on the command line (or the resumed run's) with every --set applied."""
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.source.path={json.dumps(args.data)}")
+    if args.name:
+        overrides.append(f"name={json.dumps(args.name)}")
+    config_path = args.config
+    if args.resume is not None:
+        if args.config or args.name:
+            raise UsageError("--resume takes the run's own config and name; use --set to change keys")
+        config_path = args.resume / "config.yaml"
+        if not config_path.is_file():
+            raise UsageError(f"--resume {args.resume}: not a run folder (no config.yaml)")
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    source = config.data.source.path
+    if not any(ch in source for ch in "*?[") and not Path(source).exists():
+        raise UsageError(f"data.source.path: {source} does not exist")
+    return config
+
+
+def load_keys(config: Config) -> SessionKeys | None:
+    """Load the CURVE keys of the monitor sockets; refuse a non-loopback host without them."""
+    opts = config.session
+    if not is_loopback(f"tcp://{opts.monitor_host}:1") and not opts.keys_dir:
+        raise UsageError(
+            f"session.monitor_host {opts.monitor_host} is not loopback: create keys with "
+            "`python run.py keys` and set session.keys_dir"
+        )
+    if not opts.keys_dir:
+        return None
+    keys_dir = project_path(opts.keys_dir)
+    try:
+        session_keys = load_session_keys(keys_dir)
+        load_client_keys(keys_dir / LOCAL_KIT)  # the session's own monitor needs it: fail early
+    except KeysError as exc:
+        raise UsageError(str(exc)) from None
+    return session_keys
+
+
+def data_fingerprint(config: Config) -> dict[str, str]:
+    """Return what a checkpoint must match to be resumed: the data's hash and the model-relevant config."""
+    try:
+        data_hash = cache_key(config.data.source, config.data.features)
+    except (DataError, OSError) as exc:
+        raise UsageError(f"data.source.path: {exc}") from None
+    return {"data_hash": data_hash, "config_hash": config_fingerprint(config)}
+
+
+def check_rows(config: Config, data_hash: str) -> None:
+    """Refuse a window and split the data cannot hold before any process starts.
+
+    The row count comes from the feature store of a previous session, else from counting the lines of
+    plain CSV files (a fast byte scan); other sources are checked by the data actor.
+    """
+    if config.data.split.mode == "date":
+        return
+    meta = project_path(config.data.cache_dir) / data_hash / "meta.json"
+    if meta.is_file():
+        rows = int(json.loads(meta.read_text())["rows"])
+    else:
+        files = list_source_files(config.data.source.path)
+        if not files or any(f.suffix.lower() != ".csv" for f in files):
+            return
+        rows = sum(count_lines(path) - 1 for path in files)
+    try:
+        split_ranges(
+            rows,
+            config.data.split,
+            warmup=feature_warmup(config.data.features),
+            min_bars=config.env.window + config.env.episode_length,
+        )
+    except DataError as exc:
+        raise UsageError(
+            f"{config.data.source.path}: {exc} (env.window {config.env.window}, "
+            f"env.episode_length {config.env.episode_length})"
+        ) from None
+
+
+def count_lines(path: Path) -> int:
+    """Count the newlines of a file in 1 MiB blocks."""
+    count = 0
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            count += block.count(b"\n")
+    return count
+
+
+def resume_point(run_dir: Path, force: bool, config: Config, fingerprint: dict[str, str]) -> tuple[int, str]:
+    """Return (first episode, checkpoint path) of a resumed run, refusing a mismatch unless forced."""
+    try:
+        info = latest_checkpoint(run_dir / "checkpoints")
+    except CheckpointError as exc:
+        raise UsageError(f"--resume: {exc}") from None
+    if info is None:
+        raise UsageError(f"--resume {run_dir}: no checkpoint to resume from")
+    differ = [
+        key.split("_")[0] for key in ("data_hash", "config_hash") if info.meta.get(key) != fingerprint[key]
+    ]
+    if differ and not force:
+        verb = "differ" if len(differ) > 1 else "differs"
+        raise UsageError(
+            f"--resume {run_dir}: the {' and '.join(differ)} {verb} from checkpoint {info.path.name}; "
+            "pass --force to resume anyway"
+        )
+    first = int(info.meta["episode"]) + (1 if info.meta.get("complete") else 0)
+    if first > config.training.episodes:
+        raise UsageError(
+            f"--resume {run_dir}: all {config.training.episodes} episodes are done; "
+            f"raise training.episodes with --set"
+        )
+    return first, str(info.path)
+
+
+def new_run_dir(runs_dir: Path, name: str) -> Path:
+    """Make the folder of a new run, named after the time when no name is given."""
+    if not name:
+        name = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = runs_dir / name
+    if run_dir.exists():
+        raise UsageError(f"run folder {run_dir} already exists: choose another --name, or --resume it")
+    run_dir.mkdir(parents=True)
+    return run_dir

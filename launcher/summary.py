@@ -1,0 +1,103 @@
+"""What a session leaves for the person who ran it: the closing summary and the run's report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from launcher.supervisor import ACTOR_KINDS
+from services.session.console import format_duration, format_eval_table
+from services.session.report import write_report
+
+logger = logging.getLogger(__name__)
+
+
+class Evaluated(Protocol):
+    """Anything that carries an episode's evaluation: its number and both sides' metrics."""
+
+    @property
+    def episode(self) -> int:
+        """The episode evaluated."""
+        ...
+
+    @property
+    def agent(self) -> Mapping[str, float]:
+        """The agent's metrics."""
+        ...
+
+    @property
+    def buy_and_hold(self) -> Mapping[str, float]:
+        """Buy-and-hold's metrics over the same bars."""
+        ...
+
+
+def print_summary(
+    *,
+    name: str,
+    run_dir: Path,
+    status: str,
+    reason: str,
+    reports: Sequence[Evaluated],
+    snapshot: Mapping[str, Any],
+    seconds: float,
+    launcher_rss: int,
+) -> None:
+    """Print each evaluation table, the model's history, every process's memory and the verdict."""
+    print("", flush=True)
+    for report in reports:
+        print(format_eval_table(report.episode, report.agent, report.buy_and_hold))
+        print("")
+    model = snapshot["model"]
+    print(
+        f"model {model['model_id'] or '-'}: created {model['created']} time(s), "
+        f"restored {model.get('restored', 0)} time(s), reused {model['reused']} time(s)"
+    )
+    memory = ", ".join(
+        f"{kind} {snapshot['actors'].get(kind, {}).get('rss_bytes', 0) / 2**20:.0f} MB"
+        for kind in ACTOR_KINDS
+    )
+    print(f"process RSS: launcher {launcher_rss / 2**20:.0f} MB, {memory}")
+    why = f" ({reason})" if reason else ""
+    print(f"session {name} {status}{why} in {format_duration(seconds)}; outputs in {run_dir}", flush=True)
+
+
+def recorded_evaluations(events_path: Path) -> list[dict[str, Any]]:
+    """Return the evaluations an earlier launch of this run recorded (read before a resume appends)."""
+    if not events_path.is_file():
+        return []
+    found: list[dict[str, Any]] = []
+    with events_path.open(encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash of the earlier launch
+            if isinstance(event, dict) and event.get("type") == "EvaluationFinished":
+                found.append(
+                    {
+                        "episode": event["episode"],
+                        "agent": event["agent"],
+                        "buy_and_hold": event["buy_and_hold"],
+                    }
+                )
+    return found
+
+
+def write_run_report(
+    run_dir: Path, *, name: str, model_id: str, evaluations: Sequence[Mapping[str, Any]]
+) -> None:
+    """Write report.md and its plots from every evaluation of the run, one per episode (the latest wins)."""
+    by_episode = {int(ev["episode"]): dict(ev) for ev in evaluations}
+    if not by_episode:
+        return
+    try:
+        path = write_report(run_dir, name=name, model_id=model_id, evaluations=list(by_episode.values()))
+    except Exception as exc:
+        logger.exception("report failed")
+        print(f"report: not written ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+        return
+    print(f"report: {path}", flush=True)
