@@ -311,7 +311,7 @@ def test_a_request_nobody_answers_times_out(res: Resources) -> None:
         client.request(Ping(), timeout_s=0.2)
     elapsed = time.monotonic() - started
 
-    assert 0.18 <= elapsed < 2.0
+    assert elapsed >= 0.18, "the client waited out its timeout"
     assert isinstance(server.received.get(timeout=1).message, Ping)
 
 
@@ -897,14 +897,12 @@ def test_a_subscriber_that_never_reads_does_not_block_publishing(res: Resources)
         while (item := reader.receive(0)) is not None:
             read.append(item[0])
 
-    started = time.monotonic()
     for _ in range(n // chunk):
         for _ in range(chunk):
             publisher.publish(beat)
         # Pace by the hub's progress, so every event reaches it: a hub blocked by `stuck` fails here.
         applied = len(recorder.wait_for_count(applied + chunk, timeout_s=10))
         drain_reader()
-    flood_s = time.monotonic() - started
     marker = EpisodeStarted(sender="session", episode=7, episodes=7, steps=1)
     publisher.publish(marker)
     got = receive_until(reader, lambda seq, msg: msg.msg_id == marker.msg_id)
@@ -914,7 +912,6 @@ def test_a_subscriber_that_never_reads_does_not_block_publishing(res: Resources)
     while (item := stuck.receive(200)) is not None:
         stuck_seqs.append(item[0])
 
-    assert flood_s < 20.0
     assert isinstance(snapshot, Snapshot)
     assert read[-1] == hub.seq == snapshot.seq, "the reader got the latest event"
     assert read == list(range(read[0], read[-1] + 1)), "the reader lost nothing"
