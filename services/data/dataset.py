@@ -13,9 +13,9 @@ from typing import Protocol
 import numpy as np
 
 from services.config import DataOptions
-from services.data.fingerprint import cache_key
 from services.data.splits import Normalizer, split_ranges
-from services.data.store import FeatureStore
+from services.data.store import FeatureStore, store_folder
+from services.env.options import min_bars
 
 logger = logging.getLogger(__name__)
 
@@ -123,18 +123,25 @@ class LoadSummary:
 
 
 class DatasetService:
-    """Processes the configured source once into a feature store and serves episode splits from it."""
+    """Processes the configured source once into a feature store and serves episode splits from it.
+
+    Args:
+        data_hash: the session's data hash (`services.data.fingerprint.cache_key` of the source and
+            feature options), computed once by the launcher; it names the store.
+    """
 
     def __init__(
         self,
         options: DataOptions,
         *,
+        data_hash: str,
         window: int,
         episode_length: int,
         cache_root: Path,
         run_dir: Path | None = None,
     ) -> None:
         self._options = options
+        self._data_hash = data_hash
         self._window = window
         self._episode_length = episode_length
         self._cache_root = cache_root
@@ -145,10 +152,9 @@ class DatasetService:
         """Open the store of this source and feature config, or build it by streaming the source."""
         started = time.perf_counter()
         opts = self._options
-        key = cache_key(opts.source, opts.features)
+        key = self._data_hash
         if opts.cache or self._run_dir is None:
-            folder = Path(opts.cache_dir)
-            folder = (folder if folder.is_absolute() else self._cache_root / folder) / key
+            folder = store_folder(opts.cache_dir, key, root=self._cache_root)
         else:
             folder = self._run_dir / "features"
         store = FeatureStore.open(folder) if opts.cache else None
@@ -181,7 +187,7 @@ class DatasetService:
             episode=episode - 1,
             timestamps_ns=store.timestamps(),
             warmup=store.info.warmup,
-            min_bars=self._window + max(self._episode_length, 1),
+            min_bars=min_bars(self._window, self._episode_length),
         )
         normalizer = store.fit_normalizer(split.train)
         self._save_normalizer(normalizer, episode)

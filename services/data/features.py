@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from services.data.bars import Bars
+from services.data.options import FeatureOptions
+
 if TYPE_CHECKING:
     import pandas as pd
-
-from services.data.reader import Bars
 
 logger = logging.getLogger(__name__)
 
@@ -303,43 +304,6 @@ def average_true_range(ctx: FeatureContext) -> np.ndarray:
     previous = np.concatenate(([np.nan], ctx.close[:-1]))
     true_range = np.fmax(ctx.high - ctx.low, np.fmax(np.abs(ctx.high - previous), np.abs(ctx.low - previous)))
     return ctx.ema("atr14", true_range, 1 / 14) / ctx.close
-
-
-DEFAULT_FEATURES: tuple[str, ...] = (
-    "ret_1",
-    "ret_5",
-    "ret_20",
-    "vol_20",
-    "hl_range",
-    "vol_z_20",
-    "rsi_14",
-    "macd_hist",
-)
-"""Log returns over 1, 5 and 20 bars, 20-bar volatility, high-low range / close, volume z-score (20),
-RSI(14) in [-1, 1] and the MACD(12, 26, 9) histogram / close. Warm-up: 33 bars (set by macd_hist)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FeatureOptions:
-    """Choose the features to compute."""
-
-    names: tuple[str, ...] = DEFAULT_FEATURES
-    """Registered feature names, in column order (see docs/DATA.md for the list)."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.names, str) or not isinstance(self.names, tuple | list):
-            raise ValueError(f"FeatureOptions.names must be a tuple of feature names, got {self.names!r}")
-        if isinstance(self.names, list):
-            object.__setattr__(self, "names", tuple(self.names))
-        if not self.names:
-            raise ValueError("FeatureOptions.names must name at least one feature, got ()")
-        for name in self.names:
-            if name not in _REGISTRY:
-                known = ", ".join(available_features())
-                raise ValueError(f"FeatureOptions.names has unknown feature {name!r}; known: {known}")
-        duplicated = sorted({n for n in self.names if self.names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"FeatureOptions.names repeats {duplicated[0]!r}")
 
 
 class FeaturePipeline:

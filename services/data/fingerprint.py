@@ -1,7 +1,8 @@
-"""Process a whole source into float32 features in memory, and name it by a cache key.
+"""Name a source and its feature options by one hash: the data hash of a session.
 
 The key (the source files' bytes and the feature options) names the on-disk feature store
-(services/data/store.py) that the data actor streams from; process_source serves inference.
+(services/data/store.py) the data actor streams from, and goes into every checkpoint so that a resume
+on other data is refused. The launcher computes it once per session and hands it on.
 """
 
 from __future__ import annotations
@@ -9,17 +10,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from services.data.features import FEATURE_VERSION, FeatureOptions, FeaturePipeline
-from services.data.reader import Bars, SourceOptions, infer_bars_per_year, list_source_files, read_bars
-
-logger = logging.getLogger(__name__)
+from services.data.features import FEATURE_VERSION
+from services.data.options import FeatureOptions, SourceOptions
+from services.data.reader import list_source_files
 
 CACHE_VERSION = 1
 """Bump when the processed result of the same source and options changes."""
@@ -27,27 +22,6 @@ CACHE_VERSION = 1
 _HASH_BLOCK = 1 << 20
 # Source options that cannot change the processed result stay out of the key.
 _KEY_EXCLUDED_SOURCE_FIELDS = ("path", "chunk_rows")
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class ProcessedData:
-    """Hold a whole source after validation and feature processing."""
-
-    bars: Bars
-    """Every validated bar in time order."""
-    features: np.ndarray
-    """Float32 features [len(bars), len(names)]; the first `warmup` rows are NaN."""
-    names: tuple[str, ...]
-    """Feature names, in column order."""
-    warmup: int
-    """Leading rows whose features are not valid."""
-    bars_per_year: float
-    """Bars per year inferred from the timestamps (0 when there are fewer than two bars)."""
-    key: str
-    """The cache key of the source and options that produced this data."""
-
-    def __len__(self) -> int:
-        return len(self.bars)
 
 
 def file_digest(path: Path) -> str:
@@ -92,43 +66,3 @@ def cache_key(source: SourceOptions, features: FeatureOptions) -> str:
     }
     text = json.dumps(payload, sort_keys=True, default=list)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def process_source(source: SourceOptions, features: FeatureOptions, *, key: str = "") -> ProcessedData:
-    """Read and validate every bar of the source and compute its features, without any cache."""
-    pipeline = FeaturePipeline(features)
-    fields = ("timestamp", "open", "high", "low", "close", "volume")
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in fields}
-    blocks: list[np.ndarray] = []
-    started = time.perf_counter()
-    for chunk in read_bars(source):
-        for name in fields:
-            columns[name].append(getattr(chunk, name))
-        blocks.append(pipeline.update(chunk))
-    # Join one field at a time, freeing its chunks, so the peak stays near one copy of the data.
-    merged: dict[str, np.ndarray] = {}
-    for name in fields:
-        parts = columns.pop(name)
-        merged[name] = (
-            np.concatenate(parts) if parts else np.empty(0, np.int64 if name == "timestamp" else np.float64)
-        )
-        parts.clear()
-    bars = Bars(**merged)
-    table = np.concatenate(blocks) if blocks else np.empty((0, len(pipeline.names)), dtype=np.float32)
-    blocks.clear()
-    elapsed = time.perf_counter() - started
-    logger.info(
-        "processed %d bars into %d features in %.2f s (%.0f bars/s)",
-        len(bars),
-        len(pipeline.names),
-        elapsed,
-        len(bars) / elapsed if elapsed > 0 else 0.0,
-    )
-    return ProcessedData(
-        bars=bars,
-        features=table,
-        names=pipeline.names,
-        warmup=pipeline.warmup,
-        bars_per_year=infer_bars_per_year(bars.timestamp) if len(bars) >= 2 else 0.0,
-        key=key,
-    )

@@ -5,55 +5,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    pass
-
-from services.data.reader import DataError
+from services.data.bars import DataError
+from services.data.options import SplitOptions
+from services.data.timeparse import parse_instant
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SplitOptions:
-    """Say where training stops and evaluation starts."""
-
-    mode: str = "fraction"
-    """'fraction': train on the first train_fraction of the bars; 'date': evaluate from eval_start on."""
-    train_fraction: float = 0.8
-    """Share of the usable bars (after the feature warm-up) that trains, for mode 'fraction'."""
-    eval_start: str = ""
-    """ISO date or time of the first eval bar, for mode 'date' (e.g. '2017-01-01')."""
-    gap_bars: int = 0
-    """Bars left out between the train and the eval range, so no rolling window spans both."""
-    walk_forward: bool = False
-    """Move the windows forward each episode: episode k trains on window k and evaluates on the next."""
-    train_bars: int = 0
-    """Bars in each walk-forward train window."""
-    eval_bars: int = 0
-    """Bars in each walk-forward eval window; the windows move forward by this much per episode."""
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("fraction", "date"):
-            raise ValueError(f"SplitOptions.mode must be 'fraction' or 'date', got {self.mode!r}")
-        if not isinstance(self.train_fraction, int | float) or not 0.0 < float(self.train_fraction) < 1.0:
-            raise ValueError(f"SplitOptions.train_fraction must be in (0, 1), got {self.train_fraction!r}")
-        if self.mode == "date":
-            if not self.eval_start:
-                raise ValueError("SplitOptions.eval_start must be set for mode 'date', got ''")
-            _parse_instant(self.eval_start)
-        for name in ("gap_bars", "train_bars", "eval_bars"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"SplitOptions.{name} must be an integer >= 0, got {value!r}")
-        if self.walk_forward and (self.train_bars < 1 or self.eval_bars < 1):
-            raise ValueError(
-                "SplitOptions.train_bars and eval_bars must be >= 1 with walk_forward, "
-                f"got train_bars={self.train_bars!r}, eval_bars={self.eval_bars!r}"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,20 +102,8 @@ def _walk_forward_base(
 def _date_index(eval_start: str, timestamps_ns: np.ndarray | None) -> int:
     if timestamps_ns is None:
         raise ValueError("split mode 'date' needs the bar timestamps (timestamps_ns)")
-    stamp = _parse_instant(eval_start)
+    stamp = parse_instant(eval_start)
     return int(np.searchsorted(np.asarray(timestamps_ns, dtype=np.int64), stamp, side="left"))
-
-
-def _parse_instant(text: str) -> int:
-    import pandas as pd
-
-    try:
-        stamp = pd.Timestamp(text)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"SplitOptions.eval_start must be an ISO date, got {text!r}") from exc
-    if stamp.tz is not None:
-        stamp = stamp.tz_convert("UTC").tz_localize(None)
-    return int(stamp.as_unit("ns").value)
 
 
 def _check_sizes(split: Split, n_bars: int, usable_start: int, options: SplitOptions, min_bars: int) -> None:

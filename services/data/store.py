@@ -1,10 +1,11 @@
-"""Keep a processed source on disk, one raw column file per array, and read it back in bounded blocks.
+"""Hold a processed source: on disk in column files read back in bounded blocks, or whole in memory.
 
-Building streams the source chunk by chunk through the causal feature pipeline and appends each chunk to
-the column files, so the data actor's memory stays bounded whatever the size of the source. The folder
-is named by the cache key (the source files' bytes and the feature options): a second session on the
-same data opens it instead of processing again. Only raw little-endian numbers and a JSON file are
-written, never pickle.
+Building a `FeatureStore` streams the source chunk by chunk through the causal feature pipeline and
+appends each chunk to the column files, so the data actor's memory stays bounded whatever the size of
+the source. The folder is named by the cache key (the source files' bytes and the feature options): a
+second session on the same data opens it instead of processing again. Only raw little-endian numbers
+and a JSON file are written, never pickle. `process_source` is the in-memory form (inference): every
+bar and feature kept.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from services.data.features import FeatureOptions, FeaturePipeline
-from services.data.reader import DataError, SourceOptions, infer_bars_per_year, read_bars
+from services.data.bars import Bars, DataError, infer_bars_per_year
+from services.data.features import FeaturePipeline
+from services.data.options import FeatureOptions, SourceOptions
+from services.data.reader import read_bars
 from services.data.splits import Normalizer
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,12 @@ FREQUENCY_SAMPLE = 100_000
 """Leading timestamps used to infer the bar frequency."""
 BLOCK_ROWS = 1 << 16
 """Rows per block when scanning a column (normalisation statistics)."""
+
+
+def store_folder(cache_dir: str, key: str, *, root: Path) -> Path:
+    """Return the folder of the store named `key` in `cache_dir` (taken from `root` when relative)."""
+    folder = Path(cache_dir)
+    return (folder if folder.is_absolute() else root / folder) / key
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,14 @@ class FeatureStore:
 
     def __len__(self) -> int:
         return self.info.rows
+
+    @staticmethod
+    def stored_rows(folder: Path) -> int | None:
+        """Return the row count a store at `folder` records, or None when it has none (absent, unreadable)."""
+        try:
+            return int(json.loads((folder / META).read_text())["rows"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     @classmethod
     def open(cls, folder: Path) -> FeatureStore | None:
@@ -190,3 +207,64 @@ class FeatureStore:
             logger.warning("normalizer: no finite train values for %s; using mean 0, std 1", missing)
             std = np.where(count == 0, 1.0, std)
         return Normalizer(mean=mean, std=std, names=self.info.names)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ProcessedData:
+    """Hold a whole source after validation and feature processing."""
+
+    bars: Bars
+    """Every validated bar in time order."""
+    features: np.ndarray
+    """Float32 features [len(bars), len(names)]; the first `warmup` rows are NaN."""
+    names: tuple[str, ...]
+    """Feature names, in column order."""
+    warmup: int
+    """Leading rows whose features are not valid."""
+    bars_per_year: float
+    """Bars per year inferred from the timestamps (0 when there are fewer than two bars)."""
+    key: str
+    """The cache key of the source and options that produced this data."""
+
+    def __len__(self) -> int:
+        return len(self.bars)
+
+
+def process_source(source: SourceOptions, features: FeatureOptions, *, key: str = "") -> ProcessedData:
+    """Read and validate every bar of the source and compute its features in memory, storing nothing."""
+    pipeline = FeaturePipeline(features)
+    fields = ("timestamp", "open", "high", "low", "close", "volume")
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in fields}
+    blocks: list[np.ndarray] = []
+    started = time.perf_counter()
+    for chunk in read_bars(source):
+        for name in fields:
+            columns[name].append(getattr(chunk, name))
+        blocks.append(pipeline.update(chunk))
+    # Join one field at a time, freeing its chunks, so the peak stays near one copy of the data.
+    merged: dict[str, np.ndarray] = {}
+    for name in fields:
+        parts = columns.pop(name)
+        merged[name] = (
+            np.concatenate(parts) if parts else np.empty(0, np.int64 if name == "timestamp" else np.float64)
+        )
+        parts.clear()
+    bars = Bars(**merged)
+    table = np.concatenate(blocks) if blocks else np.empty((0, len(pipeline.names)), dtype=np.float32)
+    blocks.clear()
+    elapsed = time.perf_counter() - started
+    logger.info(
+        "processed %d bars into %d features in %.2f s (%.0f bars/s)",
+        len(bars),
+        len(pipeline.names),
+        elapsed,
+        len(bars) / elapsed if elapsed > 0 else 0.0,
+    )
+    return ProcessedData(
+        bars=bars,
+        features=table,
+        names=pipeline.names,
+        warmup=pipeline.warmup,
+        bars_per_year=infer_bars_per_year(bars.timestamp) if len(bars) >= 2 else 0.0,
+        key=key,
+    )

@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 
 import services.data.features as features_module
+from services.data.bars import Bars
 from services.data.features import (
-    DEFAULT_FEATURES,
     FeatureContext,
-    FeatureOptions,
     FeaturePipeline,
     available_features,
     compute_features,
     register_feature,
 )
-from services.data.reader import Bars, SourceOptions, read_bars
+from services.data.options import DEFAULT_FEATURES, FeatureOptions, SourceOptions
+from services.data.reader import read_bars
 from services.data.synthetic import generate_bars, write_csv
 
 ALL = FeatureOptions(names=available_features())

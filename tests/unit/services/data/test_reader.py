@@ -11,14 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.data.reader import (
-    Bars,
-    DataError,
-    SourceOptions,
-    infer_bars_per_year,
-    list_source_files,
-    read_bars,
-)
+from services.data.bars import Bars, DataError, infer_bars_per_year
+from services.data.options import SourceOptions
+from services.data.reader import list_source_files, read_bars
 
 HEADER = "Date,Open,High,Low,Close,Volume\n"
 GOOD_ROWS = [
@@ -425,7 +420,7 @@ def test_the_data_services_never_import_torch_or_stable_baselines3() -> None:
     code = (
         "import sys\n"
         "import services.data.reader, services.data.features, services.data.splits\n"
-        "import services.data.fingerprint, services.data.synthetic\n"
+        "import services.data.fingerprint, services.data.synthetic, services.data.store\n"
         "print(sorted(m for m in ('torch', 'stable_baselines3', 'sb3_contrib') if m in sys.modules))\n"
     )
 

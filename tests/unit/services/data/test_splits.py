@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.data.features import FeatureOptions, available_features, compute_features
-from services.data.reader import DataError
-from services.data.splits import Normalizer, SplitOptions, split_ranges, window_count
+from services.data.bars import DataError
+from services.data.features import available_features, compute_features
+from services.data.options import FeatureOptions, SplitOptions
+from services.data.splits import Normalizer, split_ranges, window_count
 from services.data.synthetic import generate_bars
 
 

@@ -12,11 +12,10 @@ import pytest
 import services.data.store as fs
 from services.config import DataOptions
 from services.data.dataset import DatasetService
-from services.data.features import FeatureOptions
-from services.data.fingerprint import cache_key, file_digest, process_source
-from services.data.reader import SourceOptions
+from services.data.fingerprint import cache_key, file_digest
+from services.data.options import FeatureOptions, SourceOptions
 from services.data.splits import Normalizer, split_ranges
-from services.data.store import FeatureStore
+from services.data.store import FeatureStore, process_source
 from services.data.synthetic import write_csv
 
 FEATURES = FeatureOptions()
@@ -30,7 +29,14 @@ def source(tmp_path: Path) -> SourceOptions:
 
 def service(tmp_path: Path, source: SourceOptions, **options: object) -> DatasetService:
     data = DataOptions(source=source, cache_dir=str(tmp_path / "cache"), **options)  # type: ignore[arg-type]
-    return DatasetService(data, window=8, episode_length=32, cache_root=tmp_path, run_dir=tmp_path)
+    return DatasetService(
+        data,
+        data_hash=cache_key(data.source, data.features),
+        window=8,
+        episode_length=32,
+        cache_root=tmp_path,
+        run_dir=tmp_path,
+    )
 
 
 def test_the_store_holds_exactly_what_processing_in_memory_gives(
@@ -80,10 +86,10 @@ def test_a_second_load_opens_the_store_instead_of_processing_again(
 
 def test_changing_the_file_or_the_features_processes_again(tmp_path: Path, source: SourceOptions) -> None:
     service(tmp_path, source).load()
+    others = FeatureOptions(names=("ret_1", "vol_20"))
     other_features = DatasetService(
-        DataOptions(
-            source=source, features=FeatureOptions(names=("ret_1", "vol_20")), cache_dir=str(tmp_path / "c")
-        ),
+        DataOptions(source=source, features=others, cache_dir=str(tmp_path / "c")),
+        data_hash=cache_key(source, others),
         window=8,
         episode_length=32,
         cache_root=tmp_path,

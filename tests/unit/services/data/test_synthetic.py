@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from services.data.reader import Bars, SourceOptions, infer_bars_per_year, read_bars
+from services.data.bars import Bars, infer_bars_per_year
+from services.data.options import SourceOptions
+from services.data.reader import read_bars
 from services.data.synthetic import SyntheticOptions, SyntheticStream, generate_bars, main, write_csv
 
 

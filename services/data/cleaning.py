@@ -1,0 +1,211 @@
+"""Validate and clean one chunk of parsed rows: numbers, missing values, prices, OHLC and time order.
+
+What the checks need from earlier chunks and files (the last bar's time, the last values and the length
+of the current gap for forward filling) is carried in a `StreamState`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from services.data.bars import PRICE_COLUMNS, Bars, ErrorAt
+from services.data.options import SourceOptions
+from services.data.timeparse import show_time
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Carry what validation needs across chunk and file boundaries."""
+
+    last_timestamp: int | None = None
+    last_where: str = ""
+    last_values: dict[str, float] = field(default_factory=dict)
+    missing_run: dict[str, int] = field(default_factory=dict)
+
+
+class Cleaner:
+    """Turn one file's parsed chunks into validated bars, following the source's cleaning options."""
+
+    def __init__(
+        self, options: SourceOptions, fields: dict[str, str], *, name: str, unit: str, error: ErrorAt
+    ) -> None:
+        self._options = options
+        self._fields = fields
+        self._name = name
+        self._unit = unit
+        self._error = error
+
+    def clean(
+        self, frame: pd.DataFrame, stamps: np.ndarray, rows: np.ndarray, state: StreamState
+    ) -> tuple[Bars | None, int, int]:
+        """Validate one chunk whose non-blank rows have these times and row numbers.
+
+        Returns its bars (None when no row is left), the rows dropped and the bars clipped.
+        """
+        blank = frame.isna().all(axis=1).to_numpy()
+        if blank.any():
+            frame = frame.loc[~blank]
+        if len(frame) == 0:
+            return None, 0, 0
+        values = {name: self._numeric(frame[column], name, rows) for name, column in self._fields.items()}
+        if "volume" not in values:
+            values["volume"] = np.zeros(len(frame), dtype=np.float64)
+        stamps, rows, values, dropped = self._apply_nan_policy(stamps, rows, values, state)
+        if len(stamps) == 0:
+            return None, dropped, 0
+        for name, array in values.items():
+            finite = np.isfinite(array)
+            if not finite.all():
+                at = int(np.argmin(finite))
+                raise self._error(f"non-finite {name} {_num(array[at])}", int(rows[at]))
+        for name in (*PRICE_COLUMNS, "adj_close"):
+            if name in values and (values[name] <= 0).any():
+                at = int(np.argmax(values[name] <= 0))
+                raise self._error(f"non-positive {name} price {_num(values[name][at])}", int(rows[at]))
+        if (values["volume"] < 0).any():
+            at = int(np.argmax(values["volume"] < 0))
+            raise self._error(f"negative volume {_num(values['volume'][at])}", int(rows[at]))
+        if self._options.price == "adj_close":
+            factor = values["adj_close"] / values["close"]
+            for name in PRICE_COLUMNS:
+                values[name] = values[name] * factor
+        clipped = self._check_ohlc(values, rows)
+        self._check_order(stamps, rows, state)
+        bars = Bars(
+            timestamp=_owned(stamps),
+            open=_owned(values["open"]),
+            high=_owned(values["high"]),
+            low=_owned(values["low"]),
+            close=_owned(values["close"]),
+            volume=_owned(values["volume"]),
+        )
+        return bars, dropped, clipped
+
+    def _numeric(self, column: pd.Series, name: str, rows: np.ndarray) -> np.ndarray:
+        import pandas as pd
+
+        if pd.api.types.is_numeric_dtype(column.dtype) and column.dtype != bool:
+            return column.to_numpy(dtype=np.float64, na_value=np.nan)
+        numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        raw = column.to_numpy(dtype=object)
+        present = ~pd.isna(raw)
+        bad = np.isnan(numbers) & present
+        if bad.any():
+            at = int(np.argmax(bad))
+            raise self._error(f"non-numeric {name} {raw[at]!r}", int(rows[at]))
+        return numbers
+
+    def _apply_nan_policy(
+        self,
+        stamps: np.ndarray,
+        rows: np.ndarray,
+        values: dict[str, np.ndarray],
+        state: StreamState,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
+        missing = {name: np.isnan(array) for name, array in values.items()}
+        any_missing = np.logical_or.reduce(list(missing.values()))
+        policy = self._options.nan_policy
+        if policy == "ffill":
+            for name, array in values.items():
+                values[name] = self._forward_fill(name, array, missing[name], rows, state)
+            return stamps, rows, values, 0
+        if not any_missing.any():
+            return stamps, rows, values, 0
+        if policy == "error":
+            at = int(np.argmax(any_missing))
+            name = next(n for n, m in missing.items() if m[at])
+            raise self._error(f"missing {name} (nan_policy=error)", int(rows[at]))
+        keep = ~any_missing
+        return stamps[keep], rows[keep], {k: v[keep] for k, v in values.items()}, int(any_missing.sum())
+
+    def _forward_fill(
+        self, name: str, array: np.ndarray, missing: np.ndarray, rows: np.ndarray, state: StreamState
+    ) -> np.ndarray:
+        n = len(array)
+        carried_run = state.missing_run.get(name, 0)
+        limit = self._options.ffill_limit
+        if name == "volume":
+            # A filled bar traded nothing; volume is never carried forward.
+            out = np.where(missing, 0.0, array)
+        elif missing.any():
+            index = np.arange(n)
+            last = np.maximum.accumulate(np.where(missing, -1, index))
+            run = np.where(last >= 0, index - last, index + 1 + carried_run)
+            over = missing & (run > limit)
+            if over.any():
+                at = int(np.argmax(over))
+                raise self._error(f"missing {name} for more than ffill_limit={limit} bars", int(rows[at]))
+            no_previous = missing & (last < 0) & (name not in state.last_values)
+            if no_previous.any():
+                at = int(np.argmax(no_previous))
+                raise self._error(f"missing {name} with no earlier bar to fill from", int(rows[at]))
+            carried = state.last_values.get(name, np.nan)
+            out = np.where(last >= 0, array[np.maximum(last, 0)], carried)
+        else:
+            out = array
+        if n:
+            if missing.all():
+                state.missing_run[name] = carried_run + n
+            else:
+                state.missing_run[name] = n - 1 - int(np.flatnonzero(~missing)[-1])
+                state.last_values[name] = float(out[-1])
+        return out
+
+    def _check_ohlc(self, values: dict[str, np.ndarray], rows: np.ndarray) -> int:
+        high, low, open_, close = values["high"], values["low"], values["open"], values["close"]
+        inverted = high < low
+        if inverted.any():
+            at = int(np.argmax(inverted))
+            raise self._error(f"high {_num(high[at])} is below low {_num(low[at])}", int(rows[at]))
+        upper = np.maximum(open_, close)
+        lower = np.minimum(open_, close)
+        outside = (upper > high) | (lower < low)
+        if not outside.any():
+            return 0
+        if self._options.ohlc_policy == "clip":
+            values["high"] = np.maximum(high, upper)
+            values["low"] = np.minimum(low, lower)
+            return int(outside.sum())
+        at = int(np.argmax(outside))
+        raise self._error(
+            f"open {_num(open_[at])} or close {_num(close[at])} lies outside "
+            f"[low {_num(low[at])}, high {_num(high[at])}] (set ohlc_policy=clip to widen high/low)",
+            int(rows[at]),
+        )
+
+    def _check_order(self, stamps: np.ndarray, rows: np.ndarray, state: StreamState) -> None:
+        if state.last_timestamp is not None and stamps[0] <= state.last_timestamp:
+            raise self._error(
+                _order_reason(int(stamps[0]), state.last_timestamp, state.last_where), int(rows[0])
+            )
+        if len(stamps) > 1:
+            step = np.diff(stamps)
+            bad = step <= 0
+            if bad.any():
+                at = int(np.argmax(bad)) + 1
+                previous = f"{self._unit} {int(rows[at - 1])}"
+                raise self._error(
+                    _order_reason(int(stamps[at]), int(stamps[at - 1]), previous), int(rows[at])
+                )
+        state.last_timestamp = int(stamps[-1])
+        state.last_where = f"{self._name}, {self._unit} {int(rows[-1])}"
+
+
+def _order_reason(stamp: int, previous: int, where: str) -> str:
+    kind = "duplicated" if stamp == previous else "out-of-order"
+    return f"{kind} timestamp {show_time(stamp)}: not after {show_time(previous)} ({where})"
+
+
+def _owned(array: np.ndarray) -> np.ndarray:
+    """Return the array, copied when it is a view that would keep a whole parsed chunk alive."""
+    return array if array.base is None and array.flags.c_contiguous else np.ascontiguousarray(array).copy()
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
