@@ -31,11 +31,13 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import pandas as pd  # noqa: E402
 
 from services.config import DataOptions  # noqa: E402
+from services.data.bars import Bars  # noqa: E402
 from services.data.dataset import DatasetService  # noqa: E402
-from services.data.features import FeatureOptions, FeaturePipeline  # noqa: E402
-from services.data.fingerprint import cache_key, file_digest, process_source  # noqa: E402
-from services.data.reader import Bars, SourceOptions, read_bars  # noqa: E402
-from services.data.store import FeatureStore  # noqa: E402
+from services.data.features import FeaturePipeline  # noqa: E402
+from services.data.fingerprint import cache_key, file_digest  # noqa: E402
+from services.data.options import FeatureOptions, SourceOptions  # noqa: E402
+from services.data.reader import read_bars  # noqa: E402
+from services.data.store import FeatureStore, process_source  # noqa: E402
 from services.data.synthetic import generate_bars, write_csv  # noqa: E402
 
 
@@ -105,7 +107,8 @@ def data_actor_path(path: str, chunk_rows: int) -> int:
         cache=True,
         cache_dir=str(Path(path).parent / "store"),
     )
-    service = DatasetService(options, window=32, episode_length=256, cache_root=ROOT)
+    key = cache_key(options.source, options.features)
+    service = DatasetService(options, data_hash=key, window=32, episode_length=256, cache_root=ROOT)
     service.load()
     split = service.episode(1)
     rows = 0

@@ -41,6 +41,7 @@ from bench_training import EnvActorProcess, whole_split  # noqa: E402
 from messages import EnvsStepped, Ping, StepEnvs, Stop, Stopped, decode, encode  # noqa: E402
 from services.config import load_config  # noqa: E402
 from services.data.dataset import DatasetService  # noqa: E402
+from services.data.fingerprint import cache_key  # noqa: E402
 from services.env.factory import VecEnvFactory  # noqa: E402
 from services.transport.sockets import Client, Server  # noqa: E402
 
@@ -112,7 +113,11 @@ def main() -> int:
     os.chdir(ROOT)
     config = load_config(None, [f"env.n_envs={args.n_envs}"])
     service = DatasetService(
-        config.data, window=config.env.window, episode_length=config.env.episode_length, cache_root=ROOT
+        config.data,
+        data_hash=cache_key(config.data.source, config.data.features),
+        window=config.env.window,
+        episode_length=config.env.episode_length,
+        cache_root=ROOT,
     )
     summary = service.load()
     train = whole_split(service.episode(1).train)

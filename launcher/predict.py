@@ -14,7 +14,7 @@ import numpy as np
 from launcher.logs import configure_logging
 from launcher.usage import EXIT_OK, Parser, UsageError
 from services.config import Config, ConfigError, config_from_dict, read_yaml
-from services.data.reader import DataError
+from services.data.bars import DataError
 from services.data.splits import Normalizer
 from services.model.checkpoint import CheckpointError, latest_checkpoint
 
@@ -87,7 +87,7 @@ class Predictor:
         """Decide the position after the last bar of a data source (the run's own source by default)."""
         import dataclasses
 
-        from services.data.fingerprint import process_source
+        from services.data.store import process_source
 
         source = self.config.data.source
         if path is not None:

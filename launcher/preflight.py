@@ -13,9 +13,10 @@ import yaml
 
 from launcher.usage import UsageError, project_path
 from services.config import Config, ConfigError, config_fingerprint, config_to_dict, load_config
+from services.data.bars import DataError
 from services.data.features import feature_warmup
 from services.data.fingerprint import cache_key
-from services.data.reader import DataError, list_source_files
+from services.data.reader import list_source_files
 from services.data.splits import split_ranges
 from services.model.checkpoint import CheckpointError, latest_checkpoint, write_json_atomic
 from services.transport.curve import LOCAL_KIT, KeysError, SessionKeys, load_client_keys, load_session_keys

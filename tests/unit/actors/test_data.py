@@ -19,8 +19,8 @@ from messages import (
     PrepareEpisode,
     RequestFailed,
 )
+from services.data.bars import DataError
 from services.data.dataset import EpisodeSplit, LoadSummary, SplitArrays
-from services.data.reader import DataError
 from tests.fakes import FakeClient, FakeClock, FakeProbe, FakePublisher, FakeServer
 
 
