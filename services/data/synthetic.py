@@ -22,6 +22,8 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
+from services.validation import require
+
 logger = logging.getLogger(__name__)
 
 _NS_PER_DAY = 86_400 * 10**9
@@ -54,15 +56,10 @@ class SyntheticOptions:
     """Typical volume of a calm bar."""
 
     def __post_init__(self) -> None:
-        for name in ("start_price", "vol_low", "vol_high", "base_volume", "mean_reversion"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"SyntheticOptions.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("p_to_high", "p_to_low"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"SyntheticOptions.{name} must be in (0, 1), got {getattr(self, name)!r}")
-        for name in ("gap_scale", "wick_scale"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"SyntheticOptions.{name} must be >= 0, got {getattr(self, name)!r}")
+        positive = ("start_price", "vol_low", "vol_high", "base_volume", "mean_reversion")
+        require(self, positive, lambda v: v > 0, "> 0")
+        require(self, ("p_to_high", "p_to_low"), lambda v: 0 < v < 1, "in (0, 1)")
+        require(self, ("gap_scale", "wick_scale"), lambda v: v >= 0, ">= 0")
 
 
 def bars_per_year_of(freq: str, start: str = "2000-01-03") -> float:
