@@ -1,4 +1,4 @@
-"""Define commands sent DEALER -> ROUTER and the replies that answer them."""
+"""Define the commands sent DEALER -> ROUTER and the replies that answer them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from messages.base import Message
+from messages.base import Command, Reply
 
 
 def _empty_f32() -> np.ndarray:
@@ -26,7 +26,7 @@ def _empty_i64() -> np.ndarray:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PrepareEpisode(Message):
+class PrepareEpisode(Command):
     """Make sure the env actor holds the data of this episode, streaming it if needed."""
 
     episode: int
@@ -36,7 +36,7 @@ class PrepareEpisode(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EpisodeDataReady(Message):
+class EpisodeDataReady(Reply):
     """Reply to PrepareEpisode: the env actor holds the episode's train and eval data."""
 
     episode: int
@@ -59,7 +59,7 @@ class EpisodeDataReady(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DataBlock(Message):
+class DataBlock(Command):
     """Carry one bounded block of processed bars for the train or eval split."""
 
     split: str
@@ -79,7 +79,7 @@ class DataBlock(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BlockAccepted(Message):
+class BlockAccepted(Reply):
     """Acknowledge a DataBlock (flow control: the sender waits for it)."""
 
     split: str
@@ -88,7 +88,7 @@ class BlockAccepted(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DataComplete(Message):
+class DataComplete(Command):
     """End a split's stream: the receiver installs the blocks into its envs."""
 
     split: str
@@ -98,7 +98,7 @@ class DataComplete(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DataInstalled(Message):
+class DataInstalled(Reply):
     """Reply to DataComplete: the envs of this split now use the new data."""
 
     split: str
@@ -109,7 +109,7 @@ class DataInstalled(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SetSession(Message):
+class SetSession(Command):
     """Record the session name and episode in the env actor, re-creating nothing."""
 
     name: str
@@ -117,7 +117,7 @@ class SetSession(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SessionSet(Message):
+class SessionSet(Reply):
     """Reply to SetSession."""
 
     name: str
@@ -130,7 +130,7 @@ class SessionSet(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DescribeEnvs(Message):
+class DescribeEnvs(Command):
     """Ask for the spaces and size of the train or eval envs."""
 
     role: str
@@ -138,7 +138,7 @@ class DescribeEnvs(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EnvSpec(Message):
+class EnvSpec(Reply):
     """Describe a vectorized env so that the model side can build its spaces."""
 
     role: str
@@ -152,7 +152,7 @@ class EnvSpec(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ResetEnvs(Message):
+class ResetEnvs(Command):
     """Reset every env of a role; a seed makes the episode offsets reproducible."""
 
     role: str
@@ -161,14 +161,14 @@ class ResetEnvs(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EnvsReset(Message):
+class EnvsReset(Reply):
     """Reply to ResetEnvs: the first observations."""
 
     obs: np.ndarray
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StepEnvs(Message):
+class StepEnvs(Command):
     """Step every env of a role with one action each, in one batch."""
 
     role: str
@@ -176,7 +176,7 @@ class StepEnvs(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EnvsStepped(Message):
+class EnvsStepped(Reply):
     """Reply to StepEnvs: the batched results, finished envs already reset."""
 
     obs: np.ndarray
@@ -190,15 +190,19 @@ class EnvsStepped(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class FinishEvaluation(Message):
+class FinishEvaluation(Command):
     """Ask the env actor for the metrics and records of the finished evaluation run."""
 
     episode: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class _Evaluation(Message):
-    """Fields of both evaluation replies (not a message type itself: the codec skips _ names)."""
+class _Evaluation(Reply):
+    """Fields of both evaluation replies (not a message type itself: the codec skips _ names).
+
+    The model actor answers EvaluateEpisode with the env actor's records as they came, adding its model
+    id (`EvaluationReport.from_value(computed, ...)`), so the arrays are never repacked on the way.
+    """
 
     episode: int
     agent: dict[str, float]
@@ -219,7 +223,7 @@ class EvaluationComputed(_Evaluation):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TrainEpisode(Message):
+class TrainEpisode(Command):
     """Train the session's one model for this many steps."""
 
     episode: int
@@ -227,7 +231,7 @@ class TrainEpisode(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EpisodeTrained(Message):
+class EpisodeTrained(Reply):
     """Reply to TrainEpisode: the model trained for the episode's steps."""
 
     episode: int
@@ -241,7 +245,7 @@ class EpisodeTrained(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EvaluateEpisode(Message):
+class EvaluateEpisode(Command):
     """Evaluate the session's model deterministically on the eval window."""
 
     episode: int
@@ -258,24 +262,24 @@ class EvaluationReport(_Evaluation):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Stop(Message):
+class Stop(Command):
     """Stop the actor after the current piece of work."""
 
     reason: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Stopped(Message):
+class Stopped(Reply):
     """Reply to Stop: the actor is stopping."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Ping(Message):
+class Ping(Command):
     """Ask an actor whether it is alive and what it is doing."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Pong(Message):
+class Pong(Reply):
     """Reply to Ping."""
 
     state: str
@@ -283,7 +287,7 @@ class Pong(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RequestFailed(Message):
+class RequestFailed(Reply):
     """Reply to any request that could not be served, saying why."""
 
     request: str
@@ -299,12 +303,12 @@ class RequestFailed(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DescribeSession(Message):
+class DescribeSession(Command):
     """Ask the session for its name and the event endpoint to subscribe to."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SessionDescription(Message):
+class SessionDescription(Reply):
     """Reply to DescribeSession."""
 
     name: str
@@ -314,12 +318,12 @@ class SessionDescription(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RequestSnapshot(Message):
+class RequestSnapshot(Command):
     """Ask the session for the current state (zguide Clone pattern)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Snapshot(Message):
+class Snapshot(Reply):
     """Reply to RequestSnapshot: the state after event number `seq`."""
 
     seq: int

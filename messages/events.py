@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from messages.base import Message
+from messages.base import Event
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SessionStarted(Message):
+class SessionStarted(Event):
     """The session started: its name, run folder, endpoints and plan."""
 
     name: str
@@ -22,7 +22,7 @@ class SessionStarted(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SessionFinished(Message):
+class SessionFinished(Event):
     """The session ended; status is "completed", "stopped" or "failed"."""
 
     name: str
@@ -31,14 +31,14 @@ class SessionFinished(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ActorStarted(Message):
+class ActorStarted(Event):
     """An actor started in process `pid`."""
 
     pid: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ActorStopped(Message):
+class ActorStopped(Event):
     """An actor stopped."""
 
     pid: int
@@ -46,7 +46,7 @@ class ActorStopped(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ActorRestarted(Message):
+class ActorRestarted(Event):
     """The supervisor restarted an actor's process after it died or hung."""
 
     kind: str
@@ -58,7 +58,7 @@ class ActorRestarted(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Heartbeat(Message):
+class Heartbeat(Event):
     """An actor is alive: its process id, memory and CPU use and what it is doing."""
 
     pid: int
@@ -68,7 +68,7 @@ class Heartbeat(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DataLoaded(Message):
+class DataLoaded(Event):
     """The data actor loaded and processed its source (once per session)."""
 
     source: str
@@ -81,7 +81,7 @@ class DataLoaded(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EnvsCreated(Message):
+class EnvsCreated(Event):
     """The env actor created its envs (once per session)."""
 
     n_envs: int
@@ -90,7 +90,7 @@ class EnvsCreated(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DataSwapped(Message):
+class DataSwapped(Event):
     """The env actor swapped new data into its existing envs."""
 
     split: str
@@ -99,7 +99,7 @@ class DataSwapped(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ModelCreated(Message):
+class ModelCreated(Event):
     """The session's one model was created (exactly once per session)."""
 
     model_id: str
@@ -114,7 +114,7 @@ class ModelCreated(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class CheckpointWritten(Message):
+class CheckpointWritten(Event):
     """The model actor wrote a checkpoint (after an episode, or on stop mid-episode)."""
 
     model_id: str
@@ -125,7 +125,7 @@ class CheckpointWritten(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ModelReused(Message):
+class ModelReused(Event):
     """The existing model serves another episode."""
 
     model_id: str
@@ -133,7 +133,7 @@ class ModelReused(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EpisodeStarted(Message):
+class EpisodeStarted(Event):
     """The session started an episode."""
 
     episode: int
@@ -142,7 +142,7 @@ class EpisodeStarted(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TrainingProgress(Message):
+class TrainingProgress(Event):
     """Progress of the current episode's training."""
 
     model_id: str
@@ -158,7 +158,7 @@ class TrainingProgress(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TrainingMetrics(Message):
+class TrainingMetrics(Event):
     """Values of SB3's logger after a rollout/update (losses, entropy, fps, episode reward)."""
 
     model_id: str
@@ -168,7 +168,7 @@ class TrainingMetrics(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EpisodeFinished(Message):
+class EpisodeFinished(Event):
     """An episode finished training."""
 
     model_id: str
@@ -180,7 +180,7 @@ class EpisodeFinished(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EvaluationFinished(Message):
+class EvaluationFinished(Event):
     """An episode's evaluation finished: agent and buy-and-hold metrics on the eval window."""
 
     model_id: str
@@ -190,7 +190,7 @@ class EvaluationFinished(Message):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ErrorRaised(Message):
+class ErrorRaised(Event):
     """Something went wrong that the actor survived (or not: `fatal`)."""
 
     where: str

@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:  # run as a script: make the project importable
 import numpy as np  # noqa: E402
 
 from messages import codec  # noqa: E402
-from messages.base import Message  # noqa: E402
+from messages.base import Command, Event, Message, Reply  # noqa: E402
 from messages.codec import REGISTRY  # noqa: E402
 
 DOC = ROOT / "docs" / "PROTOCOL.md"
@@ -31,56 +31,65 @@ EVERY_ACTOR = "any actor"
 HUB = "hub → subscribers"
 
 # Who sends each message to whom, the one fact the registry cannot tell: add every new message type here.
-ROUTES: dict[str, tuple[str, str]] = {
-    "PrepareEpisode": ("command", "session → data"),
-    "EpisodeDataReady": ("reply", "data → session"),
-    "DataBlock": ("command", "data → env"),
-    "BlockAccepted": ("reply", "env → data"),
-    "DataComplete": ("command", "data → env"),
-    "DataInstalled": ("reply", "env → data"),
-    "SetSession": ("command", "session → env"),
-    "SessionSet": ("reply", "env → session"),
-    "DescribeEnvs": ("command", "model → env"),
-    "EnvSpec": ("reply", "env → model"),
-    "ResetEnvs": ("command", "model → env"),
-    "EnvsReset": ("reply", "env → model"),
-    "StepEnvs": ("command", "model → env"),
-    "EnvsStepped": ("reply", "env → model"),
-    "FinishEvaluation": ("command", "model → env"),
-    "EvaluationComputed": ("reply", "env → model"),
-    "TrainEpisode": ("command", "session → model"),
-    "EpisodeTrained": ("reply", "model → session"),
-    "EvaluateEpisode": ("command", "session → model"),
-    "EvaluationReport": ("reply", "model → session"),
-    "Stop": ("command", "session → any actor"),
-    "Stopped": ("reply", "any actor → session"),
-    "Ping": ("command", "any client → any actor"),
-    "Pong": ("reply", "any actor → its client"),
-    "RequestFailed": ("reply", "any server → its client"),
-    "DescribeSession": ("command", "monitor → session socket"),
-    "SessionDescription": ("reply", "session socket → monitor"),
-    "RequestSnapshot": ("command", "monitor → session socket"),
-    "Snapshot": ("reply", "session socket → monitor"),
-    "SessionStarted": ("event", f"session → {HUB}"),
-    "SessionFinished": ("event", f"session → {HUB}"),
-    "ActorStarted": ("event", f"{EVERY_ACTOR} → {HUB}"),
-    "ActorStopped": ("event", f"{EVERY_ACTOR} → {HUB}"),
-    "ActorRestarted": ("event", f"session → {HUB}"),
-    "Heartbeat": ("event", f"{EVERY_ACTOR} → {HUB}"),
-    "DataLoaded": ("event", f"data → {HUB}"),
-    "EnvsCreated": ("event", f"env → {HUB}"),
-    "DataSwapped": ("event", f"env → {HUB}"),
-    "ModelCreated": ("event", f"model → {HUB}"),
-    "CheckpointWritten": ("event", f"model → {HUB}"),
-    "ModelReused": ("event", f"model → {HUB}"),
-    "EpisodeStarted": ("event", f"session → {HUB}"),
-    "TrainingProgress": ("event", f"model → {HUB}"),
-    "TrainingMetrics": ("event", f"model → {HUB}"),
-    "EpisodeFinished": ("event", f"model → {HUB}"),
-    "EvaluationFinished": ("event", f"model → {HUB}"),
-    "ErrorRaised": ("event", f"{EVERY_ACTOR} → {HUB}"),
+# (Its kind, command, reply or event, is the class's role base.)
+ROUTES: dict[str, str] = {
+    "PrepareEpisode": "session → data",
+    "EpisodeDataReady": "data → session",
+    "DataBlock": "data → env",
+    "BlockAccepted": "env → data",
+    "DataComplete": "data → env",
+    "DataInstalled": "env → data",
+    "SetSession": "session → env",
+    "SessionSet": "env → session",
+    "DescribeEnvs": "model → env",
+    "EnvSpec": "env → model",
+    "ResetEnvs": "model → env",
+    "EnvsReset": "env → model",
+    "StepEnvs": "model → env",
+    "EnvsStepped": "env → model",
+    "FinishEvaluation": "model → env",
+    "EvaluationComputed": "env → model",
+    "TrainEpisode": "session → model",
+    "EpisodeTrained": "model → session",
+    "EvaluateEpisode": "session → model",
+    "EvaluationReport": "model → session",
+    "Stop": "session → any actor",
+    "Stopped": "any actor → session",
+    "Ping": "any client → any actor",
+    "Pong": "any actor → its client",
+    "RequestFailed": "any server → its client",
+    "DescribeSession": "monitor → session socket",
+    "SessionDescription": "session socket → monitor",
+    "RequestSnapshot": "monitor → session socket",
+    "Snapshot": "session socket → monitor",
+    "SessionStarted": f"session → {HUB}",
+    "SessionFinished": f"session → {HUB}",
+    "ActorStarted": f"{EVERY_ACTOR} → {HUB}",
+    "ActorStopped": f"{EVERY_ACTOR} → {HUB}",
+    "ActorRestarted": f"session → {HUB}",
+    "Heartbeat": f"{EVERY_ACTOR} → {HUB}",
+    "DataLoaded": f"data → {HUB}",
+    "EnvsCreated": f"env → {HUB}",
+    "DataSwapped": f"env → {HUB}",
+    "ModelCreated": f"model → {HUB}",
+    "CheckpointWritten": f"model → {HUB}",
+    "ModelReused": f"model → {HUB}",
+    "EpisodeStarted": f"session → {HUB}",
+    "TrainingProgress": f"model → {HUB}",
+    "TrainingMetrics": f"model → {HUB}",
+    "EpisodeFinished": f"model → {HUB}",
+    "EvaluationFinished": f"model → {HUB}",
+    "ErrorRaised": f"{EVERY_ACTOR} → {HUB}",
 }
 BASE_FIELDS = {f.name for f in dataclasses.fields(Message)}
+KINDS: dict[type[Message], str] = {Command: "command", Reply: "reply", Event: "event"}
+
+
+def kind_of(cls: type[Message]) -> str:
+    """Return whether a message type is a command, a reply or an event, from its role base."""
+    kinds = [kind for role, kind in KINDS.items() if issubclass(cls, role)]
+    assert len(kinds) == 1, f"{cls.__name__} must derive from exactly one of Command, Reply and Event"
+    return kinds[0]
 
 
 def type_text(hint: Any) -> str:
@@ -120,7 +129,7 @@ def render_table() -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for name, schema in REGISTRY.items():
-        kind, route = ROUTES[name]
+        kind, route = kind_of(schema.cls), ROUTES[name]
         hints = typing.get_type_hints(schema.cls)
         fields = [
             field_text(f, hints[f.name]) for f in dataclasses.fields(schema.cls) if f.name not in BASE_FIELDS
