@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict, TypeVar
 
 import pykka
 
@@ -15,12 +15,15 @@ from actors.ports import Clock, CommandServer, EventPublisher, Ports, ProcessPro
 from messages import (
     ActorStarted,
     ActorStopped,
+    Command,
     ErrorRaised,
+    Event,
     Heartbeat,
     Incoming,
     Message,
     Ping,
     Pong,
+    Reply,
     RequestFailed,
     Stop,
     Stopped,
@@ -28,6 +31,8 @@ from messages import (
 from services.errors import InputError
 
 logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +49,21 @@ class ActorExit:
     crashed: bool = False
 
 
+class ServiceArgs(TypedDict):
+    """The arguments of every ServiceActor, which subclasses pass on as they came."""
+
+    ports: Ports
+    clock: Clock
+    probe: ProcessProbe
+    heartbeat_s: NotRequired[float]
+    exit_note: NotRequired[ActorExit | None]
+
+
 class ServiceActor(pykka.ThreadingActor):
     """An actor that owns a command server, served in pieces so stop and status are always answered.
 
-    Subclasses implement `handle(peer, message)`; requests that fail to decode are answered with
-    RequestFailed and published as ErrorRaised, and the actor goes on.
+    Subclasses implement `handle(peer, command)`; requests that fail to decode, and messages that are
+    not commands, are answered with RequestFailed and published as ErrorRaised, and the actor goes on.
     """
 
     name = "actor"
@@ -170,7 +185,7 @@ class ServiceActor(pykka.ThreadingActor):
                 self.stop()
             case Ping():
                 self.reply(item.peer, Pong(correlation_id=msg.msg_id, state=self._state, pid=os.getpid()))
-            case _:
+            case Command():
                 try:
                     self.handle(item.peer, msg)
                 except InputError as exc:
@@ -184,9 +199,15 @@ class ServiceActor(pykka.ThreadingActor):
                     error = f"{type(exc).__name__}: {exc}"
                     self.publish(ErrorRaised(where=f"{self.name}.{type(msg).__name__}", error=error))
                     self.reply(item.peer, self.failure(msg, error))
+            case _:
+                self._refuse(item.peer, msg)
 
-    def handle(self, peer: bytes, msg: Message) -> None:
-        """Serve one request; subclasses match on the message type."""
+    def handle(self, peer: bytes, msg: Command) -> None:
+        """Serve one command; subclasses match on its type and refuse the rest with super().handle."""
+        self._refuse(peer, msg)
+
+    def _refuse(self, peer: bytes, msg: Message) -> None:
+        """Answer a message this actor does not serve with RequestFailed, and publish the refusal."""
         error = f"{self.name} does not serve {type(msg).__name__}"
         logger.warning("%s: %s", self.name, error)
         self.publish(ErrorRaised(where=self.name, error=error))
@@ -203,12 +224,12 @@ class ServiceActor(pykka.ThreadingActor):
             correlation_id=request.msg_id, request=type(request).__name__, error=error, kind=kind
         )
 
-    def reply(self, peer: bytes, msg: Message) -> None:
+    def reply(self, peer: bytes, msg: Reply) -> None:
         """Answer a peer, stamping this actor as the sender."""
         if self._server is not None:
             self._server.reply(peer, _stamped(msg, self.name))
 
-    def publish(self, msg: Message) -> None:
+    def publish(self, msg: Event) -> None:
         """Publish an event, stamping this actor as the sender."""
         if self._publisher is not None:
             self._publisher.publish(_stamped(msg, self.name))
@@ -231,7 +252,7 @@ class ServiceActor(pykka.ThreadingActor):
         self.publish(Heartbeat(pid=os.getpid(), rss_bytes=rss, cpu_percent=cpu, state=self._state))
 
 
-def _stamped(msg: Message, sender: str) -> Message:
+def _stamped(msg: M, sender: str) -> M:
     if msg.sender:
         return msg
     return dataclasses.replace(msg, sender=sender)

@@ -4,37 +4,27 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Protocol
+from typing import TYPE_CHECKING, Unpack
 
 import numpy as np
 
-from actors.base import ActorExit, ServiceActor
-from actors.ports import Clock, Ports, ProcessProbe, RequestClient
+from actors.base import ServiceActor, ServiceArgs
+from actors.ports import DataService, RequestClient
 from messages import (
     BlockAccepted,
+    Command,
     DataBlock,
     DataComplete,
     DataInstalled,
     DataLoaded,
     EpisodeDataReady,
-    Message,
     PrepareEpisode,
 )
-from services.data.dataset import EpisodeSplit, LoadSummary, Split
+
+if TYPE_CHECKING:
+    from services.data.dataset import LoadSummary, Split
 
 logger = logging.getLogger(__name__)
-
-
-class DataService(Protocol):
-    """Loads and processes the source once and cuts each episode's windows."""
-
-    def load(self) -> LoadSummary:
-        """Read, validate and process the source (or take it from the cache)."""
-        ...
-
-    def episode(self, episode: int) -> EpisodeSplit:
-        """Return the normalised train and eval arrays of an episode."""
-        ...
 
 
 class DataActor(ServiceActor):
@@ -47,15 +37,11 @@ class DataActor(ServiceActor):
         *,
         service: DataService,
         block_rows: int,
-        ports: Ports,
-        clock: Clock,
-        probe: ProcessProbe,
-        heartbeat_s: float = 1.0,
-        exit_note: ActorExit | None = None,
         window: int = 2,
         ack_timeout_s: float = 60.0,
+        **base: Unpack[ServiceArgs],
     ) -> None:
-        super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
+        super().__init__(**base)
         self._service = service
         self._block_rows = block_rows
         self._window = window
@@ -64,7 +50,7 @@ class DataActor(ServiceActor):
         self._installed: tuple[int, int, int, int] | None = None
         self.loads = 0
 
-    def handle(self, peer: bytes, msg: Message) -> None:
+    def handle(self, peer: bytes, msg: Command) -> None:
         """Serve PrepareEpisode."""
         match msg:
             case PrepareEpisode():
@@ -87,17 +73,7 @@ class DataActor(ServiceActor):
                 " (from cache)" if s.cached else "",
                 s.seconds,
             )
-            self.publish(
-                DataLoaded(
-                    source=s.source,
-                    rows=s.rows,
-                    features=s.features,
-                    bars_per_year=s.bars_per_year,
-                    data_hash=s.data_hash,
-                    cached=s.cached,
-                    seconds=s.seconds,
-                )
-            )
+            self.publish(DataLoaded.from_value(s))
         split = self._service.episode(msg.episode)
         streamed = msg.force or split.key != self._installed
         if streamed:

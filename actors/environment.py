@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Unpack
 
 import numpy as np
 
-from actors.base import ActorExit, ServiceActor
-from actors.ports import Clock, Ports, ProcessProbe
+from actors.base import ServiceActor, ServiceArgs
+from actors.ports import EnvFactory, VecEnvCore
 from messages import (
     BlockAccepted,
+    Command,
     DataBlock,
     DataComplete,
     DataInstalled,
@@ -23,60 +24,15 @@ from messages import (
     EnvsStepped,
     EvaluationComputed,
     FinishEvaluation,
-    Message,
     ResetEnvs,
     SessionSet,
     SetSession,
     StepEnvs,
 )
-from services.env.trading_env import StepResult
 
 logger = logging.getLogger(__name__)
 
 ROLES = ("train", "eval")
-
-
-class VecEnvCore(Protocol):
-    """The vectorized env as the actor uses it (services.env.trading_env.VecTradingEnv)."""
-
-    n_envs: int
-
-    @property
-    def observation_shape(self) -> tuple[int, ...]:
-        """Shape of one observation."""
-        ...
-
-    def update_data(self, features: np.ndarray, open_: np.ndarray, close: np.ndarray) -> None:
-        """Swap the data in place."""
-        ...
-
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        """Reset every env."""
-        ...
-
-    def step(self, actions: np.ndarray) -> StepResult:
-        """Step every env with one action each."""
-        ...
-
-
-class EnvFactory(Protocol):
-    """The one way to build the envs (called once per role per session)."""
-
-    action: str
-    n_actions: int
-    max_leverage: float
-
-    def create(self, role: str, bars_per_year: float) -> VecEnvCore:
-        """Build the train envs or the sequential eval env."""
-        ...
-
-    def evaluation(self, env: VecEnvCore, timestamps: np.ndarray, bars_per_year: float) -> dict[str, Any]:
-        """Return agent and buy_and_hold metrics plus the per-bar arrays of a finished eval run.
-
-        The keys are those of EvaluationComputed: agent, buy_and_hold, timestamp, close, position,
-        equity, bh_equity.
-        """
-        ...
 
 
 @dataclass(slots=True)
@@ -103,13 +59,9 @@ class EnvActor(ServiceActor):
         self,
         *,
         factory: EnvFactory,
-        ports: Ports,
-        clock: Clock,
-        probe: ProcessProbe,
-        heartbeat_s: float = 1.0,
-        exit_note: ActorExit | None = None,
+        **base: Unpack[ServiceArgs],
     ) -> None:
-        super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
+        super().__init__(**base)
         self._factory = factory
         self._envs: dict[str, VecEnvCore] = {}
         self._buffers: dict[str, _SplitBuffer] = {}
@@ -119,26 +71,14 @@ class EnvActor(ServiceActor):
         self.session_name = ""
         self.episode = 0
 
-    def handle(self, peer: bytes, msg: Message) -> None:
+    def handle(self, peer: bytes, msg: Command) -> None:
         """Serve data blocks, session names, env descriptions, resets, steps and evaluations."""
         match msg:
             case StepEnvs():
                 # Only finished envs have a terminal observation: the reply carries those rows alone.
+                # The sender is stamped here: on the hot path the reply is not copied again to stamp it.
                 result = self._env(msg.role).step(msg.actions).finished_only()
-                self.reply(
-                    peer,
-                    EnvsStepped(
-                        correlation_id=msg.msg_id,
-                        sender=self.name,
-                        obs=result.obs,
-                        reward=result.reward,
-                        terminated=result.terminated,
-                        truncated=result.truncated,
-                        terminal_obs=result.terminal_obs,
-                        episode_return=result.episode_return,
-                        episode_length=result.episode_length,
-                    ),
-                )
+                self.reply(peer, EnvsStepped.from_value(result, correlation_id=msg.msg_id, sender=self.name))
             case ResetEnvs():
                 obs = self._env(msg.role).reset(seed=None if msg.seed < 0 else msg.seed)
                 self.reply(peer, EnvsReset(correlation_id=msg.msg_id, obs=obs))

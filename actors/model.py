@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Unpack
 
-from actors.base import ActorExit, ServiceActor
-from actors.ports import Clock, Ports, ProcessProbe, RequestClient
+from actors.base import ServiceActor, ServiceArgs
+from actors.ports import ModelFactory, TrainableModel, TransportError
 from messages import (
     CheckpointWritten,
+    Command,
     EpisodeFinished,
     EpisodeTrained,
     ErrorRaised,
@@ -19,58 +19,14 @@ from messages import (
     EvaluationFinished,
     EvaluationReport,
     FinishEvaluation,
-    Message,
     ModelCreated,
     ModelReused,
     TrainEpisode,
     TrainingMetrics,
     TrainingProgress,
 )
-from services.transport.sockets import TransportError
 
 logger = logging.getLogger(__name__)
-
-
-class TrainableModel(Protocol):
-    """What the actor needs of the model: training in pieces and a deterministic evaluation run."""
-
-    model_id: str
-    device: str
-    restored_from: str
-
-    @property
-    def num_timesteps(self) -> int:
-        """The step counter, continuous across episodes."""
-        ...
-
-    @property
-    def parameters(self) -> int:
-        """Number of trainable parameters."""
-        ...
-
-    def learn(self, steps: int, tick: Callable[[int], bool]) -> int:
-        """Train at least `steps` more steps; return the steps trained."""
-        ...
-
-    def evaluate(self) -> int:
-        """Run the deterministic evaluation pass on the eval envs; return the steps taken."""
-        ...
-
-
-class ModelFactory(Protocol):
-    """The one way to build the session's model (called once per session)."""
-
-    algorithm: str
-
-    def create(
-        self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]
-    ) -> TrainableModel:
-        """Build (or restore, on resume) the model on remote envs reached through env_client."""
-        ...
-
-    def checkpoint(self, model: Any, episode: int, complete: bool) -> str:
-        """Write a checkpoint atomically and return its path; raise if it cannot be written."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,16 +54,12 @@ class ModelActor(ServiceActor):
         *,
         factory: ModelFactory,
         piece_steps: int,
-        ports: Ports,
-        clock: Clock,
-        probe: ProcessProbe,
-        heartbeat_s: float = 1.0,
-        exit_note: ActorExit | None = None,
         progress_s: float = 0.5,
         env_retries: int = 10,
         retry_wait_s: float = 1.0,
+        **base: Unpack[ServiceArgs],
     ) -> None:
-        super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
+        super().__init__(**base)
         self._factory = factory
         self._piece_steps = piece_steps
         self._progress_s = progress_s
@@ -125,7 +77,7 @@ class ModelActor(ServiceActor):
         """The session's model, once created."""
         return self._model
 
-    def handle(self, peer: bytes, msg: Message) -> None:
+    def handle(self, peer: bytes, msg: Command) -> None:
         """Serve TrainEpisode and EvaluateEpisode."""
         match msg:
             case TrainEpisode():
@@ -213,44 +165,34 @@ class ModelActor(ServiceActor):
             self.actor_ref.tell(_TrainPiece())
             return
         seconds = max(self._clock.monotonic() - job.started_at, 1e-9)
-        rate = job.done / seconds
+        finished = EpisodeFinished(
+            model_id=model.model_id,
+            episode=job.request.episode,
+            steps=job.done,
+            total_steps=model.num_timesteps,
+            seconds=seconds,
+            steps_per_s=job.done / seconds,
+        )
         logger.info(
             "model %s trained episode %d: %d steps in %.1f s (%.0f steps/s)",
-            model.model_id,
-            job.request.episode,
-            job.done,
-            seconds,
-            rate,
+            finished.model_id,
+            finished.episode,
+            finished.steps,
+            finished.seconds,
+            finished.steps_per_s,
         )
-        self.publish(
-            EpisodeFinished(
-                model_id=model.model_id,
-                episode=job.request.episode,
-                steps=job.done,
-                total_steps=model.num_timesteps,
-                seconds=seconds,
-                steps_per_s=rate,
-            )
-        )
-        self._job = None
-        self._busy = False
-        self.set_state("idle")
+        self.publish(finished)
+        self._end_job()
         error = self._checkpoint(job.request.episode, complete=True)
         if error:
             self.reply(job.peer, self.failure(job.request, error))
             return
-        self.reply(
-            job.peer,
-            EpisodeTrained(
-                correlation_id=job.request.msg_id,
-                episode=job.request.episode,
-                model_id=model.model_id,
-                steps=job.done,
-                total_steps=model.num_timesteps,
-                seconds=seconds,
-                steps_per_s=rate,
-            ),
-        )
+        self.reply(job.peer, EpisodeTrained.from_value(finished, correlation_id=job.request.msg_id))
+
+    def _end_job(self) -> None:
+        self._job = None
+        self._busy = False
+        self.set_state("idle")
 
     def _env_lost(self, job: _Job, partial: int, exc: Exception) -> None:
         """Retry the piece after the env actor failed to answer; give up after `env_retries` tries."""
@@ -262,9 +204,7 @@ class ModelActor(ServiceActor):
             self.reply(
                 job.peer, self.failure(job.request, f"{error}; gave up after {self._env_retries} retries")
             )
-            self._job = None
-            self._busy = False
-            self.set_state("idle")
+            self._end_job()
             return
         logger.warning("model: %s; retrying the piece (%d of %d)", error, job.env_failures, self._env_retries)
         self.publish(ErrorRaised(where="model.train", error=error))
@@ -320,29 +260,11 @@ class ModelActor(ServiceActor):
         if not isinstance(computed, EvaluationComputed):
             raise TypeError(f"env answered FinishEvaluation with {type(computed).__name__}")
         logger.info("model %s evaluated episode %d over %d bars", model.model_id, msg.episode, steps)
-        self.publish(
-            EvaluationFinished(
-                model_id=model.model_id,
-                episode=msg.episode,
-                agent=computed.agent,
-                buy_and_hold=computed.buy_and_hold,
-            )
+        self.publish(EvaluationFinished.from_value(computed, model_id=model.model_id, episode=msg.episode))
+        report = EvaluationReport.from_value(
+            computed, correlation_id=msg.msg_id, model_id=model.model_id, episode=msg.episode
         )
-        self.reply(
-            peer,
-            EvaluationReport(
-                correlation_id=msg.msg_id,
-                episode=msg.episode,
-                model_id=model.model_id,
-                agent=computed.agent,
-                buy_and_hold=computed.buy_and_hold,
-                timestamp=computed.timestamp,
-                close=computed.close,
-                position=computed.position,
-                equity=computed.equity,
-                bh_equity=computed.bh_equity,
-            ),
-        )
+        self.reply(peer, report)
         self.set_state("idle")
 
     def _checkpoint(self, episode: int, *, complete: bool) -> str:

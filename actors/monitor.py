@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Unpack
 
-from actors.base import ActorExit, ServiceActor
-from actors.ports import Clock, EventSubscriber, Ports, ProcessProbe
+from actors.base import ServiceActor, ServiceArgs
+from actors.ports import EventSubscriber
 from messages import Message, RequestSnapshot, SessionFinished, SessionStarted, Snapshot
-from services.session.console import ConsoleView
 from services.session.state import SessionState
+
+if TYPE_CHECKING:
+    from services.session.console import ConsoleView
 
 logger = logging.getLogger(__name__)
 
@@ -22,18 +25,14 @@ class MonitorActor(ServiceActor):
         self,
         *,
         view: ConsoleView,
-        ports: Ports,
-        clock: Clock,
-        probe: ProcessProbe,
-        heartbeat_s: float = 1.0,
-        exit_note: ActorExit | None = None,
         silence_s: float = 5.0,
         exit_when_finished: bool = False,
         once: bool = False,
         snapshot_timeout_s: float = 5.0,
         resync_every_s: float = 2.0,
+        **base: Unpack[ServiceArgs],
     ) -> None:
-        super().__init__(ports=ports, clock=clock, probe=probe, heartbeat_s=heartbeat_s, exit_note=exit_note)
+        super().__init__(**base)
         self._view = view
         self._silence_s = silence_s
         self._exit_when_finished = exit_when_finished

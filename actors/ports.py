@@ -1,12 +1,41 @@
-"""Define the small protocols through which actors use sockets, models, envs and the clock."""
+"""Define the small protocols through which actors use sockets, models, envs, data and the clock.
+
+Everything an actor needs of the world is here: the socket ports, the clock and process probe, one
+factory per object it owns (ModelFactory, EnvFactory, DataService) and the one exception a request can
+raise (TransportError). Types named only in annotations are imported for the type checker alone, so
+importing an actor loads neither ZeroMQ, SB3, torch nor gymnasium.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from messages import Incoming, Message
+import numpy as np
+
+from messages import Command, Event, Incoming, Message, Reply
+from services.errors import TransportError
+
+if TYPE_CHECKING:
+    from services.data.dataset import EpisodeSplit, LoadSummary
+    from services.env.vec_env import StepResult
+
+__all__ = [
+    "Clock",
+    "CommandServer",
+    "DataService",
+    "EnvFactory",
+    "EventPublisher",
+    "EventSubscriber",
+    "ModelFactory",
+    "Ports",
+    "ProcessProbe",
+    "RequestClient",
+    "TrainableModel",
+    "TransportError",
+    "VecEnvCore",
+]
 
 
 class CommandServer(Protocol):
@@ -16,7 +45,7 @@ class CommandServer(Protocol):
         """Return the requests available within timeout_ms."""
         ...
 
-    def reply(self, peer: bytes, msg: Message) -> bool:
+    def reply(self, peer: bytes, msg: Reply) -> bool:
         """Answer one peer; False when it is gone."""
         ...
 
@@ -26,13 +55,13 @@ class CommandServer(Protocol):
 
 
 class RequestClient(Protocol):
-    """Sends requests to one actor and waits for replies (a DEALER in production)."""
+    """Sends commands to one actor and waits for replies (a DEALER in production)."""
 
-    def request(self, msg: Message, timeout_s: float | None = None) -> Message:
-        """Send and return the reply carrying the request's id; raise on timeout or error reply."""
+    def request(self, msg: Command, timeout_s: float | None = None) -> Message:
+        """Send and return the reply carrying the request's id; raise TransportError on timeout or error."""
         ...
 
-    def send(self, msg: Message) -> None:
+    def send(self, msg: Command) -> None:
         """Send without waiting."""
         ...
 
@@ -48,7 +77,7 @@ class RequestClient(Protocol):
 class EventPublisher(Protocol):
     """Publishes events; never blocks."""
 
-    def publish(self, msg: Message) -> None:
+    def publish(self, msg: Event) -> None:
         """Publish one event."""
         ...
 
@@ -97,3 +126,100 @@ class Ports:
     publisher: Callable[[], EventPublisher] | None = None
     clients: Mapping[str, Callable[[], RequestClient]] = field(default_factory=dict)
     subscriber: Callable[[], EventSubscriber] | None = None
+
+
+class DataService(Protocol):
+    """Loads and processes the source once and cuts each episode's windows (the data actor's)."""
+
+    def load(self) -> LoadSummary:
+        """Read, validate and process the source (or take it from the cache)."""
+        ...
+
+    def episode(self, episode: int) -> EpisodeSplit:
+        """Return the normalised train and eval arrays of an episode."""
+        ...
+
+
+class VecEnvCore(Protocol):
+    """The vectorized env as the env actor uses it (services.env.vec_env.VecTradingEnv)."""
+
+    n_envs: int
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        """Shape of one observation."""
+        ...
+
+    def update_data(self, features: np.ndarray, open_: np.ndarray, close: np.ndarray) -> None:
+        """Swap the data in place."""
+        ...
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Reset every env."""
+        ...
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Step every env with one action each."""
+        ...
+
+
+class EnvFactory(Protocol):
+    """The one way to build the envs (called once per role per session)."""
+
+    action: str
+    n_actions: int
+    max_leverage: float
+
+    def create(self, role: str, bars_per_year: float) -> VecEnvCore:
+        """Build the train envs or the sequential eval env."""
+        ...
+
+    def evaluation(self, env: VecEnvCore, timestamps: np.ndarray, bars_per_year: float) -> dict[str, Any]:
+        """Return agent and buy_and_hold metrics plus the per-bar arrays of a finished eval run.
+
+        The keys are those of EvaluationComputed: agent, buy_and_hold, timestamp, close, position,
+        equity, bh_equity.
+        """
+        ...
+
+
+class TrainableModel(Protocol):
+    """What the model actor needs of the model: training in pieces and a deterministic evaluation run."""
+
+    model_id: str
+    device: str
+    restored_from: str
+
+    @property
+    def num_timesteps(self) -> int:
+        """The step counter, continuous across episodes."""
+        ...
+
+    @property
+    def parameters(self) -> int:
+        """Number of trainable parameters."""
+        ...
+
+    def learn(self, steps: int, tick: Callable[[int], bool]) -> int:
+        """Train at least `steps` more steps; return the steps trained."""
+        ...
+
+    def evaluate(self) -> int:
+        """Run the deterministic evaluation pass on the eval envs; return the steps taken."""
+        ...
+
+
+class ModelFactory(Protocol):
+    """The one way to build the session's model (called once per session)."""
+
+    algorithm: str
+
+    def create(
+        self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]
+    ) -> TrainableModel:
+        """Build (or restore, on resume) the model on remote envs reached through env_client."""
+        ...
+
+    def checkpoint(self, model: Any, episode: int, complete: bool) -> str:
+        """Write a checkpoint atomically and return its path; raise if it cannot be written."""
+        ...

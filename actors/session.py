@@ -14,12 +14,14 @@ import pykka
 
 from actors.ports import Clock, EventPublisher, Ports, RequestClient
 from messages import (
+    Command,
     EpisodeDataReady,
     EpisodeStarted,
     EpisodeTrained,
     ErrorRaised,
     EvaluateEpisode,
     EvaluationReport,
+    Event,
     Message,
     PrepareEpisode,
     RequestFailed,
@@ -43,7 +45,7 @@ class Call:
     """A request the episode script waits on: to whom, what, and how long (None: while alive)."""
 
     actor: str
-    msg: Message
+    msg: Command
     timeout_s: float | None
 
 
@@ -165,7 +167,7 @@ class SessionActor(pykka.ThreadingActor):
                 logger.warning("session: unexpected message %r", type(message).__name__)
         return None
 
-    def _publish(self, msg: Message) -> None:
+    def _publish(self, msg: Event) -> None:
         if self._publisher is not None:
             self._publisher.publish(msg)
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from messages import Incoming, Message, RequestFailed
+from messages import Command, Event, Incoming, Message, Reply, RequestFailed
 
 WAIT_S = 10.0
 
@@ -41,7 +41,7 @@ class FakeServer:
 
     def __init__(self) -> None:
         self._inbox: queue.Queue[Incoming] = queue.Queue()
-        self.replies: list[tuple[bytes, Message]] = []
+        self.replies: list[tuple[bytes, Reply]] = []
         self._cond = threading.Condition()
         self.closed = False
 
@@ -65,7 +65,7 @@ class FakeServer:
                 break
         return out
 
-    def reply(self, peer: bytes, msg: Message) -> bool:
+    def reply(self, peer: bytes, msg: Reply) -> bool:
         with self._cond:
             self.replies.append((peer, msg))
             self._cond.notify_all()
@@ -74,7 +74,7 @@ class FakeServer:
     def close(self) -> None:
         self.closed = True
 
-    def reply_to(self, request: Message, timeout_s: float = WAIT_S) -> Message:
+    def reply_to(self, request: Message, timeout_s: float = WAIT_S) -> Reply:
         """Wait for the reply whose correlation id is the request's id."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
@@ -92,11 +92,11 @@ class FakePublisher:
     """Records published events; tests wait for the ones they expect."""
 
     def __init__(self) -> None:
-        self.events: list[Message] = []
+        self.events: list[Event] = []
         self._cond = threading.Condition()
         self.closed = False
 
-    def publish(self, msg: Message) -> None:
+    def publish(self, msg: Event) -> None:
         with self._cond:
             self.events.append(msg)
             self._cond.notify_all()
@@ -128,11 +128,11 @@ class FakeClient:
 
     def __init__(self, handler: Callable[[Message], Message | None]) -> None:
         self._handler = handler
-        self.sent: list[Message] = []
+        self.sent: list[Command] = []
         self._replies: queue.Queue[Message] = queue.Queue()
         self.closed = False
 
-    def request(self, msg: Message, timeout_s: float | None = None) -> Message:
+    def request(self, msg: Command, timeout_s: float | None = None) -> Message:
         self.sent.append(msg)
         reply = self._handler(msg)
         if reply is None:
@@ -141,7 +141,7 @@ class FakeClient:
             raise RuntimeError(reply.error)
         return reply
 
-    def send(self, msg: Message) -> None:
+    def send(self, msg: Command) -> None:
         self.sent.append(msg)
         reply = self._handler(msg)
         if reply is not None:
