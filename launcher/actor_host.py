@@ -97,8 +97,10 @@ def build_data(host: ActorHost) -> pykka.ActorRef[Any]:
     from services.data.dataset import DatasetService
 
     config = host.config
+    session = json.loads((host.run_dir / "session.json").read_text())
     service = DatasetService(
         config.data,
+        data_hash=session["data_hash"],
         window=config.env.window,
         episode_length=config.env.episode_length,
         cache_root=ROOT,

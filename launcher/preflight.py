@@ -11,13 +11,14 @@ from pathlib import Path
 
 import yaml
 
-from launcher.usage import UsageError, project_path
+from launcher.usage import ROOT, UsageError, project_path
 from services.config import Config, ConfigError, config_fingerprint, config_to_dict, load_config
 from services.data.bars import DataError
 from services.data.features import feature_warmup
 from services.data.fingerprint import cache_key
 from services.data.reader import list_source_files
 from services.data.splits import split_ranges
+from services.data.store import FeatureStore, store_folder
 from services.model.checkpoint import CheckpointError, latest_checkpoint, write_json_atomic
 from services.transport.curve import LOCAL_KIT, KeysError, SessionKeys, load_client_keys, load_session_keys
 from services.transport.sockets import is_loopback
@@ -133,10 +134,8 @@ def check_rows(config: Config, data_hash: str) -> None:
     """
     if config.data.split.mode == "date":
         return
-    meta = project_path(config.data.cache_dir) / data_hash / "meta.json"
-    if meta.is_file():
-        rows = int(json.loads(meta.read_text())["rows"])
-    else:
+    rows = FeatureStore.stored_rows(store_folder(config.data.cache_dir, data_hash, root=ROOT))
+    if rows is None:
         files = list_source_files(config.data.source.path)
         if not files or any(f.suffix.lower() != ".csv" for f in files):
             return
@@ -146,7 +145,7 @@ def check_rows(config: Config, data_hash: str) -> None:
             rows,
             config.data.split,
             warmup=feature_warmup(config.data.features),
-            min_bars=config.env.window + config.env.episode_length,
+            min_bars=config.env.min_bars(),
         )
     except DataError as exc:
         raise UsageError(
