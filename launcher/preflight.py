@@ -145,7 +145,7 @@ def check_rows(config: Config, data_hash: str) -> None:
             rows,
             config.data.split,
             warmup=feature_warmup(config.data.features),
-            min_bars=config.env.min_bars(),
+            min_bars=config.env.min_bars,
         )
     except DataError as exc:
         raise UsageError(
