@@ -19,7 +19,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.env.trading_env import EnvOptions, TradingEnv, VecTradingEnv, frame_to_arrays  # noqa: E402
+from services.env.gym_env import TradingEnv, frame_to_arrays  # noqa: E402
+from services.env.options import EnvOptions  # noqa: E402
+from services.env.vec_env import VecTradingEnv  # noqa: E402
 
 
 def bench_single(env: TradingEnv, steps: int, seed: int) -> float:

@@ -44,8 +44,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from services.data.features import DEFAULT_FEATURES  # noqa: E402
-from services.env.trading_env import EnvOptions, TradingEnv, VecTradingEnv, frame_to_arrays  # noqa: E402
+from services.data.options import DEFAULT_FEATURES  # noqa: E402
+from services.env.gym_env import TradingEnv, frame_to_arrays  # noqa: E402
+from services.env.options import EnvOptions  # noqa: E402
+from services.env.vec_env import VecTradingEnv  # noqa: E402
 
 DATA = ROOT / "data" / "STOCKS_GOOGL.csv"
 # gym-anytrading's observations are views of one array; gymnasium's env checker says so once per env.

@@ -26,7 +26,6 @@ SB3 PPO with its defaults on gym-anytrading's stocks-v0 (bench/bench_anytrading_
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import multiprocessing
 import os
@@ -49,7 +48,7 @@ if str(ROOT) not in sys.path:
 from messages import DataBlock, DataComplete, DataInstalled, Ping, Stop  # noqa: E402
 from services.config import Config, config_to_dict, load_config  # noqa: E402
 from services.data.dataset import DatasetService, SplitArrays  # noqa: E402
-from services.env.trading_env import TradingEnv  # noqa: E402
+from services.env.gym_env import TradingEnv  # noqa: E402
 from services.transport.sockets import Client, Endpoints  # noqa: E402
 
 COMPARE_PYTHON = ROOT / "bench" / ".venv-compare" / "bin" / "python"
@@ -251,11 +250,15 @@ def dummy_vec_env(config: Config, train: SplitArrays, bars_per_year: float) -> A
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    options = dataclasses.replace(config.env, bars_per_year=bars_per_year)
+    options = config.env
     seed = config.training.seed
 
     def maker(i: int) -> Callable[[], Any]:
-        return lambda: Monitor(TradingEnv(train.features, train.open, train.close, options, seed=seed + i))
+        return lambda: Monitor(
+            TradingEnv(
+                train.features, train.open, train.close, options, seed=seed + i, bars_per_year=bars_per_year
+            )
+        )
 
     return DummyVecEnv([maker(i) for i in range(config.env.n_envs)])
 

@@ -12,57 +12,17 @@ from typing import Any
 
 import yaml
 
-from services.data.features import FeatureOptions
-from services.data.reader import SourceOptions
-from services.data.splits import SplitOptions
-from services.env.trading_env import EnvOptions
+from services.data.options import FeatureOptions, SourceOptions, SplitOptions
+from services.env.options import EnvOptions
 from services.errors import InputError
+from services.model.options import CONTINUOUS_ONLY, DISCRETE_ONLY, ModelOptions
+from services.session.options import SessionOptions, TrainingOptions
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
 class ConfigError(InputError, ValueError):
     """A configuration that cannot be used; the text names the key and the file."""
-
-
-# Hyperparameters each algorithm accepts from the config (SB3's constructor arguments).
-_COMMON = {"learning_rate", "gamma", "verbose", "stats_window_size"}
-_ON_POLICY = _COMMON | {
-    "n_steps",
-    "gae_lambda",
-    "ent_coef",
-    "vf_coef",
-    "max_grad_norm",
-    "normalize_advantage",
-}
-_OFF_POLICY = _COMMON | {
-    "buffer_size",
-    "learning_starts",
-    "batch_size",
-    "tau",
-    "train_freq",
-    "gradient_steps",
-}
-ALGORITHM_HYPERPARAMS: dict[str, frozenset[str]] = {
-    "ppo": frozenset(_ON_POLICY | {"batch_size", "n_epochs", "clip_range", "clip_range_vf", "target_kl"}),
-    "recurrent_ppo": frozenset(
-        _ON_POLICY | {"batch_size", "n_epochs", "clip_range", "clip_range_vf", "target_kl"}
-    ),
-    "a2c": frozenset(_ON_POLICY | {"rms_prop_eps", "use_rms_prop"}),
-    "dqn": frozenset(
-        _OFF_POLICY
-        | {
-            "target_update_interval",
-            "exploration_fraction",
-            "exploration_initial_eps",
-            "exploration_final_eps",
-        }
-    ),
-    "sac": frozenset(_OFF_POLICY | {"ent_coef", "target_update_interval", "target_entropy", "use_sde"}),
-    "td3": frozenset(_OFF_POLICY | {"policy_delay", "target_policy_noise", "target_noise_clip"}),
-}
-DISCRETE_ONLY = frozenset({"dqn"})
-CONTINUOUS_ONLY = frozenset({"sac", "td3"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,117 +45,6 @@ class DataOptions:
     def __post_init__(self) -> None:
         if self.block_rows < 1:
             raise ValueError(f"block_rows must be at least 1, got {self.block_rows}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelOptions:
-    """The one model of the session: algorithm, network, device and hyperparameters."""
-
-    algorithm: str = "ppo"
-    """One of ppo, a2c, dqn, sac, td3, recurrent_ppo."""
-    policy: str = "MlpPolicy"
-    """SB3 policy name (recurrent_ppo uses MlpLstmPolicy whatever is set)."""
-    device: str = "auto"
-    """auto (CUDA when present), cpu or cuda[:N]."""
-    torch_threads: int = 1
-    """Torch intra-op threads in the model process; small MLPs train fastest with 1."""
-    net_arch: tuple[int, ...] = (64, 64)
-    """Hidden layer sizes of the policy and value networks."""
-    hyperparams: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the SB3 algorithm (checked against the algorithm's known arguments)."""
-    save_replay_buffer: bool = False
-    """Put the replay buffer of off-policy algorithms into checkpoints (it can be large)."""
-
-    def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHM_HYPERPARAMS:
-            raise ValueError(f"algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHM_HYPERPARAMS)}")
-        unknown = set(self.hyperparams) - ALGORITHM_HYPERPARAMS[self.algorithm]
-        if unknown:
-            raise ValueError(f"hyperparams {sorted(unknown)} are not arguments of {self.algorithm}")
-        dev = self.device
-        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {dev!r}")
-        if self.torch_threads < 1:
-            raise ValueError(f"torch_threads must be at least 1, got {self.torch_threads}")
-        if not self.net_arch or any(n < 1 for n in self.net_arch):
-            raise ValueError(f"net_arch must be positive layer sizes, got {list(self.net_arch)}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TrainingOptions:
-    """The episode loop's budget and seed."""
-
-    episodes: int = 1
-    """Episodes to train and evaluate."""
-    steps_per_episode: int = 500_000
-    """Env steps (all envs together) per episode; training stops at the first whole rollout past it."""
-    seed: int = 42
-    """Seed of the model, the env offsets and everything else random."""
-    piece_steps: int = 16_384
-    """Steps per learn() piece; stop and status requests are served between pieces."""
-
-    def __post_init__(self) -> None:
-        for name in ("episodes", "steps_per_episode", "piece_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionOptions:
-    """Processes, sockets and timing of the session."""
-
-    runs_dir: str = "runs"
-    """Folder under which each run gets runs/<name>/."""
-    monitor_host: str = "127.0.0.1"
-    """Address the event and snapshot sockets bind; anything but loopback needs CURVE keys."""
-    events_port: int = 0
-    """Port of the event stream (0: any free port)."""
-    session_port: int = 0
-    """Port of the snapshot socket that monitors connect to (0: any free port)."""
-    keys_dir: str = ""
-    """Folder of CURVE keys made by `python run.py keys` (needed for a non-loopback monitor_host)."""
-    console: str = "auto"
-    """Local console view: auto (live when stdout is a terminal), live, plain or off."""
-    request_timeout_s: float = 60.0
-    """Timeout of every request between actors, except whole-episode training."""
-    heartbeat_s: float = 1.0
-    """Interval of every actor's heartbeat."""
-    hang_timeout_s: float = 30.0
-    """An actor without heartbeat for this long is treated as dead."""
-    start_timeout_s: float = 120.0
-    """Time allowed for every actor process to start."""
-    max_restarts_per_minute: int = 3
-    """Restarts of one actor allowed within a minute; one more stops the session with the reason."""
-    env_timeout_s: float = 10.0
-    """Timeout of the model actor's reset and step requests to the env actor (then it retries)."""
-    max_message_bytes: int = 64 << 20
-    """Largest message any socket accepts."""
-
-    def __post_init__(self) -> None:
-        if self.console not in ("auto", "live", "plain", "off"):
-            raise ValueError(f"console must be auto, live, plain or off, got {self.console!r}")
-        if self.max_restarts_per_minute < 0:
-            raise ValueError(f"max_restarts_per_minute must be >= 0, got {self.max_restarts_per_minute}")
-        for name in (
-            "request_timeout_s",
-            "heartbeat_s",
-            "hang_timeout_s",
-            "start_timeout_s",
-            "env_timeout_s",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.hang_timeout_s < 3 * self.heartbeat_s:
-            raise ValueError("hang_timeout_s must be at least three heartbeats")
-        if self.hang_timeout_s < 2 * self.env_timeout_s + 1:
-            raise ValueError(
-                "hang_timeout_s must exceed twice env_timeout_s plus a second (the model waits on the env)"
-            )
-        for name in ("events_port", "session_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                raise ValueError(f"{name} must be a port number, got {getattr(self, name)}")
-        if self.max_message_bytes < 1 << 16:
-            raise ValueError(f"max_message_bytes must be at least 65536, got {self.max_message_bytes}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

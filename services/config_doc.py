@@ -14,7 +14,8 @@ import textwrap
 import typing
 from typing import Any
 
-from services.config import ALGORITHM_HYPERPARAMS, Config
+from services.config import Config
+from services.model.options import ALGORITHM_HYPERPARAMS, algorithm_class
 
 HEADER = """# Configuration
 
@@ -104,18 +105,7 @@ def _section(cls: type, prefix: str, out: list[str]) -> None:
 
 def _sb3_defaults(algorithm: str) -> dict[str, str]:
     """Read the default of each constructor argument of the SB3 class (imports torch: docs only)."""
-    import sb3_contrib
-    import stable_baselines3
-
-    classes = {
-        "ppo": stable_baselines3.PPO,
-        "a2c": stable_baselines3.A2C,
-        "dqn": stable_baselines3.DQN,
-        "sac": stable_baselines3.SAC,
-        "td3": stable_baselines3.TD3,
-        "recurrent_ppo": sb3_contrib.RecurrentPPO,
-    }
-    params = inspect.signature(classes[algorithm]).parameters
+    params = inspect.signature(algorithm_class(algorithm)).parameters
     return {key: repr(p.default) for key, p in params.items() if p.default is not inspect.Parameter.empty}
 
 

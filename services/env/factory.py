@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 
 from services.env.metrics import compare_with_buy_and_hold
-from services.env.trading_env import EnvOptions, VecTradingEnv
-
-N_ACTIONS = {"discrete3": 3, "discrete2": 2, "continuous": 0}
+from services.env.options import EnvOptions, n_actions
+from services.env.vec_env import VecTradingEnv
 
 
 class VecEnvFactory:
@@ -20,13 +18,14 @@ class VecEnvFactory:
         self.options = options
         self.seed = seed
         self.action = options.action
-        self.n_actions = N_ACTIONS[options.action]
+        self.n_actions = n_actions(options.action)
         self.max_leverage = options.max_leverage
 
     def create(self, role: str, bars_per_year: float) -> VecTradingEnv:
-        """Build the train envs (random offsets) or the sequential eval env."""
-        options = dataclasses.replace(self.options, bars_per_year=bars_per_year)
-        return VecTradingEnv(options, seed=self.seed, sequential=role == "eval")
+        """Build the train envs (random offsets) or the sequential eval env on data of bars_per_year."""
+        return VecTradingEnv(
+            self.options, bars_per_year=bars_per_year, seed=self.seed, sequential=role == "eval"
+        )
 
     def evaluation(self, env: Any, timestamps: np.ndarray, bars_per_year: float) -> dict[str, Any]:
         """Return agent and buy-and-hold metrics and the per-bar records of the finished eval run."""

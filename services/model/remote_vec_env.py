@@ -14,6 +14,7 @@ from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from messages import DescribeEnvs, EnvSpec, EnvsReset, EnvsStepped, Message, ResetEnvs, StepEnvs
+from services.env.options import build_action_space, build_observation_space
 
 
 class Requester(Protocol):
@@ -87,13 +88,7 @@ class LocalBackend:
 
 def spaces_from_spec(spec: EnvSpec) -> tuple[spaces.Box, spaces.Space[Any]]:
     """Rebuild the observation and action spaces described by the env actor."""
-    observation = spaces.Box(-np.inf, np.inf, shape=tuple(spec.obs_shape), dtype=np.float32)
-    action: spaces.Space[Any]
-    if spec.action == "continuous":
-        action = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-    else:
-        action = spaces.Discrete(spec.n_actions)
-    return observation, action
+    return build_observation_space(tuple(spec.obs_shape)), build_action_space(spec.action)
 
 
 class RemoteVecEnv(VecEnv):

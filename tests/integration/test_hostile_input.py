@@ -68,7 +68,7 @@ from messages import (
 from messages.codec import MAX_HEADER_BYTES
 from services.data.dataset import EpisodeSplit, LoadSummary, SplitArrays
 from services.env.factory import VecEnvFactory
-from services.env.trading_env import EnvOptions
+from services.env.options import EnvOptions
 from services.runtime import PsutilProbe, SystemClock
 from services.transport.hub import EventHub
 from services.transport.sockets import Client, Publisher, Server, context

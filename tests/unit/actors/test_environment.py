@@ -28,7 +28,7 @@ from messages import (
     SetSession,
     StepEnvs,
 )
-from services.env.trading_env import StepResult
+from services.env.vec_env import StepResult
 from tests.fakes import FakeClock, FakeProbe, FakePublisher, FakeServer
 
 N_FEATURES = 3

@@ -119,6 +119,7 @@ def test_an_override_below_a_value_that_is_not_a_section_is_rejected() -> None:
         ("bogus: 1\n", "bogus"),
         ("training:\n  bogus: 1\n", "training.bogus"),
         ("env:\n  n_env: 4\n", "env.n_env"),
+        ("env:\n  bars_per_year: 52\n", "env.bars_per_year"),
         ("data:\n  source:\n    bogus: 1\n", "data.source.bogus"),
         ("data:\n  split:\n    walkforward: true\n", "data.split.walkforward"),
         ("data:\n  features:\n    name: [ret_1]\n", "data.features.name"),

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.env.trading_env import EnvOptions, StepResult, TradingEnv, VecTradingEnv
+from services.env.gym_env import TradingEnv
+from services.env.options import EnvOptions
+from services.env.vec_env import StepResult, VecTradingEnv
 
 ROOT = Path(__file__).resolve().parents[4]
 
@@ -38,9 +40,11 @@ def _frictionless(**overrides: object) -> EnvOptions:
     return EnvOptions(**values)  # type: ignore[arg-type]
 
 
-def _paper_env(options: EnvOptions, open_: np.ndarray = OPEN, close: np.ndarray = CLOSE) -> VecTradingEnv:
+def _paper_env(
+    options: EnvOptions, open_: np.ndarray = OPEN, close: np.ndarray = CLOSE, *, bars_per_year: float = 252.0
+) -> VecTradingEnv:
     """Return a sequential env on the paper path with one zero feature, reset at bar 0."""
-    env = VecTradingEnv(options, sequential=True)
+    env = VecTradingEnv(options, bars_per_year=bars_per_year, sequential=True)
     env.update_data(np.zeros((close.size, 1), dtype=np.float32), open_, close)
     env.reset()
     return env
@@ -123,8 +127,8 @@ def test_holding_a_position_costs_nothing() -> None:
 
 
 def test_borrow_is_charged_on_short_exposure_every_bar() -> None:
-    options = _frictionless(fill="close", borrow_bps_per_year=2520.0, bars_per_year=252.0)
-    env = _paper_env(options)
+    options = _frictionless(fill="close", borrow_bps_per_year=2520.0)
+    env = _paper_env(options, bars_per_year=252.0)
 
     (first,) = _run(env, [SHORT])
 
@@ -534,42 +538,22 @@ def test_an_env_without_data_says_what_to_call() -> None:
         env.reset()
 
 
-# Options.
+# The data's bars per year.
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("n_envs", 0),
-        ("window", 0),
-        ("episode_length", 0),
-        ("window", 2.5),
-        ("action", "buy"),
-        ("fill", "vwap"),
-        ("reward", "sharpe"),
-        ("max_leverage", 0.0),
-        ("commission_bps", -1.0),
-        ("slippage_bps", -0.5),
-        ("commission_bps", 6000.0),
-        ("borrow_bps_per_year", -1.0),
-        ("bars_per_year", 0.0),
-        ("dsr_eta", 1.0),
-        ("drawdown_penalty", -0.1),
-        ("ruin_equity", 1.0),
-        ("ruin_equity", float("nan")),
-    ],
-)
-def test_impossible_options_are_rejected_naming_the_field_and_value(field: str, value: object) -> None:
-    with pytest.raises(ValueError, match=f"EnvOptions.{field}") as error:
-        EnvOptions(**{field: value})  # type: ignore[arg-type]
-
-    assert repr(value) in str(error.value) or field == "commission_bps"
+def _env_at_rate(single: bool, options: EnvOptions, bars_per_year: float) -> object:
+    """Build a single or a vectorized env on data of `bars_per_year` bars a year."""
+    if single:
+        return TradingEnv(*_random_data(40, 1, seed=0), options, bars_per_year=bars_per_year)
+    return VecTradingEnv(options, bars_per_year=bars_per_year)
 
 
-def test_options_accept_ints_for_float_fields() -> None:
-    options = EnvOptions(max_leverage=2, commission_bps=0)
-
-    assert options.max_leverage == 2.0 and isinstance(options.max_leverage, float)
+@pytest.mark.parametrize("single", [False, True])
+def test_the_envs_reject_a_data_rate_that_cannot_carry_the_borrow_fee(single: bool) -> None:
+    with pytest.raises(ValueError, match=r"bars_per_year must be > 0, got 0\.0"):
+        _env_at_rate(single, EnvOptions(), 0.0)
+    with pytest.raises(ValueError, match=r"EnvOptions\.borrow_bps_per_year would take a whole bar"):
+        _env_at_rate(single, EnvOptions(borrow_bps_per_year=10_000.0), 1.0)
 
 
 # Gymnasium and SB3 checkers.
@@ -655,10 +639,20 @@ def test_from_frame_works_with_the_real_features_on_the_shipped_data() -> None:
     assert not terminated and not truncated
 
 
-def test_importing_the_services_loads_neither_torch_nor_stable_baselines3() -> None:
+@pytest.mark.parametrize(
+    ("modules", "forbidden"),
+    [
+        ("services.env.gym_env, services.env.factory, services.env.metrics", ("torch", "stable_baselines3")),
+        # The env actor holds StepResult and the config reads the options: neither may need gymnasium.
+        ("services.env.options, services.env.vec_env", ("gymnasium", "torch", "pandas")),
+    ],
+)
+def test_importing_the_services_loads_no_library_they_do_not_need(
+    modules: str, forbidden: tuple[str, ...]
+) -> None:
     code = (
-        "import sys; import services.env.trading_env, services.env.metrics; "
-        "bad = [m for m in ('torch', 'stable_baselines3') if m in sys.modules]; "
+        f"import sys; import {modules}; "
+        f"bad = [m for m in {forbidden!r} if m in sys.modules]; "
         "assert not bad, bad"
     )
 

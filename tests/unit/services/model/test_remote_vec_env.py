@@ -44,7 +44,8 @@ def test_finished_rows_map_to_their_envs_with_gymnasium_truncation_semantics() -
 
 
 def test_a_local_backend_gives_each_finished_env_its_own_terminal_observation() -> None:
-    from services.env.trading_env import EnvOptions, VecTradingEnv
+    from services.env.options import EnvOptions
+    from services.env.vec_env import VecTradingEnv
     from services.model.remote_vec_env import LocalBackend
 
     rng = np.random.default_rng(0)

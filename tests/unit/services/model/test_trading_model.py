@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from services.config import ModelOptions
-from services.env.trading_env import EnvOptions, VecTradingEnv
+from services.env.options import EnvOptions, n_actions
+from services.env.vec_env import VecTradingEnv
 from services.model.checkpoint import latest_checkpoint
+from services.model.options import ModelOptions
 from services.model.remote_vec_env import LocalBackend, RemoteVecEnv
 from services.model.trading_model import DeviceError, RemoteModelFactory, TradingModel, resolve_device
-
-N_ACTIONS = {"discrete3": 3, "discrete2": 2, "continuous": 0}
 
 
 def market(n: int = 400, n_features: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -30,7 +29,7 @@ def vec_env(options: EnvOptions, *, sequential: bool = False, seed: int = 0) -> 
     env = VecTradingEnv(options, seed=seed, sequential=sequential)
     env.update_data(*market())
     backend = LocalBackend(
-        env, action=options.action, n_actions=N_ACTIONS[options.action], max_leverage=options.max_leverage
+        env, action=options.action, n_actions=n_actions(options.action), max_leverage=options.max_leverage
     )
     return RemoteVecEnv(backend)
 

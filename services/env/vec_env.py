@@ -1,0 +1,483 @@
+"""Step N trading envs at once with numpy; also the sequential evaluation env (N = 1).
+
+The accounting (fills, costs, equity growth, rewards) is in services.env.accounting.
+
+Observation at bar t (float32, length ``window * n_features + 2``): the features of bars
+``t - window + 1 .. t`` flattened row after row (bar-major: all features of the oldest bar first), then
+the position held, then the unrealised log PnL ``sign(position) * log(close[t] / entry)``, where entry
+is the fill price of the open position (a same-side increase averages it in log price by size; a
+decrease keeps it; a flip or an entry from flat resets it). Nothing in it depends on a bar after t.
+
+Episodes. A training env starts each episode at a decision bar drawn uniformly from
+``[window - 1, n_bars - 1 - episode_length]`` and is truncated after ``episode_length`` steps; it
+terminates (not truncates) when equity falls to ``ruin_equity`` or below. Env i of a VecTradingEnv
+seeded s draws its start bars, one per episode, from ``np.random.default_rng(s + i)``, so it replays
+exactly like a TradingEnv seeded s + i. A sequential (evaluation) env starts at bar ``window - 1`` and
+runs to the last bar, recording per-bar position, equity, buy-and-hold equity and costs.
+
+Imports numpy only (no gymnasium), so the env actor's process can hold StepResult cheaply.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from services.env.accounting import Accounting
+from services.env.options import (
+    DEFAULT_BARS_PER_YEAR,
+    EnvOptions,
+    build_action_space,
+    build_observation_space,
+)
+
+if TYPE_CHECKING:
+    from gymnasium import spaces
+
+logger = logging.getLogger(__name__)
+
+N_STATE = 2
+"""Extra per-step columns of the observation after the feature window: position, unrealised PnL."""
+
+
+class StepResult(NamedTuple):
+    """Hold the batched results of one VecTradingEnv step (views of the env's buffers)."""
+
+    obs: np.ndarray
+    """[N, D] float32; rows of finished envs hold the first observation of their next episode."""
+    reward: np.ndarray
+    """[N] float32."""
+    terminated: np.ndarray
+    """[N] bool: ruined (equity at or below ruin_equity)."""
+    truncated: np.ndarray
+    """[N] bool: hit episode_length (training) or the last bar (sequential), and not ruined."""
+    terminal_obs: np.ndarray
+    """[N, D] float32: last observation of the envs that finished; other rows are unspecified."""
+    episode_return: np.ndarray
+    """[N] float64: sum of the rewards of the finished episode; valid for finished envs."""
+    episode_length: np.ndarray
+    """[N] int64: steps of the finished episode; valid for finished envs."""
+
+    def finished_only(self) -> StepResult:
+        """Return the result with terminal_obs cut to the finished envs' rows, in env order (wire form)."""
+        return self._replace(terminal_obs=self.terminal_obs[self.terminated | self.truncated])
+
+
+class EvaluationRecords(NamedTuple):
+    """Hold the per-bar records of a sequential run; row 0 is the start bar, before any trade."""
+
+    bar: np.ndarray
+    """int64 index of the bar in the data."""
+    close: np.ndarray
+    """Close price of the bar."""
+    position: np.ndarray
+    """Position held at the bar's close (row 0: 0.0, flat)."""
+    equity: np.ndarray
+    """Equity at the bar's close; 1.0 at the start."""
+    buy_and_hold: np.ndarray
+    """close / close at the start bar: equity of holding 1.0 from the start, without costs."""
+    cost: np.ndarray
+    """Commission, slippage and borrow paid during the bar, in units of the starting equity."""
+
+
+def action_position(options: EnvOptions, action: Any) -> float:
+    """Return the target position an action asks for (the mapping the envs trade with)."""
+    positions = options.positions
+    if positions:
+        return positions[int(np.asarray(action).reshape(-1)[0])]
+    value = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
+    return value * options.max_leverage
+
+
+class MarketData:
+    """Own the feature and price buffers of an env; new data reuses them when it fits."""
+
+    def __init__(self, options: EnvOptions, *, sequential: bool) -> None:
+        self._options = options
+        self._sequential = sequential
+        self.n_bars = 0
+        self.n_features = 0
+        self.capacity = 0
+        self._features = np.empty(0, dtype=np.float32)
+        # Rows: gap return, drift return, log fill price, log close; column t1 serves the step into t1.
+        self.bars = np.empty((4, 0))
+        self.close = np.empty(0)
+        # [n_bars - window + 1, window * n_features] view: row i is the window ending at bar i + window - 1.
+        self.windows = np.empty((0, 0), dtype=np.float32)
+
+    def update(self, features: np.ndarray, open_: np.ndarray, close: np.ndarray) -> bool:
+        """Validate and copy new data into the buffers; return True when they had to be reallocated."""
+        self._validate(features, open_, close)
+        n_bars, n_features = features.shape
+        reallocated = n_bars > self.capacity
+        if reallocated:
+            self._features = np.empty(n_bars * n_features, dtype=np.float32)
+            self.bars = np.empty((4, n_bars))
+            self.close = np.empty(n_bars)
+            self.capacity = n_bars
+        self.n_bars, self.n_features = n_bars, n_features
+        flat = self._features[: n_bars * n_features]
+        np.copyto(flat.reshape(n_bars, n_features), features)
+        width = self._options.window * n_features
+        self.windows = np.lib.stride_tricks.sliding_window_view(flat, width)[::n_features]
+        self._fill_bars(open_, close)
+        return reallocated
+
+    def _validate(self, features: np.ndarray, open_: np.ndarray, close: np.ndarray) -> None:
+        """Raise ValueError unless the arrays are data this env can trade."""
+        for name, array in (("features", features), ("open_", open_), ("close", close)):
+            if not isinstance(array, np.ndarray):
+                raise ValueError(f"update_data: {name} must be a numpy array, got {type(array).__name__}")
+        if features.ndim != 2 or features.dtype != np.float32 or features.shape[1] < 1:
+            raise ValueError(
+                f"update_data: features must be float32 [T, F] with F >= 1, got {features.dtype} "
+                f"{features.shape}"
+            )
+        n_bars = features.shape[0]
+        for name, array in (("open_", open_), ("close", close)):
+            if array.shape != (n_bars,) or array.dtype != np.float64:
+                raise ValueError(
+                    f"update_data: {name} must be float64 [{n_bars}], got {array.dtype} {array.shape}"
+                )
+            if not (np.isfinite(array).all() and (array > 0).all()):
+                raise ValueError(f"update_data: {name} must be finite and positive")
+        if not np.isfinite(features).all():
+            raise ValueError("update_data: features must be finite (drop the warm-up rows first)")
+        if self.n_features and features.shape[1] != self.n_features:
+            raise ValueError(
+                f"update_data: features have {features.shape[1]} columns, but this env's observations "
+                f"were built for {self.n_features}"
+            )
+        needed = self._options.window + 1 if self._sequential else self._options.min_bars
+        if n_bars < needed:
+            rule = "window + 1" if self._sequential else "window + episode_length"
+            raise ValueError(f"update_data: need at least {rule} = {needed} bars, got {n_bars}")
+
+    def _fill_bars(self, open_: np.ndarray, close: np.ndarray) -> None:
+        """Precompute the per-bar returns and log prices the step reads."""
+        n = self.n_bars
+        gap, drift, fill, log_close = self.bars[:, :n]
+        np.copyto(self.close[:n], close)
+        np.log(close, out=log_close)
+        if self._options.fill == "next_open":
+            gap[0] = 0.0
+            np.divide(open_[1:], close[:-1], out=gap[1:])
+            gap[1:] -= 1.0
+            np.divide(close, open_, out=drift)
+            drift -= 1.0
+            np.log(open_, out=fill)
+        else:
+            gap[:] = 0.0
+            drift[0] = 0.0
+            np.divide(close[1:], close[:-1], out=drift[1:])
+            drift[1:] -= 1.0
+            fill[0] = log_close[0]
+            fill[1:] = log_close[:-1]
+
+    def start_bounds(self) -> tuple[int, int]:
+        """Return the lowest and highest start bar of an episode, both inclusive."""
+        low = self._options.window - 1
+        if self._sequential:
+            return low, low
+        return low, self.n_bars - 1 - self._options.episode_length
+
+
+def draw_start(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
+    """Draw an episode's start bar; the one rule both envs use."""
+    low, high = bounds
+    return int(rng.integers(low, high + 1))
+
+
+class VecTradingEnv:
+    """Step N trading envs at once with numpy; also the sequential evaluation env (N = 1)."""
+
+    def __init__(
+        self,
+        options: EnvOptions,
+        *,
+        bars_per_year: float = DEFAULT_BARS_PER_YEAR,
+        n_envs: int | None = None,
+        seed: int = 0,
+        sequential: bool = False,
+    ) -> None:
+        """Create the envs without data; call update_data before reset.
+
+        Args:
+            bars_per_year: the data's bars in a year; scales the borrow fee.
+            n_envs: overrides options.n_envs; forced to 1 when sequential.
+            seed: env i draws its episode starts from np.random.default_rng(seed + i).
+            sequential: evaluation mode: one env from the first full window to the last bar, recorded.
+        """
+        n = 1 if sequential else (options.n_envs if n_envs is None else n_envs)
+        if n < 1:
+            raise ValueError(f"VecTradingEnv: n_envs must be >= 1, got {n}")
+        self.options = options
+        self.n_envs = n
+        self.sequential = sequential
+        self._acc = Accounting(options, bars_per_year)
+        self._data = MarketData(options, sequential=sequential)
+        self._table = np.array(options.positions)
+        self._rngs = [np.random.default_rng(seed + i) for i in range(n)]
+        self._has_data = False
+        self._width = 0
+        # Per-env state.
+        self._t = np.zeros(n, dtype=np.int64)
+        self._start = np.zeros(n, dtype=np.int64)
+        # Last bar of each env's episode: truncated on reaching it.
+        self._end = np.zeros(n, dtype=np.int64)
+        self._position = np.zeros(n)
+        self._new = np.zeros(n)
+        self._entry = np.zeros(n)
+        self._unrealised = np.zeros(n)
+        self._equity = np.ones(n)
+        self._reward_state = (np.zeros(n), np.zeros(n))
+        self._ep_return = np.zeros(n)
+        # Outputs, allocated once the observation size is known.
+        self._obs = np.zeros((n, 0), dtype=np.float32)
+        self._terminal_obs = np.zeros((n, 0), dtype=np.float32)
+        self._reward = np.zeros(n, dtype=np.float32)
+        self._terminated = np.zeros(n, dtype=bool)
+        self._truncated = np.zeros(n, dtype=bool)
+        self._done = np.zeros(n, dtype=bool)
+        self._out_return = np.zeros(n)
+        self._out_length = np.zeros(n, dtype=np.int64)
+        # Sequential records.
+        self._rec_bar = np.empty(0, dtype=np.int64)
+        self._rec_position = np.empty(0)
+        self._rec_equity = np.empty(0)
+        self._rec_cost = np.empty(0)
+        self._recorded = 0
+        self._run_done = False
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        """Return the shape of one env's observation."""
+        self._require_data()
+        return (self._width + N_STATE,)
+
+    @property
+    def observation_space(self) -> spaces.Box:
+        """Return the observation space of one env."""
+        self._require_data()
+        return build_observation_space(self.observation_shape)
+
+    @property
+    def action_space(self) -> spaces.Space[Any]:
+        """Return the action space of one env."""
+        return build_action_space(self.options.action)
+
+    @property
+    def n_bars(self) -> int:
+        """Return the number of bars of the current data."""
+        return self._data.n_bars
+
+    @property
+    def done(self) -> bool:
+        """Return True once a sequential run has reached its last bar or ruin."""
+        return self._run_done
+
+    def update_data(self, features: np.ndarray, open_: np.ndarray, close: np.ndarray) -> None:
+        """Swap in new data, reusing the buffers when it fits, and start new episodes on it.
+
+        Training data needs at least window + episode_length bars, sequential data window + 1. The
+        number of feature columns is fixed by the first call. The envs are put at new episodes, so a
+        step right after this is valid; call reset() for their first observations.
+        """
+        reallocated = self._data.update(features, open_, close)
+        if not self._has_data:
+            self._allocate_outputs()
+            self._has_data = True
+        if self.sequential and self._rec_bar.size < self._data.capacity:
+            size = self._data.capacity
+            self._rec_bar = np.empty(size, dtype=np.int64)
+            self._rec_position = np.empty(size)
+            self._rec_equity = np.empty(size)
+            self._rec_cost = np.empty(size)
+        logger.debug(
+            "env data: %d bars x %d features, buffers %s",
+            self._data.n_bars,
+            self._data.n_features,
+            "reallocated" if reallocated else "reused",
+        )
+        self._start_episodes(np.arange(self.n_envs))
+        if self.sequential:
+            self._begin_run()
+
+    def _allocate_outputs(self) -> None:
+        """Allocate the observation buffers once the number of features is known."""
+        self._width = self.options.window * self._data.n_features
+        shape = (self.n_envs, self._width + N_STATE)
+        self._obs = np.zeros(shape, dtype=np.float32)
+        self._terminal_obs = np.zeros(shape, dtype=np.float32)
+        self._result = StepResult(
+            obs=self._obs,
+            reward=self._reward,
+            terminated=self._terminated,
+            truncated=self._truncated,
+            terminal_obs=self._terminal_obs,
+            episode_return=self._out_return,
+            episode_length=self._out_length,
+        )
+
+    def _require_data(self) -> None:
+        """Raise RuntimeError while the env has no data."""
+        if not self._has_data:
+            raise RuntimeError("VecTradingEnv has no data yet: call update_data() first")
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start a new episode in every env and return their first observations [N, D].
+
+        Args:
+            seed: reseed env i's generator with seed + i; None keeps the generators going.
+        """
+        self._require_data()
+        if seed is not None:
+            self._rngs = [np.random.default_rng(seed + i) for i in range(self.n_envs)]
+        self._start_episodes(np.arange(self.n_envs))
+        if self.sequential:
+            self._begin_run()
+        return self._obs
+
+    def _start_episodes(self, envs: np.ndarray) -> None:
+        """Put the given envs at the start of a new episode and write their observation rows."""
+        bounds = self._data.start_bounds()
+        for i in envs.tolist():
+            self._start[i] = draw_start(self._rngs[i], bounds)
+        self._t[envs] = self._start[envs]
+        if self.sequential:
+            self._end[envs] = self._data.n_bars - 1
+        else:
+            self._end[envs] = self._start[envs] + self.options.episode_length
+        self._position[envs] = 0.0
+        self._entry[envs] = 0.0
+        self._unrealised[envs] = 0.0
+        self._equity[envs] = 1.0
+        self._ep_return[envs] = 0.0
+        for column, value in zip(self._reward_state, self._acc.initial_reward_state(), strict=True):
+            column[envs] = value
+        self._obs[envs, : self._width] = self._data.windows[self._t[envs] - (self.options.window - 1)]
+        self._obs[envs, self._width :] = 0.0
+
+    def _begin_run(self) -> None:
+        """Clear the sequential records and record the start bar."""
+        self._recorded = 0
+        self._run_done = False
+        self._record(int(self._start[0]), 0.0, 1.0, 0.0)
+
+    def _targets(self, actions: np.ndarray) -> np.ndarray:
+        """Write the target positions of the actions into the preallocated buffer and return it."""
+        actions = np.asarray(actions)
+        if actions.size != self.n_envs:
+            raise ValueError(f"step: expected {self.n_envs} actions, got shape {actions.shape}")
+        if actions.ndim != 1:
+            actions = actions.reshape(self.n_envs)
+        if self._table.size:
+            kind = actions.dtype.kind
+            if kind not in "iu":
+                raise ValueError(f"step: discrete actions must be integers, got {actions.dtype}")
+            try:
+                if kind == "i" and actions.min() < 0:
+                    raise IndexError
+                # Fancy indexing raises IndexError above the table and is faster than np.take here.
+                np.copyto(self._new, self._table[actions])
+            except IndexError:
+                raise ValueError(f"step: actions must be in [0, {self._table.size}), got {actions}") from None
+        else:
+            if actions.dtype.kind != "f" or not np.isfinite(actions).all():
+                raise ValueError("step: continuous actions must be finite floats")
+            np.clip(actions, -1.0, 1.0, out=self._new)
+            self._new *= self.options.max_leverage
+        return self._new
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Advance every env by one bar; finished envs start their next episode at once.
+
+        Returns views of the env's buffers, valid until the next call; copy what must be kept.
+        """
+        self._require_data()
+        if self.sequential and self._run_done:
+            self._begin_run()
+        acc = self._acc
+        old = self._position
+        new = self._targets(actions)
+        self._t += 1
+        gap, drift, fill, log_close = self._data.bars.take(self._t, axis=1)
+        growth = acc.growth(old, new, gap, drift)
+        log_growth = np.log(growth)
+        if self.sequential:
+            cost = float(acc.costs(self._equity, old, new, gap, drift)[0])
+        np.copyto(self._entry, acc.entry(old, new, self._entry, fill))
+        np.copyto(self._unrealised, acc.unrealised(new, self._entry, log_close))
+        np.copyto(old, new)
+        self._equity *= growth
+        reward, state = acc.reward(np, growth, log_growth, self._equity, self._reward_state)
+        if state is not self._reward_state:
+            for column, value in zip(self._reward_state, state, strict=True):
+                np.copyto(column, value)
+        np.copyto(self._reward, reward, casting="same_kind")
+        self._ep_return += reward
+        if self.sequential:
+            self._record(int(self._t[0]), float(new[0]), float(self._equity[0]), cost)
+        self._write_obs()
+        np.less_equal(self._equity, self.options.ruin_equity, out=self._terminated)
+        np.greater_equal(self._t, self._end, out=self._truncated)
+        np.logical_or(self._terminated, self._truncated, out=self._done)
+        if self._done.any():
+            # A ruined env is terminated, not truncated, even on its last bar.
+            self._truncated &= ~self._terminated
+            self._finish(np.flatnonzero(self._done))
+        return self._result
+
+    def _write_obs(self) -> None:
+        """Write every env's observation at its current bar into the observation buffer."""
+        # Fancy indexing, then one copy: np.take on the overlapping window view would first copy the
+        # whole view into a contiguous array, which costs far more than the gather.
+        self._obs[:, : self._width] = self._data.windows[self._t - (self.options.window - 1)]
+        self._obs[:, self._width] = self._position
+        self._obs[:, self._width + 1] = self._unrealised
+
+    def _finish(self, envs: np.ndarray) -> None:
+        """Report the finished envs' episodes and start their next ones."""
+        self._terminal_obs[envs] = self._obs[envs]
+        self._out_return[envs] = self._ep_return[envs]
+        self._out_length[envs] = self._t[envs] - self._start[envs]
+        if self.sequential:
+            # The records stay readable until the next step starts a new run.
+            self._run_done = True
+            logger.debug("sequential run finished after %d steps", self._recorded - 1)
+        self._start_episodes(envs)
+
+    def _record(self, bar: int, position: float, equity: float, cost: float) -> None:
+        """Append one row to the sequential records."""
+        i = self._recorded
+        self._rec_bar[i] = bar
+        self._rec_position[i] = position
+        self._rec_equity[i] = equity
+        self._rec_cost[i] = cost
+        self._recorded = i + 1
+
+    def records(self) -> EvaluationRecords:
+        """Return copies of the sequential run's per-bar records so far (the finished run once done)."""
+        if not self.sequential:
+            raise RuntimeError("records() is only kept by a sequential VecTradingEnv")
+        n = self._recorded
+        bar = self._rec_bar[:n].copy()
+        close = self._data.close[bar]
+        return EvaluationRecords(
+            bar=bar,
+            close=close,
+            position=self._rec_position[:n].copy(),
+            equity=self._rec_equity[:n].copy(),
+            buy_and_hold=close / close[0] if n else close.copy(),
+            cost=self._rec_cost[:n].copy(),
+        )
+
+    def _buffers(self) -> dict[str, np.ndarray]:
+        """Return every preallocated buffer by name (for tests that check nothing is re-created)."""
+        named = {name: value for name, value in vars(self).items() if isinstance(value, np.ndarray)}
+        data = self._data
+        named.update(features=data._features, bars=data.bars, close=data.close)
+        named.update(reward_a=self._reward_state[0], reward_b=self._reward_state[1])
+        return named

@@ -1,0 +1,99 @@
+"""Configure the session's one model (the `model:` section) and name the algorithms it can be.
+
+The registry here (each algorithm's SB3 class, the hyperparameters it accepts, the action modes it needs)
+is the one the config, the docs and TradingModel read. Importing it loads neither torch nor SB3.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+# Hyperparameters each algorithm accepts from the config (SB3's constructor arguments).
+_COMMON = {"learning_rate", "gamma", "verbose", "stats_window_size"}
+_ON_POLICY = _COMMON | {
+    "n_steps",
+    "gae_lambda",
+    "ent_coef",
+    "vf_coef",
+    "max_grad_norm",
+    "normalize_advantage",
+}
+_OFF_POLICY = _COMMON | {
+    "buffer_size",
+    "learning_starts",
+    "batch_size",
+    "tau",
+    "train_freq",
+    "gradient_steps",
+}
+_PPO = _ON_POLICY | {"batch_size", "n_epochs", "clip_range", "clip_range_vf", "target_kl"}
+ALGORITHM_HYPERPARAMS: dict[str, frozenset[str]] = {
+    "ppo": frozenset(_PPO),
+    "recurrent_ppo": frozenset(_PPO),
+    "a2c": frozenset(_ON_POLICY | {"rms_prop_eps", "use_rms_prop"}),
+    "dqn": frozenset(
+        _OFF_POLICY
+        | {
+            "target_update_interval",
+            "exploration_fraction",
+            "exploration_initial_eps",
+            "exploration_final_eps",
+        }
+    ),
+    "sac": frozenset(_OFF_POLICY | {"ent_coef", "target_update_interval", "target_entropy", "use_sde"}),
+    "td3": frozenset(_OFF_POLICY | {"policy_delay", "target_policy_noise", "target_noise_clip"}),
+}
+DISCRETE_ONLY = frozenset({"dqn"})
+CONTINUOUS_ONLY = frozenset({"sac", "td3"})
+ALGORITHM_CLASSES: dict[str, tuple[str, str]] = {
+    "ppo": ("stable_baselines3", "PPO"),
+    "recurrent_ppo": ("sb3_contrib", "RecurrentPPO"),
+    "a2c": ("stable_baselines3", "A2C"),
+    "dqn": ("stable_baselines3", "DQN"),
+    "sac": ("stable_baselines3", "SAC"),
+    "td3": ("stable_baselines3", "TD3"),
+}
+"""Module and class name of each algorithm's SB3 class, imported only by algorithm_class."""
+
+
+def algorithm_class(name: str) -> type[Any]:
+    """Import and return the SB3 class of an algorithm (this loads torch)."""
+    module, attr = ALGORITHM_CLASSES[name]
+    cls: type[Any] = getattr(importlib.import_module(module), attr)
+    return cls
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelOptions:
+    """The one model of the session: algorithm, network, device and hyperparameters."""
+
+    algorithm: str = "ppo"
+    """One of ppo, a2c, dqn, sac, td3, recurrent_ppo."""
+    policy: str = "MlpPolicy"
+    """SB3 policy name (recurrent_ppo uses MlpLstmPolicy whatever is set)."""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda[:N]."""
+    torch_threads: int = 1
+    """Torch intra-op threads in the model process; small MLPs train fastest with 1."""
+    net_arch: tuple[int, ...] = (64, 64)
+    """Hidden layer sizes of the policy and value networks."""
+    hyperparams: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the SB3 algorithm (checked against the algorithm's known arguments)."""
+    save_replay_buffer: bool = False
+    """Put the replay buffer of off-policy algorithms into checkpoints (it can be large)."""
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHM_HYPERPARAMS:
+            raise ValueError(f"algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHM_HYPERPARAMS)}")
+        unknown = set(self.hyperparams) - ALGORITHM_HYPERPARAMS[self.algorithm]
+        if unknown:
+            raise ValueError(f"hyperparams {sorted(unknown)} are not arguments of {self.algorithm}")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {dev!r}")
+        if self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be at least 1, got {self.torch_threads}")
+        if not self.net_arch or any(n < 1 for n in self.net_arch):
+            raise ValueError(f"net_arch must be positive layer sizes, got {list(self.net_arch)}")
