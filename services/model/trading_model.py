@@ -16,15 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 from stable_baselines3.common.vec_env import VecEnv
 
-from services.config import ModelOptions
 from services.errors import InputError
 from services.model.checkpoint import CheckpointInfo, save_checkpoint
+from services.model.options import ModelOptions, algorithm_class
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +37,6 @@ ValuesSink = Callable[[int, dict[str, float]], None]
 """Receives SB3's logger values after each rollout/update, with the model's step counter."""
 StepTick = Callable[[int], bool]
 """Called after every vectorized env step with the step counter; False stops the current piece."""
-
-
-def _algorithm_class(name: str) -> type[BaseAlgorithm]:
-    if name == "recurrent_ppo":
-        from sb3_contrib import RecurrentPPO
-
-        return RecurrentPPO
-    classes: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC, "td3": TD3}
-    return classes[name]
 
 
 class DeviceError(InputError):
@@ -144,7 +134,7 @@ class TradingModel:
         """
         torch.set_num_threads(options.torch_threads)
         device = resolve_device(options.device)
-        algo_cls = _algorithm_class(options.algorithm)
+        algo_cls: type[BaseAlgorithm] = algorithm_class(options.algorithm)
         if checkpoint is None:
             policy = "MlpLstmPolicy" if options.algorithm == "recurrent_ppo" else options.policy
             kwargs: dict[str, Any] = {"verbose": 0, **options.hyperparams}
