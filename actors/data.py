@@ -102,16 +102,7 @@ class DataActor(ServiceActor):
         pending: deque[str] = deque()
         for start in range(0, total, self._block_rows):
             rows = arrays.block(start, min(start + self._block_rows, total))
-            block = DataBlock(
-                split=split,
-                offset=start,
-                total_rows=total,
-                features=rows.features,
-                open=rows.open,
-                close=rows.close,
-                timestamp=rows.timestamp,
-                sender=self.name,
-            )
+            block = DataBlock.from_value(rows, split=split, offset=start, total_rows=total, sender=self.name)
             env.send(block)
             pending.append(block.msg_id)
             while len(pending) >= self._window:
