@@ -100,9 +100,7 @@ class DataActor(ServiceActor):
         """Send blocks with at most `window` unacknowledged, then an acknowledged end of stream."""
         total = len(arrays)
         pending: deque[str] = deque()
-        for start in range(0, total, self._block_rows):
-            rows = arrays.block(start, min(start + self._block_rows, total))
-            block = DataBlock.from_value(rows, split=split, offset=start, total_rows=total, sender=self.name)
+        for block in DataBlock.cut(split, arrays, self._block_rows, sender=self.name):
             env.send(block)
             pending.append(block.msg_id)
             while len(pending) >= self._window:

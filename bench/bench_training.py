@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:
 from messages import DataBlock, DataComplete, DataInstalled, Ping, Stop  # noqa: E402
 from services.config import Config, config_to_dict, load_config  # noqa: E402
 from services.data.dataset import DatasetService, SplitArrays  # noqa: E402
+from services.data.fingerprint import cache_key  # noqa: E402
 from services.env.gym_env import TradingEnv  # noqa: E402
 from services.transport.sockets import Client, Endpoints  # noqa: E402
 
@@ -63,15 +64,7 @@ class EnvActorProcess:
         (folder / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
         ipc = folder / "ipc"
         ipc.mkdir()
-        self.endpoints = Endpoints(
-            events_in=f"ipc://{ipc}/events_in.sock",
-            events_out="",
-            session="",
-            data=f"ipc://{ipc}/data.sock",
-            env=f"ipc://{ipc}/env.sock",
-            model=f"ipc://{ipc}/model.sock",
-            ipc_dir=str(ipc),
-        )
+        self.endpoints = Endpoints.local(ipc, events_out="", session="")
         self.endpoints.write(folder / "endpoints.json")
         self._max_bytes = config.session.max_message_bytes
         self.process = subprocess.Popen(
@@ -86,24 +79,12 @@ class EnvActorProcess:
 
     def install(self, split: str, arrays: SplitArrays, bars_per_year: float, block_rows: int) -> None:
         """Stream one split to the env actor the way the data actor does, and wait until installed."""
-        total = len(arrays)
-        for start in range(0, total, block_rows):
-            end = min(start + block_rows, total)
-            self._control.request(
-                DataBlock(
-                    split=split,
-                    offset=start,
-                    total_rows=total,
-                    features=arrays.features[start:end],
-                    open=arrays.open[start:end],
-                    close=arrays.close[start:end],
-                    timestamp=arrays.timestamp[start:end],
-                )
-            )
+        for block in DataBlock.cut(split, arrays, block_rows):
+            self._control.request(block)
         done = self._control.request(
-            DataComplete(split=split, total_rows=total, bars_per_year=bars_per_year, episode=1)
+            DataComplete(split=split, total_rows=len(arrays), bars_per_year=bars_per_year, episode=1)
         )
-        if not isinstance(done, DataInstalled) or done.rows != total:
+        if not isinstance(done, DataInstalled) or done.rows != len(arrays):
             raise RuntimeError(f"the env actor did not install the {split} split: {done!r}")
 
     def stop(self) -> None:
@@ -152,7 +133,11 @@ def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
 
     config = load_config(None, overrides)
     service = DatasetService(
-        config.data, window=config.env.window, episode_length=config.env.episode_length, cache_root=ROOT
+        config.data,
+        data_hash=cache_key(config.data.source, config.data.features),
+        window=config.env.window,
+        episode_length=config.env.episode_length,
+        cache_root=ROOT,
     )
     summary = service.load()
     train = whole_split(service.episode(1).train)
@@ -277,7 +262,11 @@ def bench_setups(
     from services.model.trading_model import TradingModel
 
     service = DatasetService(
-        config.data, window=config.env.window, episode_length=config.env.episode_length, cache_root=ROOT
+        config.data,
+        data_hash=cache_key(config.data.source, config.data.features),
+        window=config.env.window,
+        episode_length=config.env.episode_length,
+        cache_root=ROOT,
     )
     summary = service.load()
     train = whole_split(service.episode(1).train)

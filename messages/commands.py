@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,6 +59,18 @@ class EpisodeDataReady(Reply):
 # Data actor -> env actor.
 
 
+class SplitRows(Protocol):
+    """The rows of a split as the data actor streams them: a length and blocks of rows."""
+
+    def __len__(self) -> int:
+        """Rows of the split."""
+        ...
+
+    def block(self, start: int, stop: int) -> Any:
+        """Return rows [start, stop): a value with features, open, close and timestamp arrays."""
+        ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DataBlock(Command):
     """Carry one bounded block of processed bars for the train or eval split."""
@@ -76,6 +89,14 @@ class DataBlock(Command):
     """Close prices, float64 [rows]."""
     timestamp: np.ndarray = field(default_factory=_empty_i64)
     """Bar times, int64 nanoseconds since the epoch [rows]."""
+
+    @classmethod
+    def cut(cls, split: str, rows: SplitRows, block_rows: int, *, sender: str = "") -> Iterator[DataBlock]:
+        """Cut a split into blocks of `block_rows` rows, in order: how a split is streamed to the env."""
+        total = len(rows)
+        for start in range(0, total, block_rows):
+            block = rows.block(start, min(start + block_rows, total))
+            yield cls.from_value(block, split=split, offset=start, total_rows=total, sender=sender)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
