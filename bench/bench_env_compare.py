@@ -41,8 +41,11 @@ import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from common import machine  # noqa: E402
 
 from services.data.options import DEFAULT_FEATURES  # noqa: E402
 from services.env.gym_env import TradingEnv, frame_to_arrays  # noqa: E402
@@ -361,15 +364,7 @@ def main() -> int:
         args.finrl_steps, args.finrl_memory_steps = 5_000, 20_000
 
     frame = pd.read_csv(DATA)
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    print(f"machine: {os.cpu_count()} CPUs, {cpu}; python {sys.version.split()[0]}, numpy {np.__version__}")
+    print(f"machine: {machine()}; python {sys.version.split()[0]}, numpy {np.__version__}")
     print(f"data: {DATA.name}, {len(frame)} rows; window {args.window}")
     figures: dict[str, Any] = {"speed": bench_speed(args, frame)}
     if args.profile:

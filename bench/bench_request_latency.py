@@ -36,12 +36,11 @@ for _path in (ROOT, ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from bench_training import EnvActorProcess, whole_split  # noqa: E402
+from bench_training import EnvActorProcess  # noqa: E402
+from common import train_data  # noqa: E402
 
 from messages import EnvsStepped, Ping, StepEnvs, Stop, Stopped, decode, encode  # noqa: E402
 from services.config import load_config  # noqa: E402
-from services.data.dataset import DatasetService  # noqa: E402
-from services.data.fingerprint import cache_key  # noqa: E402
 from services.env.factory import VecEnvFactory  # noqa: E402
 from services.transport.sockets import Client, Server  # noqa: E402
 
@@ -112,15 +111,7 @@ def main() -> int:
         args.repeats, args.calls = 2, 500
     os.chdir(ROOT)
     config = load_config(None, [f"env.n_envs={args.n_envs}"])
-    service = DatasetService(
-        config.data,
-        data_hash=cache_key(config.data.source, config.data.features),
-        window=config.env.window,
-        episode_length=config.env.episode_length,
-        cache_root=ROOT,
-    )
-    summary = service.load()
-    train = whole_split(service.episode(1).train)
+    summary, train = train_data(config)
     obs_size = config.env.window * train.features.shape[1] + 2
     actions = np.random.default_rng(0).integers(0, 3, size=args.n_envs)
 

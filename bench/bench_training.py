@@ -42,13 +42,15 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from common import machine, train_data  # noqa: E402
 
 from messages import DataBlock, DataComplete, DataInstalled, Ping, Stop  # noqa: E402
 from services.config import Config, config_to_dict, load_config  # noqa: E402
-from services.data.dataset import DatasetService, SplitArrays  # noqa: E402
-from services.data.fingerprint import cache_key  # noqa: E402
+from services.data.dataset import SplitArrays  # noqa: E402
 from services.env.gym_env import TradingEnv  # noqa: E402
 from services.transport.sockets import Client, Endpoints  # noqa: E402
 
@@ -120,11 +122,6 @@ class TimedBackend:
         return result
 
 
-def whole_split(split: Any) -> SplitArrays:
-    """Return every row of an episode split as arrays (a split may be arrays or a reader of blocks)."""
-    return split.block(0, len(split)) if hasattr(split, "block") else split
-
-
 def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
     """Serve the train envs from a bare transport Server loop in this (child) process, without an actor."""
     from messages import DescribeEnvs, EnvSpec, EnvsReset, EnvsStepped, ResetEnvs, StepEnvs, Stopped
@@ -132,15 +129,7 @@ def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
     from services.transport.sockets import Server
 
     config = load_config(None, overrides)
-    service = DatasetService(
-        config.data,
-        data_hash=cache_key(config.data.source, config.data.features),
-        window=config.env.window,
-        episode_length=config.env.episode_length,
-        cache_root=ROOT,
-    )
-    summary = service.load()
-    train = whole_split(service.episode(1).train)
+    summary, train = train_data(config)
     factory = VecEnvFactory(config.env, seed=config.training.seed)
     env = factory.create("train", summary.bars_per_year)
     env.update_data(train.features, train.open, train.close)
@@ -151,16 +140,7 @@ def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
                 msg = item.message
                 if isinstance(msg, StepEnvs):
                     r = env.step(msg.actions).finished_only()
-                    reply: Any = EnvsStepped(
-                        correlation_id=msg.msg_id,
-                        obs=r.obs,
-                        reward=r.reward,
-                        terminated=r.terminated,
-                        truncated=r.truncated,
-                        terminal_obs=r.terminal_obs,
-                        episode_return=r.episode_return,
-                        episode_length=r.episode_length,
-                    )
+                    reply: Any = EnvsStepped.from_value(r, correlation_id=msg.msg_id)
                 elif isinstance(msg, ResetEnvs):
                     reply = EnvsReset(
                         correlation_id=msg.msg_id, obs=env.reset(None if msg.seed < 0 else msg.seed)
@@ -261,15 +241,7 @@ def bench_setups(
     from services.model.remote_vec_env import LocalBackend, RemoteBackend, RemoteVecEnv
     from services.model.trading_model import TradingModel
 
-    service = DatasetService(
-        config.data,
-        data_hash=cache_key(config.data.source, config.data.features),
-        window=config.env.window,
-        episode_length=config.env.episode_length,
-        cache_root=ROOT,
-    )
-    summary = service.load()
-    train = whole_split(service.episode(1).train)
+    summary, train = train_data(config)
     n_features = train.features.shape[1]
     obs_size = config.env.window * n_features + 2
     print(
@@ -525,15 +497,7 @@ def main() -> int:
     if args.quick:
         args.steps, args.repeats, args.baseline_steps, session_steps = 8192, 1, 2048, 8192
     os.chdir(ROOT)
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown",
-    )
-    print(f"machine: {os.cpu_count()} CPUs, {cpu}")
+    print(f"machine: {machine()}")
     config = load_config(None, args.overrides)
     figures: dict[str, Any] = {}
     if not args.skip_setups:

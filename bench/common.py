@@ -1,0 +1,38 @@
+"""What the benchmarks share: the machine's description and the default session's training data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from services.config import Config
+from services.data.dataset import DatasetService, LoadSummary, SplitArrays
+from services.data.fingerprint import cache_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    """Describe this machine: CPU count and model."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+    return f"{os.cpu_count()} CPUs, {cpu}"
+
+
+def whole_split(split: Any) -> SplitArrays:
+    """Return every row of an episode split as arrays (a split may be arrays or a reader of blocks)."""
+    return split.block(0, len(split)) if hasattr(split, "block") else split
+
+
+def train_data(config: Config) -> tuple[LoadSummary, SplitArrays]:
+    """Load the config's data as the data actor does and return its summary and episode 1's train split."""
+    service = DatasetService(
+        config.data,
+        data_hash=cache_key(config.data.source, config.data.features),
+        window=config.env.window,
+        episode_length=config.env.episode_length,
+        cache_root=ROOT,
+    )
+    summary = service.load()
+    return summary, whole_split(service.episode(1).train)
