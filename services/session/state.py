@@ -117,12 +117,8 @@ class SessionState:
         match msg:
             case SessionStarted():
                 d["session"].update(
-                    name=msg.name,
+                    _fields(msg, "name", "episodes", "steps_per_episode", "monitor", "run_dir"),
                     status="running",
-                    episodes=msg.episodes,
-                    steps_per_episode=msg.steps_per_episode,
-                    monitor=msg.monitor,
-                    run_dir=msg.run_dir,
                 )
             case SessionFinished():
                 d["session"].update(status=msg.status, reason=msg.reason)
@@ -135,27 +131,15 @@ class SessionState:
                 self._actor(msg.sender).update(state="stopped", pid=msg.pid)
             case Heartbeat():
                 self._actor(msg.sender).update(
-                    state=msg.state,
-                    pid=msg.pid,
-                    rss_bytes=msg.rss_bytes,
-                    cpu_percent=msg.cpu_percent,
-                    last_heartbeat=msg.ts,
+                    _fields(msg, "state", "pid", "rss_bytes", "cpu_percent"), last_heartbeat=msg.ts
                 )
             case DataLoaded():
                 d["data"] = {
-                    "source": msg.source,
-                    "rows": msg.rows,
+                    **_fields(msg, "source", "rows", "bars_per_year", "cached"),
                     "features": list(msg.features),
-                    "bars_per_year": msg.bars_per_year,
-                    "cached": msg.cached,
                 }
             case ModelCreated():
-                d["model"].update(
-                    model_id=msg.model_id,
-                    algorithm=msg.algorithm,
-                    device=msg.device,
-                    parameters=msg.parameters,
-                )
+                d["model"].update(_fields(msg, "model_id", "algorithm", "device", "parameters"))
                 if msg.restored_from:
                     d["model"]["restored"] = d["model"].get("restored", 0) + 1
                 else:
@@ -166,19 +150,12 @@ class SessionState:
                 d["progress"].update(episode=msg.episode, steps=0, steps_total=msg.steps, eta_s=0.0)
             case TrainingProgress():
                 d["progress"].update(
-                    episode=msg.episode,
-                    steps=msg.steps,
-                    steps_total=msg.steps_total,
-                    total_steps=msg.total_steps,
-                    steps_per_s=msg.steps_per_s,
-                    eta_s=msg.eta_s,
+                    _fields(msg, "episode", "steps", "steps_total", "total_steps", "steps_per_s", "eta_s")
                 )
             case TrainingMetrics():
                 d["metrics"] = dict(msg.values)
             case EpisodeFinished():
-                d["progress"].update(
-                    steps=msg.steps, total_steps=msg.total_steps, steps_per_s=msg.steps_per_s, eta_s=0.0
-                )
+                d["progress"].update(_fields(msg, "steps", "total_steps", "steps_per_s"), eta_s=0.0)
             case EvaluationFinished():
                 d["evaluations"].append(
                     {"episode": msg.episode, "agent": dict(msg.agent), "buy_and_hold": dict(msg.buy_and_hold)}
@@ -190,3 +167,8 @@ class SessionState:
                 ]
             case _:
                 pass
+
+
+def _fields(msg: Message, *names: str) -> dict[str, Any]:
+    """Return the named fields of an event, as the state keeps them under the same names."""
+    return {name: getattr(msg, name) for name in names}
