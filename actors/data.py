@@ -22,7 +22,7 @@ from messages import (
 )
 
 if TYPE_CHECKING:
-    from services.data.dataset import LoadSummary, Split
+    from services.data.dataset import Split
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class DataActor(ServiceActor):
         self._block_rows = block_rows
         self._window = window
         self._ack_timeout_ms = int(ack_timeout_s * 1000)
-        self._summary: LoadSummary | None = None
+        self._summary: DataLoaded | None = None
         self._installed: tuple[int, int, int, int] | None = None
         self.loads = 0
 
@@ -73,7 +73,7 @@ class DataActor(ServiceActor):
                 " (from cache)" if s.cached else "",
                 s.seconds,
             )
-            self.publish(DataLoaded.from_value(s))
+            self.publish(s)
         split = self._service.episode(msg.episode)
         streamed = msg.force or split.key != self._installed
         if streamed:
@@ -105,7 +105,6 @@ class DataActor(ServiceActor):
             pending.append(block.msg_id)
             while len(pending) >= self._window:
                 self._await_ack(env, pending)
-            self.heartbeat()
         while pending:
             self._await_ack(env, pending)
         assert self._summary is not None

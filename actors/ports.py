@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from messages import Command, Event, Incoming, Message, Reply
+from messages import Command, DataLoaded, Event, Incoming, Message, Reply
 from services.errors import TransportError
 
 if TYPE_CHECKING:
-    from services.data.dataset import EpisodeSplit, LoadSummary
+    from services.data.dataset import EpisodeSplit
     from services.env.vec_env import StepResult
 
 __all__ = [
@@ -131,7 +131,7 @@ class Ports:
 class DataService(Protocol):
     """Loads and processes the source once and cuts each episode's windows (the data actor's)."""
 
-    def load(self) -> LoadSummary:
+    def load(self) -> DataLoaded:
         """Read, validate and process the source (or take it from the cache)."""
         ...
 
@@ -178,7 +178,7 @@ class EnvFactory(Protocol):
         """Return agent and buy_and_hold metrics plus the per-bar arrays of a finished eval run.
 
         The keys are those of EvaluationComputed: agent, buy_and_hold, timestamp, close, position,
-        equity, bh_equity.
+        equity, bh_equity and ruined_at.
         """
         ...
 
@@ -204,8 +204,12 @@ class TrainableModel(Protocol):
         """Train at least `steps` more steps; return the steps trained."""
         ...
 
-    def evaluate(self) -> int:
-        """Run the deterministic evaluation pass on the eval envs; return the steps taken."""
+    def start_evaluation(self) -> None:
+        """Start a deterministic evaluation pass on the eval envs, from their first bar."""
+        ...
+
+    def evaluate(self, steps: int) -> bool:
+        """Take up to `steps` more steps of the evaluation pass; return True once it reached the last bar."""
         ...
 
 
@@ -213,6 +217,11 @@ class ModelFactory(Protocol):
     """The one way to build the session's model (called once per session)."""
 
     algorithm: str
+
+    @property
+    def restores(self) -> bool:
+        """Whether create() restores a checkpoint (a resumed session, or a model restarted mid-session)."""
+        ...
 
     def create(
         self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from messages import DataLoaded
 from services.config import Config
-from services.data.dataset import DatasetService, LoadSummary, SplitArrays
+from services.data.dataset import DatasetService, SplitArrays
 from services.data.fingerprint import cache_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def whole_split(split: Any) -> SplitArrays:
     return split.block(0, len(split)) if hasattr(split, "block") else split
 
 
-def train_data(config: Config) -> tuple[LoadSummary, SplitArrays]:
+def train_data(config: Config) -> tuple[DataLoaded, SplitArrays]:
     """Load the config's data as the data actor does and return its summary and episode 1's train split."""
     service = DatasetService(
         config.data,

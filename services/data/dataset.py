@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from messages import DataLoaded
 from services.config import DataOptions
 from services.data.splits import Normalizer, split_ranges
 from services.data.store import FeatureStore, store_folder
@@ -109,19 +110,6 @@ class EpisodeSplit:
     eval: Split
 
 
-@dataclass(frozen=True, slots=True)
-class LoadSummary:
-    """What loading found: published as DataLoaded."""
-
-    source: str
-    rows: int
-    features: tuple[str, ...]
-    bars_per_year: float
-    data_hash: str
-    cached: bool
-    seconds: float
-
-
 class DatasetService:
     """Processes the configured source once into a feature store and serves episode splits from it.
 
@@ -148,7 +136,7 @@ class DatasetService:
         self._run_dir = run_dir
         self._store: FeatureStore | None = None
 
-    def load(self) -> LoadSummary:
+    def load(self) -> DataLoaded:
         """Open the store of this source and feature config, or build it by streaming the source."""
         started = time.perf_counter()
         opts = self._options
@@ -162,7 +150,7 @@ class DatasetService:
         if store is None:
             store = FeatureStore.build(folder, opts.source, opts.features, key=key)
         self._store = store
-        return LoadSummary(
+        return DataLoaded(
             source=opts.source.path,
             rows=len(store),
             features=store.info.names,

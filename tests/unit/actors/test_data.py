@@ -20,7 +20,7 @@ from messages import (
     RequestFailed,
 )
 from services.data.bars import DataError
-from services.data.dataset import EpisodeSplit, LoadSummary, SplitArrays
+from services.data.dataset import EpisodeSplit, SplitArrays
 from tests.fakes import FakeClient, FakeClock, FakeProbe, FakePublisher, FakeServer
 
 
@@ -40,11 +40,19 @@ class FakeService:
         self.walk_forward = walk_forward
         self.fail = fail
 
-    def load(self) -> LoadSummary:
+    def load(self) -> DataLoaded:
         if self.fail is not None:
             raise self.fail
         self.loads += 1
-        return LoadSummary("fake.csv", 100, ("a", "b"), 252.0, "hash", False, 0.01)
+        return DataLoaded(
+            source="fake.csv",
+            rows=100,
+            features=("a", "b"),
+            bars_per_year=252.0,
+            data_hash="hash",
+            cached=False,
+            seconds=0.01,
+        )
 
     def episode(self, episode: int) -> EpisodeSplit:
         shift = 10 * (episode - 1) if self.walk_forward else 0
