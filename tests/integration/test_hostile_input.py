@@ -35,6 +35,7 @@ from messages import (
     BlockAccepted,
     DataBlock,
     DataComplete,
+    DataLoaded,
     DataSwapped,
     DecodeError,
     DescribeEnvs,
@@ -66,7 +67,7 @@ from messages import (
     encode,
 )
 from messages.codec import MAX_HEADER_BYTES
-from services.data.dataset import EpisodeSplit, LoadSummary, SplitArrays
+from services.data.dataset import EpisodeSplit, SplitArrays
 from services.env.factory import VecEnvFactory
 from services.env.options import EnvOptions
 from services.runtime import PsutilProbe, SystemClock
@@ -148,9 +149,17 @@ def split_arrays(start: int, rows: int) -> SplitArrays:
 class SmallDataService:
     """Serves one fixed split: 96 train bars and 40 eval bars of three smooth features."""
 
-    def load(self) -> LoadSummary:
+    def load(self) -> DataLoaded:
         features = ("a", "b", "c")
-        return LoadSummary("memory", TRAIN_ROWS + EVAL_ROWS, features, 252.0, "hash", False, 0.0)
+        return DataLoaded(
+            source="memory",
+            rows=TRAIN_ROWS + EVAL_ROWS,
+            features=features,
+            bars_per_year=252.0,
+            data_hash="hash",
+            cached=False,
+            seconds=0.0,
+        )
 
     def episode(self, episode: int) -> EpisodeSplit:
         return EpisodeSplit(
