@@ -37,9 +37,9 @@ for _path in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(_path))
 
 from bench_training import EnvActorProcess  # noqa: E402
-from common import train_data  # noqa: E402
+from common import serve_until_stopped, train_data  # noqa: E402
 
-from messages import EnvsStepped, Ping, StepEnvs, Stop, Stopped, decode, encode  # noqa: E402
+from messages import EnvsStepped, Ping, StepEnvs, Stop, decode, encode  # noqa: E402
 from services.config import load_config  # noqa: E402
 from services.env.factory import VecEnvFactory  # noqa: E402
 from services.transport.sockets import Client, Server  # noqa: E402
@@ -78,17 +78,7 @@ def serve_codec(endpoint: str, n_envs: int, obs_size: int) -> None:
     """Answer every request with a prebuilt EnvsStepped through the transport (child process)."""
     template = stepped_reply(n_envs, obs_size)
     server = Server(endpoint, max_bytes=MAX_BYTES, name="codec-bench")
-    try:
-        while True:
-            for item in server.poll(50):
-                msg = item.message
-                if isinstance(msg, Stop):
-                    server.reply(item.peer, Stopped(correlation_id=msg.msg_id))
-                    return
-                assert msg is not None
-                server.reply(item.peer, dataclasses.replace(template, correlation_id=msg.msg_id))
-    finally:
-        server.close()
+    serve_until_stopped(server, lambda msg: dataclasses.replace(template, correlation_id=msg.msg_id))
 
 
 def per_call_us(call: Callable[[], Any], count: int) -> float:

@@ -46,7 +46,7 @@ for _path in (ROOT, ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from common import machine, train_data  # noqa: E402
+from common import machine, serve_until_stopped, train_data  # noqa: E402
 
 from messages import DataBlock, DataComplete, DataInstalled, Ping, Stop  # noqa: E402
 from services.config import Config, config_to_dict, load_config  # noqa: E402
@@ -124,7 +124,7 @@ class TimedBackend:
 
 def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
     """Serve the train envs from a bare transport Server loop in this (child) process, without an actor."""
-    from messages import DescribeEnvs, EnvSpec, EnvsReset, EnvsStepped, ResetEnvs, StepEnvs, Stopped
+    from messages import DescribeEnvs, EnvSpec, EnvsReset, EnvsStepped, Message, ResetEnvs, StepEnvs
     from services.env.factory import VecEnvFactory
     from services.transport.sockets import Server
 
@@ -133,36 +133,25 @@ def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
     factory = VecEnvFactory(config.env, seed=config.training.seed)
     env = factory.create("train", summary.bars_per_year)
     env.update_data(train.features, train.open, train.close)
-    server = Server(endpoint, max_bytes=max_bytes, name="plain-env")
-    try:
-        while True:
-            for item in server.poll(50):
-                msg = item.message
-                if isinstance(msg, StepEnvs):
-                    r = env.step(msg.actions).finished_only()
-                    reply: Any = EnvsStepped.from_value(r, correlation_id=msg.msg_id)
-                elif isinstance(msg, ResetEnvs):
-                    reply = EnvsReset(
-                        correlation_id=msg.msg_id, obs=env.reset(None if msg.seed < 0 else msg.seed)
-                    )
-                elif isinstance(msg, DescribeEnvs):
-                    reply = EnvSpec(
-                        correlation_id=msg.msg_id,
-                        role=msg.role,
-                        n_envs=env.n_envs,
-                        obs_shape=tuple(env.observation_shape),
-                        action=factory.action,
-                        n_actions=factory.n_actions,
-                        max_leverage=factory.max_leverage,
-                    )
-                elif isinstance(msg, Stop):
-                    server.reply(item.peer, Stopped(correlation_id=msg.msg_id))
-                    return
-                else:
-                    raise RuntimeError(f"plain env server got {msg!r}")
-                server.reply(item.peer, reply)
-    finally:
-        server.close()
+
+    def answer(msg: Message) -> Message:
+        if isinstance(msg, StepEnvs):
+            return EnvsStepped.from_value(env.step(msg.actions).finished_only(), correlation_id=msg.msg_id)
+        if isinstance(msg, ResetEnvs):
+            return EnvsReset(correlation_id=msg.msg_id, obs=env.reset(None if msg.seed < 0 else msg.seed))
+        if isinstance(msg, DescribeEnvs):
+            return EnvSpec(
+                correlation_id=msg.msg_id,
+                role=msg.role,
+                n_envs=env.n_envs,
+                obs_shape=tuple(env.observation_shape),
+                action=factory.action,
+                n_actions=factory.n_actions,
+                max_leverage=factory.max_leverage,
+            )
+        raise RuntimeError(f"plain env server got {msg!r}")
+
+    serve_until_stopped(Server(endpoint, max_bytes=max_bytes, name="plain-env"), answer)
 
 
 def null_vec_env(n_envs: int, obs_size: int, n_actions: int) -> Any:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from messages import DataLoaded
+from messages import DataLoaded, Message, Stop, Stopped
 from services.config import Config
 from services.data.dataset import DatasetService, SplitArrays
 from services.data.fingerprint import cache_key
+from services.transport.sockets import Server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,3 +39,19 @@ def train_data(config: Config) -> tuple[DataLoaded, SplitArrays]:
     )
     summary = service.load()
     return summary, whole_split(service.episode(1).train)
+
+
+def serve_until_stopped(server: Server, answer: Callable[[Message], Message]) -> None:
+    """Answer every request on a bare transport server with `answer` until a Stop comes, then close it."""
+    try:
+        while True:
+            for item in server.poll(50):
+                msg = item.message
+                if msg is None:
+                    raise RuntimeError(f"{server.endpoint}: bad request: {item.error}")
+                if isinstance(msg, Stop):
+                    server.reply(item.peer, Stopped(correlation_id=msg.msg_id))
+                    return
+                server.reply(item.peer, answer(msg))
+    finally:
+        server.close()
