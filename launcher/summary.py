@@ -89,15 +89,20 @@ def recorded_evaluations(events_path: Path) -> list[dict[str, Any]]:
 
 def write_run_report(
     run_dir: Path, *, name: str, model_id: str, evaluations: Sequence[Mapping[str, Any]]
-) -> None:
-    """Write report.md and its plots from every evaluation of the run, one per episode (the latest wins)."""
+) -> bool:
+    """Write report.md and its plots from every evaluation of the run, one per episode (the latest wins).
+
+    Return False, having said why in one line on stderr (the traceback goes to the log file), when the
+    report or a plot could not be written; True when it was written or there was nothing to report.
+    """
     by_episode = {int(ev["episode"]): dict(ev) for ev in evaluations}
     if not by_episode:
-        return
+        return True
     try:
         path = write_report(run_dir, name=name, model_id=model_id, evaluations=list(by_episode.values()))
     except Exception as exc:
-        logger.exception("report failed")
+        logger.info("report failed", exc_info=True)
         print(f"report: not written ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
-        return
+        return False
     print(f"report: {path}", flush=True)
+    return True

@@ -172,13 +172,13 @@ class _Session:
                 seconds=time.monotonic() - self.started,
                 launcher_rss=rss_bytes(),
             )
-            write_run_report(
+            reported = write_run_report(
                 run_dir,
                 name=self.name,
                 model_id=snapshot["model"]["model_id"],
                 evaluations=[*self.earlier, *snapshot["evaluations"]],
             )
-            return exit_code
+            return exit_code if reported else exit_code or EXIT_FAILURE
         except RuntimeError as exc:
             print(f"session {self.name} failed: {exc}", file=sys.stderr, flush=True)
             logger.exception("session failed")
