@@ -86,7 +86,7 @@ def _fmt(value: float | None) -> str:
 
 
 def write_eval_csv(run_dir: Path, report: EvaluationReport) -> Path:
-    """Write eval-episode-<k>.csv: one row per eval bar, atomically."""
+    """Write eval-episode-<k>.csv: one row per eval bar, atomically, numbers in full float precision."""
     path = run_dir / f"eval-episode-{report.episode}.csv"
     tmp = path.with_suffix(".tmp")
     stamps = np.asarray(report.timestamp, dtype="datetime64[ns]")
@@ -97,10 +97,10 @@ def write_eval_csv(run_dir: Path, report: EvaluationReport) -> Path:
             writer.writerow(
                 [
                     np.datetime_as_string(stamps[i], unit="s") if len(stamps) else "",
-                    f"{report.close[i]:.6f}",
-                    f"{report.position[i]:.4f}",
-                    f"{report.equity[i]:.8f}",
-                    f"{report.bh_equity[i]:.8f}",
+                    repr(float(report.close[i])),
+                    repr(float(report.position[i])),
+                    repr(float(report.equity[i])),
+                    repr(float(report.bh_equity[i])),
                 ]
             )
     os.replace(tmp, path)
