@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -162,76 +162,73 @@ class SupervisionActions(Protocol):
         ...
 
 
+@dataclass(slots=True)
 class SupervisionPolicy:
     """Restart the dead, kill the hung, give up on an actor that keeps dying."""
 
-    def __init__(
-        self,
-        processes: ProcessTable,
-        rules: SupervisionRules,
-        clock: Clock,
-        heartbeat_age: Callable[[str, float], float],
-        actions: SupervisionActions,
-        kinds: Sequence[str] = ACTOR_KINDS,
-    ) -> None:
-        self._processes = processes
-        self._rules = rules
-        self._clock = clock
-        self._heartbeat_age = heartbeat_age
-        self._actions = actions
-        self._kinds = tuple(kinds)
-        self._restarts: dict[str, list[float]] = {kind: [] for kind in self._kinds}
-        self._started = {kind: clock.time() for kind in self._kinds}
-        self.gave_up = False
+    processes: ProcessTable
+    rules: SupervisionRules
+    clock: Clock
+    heartbeat_age: Callable[[str, float], float]
+    """Seconds since an actor's last heartbeat at a given wall time (infinite before its first)."""
+    actions: SupervisionActions
+    kinds: Sequence[str] = ACTOR_KINDS
+    gave_up: bool = field(default=False, init=False)
+    _restarts: dict[str, list[float]] = field(init=False)
+    _started: dict[str, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._restarts = {kind: [] for kind in self.kinds}
+        self._started = {kind: self.clock.time() for kind in self.kinds}
 
     def check(self) -> None:
         """Restart every actor whose process ended; kill every actor whose heartbeat stopped."""
         if self.gave_up:
             return
-        for kind, code in self._processes.exited():
+        for kind, code in self.processes.exited():
             if not self._restart(kind, code):
                 return
-        wall = self._clock.time()
-        for kind in self._kinds:
-            if not self._processes.running(kind):
+        wall = self.clock.time()
+        for kind in self.kinds:
+            if not self.processes.running(kind):
                 continue
             why = self._hung(kind, wall)
             if why:
                 logger.warning("%s actor hung (%s): killing it", kind, why)
-                self._processes.kill(kind)
+                self.processes.kill(kind)
                 self._started[kind] = wall
 
     def _restart(self, kind: str, code: int) -> bool:
-        now = self._clock.monotonic()
+        now = self.clock.monotonic()
         reason = f"process exited with status {code}" if code >= 0 else f"process killed by signal {-code}"
-        recent = [t for t in self._restarts[kind] if now - t < self._rules.restart_window_s]
-        if len(recent) >= self._rules.max_restarts:
+        recent = [t for t in self._restarts[kind] if now - t < self.rules.restart_window_s]
+        if len(recent) >= self.rules.max_restarts:
             self.gave_up = True
             window = (
-                "a minute" if self._rules.restart_window_s == 60.0 else f"{self._rules.restart_window_s:g} s"
+                "a minute" if self.rules.restart_window_s == 60.0 else f"{self.rules.restart_window_s:g} s"
             )
             why = f"{kind} actor died {len(recent) + 1} times within {window} ({reason}); giving up"
             logger.error("%s", why)
-            self._actions.give_up(why)
+            self.actions.give_up(why)
             return False
         self._restarts[kind] = [*recent, now]
         logger.warning("%s actor died (%s): restarting it", kind, reason)
         if kind == "model":
-            self._actions.restore_model()
-        pid = self._processes.restart(kind)
-        self._started[kind] = self._clock.time()
+            self.actions.restore_model()
+        pid = self.processes.restart(kind)
+        self._started[kind] = self.clock.time()
         total = sum(len(times) for times in self._restarts.values())
-        self._actions.restarted(kind, pid, total, reason)
+        self.actions.restarted(kind, pid, total, reason)
         return True
 
     def _hung(self, kind: str, wall: float) -> str:
         since_start = wall - self._started[kind]
-        age = self._heartbeat_age(kind, wall)
+        age = self.heartbeat_age(kind, wall)
         if age > since_start:  # no heartbeat from this process yet: it is still starting
-            if since_start <= self._rules.start_timeout_s:
+            if since_start <= self.rules.start_timeout_s:
                 return ""
-            return f"did not start within {self._rules.start_timeout_s:g} s"
-        if age > self._rules.hang_timeout_s:
+            return f"did not start within {self.rules.start_timeout_s:g} s"
+        if age > self.rules.hang_timeout_s:
             return f"no heartbeat for {age:.0f} s"
         return ""
 

@@ -6,7 +6,7 @@ of the current gap for forward filling) is carried in a `StreamState`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,17 +29,16 @@ class StreamState:
     missing_run: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
 class Cleaner:
     """Turn one file's parsed chunks into validated bars, following the source's cleaning options."""
 
-    def __init__(
-        self, options: SourceOptions, fields: dict[str, str], *, name: str, unit: str, error: ErrorAt
-    ) -> None:
-        self._options = options
-        self._fields = fields
-        self._name = name
-        self._unit = unit
-        self._error = error
+    options: SourceOptions
+    fields: dict[str, str]
+    _: KW_ONLY
+    name: str
+    unit: str
+    error: ErrorAt
 
     def clean(
         self, frame: pd.DataFrame, stamps: np.ndarray, rows: np.ndarray, state: StreamState
@@ -53,7 +52,7 @@ class Cleaner:
             frame = frame.loc[~blank]
         if len(frame) == 0:
             return None, 0, 0
-        values = {name: self._numeric(frame[column], name, rows) for name, column in self._fields.items()}
+        values = {name: self._numeric(frame[column], name, rows) for name, column in self.fields.items()}
         if "volume" not in values:
             values["volume"] = np.zeros(len(frame), dtype=np.float64)
         stamps, rows, values, dropped = self._apply_nan_policy(stamps, rows, values, state)
@@ -63,15 +62,15 @@ class Cleaner:
             finite = np.isfinite(array)
             if not finite.all():
                 at = int(np.argmin(finite))
-                raise self._error(f"non-finite {name} {_num(array[at])}", int(rows[at]))
+                raise self.error(f"non-finite {name} {_num(array[at])}", int(rows[at]))
         for name in (*PRICE_COLUMNS, "adj_close"):
             if name in values and (values[name] <= 0).any():
                 at = int(np.argmax(values[name] <= 0))
-                raise self._error(f"non-positive {name} price {_num(values[name][at])}", int(rows[at]))
+                raise self.error(f"non-positive {name} price {_num(values[name][at])}", int(rows[at]))
         if (values["volume"] < 0).any():
             at = int(np.argmax(values["volume"] < 0))
-            raise self._error(f"negative volume {_num(values['volume'][at])}", int(rows[at]))
-        if self._options.price == "adj_close":
+            raise self.error(f"negative volume {_num(values['volume'][at])}", int(rows[at]))
+        if self.options.price == "adj_close":
             factor = values["adj_close"] / values["close"]
             for name in PRICE_COLUMNS:
                 values[name] = values[name] * factor
@@ -98,7 +97,7 @@ class Cleaner:
         bad = np.isnan(numbers) & present
         if bad.any():
             at = int(np.argmax(bad))
-            raise self._error(f"non-numeric {name} {raw[at]!r}", int(rows[at]))
+            raise self.error(f"non-numeric {name} {raw[at]!r}", int(rows[at]))
         return numbers
 
     def _apply_nan_policy(
@@ -110,7 +109,7 @@ class Cleaner:
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
         missing = {name: np.isnan(array) for name, array in values.items()}
         any_missing = np.logical_or.reduce(list(missing.values()))
-        policy = self._options.nan_policy
+        policy = self.options.nan_policy
         if policy == "ffill":
             for name, array in values.items():
                 values[name] = self._forward_fill(name, array, missing[name], rows, state)
@@ -120,7 +119,7 @@ class Cleaner:
         if policy == "error":
             at = int(np.argmax(any_missing))
             name = next(n for n, m in missing.items() if m[at])
-            raise self._error(f"missing {name} (nan_policy=error)", int(rows[at]))
+            raise self.error(f"missing {name} (nan_policy=error)", int(rows[at]))
         keep = ~any_missing
         return stamps[keep], rows[keep], {k: v[keep] for k, v in values.items()}, int(any_missing.sum())
 
@@ -129,7 +128,7 @@ class Cleaner:
     ) -> np.ndarray:
         n = len(array)
         carried_run = state.missing_run.get(name, 0)
-        limit = self._options.ffill_limit
+        limit = self.options.ffill_limit
         if name == "volume":
             # A filled bar traded nothing; volume is never carried forward.
             out = np.where(missing, 0.0, array)
@@ -140,11 +139,11 @@ class Cleaner:
             over = missing & (run > limit)
             if over.any():
                 at = int(np.argmax(over))
-                raise self._error(f"missing {name} for more than ffill_limit={limit} bars", int(rows[at]))
+                raise self.error(f"missing {name} for more than ffill_limit={limit} bars", int(rows[at]))
             no_previous = missing & (last < 0) & (name not in state.last_values)
             if no_previous.any():
                 at = int(np.argmax(no_previous))
-                raise self._error(f"missing {name} with no earlier bar to fill from", int(rows[at]))
+                raise self.error(f"missing {name} with no earlier bar to fill from", int(rows[at]))
             carried = state.last_values.get(name, np.nan)
             out = np.where(last >= 0, array[np.maximum(last, 0)], carried)
         else:
@@ -162,18 +161,18 @@ class Cleaner:
         inverted = high < low
         if inverted.any():
             at = int(np.argmax(inverted))
-            raise self._error(f"high {_num(high[at])} is below low {_num(low[at])}", int(rows[at]))
+            raise self.error(f"high {_num(high[at])} is below low {_num(low[at])}", int(rows[at]))
         upper = np.maximum(open_, close)
         lower = np.minimum(open_, close)
         outside = (upper > high) | (lower < low)
         if not outside.any():
             return 0
-        if self._options.ohlc_policy == "clip":
+        if self.options.ohlc_policy == "clip":
             values["high"] = np.maximum(high, upper)
             values["low"] = np.minimum(low, lower)
             return int(outside.sum())
         at = int(np.argmax(outside))
-        raise self._error(
+        raise self.error(
             f"open {_num(open_[at])} or close {_num(close[at])} lies outside "
             f"[low {_num(low[at])}, high {_num(high[at])}] (set ohlc_policy=clip to widen high/low)",
             int(rows[at]),
@@ -181,7 +180,7 @@ class Cleaner:
 
     def _check_order(self, stamps: np.ndarray, rows: np.ndarray, state: StreamState) -> None:
         if state.last_timestamp is not None and stamps[0] <= state.last_timestamp:
-            raise self._error(
+            raise self.error(
                 _order_reason(int(stamps[0]), state.last_timestamp, state.last_where), int(rows[0])
             )
         if len(stamps) > 1:
@@ -189,12 +188,10 @@ class Cleaner:
             bad = step <= 0
             if bad.any():
                 at = int(np.argmax(bad)) + 1
-                previous = f"{self._unit} {int(rows[at - 1])}"
-                raise self._error(
-                    _order_reason(int(stamps[at]), int(stamps[at - 1]), previous), int(rows[at])
-                )
+                previous = f"{self.unit} {int(rows[at - 1])}"
+                raise self.error(_order_reason(int(stamps[at]), int(stamps[at - 1]), previous), int(rows[at]))
         state.last_timestamp = int(stamps[-1])
-        state.last_where = f"{self._name}, {self._unit} {int(rows[-1])}"
+        state.last_where = f"{self.name}, {self.unit} {int(rows[-1])}"
 
 
 def _order_reason(stamp: int, previous: int, where: str) -> str:

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -69,35 +69,35 @@ class Split(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
 class StoredSplit:
     """Rows [start, stop) of a feature store, read and normalised one block at a time."""
 
-    def __init__(self, store: FeatureStore, normalizer: Normalizer, start: int, stop: int) -> None:
-        self._store = store
-        self._normalizer = normalizer
-        self._start = start
-        self._stop = stop
+    store: FeatureStore
+    normalizer: Normalizer
+    start: int
+    stop: int
 
     def __len__(self) -> int:
-        return self._stop - self._start
+        return self.stop - self.start
 
     def block(self, start: int, stop: int) -> SplitArrays:
         """Read rows [start, stop) of the split from disk and normalise the features."""
-        a, b = self._start + start, self._start + min(stop, len(self))
+        a, b = self.start + start, self.start + min(stop, len(self))
         return SplitArrays(
-            features=self._normalizer.apply(self._store.read("features", a, b)),
-            open=self._store.read("open", a, b),
-            close=self._store.read("close", a, b),
-            timestamp=self._store.read("timestamp", a, b),
+            features=self.normalizer.apply(self.store.read("features", a, b)),
+            open=self.store.read("open", a, b),
+            close=self.store.read("close", a, b),
+            timestamp=self.store.read("timestamp", a, b),
         )
 
     def first_timestamp(self) -> int:
         """Time of the first bar of the split."""
-        return int(self._store.read("timestamp", self._start, self._start + 1)[0])
+        return int(self.store.read("timestamp", self.start, self.start + 1)[0])
 
     def last_timestamp(self) -> int:
         """Time of the last bar of the split."""
-        return int(self._store.read("timestamp", self._stop - 1, self._stop)[0])
+        return int(self.store.read("timestamp", self.stop - 1, self.stop)[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +110,7 @@ class EpisodeSplit:
     eval: Split
 
 
+@dataclass(slots=True)
 class DatasetService:
     """Processes the configured source once into a feature store and serves episode splits from it.
 
@@ -118,33 +119,24 @@ class DatasetService:
             feature options), computed once by the launcher; it names the store.
     """
 
-    def __init__(
-        self,
-        options: DataOptions,
-        *,
-        data_hash: str,
-        window: int,
-        episode_length: int,
-        cache_root: Path,
-        run_dir: Path | None = None,
-    ) -> None:
-        self._options = options
-        self._data_hash = data_hash
-        self._window = window
-        self._episode_length = episode_length
-        self._cache_root = cache_root
-        self._run_dir = run_dir
-        self._store: FeatureStore | None = None
+    options: DataOptions
+    _: KW_ONLY
+    data_hash: str
+    window: int
+    episode_length: int
+    cache_root: Path
+    run_dir: Path | None = None
+    _store: FeatureStore | None = field(default=None, init=False)
 
     def load(self) -> DataLoaded:
         """Open the store of this source and feature config, or build it by streaming the source."""
         started = time.perf_counter()
-        opts = self._options
-        key = self._data_hash
-        if opts.cache or self._run_dir is None:
-            folder = store_folder(opts.cache_dir, key, root=self._cache_root)
+        opts = self.options
+        key = self.data_hash
+        if opts.cache or self.run_dir is None:
+            folder = store_folder(opts.cache_dir, key, root=self.cache_root)
         else:
-            folder = self._run_dir / "features"
+            folder = self.run_dir / "features"
         store = FeatureStore.open(folder) if opts.cache else None
         cached = store is not None
         if store is None:
@@ -171,15 +163,15 @@ class DatasetService:
             raise RuntimeError("load() must run before episode()")
         split = split_ranges(
             len(store),
-            self._options.split,
+            self.options.split,
             episode=episode - 1,
             timestamps_ns=store.timestamps(),
             warmup=store.info.warmup,
-            min_bars=min_bars(self._window, self._episode_length),
+            min_bars=min_bars(self.window, self.episode_length),
         )
         normalizer = store.fit_normalizer(split.train)
         self._save_normalizer(normalizer, episode)
-        context = max(split.eval.start - (self._window - 1), store.info.warmup)
+        context = max(split.eval.start - (self.window - 1), store.info.warmup)
         return EpisodeSplit(
             key=(split.train.start, split.train.stop, context, split.eval.stop),
             train=StoredSplit(store, normalizer, split.train.start, split.train.stop),
@@ -187,9 +179,9 @@ class DatasetService:
         )
 
     def _save_normalizer(self, normalizer: Normalizer, episode: int) -> None:
-        if self._run_dir is None:
+        if self.run_dir is None:
             return
-        path = self._run_dir / "normalizer.json"
+        path = self.run_dir / "normalizer.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"episode": episode, **normalizer.to_dict()}, indent=1))
         os.replace(tmp, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -62,15 +63,15 @@ _NAT = np.iinfo(np.int64).min
 _DIGITS = re.compile(r"^-?\d+(\.\d+)?$")
 
 
+@dataclass(slots=True)
 class TimeParser:
     """Parse the time column(s) of one file's chunks with the format its first rows show."""
 
-    def __init__(self, layout: Layout, time_format: str, name: str, error: ErrorAt) -> None:
-        self.layout = layout
-        self.time_format = time_format
-        """The format in use: given by the options, else detected on the first chunk."""
-        self._name = name
-        self._error = error
+    layout: Layout
+    time_format: str
+    """The format in use: given by the options, else detected on the first chunk."""
+    name: str
+    error: ErrorAt
 
     def parse(self, frame: pd.DataFrame, first: int) -> tuple[np.ndarray, np.ndarray]:
         """Return int64 ns times and the row numbers of the non-blank rows of `frame`."""
@@ -93,7 +94,7 @@ class TimeParser:
             series[frame[columns[0]].isna().to_numpy() | frame[columns[1]].isna().to_numpy()] = None
         missing = series.isna().to_numpy()
         if missing.any():
-            raise self._error("missing timestamp", int(rows[np.argmax(missing)]))
+            raise self.error("missing timestamp", int(rows[np.argmax(missing)]))
         if pd.api.types.is_datetime64_any_dtype(series.dtype):
             return bar_times(pd.DatetimeIndex(series)), rows
         if pd.api.types.is_numeric_dtype(series.dtype) and series.dtype != bool:
@@ -111,7 +112,7 @@ class TimeParser:
         bad = stamps == _NAT
         if bad.any():
             at = int(np.argmax(bad))
-            raise self._error(
+            raise self.error(
                 f"unparsable timestamp {series.iloc[at]!r} (expected format {self.time_format!r})",
                 int(rows[at]),
             )
@@ -132,9 +133,9 @@ class TimeParser:
             if count == len(sample):
                 break
         if best:
-            logger.debug("%s: timestamp format %s", self._name, best)
+            logger.debug("%s: timestamp format %s", self.name, best)
             return best
-        raise self._error(
+        raise self.error(
             f"unparsable timestamp {sample[0]!r}: no known format fits; set timestamp_format", int(rows[0])
         )
 
@@ -151,7 +152,7 @@ class TimeParser:
             parsed = pd.to_datetime(series, format=fmt, errors="coerce", utc=True)
             return bar_times(pd.DatetimeIndex(parsed))
         except (ValueError, OverflowError) as exc:
-            raise self._error(f"timestamps out of range for format {fmt!r}: {one_line(exc)}", None) from exc
+            raise self.error(f"timestamps out of range for format {fmt!r}: {one_line(exc)}", None) from exc
 
 
 def epoch_unit(numbers: np.ndarray) -> str | None:
