@@ -215,6 +215,10 @@ class FinishEvaluation(Command):
     """Ask the env actor for the metrics and records of the finished evaluation run."""
 
     episode: int
+    offset: int = 0
+    """First record row wanted."""
+    limit: int = 0
+    """Most record rows wanted (0: every row from offset on)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,6 +237,13 @@ class _Evaluation(Reply):
     position: np.ndarray = field(default_factory=_empty_f64)
     equity: np.ndarray = field(default_factory=_empty_f64)
     bh_equity: np.ndarray = field(default_factory=_empty_f64)
+    ruined_at: int = -1
+    """Record row at which the agent's equity first fell to env.ruin_equity; from the decision at that
+    bar on it is flat (closing costs charged) to the end of the window. -1: never ruined."""
+    offset: int = 0
+    """Record row of the first row these arrays hold (a long run's records come in pieces)."""
+    total_rows: int = 0
+    """Record rows of the whole run (0: these arrays hold them all)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -270,6 +281,9 @@ class EvaluateEpisode(Command):
     """Evaluate the session's model deterministically on the eval window."""
 
     episode: int
+    offset: int = 0
+    """First record row wanted in the reply; above 0 it asks for the next piece of the finished run's
+    records (the model evaluates again only if it has no finished run of this episode)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -187,6 +187,8 @@ class EvaluationFinished(Event):
     episode: int
     agent: dict[str, float]
     buy_and_hold: dict[str, float]
+    ruined_at: int = -1
+    """Eval record row at which the agent was ruined and flattened for the rest of the window; -1: never."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

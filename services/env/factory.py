@@ -28,7 +28,11 @@ class VecEnvFactory:
         )
 
     def evaluation(self, env: Any, timestamps: np.ndarray, bars_per_year: float) -> dict[str, Any]:
-        """Return agent and buy-and-hold metrics and the per-bar records of the finished eval run."""
+        """Return agent and buy-and-hold metrics, per-bar records and ruin row of the finished eval run.
+
+        The run covers the whole eval window even when the agent was ruined on the way (it is flat from
+        then on), so buy-and-hold is always measured over the whole window.
+        """
         if not env.done:
             raise RuntimeError("the evaluation run has not reached the last bar")
         rec = env.records()
@@ -43,4 +47,5 @@ class VecEnvFactory:
             "position": rec.position,
             "equity": rec.equity,
             "bh_equity": rec.buy_and_hold,
+            "ruined_at": rec.ruined_at,
         }

@@ -13,7 +13,9 @@ Episodes. A training env starts each episode at a decision bar drawn uniformly f
 terminates (not truncates) when equity falls to ``ruin_equity`` or below. Env i of a VecTradingEnv
 seeded s draws its start bars, one per episode, from ``np.random.default_rng(s + i)``, so it replays
 exactly like a TradingEnv seeded s + i. A sequential (evaluation) env starts at bar ``window - 1`` and
-runs to the last bar, recording per-bar position, equity, buy-and-hold equity and costs.
+always runs to the last bar, recording per-bar position, equity, buy-and-hold equity and costs; ruin does
+not end it: from the decision at the ruin bar on, the agent is flattened (closing costs charged) and
+kept flat whatever its actions, and the records say at which row that happened.
 
 Imports numpy only (no gymnasium), so the env actor's process can hold StepResult cheaply.
 """
@@ -50,7 +52,7 @@ class StepResult(NamedTuple):
     reward: np.ndarray
     """[N] float32."""
     terminated: np.ndarray
-    """[N] bool: ruined (equity at or below ruin_equity)."""
+    """[N] bool: ruined (equity at or below ruin_equity); never set by a sequential env."""
     truncated: np.ndarray
     """[N] bool: hit episode_length (training) or the last bar (sequential), and not ruined."""
     terminal_obs: np.ndarray
@@ -80,6 +82,8 @@ class EvaluationRecords(NamedTuple):
     """close / close at the start bar: equity of holding 1.0 from the start, without costs."""
     cost: np.ndarray
     """Commission, slippage and borrow paid during the bar, in units of the starting equity."""
+    ruined_at: int = -1
+    """Row at which equity first fell to ruin_equity (flat from the next row on); -1 when it never did."""
 
 
 def action_position(options: EnvOptions, action: Any) -> float:
@@ -249,6 +253,7 @@ class VecTradingEnv:
         self._rec_equity = np.empty(0)
         self._rec_cost = np.empty(0)
         self._recorded = 0
+        self._ruined_at = -1
         self._run_done = False
 
     @property
@@ -275,8 +280,13 @@ class VecTradingEnv:
 
     @property
     def done(self) -> bool:
-        """Return True once a sequential run has reached its last bar or ruin."""
+        """Return True once a sequential run has reached its last bar."""
         return self._run_done
+
+    @property
+    def ruined_at(self) -> int:
+        """Return the records row at which the sequential run was ruined, or -1 while it is not."""
+        return self._ruined_at
 
     def update_data(self, features: np.ndarray, open_: np.ndarray, close: np.ndarray) -> None:
         """Swap in new data, reusing the buffers when it fits, and start new episodes on it.
@@ -363,6 +373,7 @@ class VecTradingEnv:
     def _begin_run(self) -> None:
         """Clear the sequential records and record the start bar."""
         self._recorded = 0
+        self._ruined_at = -1
         self._run_done = False
         self._record(int(self._start[0]), 0.0, 1.0, 0.0)
 
@@ -402,6 +413,8 @@ class VecTradingEnv:
         acc = self._acc
         old = self._position
         new = self._targets(actions)
+        if self._ruined_at >= 0:
+            new[:] = 0.0  # a ruined eval run is flattened at this decision and stays flat
         self._t += 1
         gap, drift, fill, log_close = self._data.bars.take(self._t, axis=1)
         growth = acc.growth(old, new, gap, drift)
@@ -422,6 +435,8 @@ class VecTradingEnv:
             self._record(int(self._t[0]), float(new[0]), float(self._equity[0]), cost)
         self._write_obs()
         np.less_equal(self._equity, self.options.ruin_equity, out=self._terminated)
+        if self.sequential:
+            self._note_ruin()
         np.greater_equal(self._t, self._end, out=self._truncated)
         np.logical_or(self._terminated, self._truncated, out=self._done)
         if self._done.any():
@@ -429,6 +444,13 @@ class VecTradingEnv:
             self._truncated &= ~self._terminated
             self._finish(np.flatnonzero(self._done))
         return self._result
+
+    def _note_ruin(self) -> None:
+        """Record the first ruin of a sequential run, which goes on to the last bar instead of ending."""
+        if self._terminated[0] and self._ruined_at < 0:
+            self._ruined_at = self._recorded - 1
+            logger.debug("sequential run ruined at row %d; flat from here on", self._ruined_at)
+        self._terminated[0] = False
 
     def _write_obs(self) -> None:
         """Write every env's observation at its current bar into the observation buffer."""
@@ -472,6 +494,7 @@ class VecTradingEnv:
             equity=self._rec_equity[:n].copy(),
             buy_and_hold=close / close[0] if n else close.copy(),
             cost=self._rec_cost[:n].copy(),
+            ruined_at=self._ruined_at,
         )
 
     def _buffers(self) -> dict[str, np.ndarray]:

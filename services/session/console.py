@@ -263,7 +263,8 @@ class PlainView:
                 a, b = msg.agent, msg.buy_and_hold
                 agent = f"{100 * a.get('total_return', 0.0):+.2f}% (Sharpe {a.get('sharpe', 0.0):.2f})"
                 bench = f"{100 * b.get('total_return', 0.0):+.2f}% (Sharpe {b.get('sharpe', 0.0):.2f})"
-                self._say(f"episode {msg.episode} evaluated: agent {agent}, buy & hold {bench}")
+                ruin = f", ruined at eval bar {msg.ruined_at} and flat after" if msg.ruined_at >= 0 else ""
+                self._say(f"episode {msg.episode} evaluated: agent {agent}{ruin}, buy & hold {bench}")
             case ErrorRaised():
                 self._say(f"error in {msg.sender or '?'} ({msg.where}): {msg.error}")
             case ActorRestarted():

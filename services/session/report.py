@@ -245,7 +245,14 @@ def _markdown(
     for ev in evaluations:
         episode = int(ev["episode"])
         a, b = ev["agent"], ev["buy_and_hold"]
-        lines += [f"### Episode {episode}", "", "| metric | agent | buy & hold |", "| --- | ---: | ---: |"]
+        lines += [f"### Episode {episode}", ""]
+        if int(ev.get("ruined_at", -1)) >= 0:
+            lines += [
+                f"The agent was ruined at eval bar {ev['ruined_at']} (equity at or below `env.ruin_equity`): "
+                "it was flattened there and stayed flat to the end of the window.",
+                "",
+            ]
+        lines += ["| metric | agent | buy & hold |", "| --- | ---: | ---: |"]
         for key, label, kind in TABLE_ROWS:
             if key in a or key in b:
                 ours, theirs = format_cell(a.get(key), kind), format_cell(b.get(key), kind)

@@ -158,7 +158,12 @@ class SessionState:
                 d["progress"].update(_fields(msg, "steps", "total_steps", "steps_per_s"), eta_s=0.0)
             case EvaluationFinished():
                 d["evaluations"].append(
-                    {"episode": msg.episode, "agent": dict(msg.agent), "buy_and_hold": dict(msg.buy_and_hold)}
+                    {
+                        "episode": msg.episode,
+                        "agent": dict(msg.agent),
+                        "buy_and_hold": dict(msg.buy_and_hold),
+                        "ruined_at": msg.ruined_at,
+                    }
                 )
             case ErrorRaised():
                 d["errors"] = [

@@ -506,6 +506,35 @@ def test_a_sequential_run_records_every_bar_into_fixed_buffers() -> None:
     assert {name: (id(array), array.shape) for name, array in env._buffers().items()} == before
 
 
+def test_a_ruined_eval_run_covers_the_whole_window_and_stays_flat_after_the_ruin_bar() -> None:
+    close = np.array([100.0, 100.0, 40.0, 40.0, 50.0, 80.0])
+    options = _frictionless(fill="close", ruin_equity=0.5, commission_bps=10.0)
+    env = VecTradingEnv(options, sequential=True)
+    env.update_data(np.zeros((close.size, 1), dtype=np.float32), close.copy(), close)
+    env.reset()
+
+    results = _run(env, [LONG] * 5)
+    records = env.records()
+
+    k = 10.0 / 1e4
+    ruined = (1 - k) * 0.4
+    assert env.done and not any(r.terminated[0] for r in results) and results[-1].truncated[0]
+    assert records.bar.tolist() == [0, 1, 2, 3, 4, 5]
+    assert records.ruined_at == 2
+    assert records.position.tolist() == [0.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+    np.testing.assert_allclose(records.equity, [1.0, 1 - k, ruined] + [ruined * (1 - k)] * 3)
+    np.testing.assert_allclose(records.cost, [0.0, k, 0.0, ruined * k, 0.0, 0.0])
+    np.testing.assert_allclose(records.buy_and_hold, close / 100.0)
+
+
+def test_an_eval_run_that_is_never_ruined_says_so() -> None:
+    env = _paper_env(_frictionless(fill="close", ruin_equity=0.5))
+
+    _run(env, [LONG] * 3)
+
+    assert env.done and env.records().ruined_at == -1
+
+
 def test_the_step_after_a_finished_sequential_run_starts_a_new_one() -> None:
     env = VecTradingEnv(EnvOptions(window=3), sequential=True)
     env.update_data(*_random_data(10, 2, seed=18))

@@ -268,6 +268,19 @@ def test_the_plain_view_prints_the_events_that_matter() -> None:
     assert "actor env restarted as pid 102 (restart 1): exited with status 1" in text
 
 
+def test_the_plain_evaluation_line_says_where_the_agent_was_ruined() -> None:
+    out = io.StringIO()
+    view = PlainView(out, tables=False, clock=ViewClock(wall=T0 + 1))
+    ruined = EvaluationFinished(model_id="m1", episode=1, agent=AGENT, buy_and_hold=BENCH, ruined_at=4593)
+    whole = EvaluationFinished(model_id="m1", episode=2, agent=AGENT, buy_and_hold=BENCH)
+
+    feed(view, [ruined, whole])
+
+    first, second = [line for line in out.getvalue().splitlines() if "evaluated:" in line]
+    assert "ruined at eval bar 4593 and flat after" in first
+    assert "ruined" not in second
+
+
 def test_the_plain_view_prints_progress_at_most_every_few_seconds() -> None:
     out, clock = io.StringIO(), ViewClock(wall=T0)
     view = PlainView(out, progress_every_s=5.0, clock=clock)

@@ -123,6 +123,16 @@ def test_an_episode_without_records_keeps_its_table_and_gets_no_plots(tmp_path: 
     assert "## Configuration" not in text
 
 
+def test_the_report_says_at_which_eval_bar_the_agent_was_ruined(run_dir: Path) -> None:
+    ruined = {**evaluation(2), "ruined_at": 17}
+
+    report = write_report(run_dir, name="demo", model_id="m-42", evaluations=[evaluation(1), ruined])
+
+    text = report.read_text()
+    assert text.count("ruined at eval bar") == 1
+    assert "ruined at eval bar 17" in text.split("### Episode 2")[1]
+
+
 def test_writing_the_report_again_replaces_it(run_dir: Path) -> None:
     write_report(run_dir, name="demo", model_id="m-1", evaluations=[evaluation(1)])
 
