@@ -10,6 +10,7 @@ import logging
 import math
 import sys
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import IO, Any, Protocol
 
 from messages import (
@@ -103,6 +104,15 @@ def format_eval_table(episode: int, agent: Mapping[str, float], buy_and_hold: Ma
             ours, theirs = format_cell(agent.get(key), kind), format_cell(buy_and_hold.get(key), kind)
             lines.append(f"{label:<30}{ours:>14}{theirs:>14}")
     return "\n".join(lines)
+
+
+def format_model_created(msg: ModelCreated) -> str:
+    """Return the line of a new model, or of one restored from a checkpoint (named, with its step)."""
+    what = f"({msg.algorithm}, {msg.device}, {msg.parameters:,} parameters)"
+    if not msg.restored_from:
+        return f"model {msg.model_id} created {what}"
+    checkpoint = PurePath(msg.restored_from).name
+    return f"model {msg.model_id} restored from checkpoint {checkpoint} at step {msg.total_steps:,} {what}"
 
 
 def format_duration(seconds: float) -> str:
@@ -241,10 +251,7 @@ class PlainView:
                 cached = ", from cache" if msg.cached else ""
                 self._say(f"data: {msg.rows:,} bars, {len(msg.features)} features{cached}")
             case ModelCreated():
-                self._say(
-                    f"model {msg.model_id} created"
-                    f" ({msg.algorithm}, {msg.device}, {msg.parameters:,} parameters)"
-                )
+                self._say(format_model_created(msg))
             case ModelReused():
                 self._say(f"model {msg.model_id} reused for episode {msg.episode}")
             case TrainingProgress():

@@ -138,7 +138,7 @@ class LiveView:
             params = f", {m['parameters']:,} parameters" if m.get("parameters") else ""
             text.append(
                 f"  model {m['model_id']} ({m['algorithm']}, {m['device']}{params}; "
-                f"created {m['created']}, reused {m['reused']})"
+                f"created {m['created']}, restored {m.get('restored', 0)}, reused {m['reused']})"
             )
         if data:
             text.append(f"  data {data['rows']:,} bars")

@@ -149,7 +149,7 @@ def test_the_live_view_shows_progress_training_values_evaluations_and_actors() -
     text = render(view)
 
     assert "session demo" in text and "running" in text
-    assert "model m1 (ppo, cpu, 1,234 parameters; created 1, reused 1)" in text
+    assert "model m1 (ppo, cpu, 1,234 parameters; created 1, restored 0, reused 1)" in text
     assert "episode 1/2" in text and "1,024/1,000 steps (100%)" in text and "256 steps/s" in text
     assert "session" in text and "1,000/2,000 steps (50%)" in text
     assert "loss" in text and "0.5" in text and "entropy loss" in text and "custom/x" in text
@@ -266,6 +266,35 @@ def test_the_plain_view_prints_the_events_that_matter() -> None:
     assert "model m1 reused for episode 2" in text
     assert "error in env (env socket): DecodeError: garbage" in text
     assert "actor env restarted as pid 102 (restart 1): exited with status 1" in text
+
+
+def test_a_restored_model_is_said_to_be_restored_from_its_checkpoint_not_created() -> None:
+    out = io.StringIO()
+    view = PlainView(out, tables=False, clock=ViewClock(wall=T0 + 1))
+    restored = ModelCreated(
+        model_id="m1", algorithm="ppo", device="cpu", parameters=1234, episode=3,
+        restored_from="runs/demo/checkpoints/episode-0002", total_steps=8192, sender="model",
+    )  # fmt: skip
+
+    feed(view, [restored])
+
+    line = out.getvalue().strip()
+    assert line == "model m1 restored from checkpoint episode-0002 at step 8,192 (ppo, cpu, 1,234 parameters)"
+    assert "created" not in line
+
+
+def test_the_live_header_counts_a_restored_model_as_restored() -> None:
+    restored = ModelCreated(
+        model_id="m1", algorithm="ppo", device="cpu", parameters=1234, episode=3,
+        restored_from="runs/demo/checkpoints/episode-0002-partial", total_steps=8192, sender="model",
+    )  # fmt: skip
+    view = LiveView(Console(file=io.StringIO(), force_terminal=True), clock=ViewClock(), auto_refresh=False)
+    view.snapshot(folded([restored]))
+
+    text = render(view)
+
+    assert "created 0, restored 1, reused 0" in text
+    view.close()
 
 
 def test_the_plain_evaluation_line_says_where_the_agent_was_ruined() -> None:
