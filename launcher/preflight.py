@@ -145,7 +145,8 @@ def check_rows(config: Config, data_hash: str) -> None:
             rows,
             config.data.split,
             warmup=feature_warmup(config.data.features),
-            min_bars=config.env.min_bars,
+            min_train_bars=config.env.min_bars,
+            min_eval_bars=config.env.min_eval_bars,
         )
     except DataError as exc:
         raise UsageError(

@@ -16,7 +16,7 @@ from messages import DataLoaded
 from services.config import DataOptions
 from services.data.splits import Normalizer, split_ranges
 from services.data.store import FeatureStore, store_folder
-from services.env.options import min_bars
+from services.env.options import min_bars, min_eval_bars
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,8 @@ class DatasetService:
             episode=episode - 1,
             timestamps_ns=store.timestamps(),
             warmup=store.info.warmup,
-            min_bars=min_bars(self.window, self.episode_length),
+            min_train_bars=min_bars(self.window, self.episode_length),
+            min_eval_bars=min_eval_bars(self.window),
         )
         normalizer = store.fit_normalizer(split.train)
         self._save_normalizer(normalizer, episode)

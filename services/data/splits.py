@@ -35,7 +35,8 @@ def split_ranges(
     episode: int = 0,
     timestamps_ns: np.ndarray | None = None,
     warmup: int = 0,
-    min_bars: int = 2,
+    min_train_bars: int = 2,
+    min_eval_bars: int = 2,
 ) -> Split:
     """Return the train and eval ranges of `episode` over `n_bars` bars.
 
@@ -44,9 +45,14 @@ def split_ranges(
     train_bars before that (less gap_bars), base being the first bar after warm-up, train_bars and gap
     (mode 'fraction') or the first bar at or after eval_start (mode 'date').
 
+    Args:
+        min_train_bars: fewest bars the train range needs (one training episode: env.window +
+            env.episode_length, `services.env.options.min_bars`).
+        min_eval_bars: fewest bars the eval range needs (env.window + 1, `min_eval_bars` there).
+
     Raises:
-        DataError: when there are too few bars for a train and an eval range of at least `min_bars`,
-            or when a walk-forward episode runs past the data (see `window_count`).
+        DataError: when the train or the eval range is shorter than its minimum, or when a walk-forward
+            episode runs past the data (see `window_count`); the line names the keys to change.
     """
     if episode < 0:
         raise ValueError(f"episode must be >= 0, got {episode}")
@@ -65,9 +71,10 @@ def split_ranges(
         if eval_stop > n_bars:
             count = window_count(n_bars, options, timestamps_ns=timestamps_ns, warmup=warmup)
             raise DataError(
-                f"too few rows: walk-forward episode {episode} needs bars up to {eval_stop} but there are "
-                f"{n_bars} ({count} windows fit; train_bars={options.train_bars}, "
-                f"eval_bars={options.eval_bars})"
+                f"too few rows: walk-forward episode {episode + 1} needs bars up to {eval_stop} but there "
+                f"are {n_bars}: only {count} episodes fit (data.split.train_bars={options.train_bars}, "
+                f"data.split.eval_bars={options.eval_bars}); set training.episodes to at most {count} or "
+                "lower data.split.eval_bars"
             )
         split = Split(range(train_start, train_stop), range(eval_start, eval_stop), episode)
     elif options.mode == "date":
@@ -77,7 +84,7 @@ def split_ranges(
         usable = n_bars - usable_start
         train_stop = usable_start + math.floor(usable * options.train_fraction)
         split = Split(range(usable_start, train_stop), range(train_stop + options.gap_bars, n_bars), episode)
-    _check_sizes(split, n_bars, usable_start, options, min_bars)
+    _check_sizes(split, n_bars, usable_start, options, min_train_bars, min_eval_bars)
     return split
 
 
@@ -106,14 +113,43 @@ def _date_index(eval_start: str, timestamps_ns: np.ndarray | None) -> int:
     return int(np.searchsorted(np.asarray(timestamps_ns, dtype=np.int64), stamp, side="left"))
 
 
-def _check_sizes(split: Split, n_bars: int, usable_start: int, options: SplitOptions, min_bars: int) -> None:
-    if len(split.train) >= min_bars and len(split.eval) >= min_bars:
+def _check_sizes(
+    split: Split, n_bars: int, usable_start: int, options: SplitOptions, min_train: int, min_eval: int
+) -> None:
+    short = []
+    if len(split.train) < min_train:
+        short.append(
+            f"training needs at least {min_train} (env.window + env.episode_length): lower "
+            f"env.episode_length or {_more_train(options)}"
+        )
+    if len(split.eval) < min_eval:
+        short.append(
+            f"evaluation needs at least {min_eval} (env.window + 1): lower env.window or "
+            f"{_more_eval(options)}"
+        )
+    if not short:
         return
     raise DataError(
         f"too few rows for the split: {n_bars} bars, {usable_start} of them warm-up, give "
         f"{len(split.train)} train bars {_show(split.train)} and {len(split.eval)} eval bars "
-        f"{_show(split.eval)} (gap_bars={options.gap_bars}); each needs at least {min_bars}"
+        f"{_show(split.eval)} (data.split.gap_bars={options.gap_bars}); {'; '.join(short)}"
     )
+
+
+def _more_train(options: SplitOptions) -> str:
+    if options.walk_forward:
+        return "raise data.split.train_bars"
+    if options.mode == "date":
+        return "move data.split.eval_start later"
+    return "raise data.split.train_fraction"
+
+
+def _more_eval(options: SplitOptions) -> str:
+    if options.walk_forward:
+        return "raise data.split.eval_bars"
+    if options.mode == "date":
+        return "move data.split.eval_start earlier"
+    return "lower data.split.train_fraction"
 
 
 def _show(r: range) -> str:

@@ -62,6 +62,11 @@ def min_bars(window: int, episode_length: int) -> int:
     return window + episode_length
 
 
+def min_eval_bars(window: int) -> int:
+    """Return the fewest bars an evaluation can run on: a full window, then one step to the next bar."""
+    return window + 1
+
+
 def check_bars_per_year(options: EnvOptions, bars_per_year: float) -> None:
     """Raise ValueError unless the data's bars per year give a usable per-bar borrow fee."""
     if not (isinstance(bars_per_year, int | float) and math.isfinite(bars_per_year) and bars_per_year > 0):
@@ -146,3 +151,8 @@ class EnvOptions:
     def min_bars(self) -> int:
         """Return the fewest bars of training data the envs can trade (see min_bars)."""
         return min_bars(self.window, self.episode_length)
+
+    @property
+    def min_eval_bars(self) -> int:
+        """Return the fewest bars of evaluation data the sequential env can run on (see min_eval_bars)."""
+        return min_eval_bars(self.window)

@@ -79,16 +79,41 @@ def test_walk_forward_in_date_mode_starts_the_first_eval_window_at_the_date() ->
     assert second.eval == range(start + 20, start + 40)
 
 
-def test_a_walk_forward_episode_past_the_data_is_a_data_error() -> None:
+def test_a_walk_forward_episode_past_the_data_counts_episodes_from_one_and_says_how_many_fit() -> None:
     options = SplitOptions(walk_forward=True, train_bars=100, eval_bars=50)
 
-    with pytest.raises(DataError, match=r"too few rows: walk-forward episode 18 needs bars up to 1050"):
+    with pytest.raises(DataError, match=r"walk-forward episode 19 needs bars up to 1050") as caught:
         split_ranges(1000, options, episode=18)
+
+    assert "only 18 episodes fit" in str(caught.value)
+    assert "training.episodes" in str(caught.value)
 
 
 def test_too_few_rows_for_the_split_is_a_data_error() -> None:
     with pytest.raises(DataError, match="too few rows for the split: 40 bars, 33 of them warm-up"):
-        split_ranges(40, SplitOptions(), warmup=33, min_bars=5)
+        split_ranges(40, SplitOptions(), warmup=33, min_train_bars=5, min_eval_bars=5)
+
+
+def test_five_years_of_daily_bars_fit_the_default_window_and_episode_length() -> None:
+    split = split_ranges(1300, SplitOptions(), warmup=33, min_train_bars=32 + 256, min_eval_bars=32 + 1)
+
+    assert len(split.train) == 1013 and len(split.eval) == 254
+
+
+def test_a_short_eval_range_states_the_evaluation_minimum_and_the_key_to_change() -> None:
+    with pytest.raises(DataError, match=r"19 eval bars .*evaluation needs at least 33") as caught:
+        split_ranges(400, SplitOptions(train_fraction=0.95), warmup=33, min_train_bars=288, min_eval_bars=33)
+
+    assert "data.split.train_fraction" in str(caught.value)
+    assert "training needs" not in str(caught.value)
+
+
+def test_a_short_train_range_states_the_training_minimum_and_the_keys_to_change() -> None:
+    with pytest.raises(DataError, match=r"213 train bars .*training needs at least 288") as caught:
+        split_ranges(300, SplitOptions(), warmup=33, min_train_bars=288, min_eval_bars=33)
+
+    assert "env.episode_length" in str(caught.value)
+    assert "evaluation needs" not in str(caught.value)
 
 
 @pytest.mark.parametrize(

@@ -140,7 +140,7 @@ def test_episode_splits_stream_normalised_blocks_with_eval_context(
     svc = service(tmp_path, source)
     svc.load()
     direct = process_source(source, FEATURES)
-    split = split_ranges(600, DataOptions().split, warmup=direct.warmup, min_bars=40)
+    split = split_ranges(600, DataOptions().split, warmup=direct.warmup, min_train_bars=40)
 
     episode = svc.episode(1)
     train = episode.train.block(0, len(episode.train))

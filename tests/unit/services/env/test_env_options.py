@@ -11,6 +11,7 @@ from services.env.options import (
     build_action_space,
     build_observation_space,
     min_bars,
+    min_eval_bars,
     n_actions,
 )
 
@@ -76,3 +77,8 @@ def test_the_observation_space_is_unbounded_float32() -> None:
 def test_training_data_needs_a_window_and_one_whole_episode() -> None:
     assert min_bars(32, 256) == 288
     assert EnvOptions(window=4, episode_length=10).min_bars == 14
+
+
+def test_evaluation_data_needs_a_window_and_one_step() -> None:
+    assert min_eval_bars(32) == 33
+    assert EnvOptions(window=4, episode_length=10).min_eval_bars == 5
