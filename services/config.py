@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
 import types
 import typing
@@ -15,7 +16,14 @@ import yaml
 from services.data.options import FeatureOptions, SourceOptions, SplitOptions
 from services.env.options import EnvOptions
 from services.errors import InputError
-from services.model.options import CONTINUOUS_ONLY, DISCRETE_ONLY, ModelOptions
+from services.model.options import (
+    ALGORITHM_DEFAULTS,
+    CONTINUOUS_ONLY,
+    DISCRETE_ONLY,
+    OFF_POLICY,
+    OFF_POLICY_MAX_ENVS,
+    ModelOptions,
+)
 from services.session.options import SessionOptions, TrainingOptions
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -62,9 +70,15 @@ class Config:
     def __post_init__(self) -> None:
         action, algo = self.env.action, self.model.algorithm
         if algo in DISCRETE_ONLY and action == "continuous":
-            raise ValueError(f"algorithm {algo} needs discrete actions, but env.action is continuous")
+            raise ValueError(
+                f"model.algorithm {algo} needs discrete actions: set env.action to discrete3 or discrete2, "
+                f"got {action}"
+            )
         if algo in CONTINUOUS_ONLY and action != "continuous":
-            raise ValueError(f"algorithm {algo} needs env.action: continuous, but it is {action}")
+            raise ValueError(
+                f"model.algorithm {algo} needs env.action continuous (leave env.action unset to get it), "
+                f"got {action}"
+            )
 
 
 def _build(cls: type[Any], raw: Any, where: str, source: str) -> Any:
@@ -84,7 +98,19 @@ def _build(cls: type[Any], raw: Any, where: str, source: str) -> Any:
     try:
         return cls(**values)
     except ValueError as exc:
-        raise ConfigError(f"{source}: {where or 'config'}: {exc}") from None
+        raise ConfigError(f"{source}: {_keyed(str(exc), cls, where, names)}") from None
+
+
+def _keyed(message: str, cls: type[Any], where: str, names: set[str]) -> str:
+    """Re-word an options class's complaint to name config keys (`env.action`), not the class."""
+    if not where:
+        return message
+    message = message.replace(f"{cls.__name__}.", f"{where}.")
+    if message.startswith(f"{where}."):
+        return message
+    if message.split(" ", 1)[0] in names:
+        return f"{where}.{message}"
+    return f"{where}: {message}"
 
 
 def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
@@ -98,6 +124,9 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
             raise bad("true or false")
         return value
     if hint is int:
+        # 1e5 reads as a float; a whole one is the integer users mean by it.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
         return value
@@ -106,6 +135,9 @@ def _coerce(hint: Any, value: Any, path: str, source: str) -> Any:
             raise bad("a number")
         return float(value)
     if hint is str:
+        # YAML reads 2019-01-01 as a date; a string key means its ISO text.
+        if isinstance(value, dt.date):
+            return value.isoformat()
         if not isinstance(value, str):
             raise bad("a string")
         return value
@@ -138,10 +170,11 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> Non
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's booleans: only true and false (any case) are booleans.
+    """PyYAML's safe loader with YAML 1.2's booleans and floats.
 
     PyYAML follows YAML 1.1, where the bare words yes, no, on and off are booleans too, so
-    `console: off` would arrive as False and be refused as "not a string".
+    `console: off` would arrive as False and be refused as "not a string"; and a float needs a dot and
+    a signed exponent, so 1e5 and 3e-4 would arrive as strings.
     """
 
 
@@ -152,6 +185,11 @@ _YamlLoader.yaml_implicit_resolvers = {
 }
 _YamlLoader.add_implicit_resolver(
     _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
 )
 
 
@@ -192,17 +230,53 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Load a config file (the default when None) and apply --set overrides."""
+    """Load a config file (the default when None), apply --set overrides and the algorithm's defaults."""
     path = path or DEFAULT_CONFIG
     raw = read_yaml(path)
-    config = _build(Config, raw, "", str(path))
+    config = _build(Config, _with_algorithm_defaults(raw), "", str(path))
     if not overrides:
         return config
     for text in overrides:
         key, value = parse_override(text)
         _set_path(raw, key, value, f"--set {key}")
     # The file alone was valid, so what is wrong now came from the command line.
-    return _build(Config, raw, "", "--set")
+    return _build(Config, _with_algorithm_defaults(raw), "", "--set")
+
+
+def _with_algorithm_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """Return the raw config with the algorithm's hyperparameters under its own and the actions it needs.
+
+    Only env.action continuous for sac and td3 is applied, and only when env.action is not set; what is
+    malformed is left for _build to name.
+    """
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
+        return raw
+    algorithm = model.get("algorithm", ModelOptions().algorithm)
+    hyperparams = model.get("hyperparams", {})
+    if (
+        not isinstance(algorithm, str)
+        or algorithm not in ALGORITHM_DEFAULTS
+        or not isinstance(hyperparams, dict)
+    ):
+        return raw
+    resolved = {**raw, "model": {**model, "hyperparams": {**ALGORITHM_DEFAULTS[algorithm], **hyperparams}}}
+    env = raw.get("env", {})
+    if algorithm in CONTINUOUS_ONLY and isinstance(env, dict) and "action" not in env:
+        resolved["env"] = {**env, "action": "continuous"}
+    return resolved
+
+
+def algorithm_notes(config: Config) -> list[str]:
+    """Return one-line suggestions of env settings the config's algorithm trains better with."""
+    algorithm, n_envs = config.model.algorithm, config.env.n_envs
+    if algorithm in OFF_POLICY and n_envs > OFF_POLICY_MAX_ENVS:
+        return [
+            f"model.algorithm {algorithm} is off-policy: it takes one gradient step per step of all "
+            f"{n_envs} envs (env.n_envs); 4-{OFF_POLICY_MAX_ENVS} envs learn more per sample "
+            f"(--set env.n_envs={OFF_POLICY_MAX_ENVS})"
+        ]
+    return []
 
 
 def config_fingerprint(config: Config) -> str:

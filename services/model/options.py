@@ -45,8 +45,49 @@ ALGORITHM_HYPERPARAMS: dict[str, frozenset[str]] = {
     "sac": frozenset(_OFF_POLICY | {"ent_coef", "target_update_interval", "target_entropy", "use_sde"}),
     "td3": frozenset(_OFF_POLICY | {"policy_delay", "target_policy_noise", "target_noise_clip"}),
 }
+_REPLAY = {"buffer_size": 50_000, "learning_starts": 1_000, "gamma": 0.99}
+ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {
+        "n_steps": 64,  # x 64 envs = 4,096 steps a rollout
+        "batch_size": 1024,
+        "n_epochs": 4,
+        "learning_rate": 0.0003,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "ent_coef": 0.01,
+    },
+    "recurrent_ppo": {
+        "n_steps": 64,
+        "batch_size": 1024,
+        "n_epochs": 4,
+        "learning_rate": 0.0003,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "ent_coef": 0.01,
+    },
+    "a2c": {"n_steps": 8, "learning_rate": 0.0007, "gamma": 0.99, "gae_lambda": 0.95, "ent_coef": 0.01},
+    "dqn": {
+        **_REPLAY,
+        "learning_rate": 0.0001,
+        "batch_size": 64,
+        "train_freq": 4,
+        "target_update_interval": 1_000,
+        "exploration_fraction": 0.1,
+        "exploration_final_eps": 0.05,
+    },
+    "sac": {**_REPLAY, "learning_rate": 0.0003, "batch_size": 256, "tau": 0.005},
+    "td3": {**_REPLAY, "learning_rate": 0.001, "batch_size": 256, "tau": 0.005},
+}
+"""The project's hyperparameters of each algorithm (RL-Zoo's hyperparams/<algo>.yml), merged under the
+config's `model.hyperparams` when a config is loaded; replay buffers are kept to 50,000 transitions."""
 DISCRETE_ONLY = frozenset({"dqn"})
+"""Algorithms that need env.action discrete3 or discrete2."""
 CONTINUOUS_ONLY = frozenset({"sac", "td3"})
+"""Algorithms that need env.action continuous; a loaded config gets it when env.action is not set."""
+OFF_POLICY = frozenset({"dqn", "sac", "td3"})
+"""Algorithms that take one gradient step per step of all envs, so they learn more per sample on few envs."""
+OFF_POLICY_MAX_ENVS = 8
+"""The most envs suggested for an off-policy algorithm."""
 ALGORITHM_CLASSES: dict[str, tuple[str, str]] = {
     "ppo": ("stable_baselines3", "PPO"),
     "recurrent_ppo": ("sb3_contrib", "RecurrentPPO"),
@@ -80,13 +121,15 @@ class ModelOptions:
     net_arch: tuple[int, ...] = (64, 64)
     """Hidden layer sizes of the policy and value networks."""
     hyperparams: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for the SB3 algorithm (checked against the algorithm's known arguments)."""
+    """Keyword arguments for the SB3 algorithm, over the algorithm's defaults (see below); checked against
+    the algorithm's known arguments."""
     save_replay_buffer: bool = False
     """Put the replay buffer of off-policy algorithms into checkpoints (it can be large)."""
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHM_HYPERPARAMS:
-            raise ValueError(f"algorithm {self.algorithm!r} is not one of {', '.join(ALGORITHM_HYPERPARAMS)}")
+            known = ", ".join(ALGORITHM_HYPERPARAMS)
+            raise ValueError(f"algorithm must be one of {known}, got {self.algorithm!r}")
         unknown = set(self.hyperparams) - ALGORITHM_HYPERPARAMS[self.algorithm]
         if unknown:
             raise ValueError(f"hyperparams {sorted(unknown)} are not arguments of {self.algorithm}")

@@ -14,10 +14,17 @@ from services.config import (
     DEFAULT_CONFIG,
     Config,
     ConfigError,
+    algorithm_notes,
     config_from_dict,
     config_to_dict,
     load_config,
     parse_override,
+)
+from services.model.options import (
+    ALGORITHM_DEFAULTS,
+    ALGORITHM_HYPERPARAMS,
+    CONTINUOUS_ONLY,
+    ModelOptions,
 )
 
 
@@ -48,8 +55,12 @@ def test_the_default_config_loads() -> None:
     assert config.session.monitor_host == "127.0.0.1"
 
 
-def test_an_empty_file_gives_the_built_in_defaults(tmp_path: Path) -> None:
-    assert load_config(write_config(tmp_path, "")) == Config()
+def test_an_empty_file_gives_the_built_in_defaults_with_the_algorithms_hyperparameters(
+    tmp_path: Path,
+) -> None:
+    expected = dataclasses.replace(Config(), model=ModelOptions(hyperparams=ALGORITHM_DEFAULTS["ppo"]))
+
+    assert load_config(write_config(tmp_path, "")) == expected
 
 
 def test_set_overrides_are_read_as_yaml_values() -> None:
@@ -195,9 +206,9 @@ def test_a_top_level_that_is_not_a_mapping_names_the_file(tmp_path: Path) -> Non
         ("env:\n  n_envs: 0\n", ["n_envs", "0"]),
         ("env:\n  window: -1\n", ["window"]),
         ("env:\n  action: sideways\n", ["action", "sideways"]),
-        ("model:\n  algorithm: foo\n", ["algorithm 'foo'"]),
+        ("model:\n  algorithm: foo\n", ["model.algorithm", "'foo'"]),
         ("model:\n  algorithm: dqn\n  hyperparams: {}\nenv:\n  action: continuous\n", ["dqn", "discrete"]),
-        ("model:\n  algorithm: sac\n  hyperparams: {}\n", ["sac", "continuous"]),
+        ("model:\n  algorithm: sac\nenv:\n  action: discrete3\n", ["sac", "continuous"]),
         ("model:\n  algorithm: td3\n  hyperparams: {}\nenv:\n  action: discrete2\n", ["td3", "continuous"]),
         ("model:\n  algorithm: a2c\n  hyperparams:\n    n_epochs: 4\n", ["n_epochs", "a2c"]),
         ("model:\n  algorithm: ppo\n  hyperparams:\n    buffer_size: 100\n", ["buffer_size", "ppo"]),
@@ -327,3 +338,125 @@ def test_config_to_dict_is_plain_data() -> None:
 def test_config_from_dict_names_its_source_in_errors() -> None:
     with pytest.raises(ConfigError, match=r"runs/x/config\.yaml: unknown key model\.layers"):
         config_from_dict({"model": {"layers": 3}}, "runs/x/config.yaml")
+
+
+def set_error(*overrides: str) -> str:
+    """Load the default config with --set overrides that must fail and return the error text."""
+    return config_error(None, overrides)
+
+
+def test_a_yaml_date_for_a_string_key_becomes_its_iso_string() -> None:
+    config = load_config(None, ["data.split.mode=date", "data.split.eval_start=2017-01-02"])
+
+    assert config.data.split.eval_start == "2017-01-02"
+
+
+def test_a_yaml_time_for_a_string_key_becomes_its_iso_string() -> None:
+    config = load_config(None, ["data.split.mode=date", "data.split.eval_start=2017-01-02 09:30:00"])
+
+    assert config.data.split.eval_start == "2017-01-02T09:30:00"
+
+
+@pytest.mark.parametrize(("text", "expected"), [("1e5", 100_000), ("2.5e4", 25_000), ("4096.0", 4096)])
+def test_a_whole_float_literal_for_an_integer_key_becomes_an_integer(text: str, expected: int) -> None:
+    config = load_config(None, [f"training.steps_per_episode={text}"])
+
+    assert config.training.steps_per_episode == expected
+    assert type(config.training.steps_per_episode) is int
+
+
+def test_a_float_with_a_fraction_for_an_integer_key_is_refused_naming_the_key() -> None:
+    text = set_error("training.steps_per_episode=1.5")
+
+    assert "training.steps_per_episode must be an integer, got 1.5" in text
+
+
+def test_an_exponent_without_a_dot_is_read_as_a_number() -> None:
+    config = load_config(None, ["model.hyperparams.learning_rate=3e-4"])
+
+    assert config.model.hyperparams["learning_rate"] == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHM_HYPERPARAMS))
+def test_switching_algorithm_with_one_key_gives_that_algorithms_defaults(algorithm: str) -> None:
+    config = load_config(None, [f"model.algorithm={algorithm}"])
+
+    assert config.model.algorithm == algorithm
+    assert config.model.hyperparams == ALGORITHM_DEFAULTS[algorithm]
+    assert set(config.model.hyperparams) <= ALGORITHM_HYPERPARAMS[algorithm]
+
+
+def test_every_algorithm_has_defaults_it_accepts() -> None:
+    assert set(ALGORITHM_DEFAULTS) == set(ALGORITHM_HYPERPARAMS)
+    for algorithm, defaults in ALGORITHM_DEFAULTS.items():
+        assert set(defaults) <= ALGORITHM_HYPERPARAMS[algorithm], algorithm
+
+
+def test_set_hyperparams_override_the_algorithms_defaults_key_by_key() -> None:
+    config = load_config(None, ["model.algorithm=dqn", "model.hyperparams.batch_size=32"])
+
+    assert config.model.hyperparams == {**ALGORITHM_DEFAULTS["dqn"], "batch_size": 32}
+
+
+@pytest.mark.parametrize("algorithm", sorted(CONTINUOUS_ONLY))
+def test_a_continuous_only_algorithm_gets_continuous_actions_when_env_action_is_not_set(
+    algorithm: str,
+) -> None:
+    config = load_config(None, [f"model.algorithm={algorithm}"])
+
+    assert config.env.action == "continuous"
+
+
+def test_a_continuous_only_algorithm_with_a_discrete_env_action_is_refused_naming_both_keys() -> None:
+    text = set_error("model.algorithm=sac", "env.action=discrete2")
+
+    assert "model.algorithm sac" in text and "env.action" in text and "discrete2" in text
+    assert len(text.splitlines()) == 1
+
+
+def test_a_discrete_only_algorithm_with_continuous_actions_is_refused_naming_both_keys() -> None:
+    text = set_error("model.algorithm=dqn", "env.action=continuous")
+
+    assert "model.algorithm dqn" in text and "env.action" in text and "continuous" in text
+
+
+def test_an_off_policy_algorithm_on_many_envs_gets_a_note_suggesting_fewer() -> None:
+    notes = algorithm_notes(load_config(None, ["model.algorithm=sac"]))
+
+    assert len(notes) == 1
+    assert "env.n_envs" in notes[0] and "64" in notes[0] and "sac" in notes[0]
+
+
+def test_an_on_policy_algorithm_or_few_envs_get_no_note() -> None:
+    assert algorithm_notes(load_config()) == []
+    assert algorithm_notes(load_config(None, ["model.algorithm=td3", "env.n_envs=4"])) == []
+
+
+def test_the_default_session_trains_ppo_with_the_projects_defaults() -> None:
+    config = load_config()
+
+    assert config.model.hyperparams == ALGORITHM_DEFAULTS["ppo"]
+    assert config.model.hyperparams["n_steps"] == 64
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("env.action=sideways", "env.action must be one of"),
+        ("env.n_envs=0", "env.n_envs must be >= 1"),
+        ("data.source.price=open", "data.source.price must be"),
+        ("data.split.train_fraction=1.5", "data.split.train_fraction must be in (0, 1)"),
+        ("data.features.names=[bogus]", "data.features.names has unknown feature"),
+        ("training.episodes=0", "training.episodes must be at least 1"),
+        ("session.console=fancy", "session.console must be"),
+        ("model.device=gpu", "model.device must be"),
+        ("model.algorithm=foo", "model.algorithm must be one of"),
+        ("model.torch_threads=0", "model.torch_threads must be"),
+        ("data.block_rows=0", "data.block_rows must be"),
+    ],
+)
+def test_an_impossible_value_is_named_by_its_config_key_not_its_class(override: str, expected: str) -> None:
+    text = set_error(override)
+
+    assert expected in text
+    assert "Options." not in text
