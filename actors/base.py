@@ -1,4 +1,9 @@
-"""Provide the base of every socket-serving actor: poll requests in pieces, answer, heartbeat."""
+"""Provide the base of every socket-serving actor: poll requests in pieces, answer, heartbeat.
+
+Heartbeats come from a thread of their own with its own publisher socket, so they go on while a handler
+runs long synchronous work (building the model, an eval piece); they stop only with the actor or with
+its process (a SIGSTOPped process sends none, so the supervisor still sees it hang).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import dataclasses
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict, TypeVar
 
@@ -49,6 +55,50 @@ class ActorExit:
     crashed: bool = False
 
 
+class _HeartbeatThread:
+    """Publish a Heartbeat every interval from a thread and socket of its own until stopped."""
+
+    def __init__(
+        self,
+        name: str,
+        state: Callable[[], str],
+        publisher: Callable[[], EventPublisher],
+        probe: ProcessProbe,
+        interval_s: float,
+    ) -> None:
+        self._name = name
+        self._state = state
+        self._publisher = publisher
+        self._probe = probe
+        self._interval_s = interval_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"{name}-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        """Start beating; the first heartbeat goes out at once."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and wait for the thread to close its socket."""
+        self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(2 * self._interval_s, 1.0))
+
+    def _run(self) -> None:
+        publisher = self._publisher()
+        try:
+            while not self._stopped.is_set():
+                rss, cpu = self._probe.sample()
+                beat = Heartbeat(pid=os.getpid(), rss_bytes=rss, cpu_percent=cpu, state=self._state())
+                publisher.publish(_stamped(beat, self._name))
+                self._stopped.wait(self._interval_s)
+        except Exception:
+            # Without heartbeats the supervisor restarts the actor as hung: say why in its log.
+            logger.exception("%s: heartbeats stopped", self._name)
+        finally:
+            publisher.close()
+
+
 class ServiceArgs(TypedDict):
     """The arguments of every ServiceActor, which subclasses pass on as they came."""
 
@@ -82,9 +132,11 @@ class ServiceActor(pykka.ThreadingActor):
         self.exit_note = exit_note or ActorExit()
         self._ports = ports
         self._clock = clock
-        self._probe = probe
-        self._heartbeat_s = heartbeat_s
-        self._next_heartbeat = 0.0
+        self._heartbeats: _HeartbeatThread | None = None
+        if ports.publisher is not None:
+            self._heartbeats = _HeartbeatThread(
+                self.name, lambda: self._state, ports.publisher, probe, heartbeat_s
+            )
         self._server: CommandServer | None = None
         self._publisher: EventPublisher | None = None
         self._clients: dict[str, RequestClient] = {}
@@ -104,7 +156,8 @@ class ServiceActor(pykka.ThreadingActor):
             self._clients[name] = factory()
         self._state = "idle"
         self.publish(ActorStarted(pid=os.getpid()))
-        self.heartbeat(force=True)
+        if self._heartbeats is not None:
+            self._heartbeats.start()
         self.started()
         self.actor_ref.tell(_Poll())
 
@@ -112,7 +165,9 @@ class ServiceActor(pykka.ThreadingActor):
         """Run once after the sockets exist (subclasses override)."""
 
     def on_stop(self) -> None:
-        """Announce the stop and close every socket."""
+        """Stop the heartbeats, announce the stop and close every socket."""
+        if self._heartbeats is not None:
+            self._heartbeats.stop()
         self.publish(ActorStopped(pid=os.getpid(), reason=self.stop_reason))
         for client in self._clients.values():
             client.close()
@@ -157,7 +212,6 @@ class ServiceActor(pykka.ThreadingActor):
                 if self.actor_stopped.is_set():
                     return
         self.after_poll()
-        self.heartbeat()
         if not self.actor_stopped.is_set():
             self.actor_ref.tell(_Poll())
 
@@ -174,7 +228,8 @@ class ServiceActor(pykka.ThreadingActor):
         msg = item.message
         if msg is None:
             self.publish(ErrorRaised(where=f"{self.name} socket", error=item.error))
-            self.reply(item.peer, RequestFailed(request="?", error=item.error))
+            failed = RequestFailed(request="?", correlation_id=item.request_id, error=item.error)
+            self.reply(item.peer, failed)
             return
         match msg:
             case Stop():
@@ -241,15 +296,6 @@ class ServiceActor(pykka.ThreadingActor):
     def set_state(self, state: str) -> None:
         """Record what the actor is doing (reported in heartbeats)."""
         self._state = state
-
-    def heartbeat(self, *, force: bool = False) -> None:
-        """Publish a heartbeat if one is due."""
-        now = self._clock.monotonic()
-        if not force and now < self._next_heartbeat:
-            return
-        self._next_heartbeat = now + self._heartbeat_s
-        rss, cpu = self._probe.sample()
-        self.publish(Heartbeat(pid=os.getpid(), rss_bytes=rss, cpu_percent=cpu, state=self._state))
 
 
 def _stamped(msg: M, sender: str) -> M:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Unpack
+from typing import Any, Unpack
 
 import numpy as np
 
@@ -33,6 +33,8 @@ from messages import (
 logger = logging.getLogger(__name__)
 
 ROLES = ("train", "eval")
+RECORD_ARRAYS = ("timestamp", "close", "position", "equity", "bh_equity")
+"""The per-bar arrays of an evaluation, cut into pieces for long runs."""
 
 
 @dataclass(slots=True)
@@ -67,6 +69,8 @@ class EnvActor(ServiceActor):
         self._buffers: dict[str, _SplitBuffer] = {}
         self._bars_per_year = 252.0
         self._eval_stamps = np.zeros(0, dtype=np.int64)
+        # The finished eval run's report, kept while its records are read in pieces: (episode, report).
+        self._evaluation: tuple[int, dict[str, Any]] | None = None
         self.envs_created = 0
         self.session_name = ""
         self.episode = 0
@@ -80,6 +84,8 @@ class EnvActor(ServiceActor):
                 result = self._env(msg.role).step(msg.actions).finished_only()
                 self.reply(peer, EnvsStepped.from_value(result, correlation_id=msg.msg_id, sender=self.name))
             case ResetEnvs():
+                if msg.role == "eval":
+                    self._evaluation = None
                 obs = self._env(msg.role).reset(seed=None if msg.seed < 0 else msg.seed)
                 self.reply(peer, EnvsReset(correlation_id=msg.msg_id, obs=obs))
             case DataBlock():
@@ -121,12 +127,31 @@ class EnvActor(ServiceActor):
                     ),
                 )
             case FinishEvaluation():
-                out = self._factory.evaluation(
-                    self._env("eval"), self._eval_timestamps(), self._bars_per_year
-                )
-                self.reply(peer, EvaluationComputed(correlation_id=msg.msg_id, episode=msg.episode, **out))
+                self.reply(peer, self._evaluation_piece(msg))
             case _:
                 super().handle(peer, msg)
+
+    def _evaluation_piece(self, msg: FinishEvaluation) -> EvaluationComputed:
+        """Return the finished eval run's metrics and its records from msg.offset, msg.limit rows at most."""
+        if self._evaluation is None or self._evaluation[0] != msg.episode:
+            out = self._factory.evaluation(self._env("eval"), self._eval_timestamps(), self._bars_per_year)
+            self._evaluation = (msg.episode, out)
+        out = self._evaluation[1]
+        rows = len(out["close"])
+        if not 0 <= msg.offset <= rows:
+            raise ValueError(f"record offset {msg.offset} outside 0..{rows}")
+        end = rows if msg.limit <= 0 else min(rows, msg.offset + msg.limit)
+        piece = {name: out[name][msg.offset : end] for name in RECORD_ARRAYS}
+        return EvaluationComputed(
+            correlation_id=msg.msg_id,
+            episode=msg.episode,
+            agent=out["agent"],
+            buy_and_hold=out["buy_and_hold"],
+            ruined_at=out["ruined_at"],
+            offset=msg.offset,
+            total_rows=rows,
+            **piece,
+        )
 
     def _env(self, role: str) -> VecEnvCore:
         if role not in ROLES:
@@ -173,6 +198,7 @@ class EnvActor(ServiceActor):
         self._bars_per_year = msg.bars_per_year
         n = buf.rows
         if msg.split == "eval":
+            self._evaluation = None
             # The staging buffer is refilled by the next stream; the report needs these bars' times.
             self._eval_stamps = buf.timestamp[:n].copy()
         env = self._envs.get(msg.split)

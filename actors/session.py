@@ -10,6 +10,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pykka
 
 from actors.ports import Clock, EventPublisher, Ports, RequestClient
@@ -190,12 +191,20 @@ class SessionActor(pykka.ThreadingActor):
             trained = yield Call("model", TrainEpisode(episode=k, steps=self._steps, sender=self.name), None)
             if isinstance(trained, EpisodeTrained):
                 self.outcome.trained.append(trained)
-            report = yield Call(
-                "model", EvaluateEpisode(episode=k, sender=self.name), self._request_timeout_s
-            )
-            if isinstance(report, EvaluationReport):
-                self.outcome.reports.append(report)
-                self._on_report(report)
+            # Evaluation runs in pieces like training: waited on while the model's heartbeats come, and
+            # records too long for one reply come in pieces, each asked for from where the last ended.
+            pieces: list[EvaluationReport] = []
+            report = yield Call("model", EvaluateEpisode(episode=k, sender=self.name), None)
+            while isinstance(report, EvaluationReport):
+                pieces.append(report)
+                end = report.offset + len(report.close)
+                if end >= report.total_rows:
+                    break
+                report = yield Call("model", EvaluateEpisode(episode=k, offset=end, sender=self.name), None)
+            if pieces:
+                joined = _joined(pieces)
+                self.outcome.reports.append(joined)
+                self._on_report(joined)
         self.outcome.status = "completed"
 
     def _shutdown(self) -> Generator[Call, Message | None, None]:
@@ -364,3 +373,23 @@ class SessionActor(pykka.ThreadingActor):
         )
         logger.info("session %s %s", self._session_name, self.outcome.status)
         self.stop()
+
+
+def _joined(pieces: list[EvaluationReport]) -> EvaluationReport:
+    """Return one report holding the records of every piece of an evaluation, in order."""
+    if len(pieces) == 1:
+        return pieces[0]
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(piece, name) for piece in pieces])
+
+    return dataclasses.replace(
+        pieces[0],
+        timestamp=joined("timestamp"),
+        close=joined("close"),
+        position=joined("position"),
+        equity=joined("equity"),
+        bh_equity=joined("bh_equity"),
+        offset=0,
+        total_rows=0,
+    )

@@ -143,6 +143,7 @@ def build_model(host: ActorHost) -> pykka.ActorRef[Any]:
     return ModelActor.start(
         factory=factory,
         piece_steps=config.training.piece_steps,
+        max_reply_bytes=config.session.max_message_bytes,
         ports=host.ports(True, ["env"], config.session.env_timeout_s),
         **host.common(),
     )

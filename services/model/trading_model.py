@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import random
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -93,6 +94,48 @@ class _Tick(BaseCallback):
         return self._tick(self.num_timesteps)
 
 
+class SequentialPass:
+    """A deterministic pass of a model over a sequential env, taken a piece at a time."""
+
+    def __init__(self, algorithm: BaseAlgorithm, env: VecEnv) -> None:
+        self._algorithm = algorithm
+        self._env = env
+        self._obs: Any = env.reset()
+        self._state: Any = None
+        self._episode_start = np.ones((env.num_envs,), dtype=bool)
+        self._terminal: np.ndarray | None = None
+        self.steps = 0
+
+    @property
+    def done(self) -> bool:
+        """Whether the pass has reached the env's last bar."""
+        return self._terminal is not None
+
+    def run(self, steps: int) -> bool:
+        """Take up to `steps` more steps; return True once the pass has reached the last bar."""
+        for _ in range(steps):
+            if self.done:
+                break
+            action, self._state = self._algorithm.predict(
+                self._obs, state=self._state, episode_start=self._episode_start, deterministic=True
+            )
+            self._obs, _, dones, infos = self._env.step(action)
+            self._episode_start = dones
+            self.steps += 1
+            if bool(dones[0]):
+                self._terminal = infos[0]["terminal_observation"][None]
+        return self.done
+
+    def final_action(self) -> np.ndarray:
+        """Return the action the model takes at the last bar of the finished pass."""
+        if self._terminal is None:
+            raise RuntimeError("the sequential pass has not reached its last bar")
+        final, _ = self._algorithm.predict(
+            self._terminal, state=self._state, episode_start=np.zeros(1, dtype=bool), deterministic=True
+        )
+        return np.asarray(final)
+
+
 class TradingModel:
     """The session's one trading model; build it only through `TradingModel.create`."""
 
@@ -110,6 +153,7 @@ class TradingModel:
         self.algorithm = algorithm
         self.eval_env = eval_env
         self.restored_from = ""
+        self._evaluation: SequentialPass | None = None
         self.model_id = model_id
         self.options = options
         # What the algorithm really runs on (e.g. "cuda:0" for "cuda"), as events report it.
@@ -201,32 +245,21 @@ class TradingModel:
         )
         return self.num_timesteps - before
 
-    def evaluate(self) -> int:
-        """Run one deterministic pass over the sequential eval env until it is done; return the steps."""
-        return self.run_sequential(self.eval_env)[0]
+    def start_evaluation(self) -> None:
+        """Start a deterministic pass over the sequential eval env, from its first bar."""
+        self._evaluation = SequentialPass(self.algorithm, self.eval_env)
+
+    def evaluate(self, steps: int) -> bool:
+        """Take up to `steps` more steps of the evaluation pass; return True once it reached the last bar."""
+        if self._evaluation is None:
+            raise RuntimeError("start_evaluation() first")
+        return self._evaluation.run(steps)
 
     def run_sequential(self, env: VecEnv) -> tuple[int, np.ndarray]:
         """Run a deterministic pass over a sequential env; return the steps and the action at its last bar."""
-        obs = env.reset()
-        state: Any = None
-        episode_start = np.ones((env.num_envs,), dtype=bool)
-        steps = 0
-        while True:
-            action, state = self.algorithm.predict(
-                obs,  # type: ignore[arg-type]
-                state=state,
-                episode_start=episode_start,
-                deterministic=True,
-            )
-            obs, _, dones, infos = env.step(action)
-            episode_start = dones
-            steps += 1
-            if bool(dones[0]):
-                last = infos[0]["terminal_observation"][None]
-                final, _ = self.algorithm.predict(
-                    last, state=state, episode_start=np.zeros(1, dtype=bool), deterministic=True
-                )
-                return steps, np.asarray(final)
+        run = SequentialPass(self.algorithm, env)
+        run.run(sys.maxsize)
+        return run.steps, run.final_action()
 
 
 def _restore_rng(folder: Path) -> None:
@@ -261,6 +294,11 @@ class RemoteModelFactory:
         self._checkpoint_root = checkpoint_root
         self._fingerprint = fingerprint
         self._resume = resume
+
+    @property
+    def restores(self) -> bool:
+        """Whether create() restores a checkpoint (a resumed session, or a model restarted mid-session)."""
+        return self._resume is not None
 
     def create(self, env_client: Any, on_values: ValuesSink) -> TradingModel:
         """Describe the remote envs, wrap them as VecEnvs and build (or restore) the model on them."""

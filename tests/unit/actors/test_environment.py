@@ -91,6 +91,7 @@ class FakeFactory:
             "position": np.zeros(len(timestamps)),
             "equity": np.ones(len(timestamps)),
             "bh_equity": np.ones(len(timestamps)),
+            "ruined_at": -1,
         }
 
 
@@ -242,3 +243,16 @@ def test_finish_evaluation_reports_on_the_eval_bars_with_their_timestamps(world)
     assert reply.episode == 3
     assert reply.agent["total_return"] == 0.5
     np.testing.assert_array_equal(reply.timestamp, np.arange(6) * 86_400 * 10**9)
+
+
+def test_finish_evaluation_reads_the_records_of_a_long_run_in_pieces(world) -> None:
+    server, _, _ = world
+    stream(server, "eval", rows=10, block=4)
+
+    pieces = [server.reply_to(server.push(FinishEvaluation(episode=1, offset=k, limit=4))) for k in (0, 4, 8)]
+
+    assert all(isinstance(p, EvaluationComputed) for p in pieces)
+    assert [(p.offset, len(p.close), p.total_rows) for p in pieces] == [(0, 4, 10), (4, 4, 10), (8, 2, 10)]
+    joined = np.concatenate([p.timestamp for p in pieces])
+    np.testing.assert_array_equal(joined, np.arange(10) * 86_400 * 10**9)
+    assert {p.agent["total_return"] for p in pieces} == {0.5}

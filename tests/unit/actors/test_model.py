@@ -49,6 +49,10 @@ class FakeModel:
     evaluations: int = 0
     values: Callable[[int, dict[str, float]], None] | None = None
     fail_learn: int = 0
+    eval_bars: int = 42
+    eval_pieces: list[int] = field(default_factory=list)
+    on_eval_piece: Callable[[int], None] | None = None
+    _eval_left: int = 0
 
     def learn(self, steps: int, tick: Callable[[int], bool]) -> int:
         if self.fail_learn:
@@ -63,16 +67,27 @@ class FakeModel:
             self.values(self.num_timesteps, {"train/loss": 0.5})
         return rollouts * ROLLOUT
 
-    def evaluate(self) -> int:
+    def start_evaluation(self) -> None:
         self.evaluations += 1
-        return 42
+        self._eval_left = self.eval_bars
+
+    def evaluate(self, steps: int) -> bool:
+        self.eval_pieces.append(steps)
+        if self.on_eval_piece is not None:
+            self.on_eval_piece(len(self.eval_pieces))
+        self._eval_left -= min(steps, self._eval_left)
+        return self._eval_left == 0
 
 
 class FakeFactory:
     algorithm = "ppo"
 
-    def __init__(self, fail_checkpoint: bool = False, fail_learn: int = 0) -> None:
+    def __init__(
+        self, fail_checkpoint: bool = False, fail_learn: int = 0, restores: bool = False, **model: Any
+    ) -> None:
         self.fail_learn = fail_learn
+        self.restores = restores
+        self._model = model
         self.created: list[FakeModel] = []
         self.checkpoints: list[tuple[str, int, bool, int]] = []
         self.fail_checkpoint = fail_checkpoint
@@ -86,23 +101,37 @@ class FakeFactory:
     def create(
         self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]
     ) -> FakeModel:
-        model = FakeModel(model_id=f"m{len(self.created) + 1}", values=on_values, fail_learn=self.fail_learn)
+        model = FakeModel(
+            model_id=f"m{len(self.created) + 1}",
+            values=on_values,
+            fail_learn=self.fail_learn,
+            restored_from="ckpt/1" if self.restores else "",
+            **self._model,
+        )
         self.created.append(model)
         return model
 
 
+EQUITY = np.linspace(1.0, 1.1, 10)
+
+
 def env_handler(msg: Message) -> Message | None:
     if isinstance(msg, FinishEvaluation):
+        end = len(EQUITY) if msg.limit <= 0 else min(len(EQUITY), msg.offset + msg.limit)
+        rows = slice(msg.offset, end)
         return EvaluationComputed(
             correlation_id=msg.msg_id,
             episode=msg.episode,
             agent={"total_return": 0.1},
             buy_and_hold={"total_return": 0.2},
-            close=np.array([1.0, 2.0]),
-            position=np.array([0.0, 1.0]),
-            equity=np.array([1.0, 1.1]),
-            bh_equity=np.array([1.0, 2.0]),
-            timestamp=np.array([1, 2], dtype=np.int64),
+            close=np.ones(len(EQUITY))[rows],
+            position=np.zeros(len(EQUITY))[rows],
+            equity=EQUITY[rows],
+            bh_equity=np.ones(len(EQUITY))[rows],
+            timestamp=np.arange(len(EQUITY), dtype=np.int64)[rows],
+            ruined_at=-1,
+            offset=msg.offset,
+            total_rows=len(EQUITY),
         )
     return None
 
@@ -193,7 +222,7 @@ def test_evaluate_reports_metrics_and_records_of_the_same_model(world) -> None:
     assert isinstance(report, EvaluationReport)
     assert report.model_id == "m1"
     assert report.agent == {"total_return": 0.1}
-    np.testing.assert_array_equal(report.equity, [1.0, 1.1])
+    np.testing.assert_array_equal(report.equity, EQUITY)
     assert factory.created[0].evaluations == 1
     assert any(isinstance(m, FinishEvaluation) for m in env.sent)
     assert publisher.wait_for(EvaluationFinished)[0].model_id == "m1"
@@ -324,3 +353,129 @@ def test_an_env_actor_that_never_comes_back_fails_the_episode() -> None:
 
     assert isinstance(reply, RequestFailed)
     assert "gave up after 3 retries" in reply.error
+
+
+def test_the_eval_pass_runs_in_pieces_answering_ping_between_them() -> None:
+    from messages import Ping, Pong
+
+    pongs: list[Message] = []
+    server = FakeServer()
+
+    def between(piece: int) -> None:
+        if piece == 2:
+            pongs.append(server.push(Ping()))
+        if piece == 3:  # the Ping sent during piece 2 was answered before this piece began
+            pongs.append(server.reply_to(pongs[0], timeout_s=5))
+
+    world = (
+        server,
+        FakePublisher(),
+        FakeFactory(eval_bars=10_000, on_eval_piece=between),
+        FakeClient(env_handler),
+    )
+    _, publisher, factory, _ = world
+    start(world, piece_steps=2500)
+
+    server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
+    report = server.reply_to(server.push(EvaluateEpisode(episode=1)))
+
+    assert isinstance(report, EvaluationReport)
+    assert factory.created[0].eval_pieces == [2500, 2500, 2500, 2500]
+    assert isinstance(pongs[1], Pong) and pongs[1].state.startswith("evaluating episode 1")
+    assert len(publisher.wait_for(EvaluationFinished)) == 1
+
+
+def test_heartbeats_keep_coming_while_an_eval_piece_runs(world) -> None:
+    server, publisher, _, env = world
+    beats_during: list[int] = []
+
+    def slow_piece(piece: int) -> None:
+        # The piece holds the actor's thread until five more heartbeats were published meanwhile.
+        before = len(publisher.of(Heartbeat))
+        publisher.wait_for(Heartbeat, before + 5, timeout_s=5)
+        beats_during.append(len(publisher.of(Heartbeat)) - before)
+
+    world = (server, publisher, FakeFactory(on_eval_piece=slow_piece), env)
+    start(world, heartbeat_s=0.02)
+
+    server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
+    report = server.reply_to(server.push(EvaluateEpisode(episode=1)))
+
+    assert isinstance(report, EvaluationReport)
+    assert beats_during and min(beats_during) >= 5
+    assert any(b.state.startswith("evaluating episode 1") for b in publisher.of(Heartbeat))
+
+
+def test_evaluate_on_a_fresh_actor_with_a_checkpoint_restores_the_model_and_evaluates(world) -> None:
+    server, publisher, _, env = world
+    factory = FakeFactory(restores=True)
+    start((server, publisher, factory, env))
+
+    report = server.reply_to(server.push(EvaluateEpisode(episode=3)))
+
+    assert isinstance(report, EvaluationReport)
+    assert report.model_id == "m1" and report.episode == 3
+    assert len(factory.created) == 1 and factory.created[0].evaluations == 1
+    created = publisher.wait_for(ModelCreated)[0]
+    assert created.restored_from == "ckpt/1" and created.episode == 3
+    assert factory.checkpoints == [], "a restored model writes no initial checkpoint"
+
+
+def test_records_too_long_for_one_reply_are_read_in_pieces_without_evaluating_again(world) -> None:
+    server, _, factory, _ = world
+    start(world, max_reply_bytes=4 * 2 * 40)
+
+    server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
+    first = server.reply_to(server.push(EvaluateEpisode(episode=1)))
+    rest = [server.reply_to(server.push(EvaluateEpisode(episode=1, offset=k))) for k in (4, 8)]
+
+    pieces = [first, *rest]
+    assert all(isinstance(p, EvaluationReport) for p in pieces)
+    assert [(p.offset, len(p.equity), p.total_rows) for p in pieces] == [(0, 4, 10), (4, 4, 10), (8, 2, 10)]
+    np.testing.assert_array_equal(np.concatenate([p.equity for p in pieces]), EQUITY)
+    assert factory.created[0].evaluations == 1
+
+
+def test_stop_during_the_eval_pass_answers_it(world) -> None:
+    server, publisher, _, env = world
+    stop: list[Message] = []
+
+    def stop_now(piece: int) -> None:
+        if piece == 1:
+            stop.append(server.push(Stop(reason="test")))
+
+    world = (server, publisher, FakeFactory(eval_bars=10**9, on_eval_piece=stop_now), env)
+    ref = start(world, piece_steps=10)
+    server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
+
+    evaluate = server.push(EvaluateEpisode(episode=1))
+
+    failed = server.reply_to(evaluate)
+    assert isinstance(failed, RequestFailed) and "stopped during the evaluation" in failed.error
+    assert isinstance(server.reply_to(stop[0]), Stopped)
+    assert ref.actor_stopped.wait(10)
+
+
+class SlowFactory(FakeFactory):
+    """Builds the model as slowly as importing torch and SB3 does: five heartbeats' time."""
+
+    def __init__(self, publisher: FakePublisher) -> None:
+        super().__init__()
+        self._publisher = publisher
+
+    def create(
+        self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]
+    ) -> FakeModel:
+        before = len(self._publisher.of(Heartbeat))
+        self._publisher.wait_for(Heartbeat, before + 5, timeout_s=5)
+        return super().create(env_client, on_values)
+
+
+def test_heartbeats_keep_coming_while_the_model_is_built(world) -> None:
+    server, publisher, _, env = world
+    start((server, publisher, SlowFactory(publisher), env), heartbeat_s=0.02)
+
+    reply = server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
+
+    assert isinstance(reply, EpisodeTrained)
+    assert any(b.state == "building the model" for b in publisher.of(Heartbeat))
