@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,8 +44,12 @@ def monitor_endpoint(proc: subprocess.Popen[str]) -> str:
 
 
 def test_two_episodes_train_one_model_and_write_the_run_folder(tmp_path: Path) -> None:
+    # Quick heartbeats: a false alarm (an actor called stale while it works) shows within a second.
     proc = start_session(
-        tmp_path, "two", "--set", "training.episodes=2", "--set", "training.steps_per_episode=2048"
+        tmp_path,
+        "two",
+        *("--set", "training.episodes=2", "--set", "training.steps_per_episode=2048"),
+        *("--set", "session.heartbeat_s=0.25"),
     )
     url = monitor_endpoint(proc)
     attached = subprocess.Popen(
@@ -66,6 +71,10 @@ def test_two_episodes_train_one_model_and_write_the_run_folder(tmp_path: Path) -
     mon_out, _ = attached.communicate(timeout=30)
 
     assert proc.returncode == 0, err
+    false_alarms = [
+        line for line in (out + err).splitlines() if re.search(r"stale|no heartbeat|\bagain\b", line)
+    ]
+    assert false_alarms == [], "a normal run raises no heartbeat alarm"
     run_dir = tmp_path / "two"
     for name in (
         "config.yaml",
@@ -78,6 +87,7 @@ def test_two_episodes_train_one_model_and_write_the_run_folder(tmp_path: Path) -
         assert (run_dir / name).is_file(), name
     evs = events(run_dir)
     types = [e["type"] for e in evs]
+    assert "ActorRestarted" not in types
     assert types.count("ModelCreated") == 1
     assert types.count("ModelReused") == 1
     model_ids = {e["model_id"] for e in evs if "model_id" in e}
