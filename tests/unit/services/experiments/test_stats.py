@@ -292,7 +292,7 @@ def test_sixteen_blocks_give_c_16_8_symmetric_splits() -> None:
 
 
 def test_pure_noise_trials_are_overfit_half_of_the_time_and_lose_their_in_sample_edge() -> None:
-    # One noise matrix gives a PBO anywhere in about 0.2 to 0.8 (its splits share the data), so 20 are
+    # One noise matrix gives a PBO anywhere in about 0.15 to 0.8 (its splits share the data), so 20 are
     # averaged; out of sample the selected trial's Sharpe ratio is that of fresh noise, mean 0.
     rng = np.random.default_rng(19)
 
