@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from actors.base import ActorExit
@@ -12,7 +12,7 @@ from actors.monitor import MonitorActor
 from actors.ports import Ports
 from launcher.logs import configure_logging
 from launcher.signals import SignalLatch
-from launcher.usage import EXIT_FAILURE, EXIT_OK, Parser, UsageError
+from launcher.usage import EXIT_FAILURE, EXIT_OK, UsageError
 from messages import DescribeSession, SessionDescription
 from services.runtime import PsutilProbe, SystemClock
 from services.session.views import make_view
@@ -29,9 +29,8 @@ MAX_BYTES = 1 << 26
 """The largest message a remote monitor accepts."""
 
 
-def parser() -> Parser:
-    """Return the parser of `run.py monitor`."""
-    parser = Parser(prog="run.py monitor", description="Attach to a running session.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `run.py monitor`."""
     parser.add_argument(
         "--connect", required=True, metavar="tcp://HOST:PORT", help="the session's monitor endpoint"
     )
@@ -44,12 +43,10 @@ def parser() -> Parser:
     parser.add_argument(
         "--console", choices=("auto", "live", "plain"), default="auto", help="view (auto: live on a terminal)"
     )
-    return parser
 
 
-def monitor_main(argv: Sequence[str]) -> int:
+def monitor_main(args: argparse.Namespace) -> int:
     """Attach to a running session: snapshot first, then live events, until it finishes."""
-    args = parser().parse_args(argv)
     if not args.connect.startswith("tcp://") or ":" not in args.connect[6:]:
         raise UsageError(f"run.py monitor: --connect must be tcp://HOST:PORT, got {args.connect!r}")
     if args.timeout <= 0:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pykka
@@ -21,7 +21,7 @@ from launcher.preflight import Prepared, prepare
 from launcher.signals import SignalLatch
 from launcher.summary import print_summary, recorded_evaluations, write_run_report
 from launcher.supervisor import SupervisionPolicy, SupervisionRules, Supervisor, wait_started
-from launcher.usage import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, RUN_PY, Parser, UsageError
+from launcher.usage import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, RUN_PY, UsageError
 from messages import ActorRestarted, EvaluationReport, SessionStarted
 from services.model.checkpoint import latest_checkpoint, write_json_atomic
 from services.runtime import SystemClock, rss_bytes
@@ -36,25 +36,30 @@ REQUEST_KINDS = ("data", "env", "model")
 """The actors the session actor sends requests to."""
 
 
-def parser() -> Parser:
-    """Return the parser of a training launch (the command line without a subcommand)."""
-    parser = Parser(prog="run.py", description="Train one trading model with the actor system.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `run.py train` (also the command line without a command)."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--config", type=Path, help="YAML config (default: configs/default.yaml)")
     group.add_argument("--default", action="store_true", help="use configs/default.yaml explicitly")
     parser.add_argument("--data", help="data file, folder or glob (overrides data.source.path)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="set one config key, e.g. env.n_envs=8 (repeat it; every key is in docs/CONFIG.md)",
+    )
     parser.add_argument("--name", help="run name: the run folder is runs/NAME")
     parser.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue runs/NAME from its last checkpoint"
     )
     parser.add_argument("--force", action="store_true", help="resume even if data or config differ")
-    return parser
 
 
-def train(argv: Sequence[str]) -> int:
+def train(args: argparse.Namespace) -> int:
     """Check the launch, make the run folder, start the hub and run the session in it."""
-    prepared = prepare(parser().parse_args(argv))
+    prepared = prepare(args)
     configure_logging(prepared.run_dir / "logs" / "session.log", stderr_level=logging.WARNING)
     earlier = recorded_evaluations(prepared.run_dir / "events.jsonl")
     state = SessionState()

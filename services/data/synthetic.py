@@ -228,18 +228,29 @@ def _write_chunk(handle: IO[str], frame: pd.DataFrame, daily: bool) -> None:
     out.to_csv(handle, header=False, index=False, float_format="%.4f", lineterminator="\n")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Write a synthetic CSV from the command line: --rows N --seed S --out FILE."""
-    parser = argparse.ArgumentParser(prog="python -m services.data.synthetic", description=main.__doc__)
-    parser.add_argument("--rows", type=int, required=True, help="number of bars")
+def _count(text: str) -> int:
+    """Read a row count: an integer >= 0."""
+    try:
+        rows = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if rows < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {rows}")
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of the generator (`run.py generate-data`) to a parser."""
+    parser.add_argument("--rows", type=_count, required=True, help="number of bars")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", required=True, help="output CSV path (.gz for gzip)")
     parser.add_argument("--start", default="2000-01-03", help="first bar time (default 2000-01-03)")
     parser.add_argument("--freq", default="B", help="pandas bar frequency: B, 1D, 1h, 1min ... (default B)")
     parser.add_argument("--chunk-rows", type=int, default=100_000, help="rows generated per chunk")
-    args = parser.parse_args(argv)
-    if args.rows < 0:
-        parser.error(f"--rows must be >= 0, got {args.rows}")
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Write the synthetic CSV the parsed options describe and say where; exit status 2 on a bad value."""
     started = time.perf_counter()
     try:
         path = write_csv(args.out, args.rows, args.seed, args.chunk_rows, start=args.start, freq=args.freq)
@@ -250,6 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = path.stat().st_size
     print(f"wrote {args.rows:,} bars ({size / 2**20:.1f} MiB) to {path} in {elapsed:.1f} s")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Write a synthetic CSV from the command line: --rows N --seed S --out FILE."""
+    parser = argparse.ArgumentParser(prog="python -m services.data.synthetic", description=main.__doc__)
+    add_arguments(parser)
+    return generate(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
