@@ -1,22 +1,46 @@
-"""Use a trained model: load a run's last checkpoint with its normalisation and decide on the last bar."""
+"""Use a trained model: load a run's last checkpoint with its normalisation and decide on the last bar.
+
+The decision is the one the model takes at the last bar of a deterministic pass over the data, started
+flat at the first full window after the feature warm-up, as in evaluation: the observation carries the
+position the model holds and its unrealised PnL, so the decision depends on every earlier decision of
+the pass, not on the last window alone. Only the policy is loaded (no optimiser, no envs for SB3, no
+actors), and a Predictor keeps it, so a second decision in the same process costs only the pass.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from launcher.logs import configure_logging
-from launcher.usage import EXIT_OK, UsageError
+from launcher.usage import EXIT_OK, Parser, UsageError
 from services.config import Config, ConfigError, config_from_dict, read_yaml
-from services.data.bars import DataError
+from services.data.bars import Bars, DataError
 from services.data.splits import Normalizer
-from services.model.checkpoint import CheckpointError, latest_checkpoint
+from services.model.checkpoint import CheckpointError, CheckpointInfo, latest_checkpoint
+
+if TYPE_CHECKING:
+    from services.model.options import ModelOptions
+
+
+class Policy(Protocol):
+    """Maps observations to actions, as SB3's policies and algorithms do."""
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, Any]:
+        """Return the actions for a batch of observations and the next recurrent state."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +69,18 @@ class Prediction:
 
 
 class Predictor:
-    """A trained model with the normalisation statistics of its run (read only from the run's own files)."""
+    """A trained model with the normalisation statistics of its run (read only from the run's own files).
 
-    def __init__(self, run_dir: Path) -> None:
+    Args:
+        policy: decides instead of the checkpoint's policy (tests); by default the policy is loaded from
+            the run's latest checkpoint on the first decision and kept.
+    """
+
+    def __init__(self, run_dir: Path, *, policy: Policy | None = None) -> None:
         self.run_dir = run_dir
-        try:
-            self.config: Config = config_from_dict(
-                read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml")
-            )
-        except ConfigError:
-            raise
+        self.config: Config = config_from_dict(
+            read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml")
+        )
         info = latest_checkpoint(run_dir / "checkpoints")
         if info is None:
             raise CheckpointError(f"{run_dir}: no checkpoint: train the run first")
@@ -66,101 +92,189 @@ class Predictor:
             raise CheckpointError(f"{norm_path}: cannot read the normalisation statistics ({exc})") from None
         raw.pop("episode", None)
         self.normalizer = Normalizer.from_dict(raw)
+        self._policy = policy
+
+    @property
+    def policy(self) -> Policy:
+        """Return the checkpoint's policy, loaded on first use."""
+        if self._policy is None:
+            self._policy = load_policy(self.checkpoint, self.config.model)
+        return self._policy
 
     def predict_frame(self, frame: Any) -> Prediction:
         """Decide the position after the last bar of an OHLCV DataFrame (lowercase or any-case columns)."""
-        from services.data.features import compute_features
+        from services.data.bars import infer_bars_per_year
+        from services.data.features import FeaturePipeline
 
-        ohlcv = frame.rename(columns=str.lower)
-        features = compute_features(
-            ohlcv[["open", "high", "low", "close", "volume"]], self.config.data.features
-        )
-        stamps = _timestamps(ohlcv)
-        return self._predict(
-            features,
-            ohlcv["open"].to_numpy(np.float64),
-            ohlcv["close"].to_numpy(np.float64),
-            stamps,
-        )
+        bars = Bars.from_frame(frame)
+        features = FeaturePipeline(self.config.data.features).update(bars)
+        per_year = infer_bars_per_year(bars.timestamp) if len(bars) >= 2 else 0.0
+        return self.predict_bars(bars, features, per_year)
 
     def predict_source(self, path: str | None = None) -> Prediction:
         """Decide the position after the last bar of a data source (the run's own source by default)."""
-        import dataclasses
-
         from services.data.store import process_source
 
         source = self.config.data.source
         if path is not None:
-            source = dataclasses.replace(source, path=path)
+            source = replace(source, path=path)
         data = process_source(source, self.config.data.features)
-        bars = data.bars
-        return self._predict(data.features, bars.open, bars.close, bars.timestamp)
+        return self.predict_bars(data.bars, data.features, data.bars_per_year)
 
-    def _predict(
-        self, features: np.ndarray, open_: np.ndarray, close: np.ndarray, stamps: np.ndarray
-    ) -> Prediction:
-        from services.env.options import n_actions
+    def predict_bars(self, bars: Bars, features: np.ndarray, bars_per_year: float = 0.0) -> Prediction:
+        """Decide the position after the last bar, given the bars and their (unnormalised) features.
+
+        The leading rows whose features are not all finite (the warm-up) are cut before the pass.
+        """
+        from services.env.options import DEFAULT_BARS_PER_YEAR
         from services.env.vec_env import VecTradingEnv, action_position
-        from services.model.remote_vec_env import LocalBackend, RemoteVecEnv
-        from services.model.trading_model import TradingModel
 
         finite = np.isfinite(features).all(axis=1)
         if not finite.any():
             raise ValueError("too few bars: every row is inside the feature warm-up")
         first = int(np.argmax(finite))
-        env_options = self.config.env
-        env = VecTradingEnv(env_options, seed=self.config.training.seed, sequential=True)
+        options = self.config.env
+        if len(bars) - first <= options.window:
+            raise ValueError(
+                f"too few bars: {len(bars) - first} after the feature warm-up, a decision needs "
+                f"env.window + 1 = {options.window + 1}"
+            )
+        env = VecTradingEnv(
+            options,
+            bars_per_year=bars_per_year if bars_per_year > 0 else DEFAULT_BARS_PER_YEAR,
+            seed=self.config.training.seed,
+            sequential=True,
+        )
         env.update_data(
             self.normalizer.apply(features[first:]),
-            np.ascontiguousarray(open_[first:], dtype=np.float64),
-            np.ascontiguousarray(close[first:], dtype=np.float64),
+            np.ascontiguousarray(bars.open[first:], dtype=np.float64),
+            np.ascontiguousarray(bars.close[first:], dtype=np.float64),
         )
-        backend = LocalBackend(
-            env,
-            action=env_options.action,
-            n_actions=n_actions(env_options.action),
-            max_leverage=env_options.max_leverage,
-        )
-        vec = RemoteVecEnv(backend)
-        model = TradingModel.create(
-            self.config.model,
-            vec,
-            eval_env=vec,
-            seed=self.config.training.seed,
-            tensorboard_dir=None,
-            on_values=lambda steps, values: None,
-            checkpoint=self.checkpoint,
-        )
-        _, action = model.run_sequential(vec)
+        action = last_bar_action(self.policy, env)
         return Prediction(
-            timestamp=str(np.datetime64(int(stamps[-1]), "ns").astype("datetime64[s]")),
-            close=float(close[-1]),
-            position=action_position(env_options, action),
-            action=[float(a) for a in np.asarray(action).reshape(-1)],
-            model_id=model.model_id,
+            timestamp=str(np.datetime64(int(bars.timestamp[-1]), "ns").astype("datetime64[s]")),
+            close=float(bars.close[-1]),
+            position=action_position(options, action),
+            action=[float(a) for a in action.reshape(-1)],
+            model_id=str(self.checkpoint.meta.get("model_id", "")),
             checkpoint=str(self.checkpoint.path),
-            bars=int(len(close) - first),
+            bars=len(bars) - first,
         )
 
 
-def _timestamps(frame: Any) -> np.ndarray:
-    import pandas as pd
+def last_bar_action(policy: Policy, env: Any) -> np.ndarray:
+    """Run a deterministic pass of the policy over a sequential VecTradingEnv; return its last-bar action.
 
-    for column in frame.columns:
-        if str(column).lower() in ("date", "time", "datetime", "timestamp"):
-            return pd.to_datetime(frame[column]).to_numpy("datetime64[ns]").astype(np.int64)
-    return pd.to_datetime(frame.index).to_numpy("datetime64[ns]").astype(np.int64)
+    The same steps as the model's evaluation pass over its VecEnv: the actions are cast as that VecEnv
+    casts them, and the last action is taken on the observation of the last bar.
+    """
+    obs = env.reset().copy()
+    state: Any = None
+    episode_start = np.ones(1, dtype=bool)
+    while True:
+        action, state = policy.predict(obs, state=state, episode_start=episode_start, deterministic=True)
+        actions = np.asarray(action)
+        kind = np.float32 if actions.dtype.kind == "f" else np.int64
+        result = env.step(actions.astype(kind, copy=False).reshape(1))
+        if result.terminated[0] or result.truncated[0]:
+            final, _ = policy.predict(
+                result.terminal_obs[:1].copy(),
+                state=state,
+                episode_start=np.zeros(1, dtype=bool),
+                deterministic=True,
+            )
+            return np.asarray(final)
+        obs = result.obs.copy()
+        episode_start = np.zeros(1, dtype=bool)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the options of `run.py predict`."""
+class _DeterministicPolicy:
+    """SB3's BasePolicy.predict on one flat observation, without the mode switch and checks of every call."""
+
+    def __init__(self, policy: Any) -> None:
+        from gymnasium import spaces
+
+        policy.set_training_mode(False)
+        self._policy = policy
+        self._box = isinstance(policy.action_space, spaces.Box)
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, Any]:
+        """Return the policy's actions for a batch of observations, as BasePolicy.predict does."""
+        import torch
+
+        policy = self._policy
+        with torch.no_grad():
+            tensor = torch.as_tensor(observation, device=policy.device)
+            actions = policy._predict(tensor, deterministic=deterministic).cpu().numpy()
+        actions = actions.reshape((-1, *policy.action_space.shape))
+        if self._box:
+            space = policy.action_space
+            actions = (
+                policy.unscale_action(actions)
+                if policy.squash_output
+                else np.clip(actions, space.low, space.high)
+            )
+        return actions, state
+
+
+class _NoOptimizer:
+    """Stands in for the optimiser a policy builds: inference never steps it."""
+
+    def __init__(self, params: Any, **kwargs: Any) -> None:
+        del params, kwargs
+
+
+def load_policy(checkpoint: CheckpointInfo, options: ModelOptions) -> Policy:
+    """Load only the policy of a checkpoint's model, on the device and threads the model actor uses.
+
+    The weights and the policy class are the checkpoint's, so decisions are the model's; the optimiser is
+    training state and is not built (building a torch optimiser imports torch._dynamo, about a second).
+    """
+    import torch
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+    from stable_baselines3.common.policies import BasePolicy
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    from services.model.options import algorithm_class
+    from services.model.trading_model import MODEL_FILE, resolve_device
+
+    torch.set_num_threads(options.torch_threads)
+    device = resolve_device(options.device)
+    data, params, _ = load_from_zip_file(checkpoint.path / MODEL_FILE, device=device)
+    if data is None or "policy" not in params:
+        raise CheckpointError(f"{checkpoint.path / MODEL_FILE}: no policy in the model file")
+    kwargs: dict[str, Any] = {**data.get("policy_kwargs", {}), "optimizer_class": _NoOptimizer}
+    if issubclass(algorithm_class(options.algorithm), OnPolicyAlgorithm):
+        # On-policy algorithms hand use_sde to their policy outside policy_kwargs.
+        kwargs.setdefault("use_sde", bool(data.get("use_sde", False)))
+    policy = data["policy_class"](data["observation_space"], data["action_space"], lambda _: 0.0, **kwargs)
+    policy.load_state_dict(params["policy"])
+    policy.to(device)
+    if type(policy).predict is not BasePolicy.predict:
+        # A policy with a predict of its own (recurrent: it carries state) is used as it is.
+        policy.set_training_mode(False)
+        return policy
+    return _DeterministicPolicy(policy)
+
+
+def parser() -> Parser:
+    """Return the parser of `run.py predict`."""
+    parser = Parser(prog="run.py predict", description="Decide the position after the last bar.")
     parser.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a trained run folder")
     parser.add_argument("--data", help="data file (default: the run's own source)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
 
 
-def predict_main(args: argparse.Namespace) -> int:
+def predict_main(argv: Sequence[str]) -> int:
     """Print the position a trained run's model would take after the last bar of the data."""
+    args = parser().parse_args(argv)
     configure_logging(None, stderr_level=logging.ERROR)
     if args.data is not None and not Path(args.data).exists():
         raise UsageError(f"--data: {args.data} does not exist")
