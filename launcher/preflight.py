@@ -12,7 +12,14 @@ from pathlib import Path
 import yaml
 
 from launcher.usage import ROOT, UsageError, project_path
-from services.config import Config, ConfigError, config_fingerprint, config_to_dict, load_config
+from services.config import (
+    Config,
+    ConfigError,
+    algorithm_notes,
+    config_fingerprint,
+    config_to_dict,
+    load_config,
+)
 from services.data.bars import DataError
 from services.data.features import feature_warmup
 from services.data.fingerprint import cache_key
@@ -47,6 +54,7 @@ class Prepared:
 def prepare(args: argparse.Namespace) -> Prepared:
     """Run every check of a training launch, then make the run folder and write its config."""
     config = resolve_config(args)
+    check_model(config)
     session_keys = load_keys(config)
     fingerprint = data_fingerprint(config)
     check_rows(config, fingerprint["data_hash"])
@@ -96,6 +104,20 @@ def resolve_config(args: argparse.Namespace) -> Config:
     if not any(ch in source for ch in "*?[") and not Path(source).exists():
         raise UsageError(f"data.source.path: {source} does not exist")
     return config
+
+
+def check_model(config: Config) -> None:
+    """Print the algorithm's suggestions and refuse a CUDA device this machine lacks."""
+    for note in algorithm_notes(config):
+        print(f"note: {note}", flush=True)
+    if config.model.device in ("auto", "cpu"):
+        return  # the check imports torch, a second or two: only for an explicit cuda device
+    from services.model.trading_model import DeviceError, resolve_device
+
+    try:
+        resolve_device(config.model.device)
+    except DeviceError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def load_keys(config: Config) -> SessionKeys | None:
