@@ -9,9 +9,9 @@ actors), and a Predictor keeps it, so a second decision in the same process cost
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from launcher.logs import configure_logging
-from launcher.usage import EXIT_OK, Parser, UsageError
+from launcher.usage import EXIT_OK, UsageError
 from services.config import Config, ConfigError, config_from_dict, read_yaml
 from services.data.bars import Bars, DataError
 from services.data.splits import Normalizer
@@ -263,18 +263,15 @@ def load_policy(checkpoint: CheckpointInfo, options: ModelOptions) -> Policy:
     return _DeterministicPolicy(policy)
 
 
-def parser() -> Parser:
-    """Return the parser of `run.py predict`."""
-    parser = Parser(prog="run.py predict", description="Decide the position after the last bar.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of `run.py predict`."""
     parser.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a trained run folder")
     parser.add_argument("--data", help="data file (default: the run's own source)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
 
 
-def predict_main(argv: Sequence[str]) -> int:
+def predict_main(args: argparse.Namespace) -> int:
     """Print the position a trained run's model would take after the last bar of the data."""
-    args = parser().parse_args(argv)
     configure_logging(None, stderr_level=logging.ERROR)
     if args.data is not None and not Path(args.data).exists():
         raise UsageError(f"--data: {args.data} does not exist")
