@@ -265,7 +265,9 @@ def load_policy(checkpoint: CheckpointInfo, options: ModelOptions) -> Policy:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of `run.py predict`."""
-    parser.add_argument("--run", type=Path, required=True, metavar="RUN_DIR", help="a trained run folder")
+    parser.add_argument(
+        "--run", dest="run_dir", type=Path, required=True, metavar="RUN_DIR", help="a trained run folder"
+    )
     parser.add_argument("--data", help="data file (default: the run's own source)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -276,7 +278,7 @@ def predict_main(args: argparse.Namespace) -> int:
     if args.data is not None and not Path(args.data).exists():
         raise UsageError(f"--data: {args.data} does not exist")
     try:
-        prediction = Predictor(args.run).predict_source(args.data)
+        prediction = Predictor(args.run_dir).predict_source(args.data)
     except (CheckpointError, ConfigError, DataError, ValueError) as exc:
         raise UsageError(f"predict: {exc}") from None
     if args.json:
