@@ -1,0 +1,688 @@
+"""Trade a portfolio of M assets toward target weights: N envs stepped at once with numpy, or one env.
+
+Every rule is written out in docs/PORTFOLIO.md; in short, with ``w`` the weights held at bar t's close
+(fractions of equity, drifting with prices), ``k = (commission_bps + slippage_bps) / 1e4`` and
+``b = borrow_bps_per_year / 1e4 / bars_per_year``, one step from bar t to bar t + 1 is:
+
+    gap     g1 = 1 + sum(w * gap),   w_g = w * (1 + gap) / g1          gap[m] = open[t+1] / close[t] - 1
+    target  w_new from the action (below); assets that cannot fill keep w_g
+    costs   g2 = 1 - k * sum(|w_new - w_g|)                            on each asset's traded notional
+    body    g3 = 1 + sum(w_new * body),  w_c = w_new * (1 + body) / g3  body[m] = close[t+1] / open[t+1] - 1
+    borrow  g4 = 1 - b * sum(max(-w_c, 0)),  w = w_c / g4              on the short exposure at the close
+    equity  E[t+1] = E[t] * max(g1 * g2 * g3 * g4, 1e-9)
+
+With ``fill="close"`` the gap is 0 and the body is ``close[t+1] / close[t] - 1`` (fills at bar t's close).
+An asset can fill at a step when it is tradable at the decision bar t and has a bar at t + 1 (next_open
+fills; close fills need only the first). An asset without a bar keeps its weight and price (gap and
+body 0) until it has one again. Raw actions become target weights (`target_weights`):
+
+- long_only, M + 1 outputs (the assets, then cash): ``z = clip(a, -1, 1) * logit_scale``, a softmax of
+  z over the assets that can fill and cash, scaled by the weight the others do not hold;
+- long_short, M outputs: ``a = clip(a, -1, 1)``, 0 for assets that cannot fill, then
+  ``w = a * min(1, budget / sum(|a|))`` with ``budget = max_leverage - sum(|w_g|)`` of the others.
+
+Observation at bar t (float32): the features of bars ``t - window + 1 .. t`` (bar-major, then symbol,
+then feature; 0 where a symbol has no bar or is in its warm-up), then the M weights held, then (long_only)
+the cash weight: ``window * M * F + M (+ 1)`` values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, SupportsFloat
+
+import gymnasium
+import numpy as np
+
+from services.env.accounting import MIN_GROWTH, Accounting, ScalarOps
+from services.env.options import DEFAULT_BARS_PER_YEAR, EnvOptions, build_observation_space
+from services.env.vec_env import StepResult, draw_start
+from services.validation import require
+
+if TYPE_CHECKING:
+    from gymnasium import spaces
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_MODES = ("long_only", "long_short")
+"""How raw actions become target weights (see the module docstring)."""
+_TINY = 1e-12
+_SUM = np.add.reduce  # ndarray.sum's Python wrapper costs more than the sum of a few dozen values
+
+
+def _clip(values: np.ndarray) -> np.ndarray:
+    """Return values clipped to [-1, 1] (two ufunc calls: cheaper than np.clip on short arrays)."""
+    return np.minimum(np.maximum(values, -1.0), 1.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortfolioOptions:
+    """Choose how the portfolio env turns raw actions into target weights."""
+
+    weights: str = "long_only"
+    """'long_only' (softmax over the assets and cash, weights >= 0, sum <= 1) or 'long_short'
+    (weights in [-1, 1] scaled so that sum |w| <= max_leverage)."""
+    logit_scale: float = 5.0
+    """long_only: raw outputs in [-1, 1] are multiplied by this before the softmax, so that one asset or
+    cash can take over 99 % of the equity."""
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHT_MODES:
+            raise ValueError(f"PortfolioOptions.weights must be one of {WEIGHT_MODES}, got {self.weights!r}")
+        require(
+            self,
+            ("logit_scale",),
+            lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0,
+            "a finite number > 0",
+        )
+
+
+def n_outputs(portfolio: PortfolioOptions, n_assets: int) -> int:
+    """Return the number of raw action values of a portfolio of n_assets (cash adds one when long-only)."""
+    return n_assets + 1 if portfolio.weights == "long_only" else n_assets
+
+
+def observation_size(portfolio: PortfolioOptions, window: int, n_assets: int, n_features: int) -> int:
+    """Return the length of one observation: the feature window, the weights and (long-only) cash."""
+    return window * n_assets * n_features + n_outputs(portfolio, n_assets)
+
+
+def target_weights(
+    portfolio: PortfolioOptions,
+    max_leverage: float,
+    actions: np.ndarray,
+    weights: np.ndarray,
+    can_fill: np.ndarray,
+) -> np.ndarray:
+    """Return the target weights [N, M] of raw actions given the weights held at the fill and a fill mask.
+
+    Assets that cannot fill (can_fill 0) keep their weight; the others share what is left (the rule of
+    the module docstring). The one mapping both envs use.
+    """
+    hold = 1.0 - can_fill
+    frozen = weights * hold
+    n_assets = weights.shape[1]
+    if portfolio.weights == "long_only":
+        # Clipped logits are at most logit_scale in size, so exp cannot overflow.
+        e = np.exp(np.clip(actions, -1.0, 1.0) * portfolio.logit_scale)
+        e[:, :n_assets] *= can_fill
+        budget = 1.0 - frozen.sum(axis=1)
+        target = e[:, :n_assets] * (budget / e.sum(axis=1))[:, None]
+    else:
+        target = np.clip(actions, -1.0, 1.0) * can_fill
+        gross = np.abs(target).sum(axis=1)
+        budget = np.maximum(max_leverage - np.abs(frozen).sum(axis=1), 0.0)
+        target *= np.where(gross > budget, budget / np.maximum(gross, _TINY), 1.0)[:, None]
+    target += frozen
+    return target
+
+
+class PortfolioRecords(NamedTuple):
+    """Hold the per-bar records of a sequential run; row 0 is the start bar, before any trade."""
+
+    bar: np.ndarray
+    """int64 [n + 1]: index of the bar in the data."""
+    close: np.ndarray
+    """float64 [n + 1, M]: each asset's last close at or before the bar (NaN before its first bar)."""
+    tradable: np.ndarray
+    """bool [n + 1, M]: the asset was tradable at the bar (could be chosen at that decision)."""
+    weights: np.ndarray
+    """float64 [n + 1, M]: weights held at the bar's close (row 0: all 0, in cash)."""
+    traded: np.ndarray
+    """float64 [n + 1, M]: |w_new - w_g| of the fill during the bar (traded notional / equity at the fill)."""
+    costs: np.ndarray
+    """float64 [n + 1, M]: commission, slippage and borrow paid for each asset during the bar."""
+    pnl: np.ndarray
+    """float64 [n + 1, M]: each asset's profit during the bar, before costs, in units of the start equity."""
+    equity: np.ndarray
+    """float64 [n + 1]: equity at the bar's close; 1.0 at the start."""
+    ruined_at: int = -1
+    """Row at which equity first fell to ruin_equity (flat from the next fill on); -1 when it never did."""
+
+
+class PortfolioData:
+    """Own a portfolio env's feature and price buffers."""
+
+    def __init__(self, options: EnvOptions, *, sequential: bool) -> None:
+        self._options = options
+        self._sequential = sequential
+        self.n_bars = 0
+        self.n_assets = 0
+        self.n_features = 0
+        # [T, 3M]: the gap and body returns and the fill mask (1.0 or 0.0) of the step into bar t (row t),
+        # so one gather serves a step.
+        self.moves = np.empty((0, 0))
+        self.close = np.empty((0, 0))
+        self.tradable = np.empty((0, 0), dtype=bool)
+        self.all_fill = np.empty(0, dtype=bool)
+        self.windows = np.empty((0, 0), dtype=np.float32)
+        self._features = np.empty(0, dtype=np.float32)
+
+    def update(
+        self, features: np.ndarray, open_: np.ndarray, close: np.ndarray, tradable: np.ndarray
+    ) -> None:
+        """Validate and copy new data into the buffers."""
+        present = self._validate(features, open_, close, tradable)
+        n_bars, n_assets, n_features = features.shape
+        self.n_bars, self.n_assets, self.n_features = n_bars, n_assets, n_features
+        flat = np.nan_to_num(features.reshape(n_bars, n_assets * n_features), nan=0.0).ravel()
+        self._features = flat
+        width = self._options.window * n_assets * n_features
+        self.windows = np.lib.stride_tricks.sliding_window_view(flat, width)[:: n_assets * n_features]
+        # The last close at or before each bar: an asset without a bar keeps its price, never a later one.
+        index = np.where(present, np.arange(n_bars)[:, None], -1)
+        np.maximum.accumulate(index, axis=0, out=index)
+        last = np.where(index >= 0, close[np.maximum(index, 0), np.arange(n_assets)], np.nan)
+        self.close = last
+        self.tradable = tradable.copy()
+        gap = np.zeros((n_bars, n_assets))
+        body = np.zeros((n_bars, n_assets))
+        fill = np.zeros((n_bars, n_assets), dtype=bool)
+        arrived = present[1:] & np.isfinite(last[:-1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self._options.fill == "next_open":
+                gap[1:] = np.where(arrived, open_[1:] / last[:-1] - 1.0, 0.0)
+                body[1:] = np.where(present[1:], close[1:] / open_[1:] - 1.0, 0.0)
+                fill[1:] = tradable[:-1] & present[1:]
+            else:
+                body[1:] = np.where(arrived, close[1:] / last[:-1] - 1.0, 0.0)
+                fill[1:] = tradable[:-1]
+        self.moves = np.concatenate([gap, body, fill.astype(np.float64)], axis=1)
+        self.all_fill = np.asarray(fill.all(axis=1))
+
+    def _validate(
+        self, features: np.ndarray, open_: np.ndarray, close: np.ndarray, tradable: np.ndarray
+    ) -> np.ndarray:
+        """Raise ValueError unless the arrays are data this env can trade; return where bars exist."""
+        if not isinstance(features, np.ndarray) or features.ndim != 3 or features.dtype != np.float32:
+            raise ValueError(
+                f"update_data: features must be float32 [T, M, F], got {getattr(features, 'shape', None)}"
+            )
+        n_bars, n_assets, n_features = features.shape
+        if n_assets < 1 or n_features < 1:
+            raise ValueError(f"update_data: need at least one asset and one feature, got {features.shape}")
+        for name, array in (("open_", open_), ("close", close)):
+            if (
+                not isinstance(array, np.ndarray)
+                or array.shape != (n_bars, n_assets)
+                or array.dtype != np.float64
+            ):
+                raise ValueError(f"update_data: {name} must be float64 [{n_bars}, {n_assets}]")
+        if (
+            not isinstance(tradable, np.ndarray)
+            or tradable.shape != (n_bars, n_assets)
+            or tradable.dtype != bool
+        ):
+            raise ValueError(f"update_data: tradable must be bool [{n_bars}, {n_assets}]")
+        present = np.isfinite(open_) & np.isfinite(close)
+        if (np.isfinite(open_) != np.isfinite(close)).any():
+            raise ValueError("update_data: open_ and close must have bars at the same places")
+        if (open_[present] <= 0).any() or (close[present] <= 0).any():
+            raise ValueError("update_data: prices must be positive")
+        if (tradable & ~present).any():
+            raise ValueError("update_data: an asset is tradable at a bar where it has no price")
+        if not np.isfinite(features[tradable]).all():
+            raise ValueError("update_data: features must be finite where an asset is tradable")
+        if self.n_assets and (n_assets, n_features) != (self.n_assets, self.n_features):
+            raise ValueError(
+                f"update_data: {n_assets} assets x {n_features} features, but this env was built for "
+                f"{self.n_assets} x {self.n_features}"
+            )
+        needed = self._options.window + 1 if self._sequential else self._options.min_bars
+        if n_bars < needed:
+            rule = "window + 1" if self._sequential else "window + episode_length"
+            raise ValueError(f"update_data: need at least {rule} = {needed} bars, got {n_bars}")
+        return present
+
+    def start_bounds(self) -> tuple[int, int]:
+        """Return the lowest and highest start bar of an episode, both inclusive."""
+        low = self._options.window - 1
+        if self._sequential:
+            return low, low
+        return low, self.n_bars - 1 - self._options.episode_length
+
+
+class VecPortfolioEnv:
+    """Step N portfolio envs of M assets at once with numpy; also the sequential evaluation env (N = 1)."""
+
+    def __init__(
+        self,
+        options: EnvOptions,
+        portfolio: PortfolioOptions | None = None,
+        *,
+        bars_per_year: float = DEFAULT_BARS_PER_YEAR,
+        n_envs: int | None = None,
+        seed: int = 0,
+        sequential: bool = False,
+    ) -> None:
+        """Create the envs without data; call update_data before reset.
+
+        Args:
+            portfolio: the weight mapping; max_leverage of options is the gross cap of long_short.
+            bars_per_year: the data's bars in a year; scales the borrow fee.
+            n_envs: overrides options.n_envs; forced to 1 when sequential.
+            seed: env i draws its episode starts from np.random.default_rng(seed + i).
+            sequential: evaluation mode: one env from the first full window to the last bar, recorded.
+        """
+        n = 1 if sequential else (options.n_envs if n_envs is None else n_envs)
+        if n < 1:
+            raise ValueError(f"VecPortfolioEnv: n_envs must be >= 1, got {n}")
+        self.options = options
+        self.portfolio = portfolio or PortfolioOptions()
+        self.n_envs = n
+        self.sequential = sequential
+        self._acc = Accounting(options, bars_per_year)
+        self._data = PortfolioData(options, sequential=sequential)
+        self._rngs = [np.random.default_rng(seed + i) for i in range(n)]
+        self._has_data = False
+        self._t = np.zeros(n, dtype=np.int64)
+        self._start = np.zeros(n, dtype=np.int64)
+        self._end = np.zeros(n, dtype=np.int64)
+        self._equity = np.ones(n)
+        self._reward_state = (np.zeros(n), np.zeros(n))
+        self._ep_return = np.zeros(n)
+        self._reward = np.zeros(n, dtype=np.float32)
+        self._terminated = np.zeros(n, dtype=bool)
+        self._truncated = np.zeros(n, dtype=bool)
+        self._done = np.zeros(n, dtype=bool)
+        self._out_return = np.zeros(n)
+        self._out_length = np.zeros(n, dtype=np.int64)
+        self._weights = np.zeros((n, 0))
+        self._obs = np.zeros((n, 0), dtype=np.float32)
+        self._terminal_obs = np.zeros((n, 0), dtype=np.float32)
+        self._width = 0
+        self._recorded = 0
+        self._ruined_at = -1
+        self._run_done = False
+        self._records: dict[str, np.ndarray] = {}
+
+    @property
+    def n_assets(self) -> int:
+        """Return the number of assets of the current data."""
+        return self._data.n_assets
+
+    @property
+    def n_bars(self) -> int:
+        """Return the number of bars of the current data."""
+        return self._data.n_bars
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        """Return the shape of one env's observation."""
+        self._require_data()
+        return (self._obs.shape[1],)
+
+    @property
+    def observation_space(self) -> spaces.Box:
+        """Return the observation space of one env."""
+        return build_observation_space(self.observation_shape)
+
+    @property
+    def action_space(self) -> spaces.Box:
+        """Return the action space of one env: Box(-1, 1) of M + 1 (long-only) or M values."""
+        from gymnasium import spaces
+
+        self._require_data()
+        return spaces.Box(-1.0, 1.0, shape=(n_outputs(self.portfolio, self.n_assets),), dtype=np.float32)
+
+    @property
+    def done(self) -> bool:
+        """Return True once a sequential run has reached its last bar."""
+        return self._run_done
+
+    def update_data(
+        self, features: np.ndarray, open_: np.ndarray, close: np.ndarray, tradable: np.ndarray
+    ) -> None:
+        """Swap in new data: float32 features [T, M, F], float64 prices [T, M] (NaN: no bar), bool tradable.
+
+        The number of assets and features is fixed by the first call. The envs are put at new episodes.
+        """
+        self._data.update(features, open_, close, tradable)
+        if not self._has_data:
+            data = self._data
+            self._width = self.options.window * data.n_assets * data.n_features
+            size = observation_size(self.portfolio, self.options.window, data.n_assets, data.n_features)
+            self._obs = np.zeros((self.n_envs, size), dtype=np.float32)
+            self._terminal_obs = np.zeros_like(self._obs)
+            self._weights = np.zeros((self.n_envs, data.n_assets))
+            self._result = StepResult(
+                obs=self._obs,
+                reward=self._reward,
+                terminated=self._terminated,
+                truncated=self._truncated,
+                terminal_obs=self._terminal_obs,
+                episode_return=self._out_return,
+                episode_length=self._out_length,
+            )
+            self._has_data = True
+        if self.sequential:
+            rows, m = self._data.n_bars, self._data.n_assets
+            self._records = {
+                "bar": np.empty(rows, dtype=np.int64),
+                "equity": np.empty(rows),
+                **{name: np.empty((rows, m)) for name in ("weights", "traded", "costs", "pnl")},
+            }
+        self._start_episodes(np.arange(self.n_envs))
+        if self.sequential:
+            self._begin_run()
+
+    def _require_data(self) -> None:
+        if not self._has_data:
+            raise RuntimeError("VecPortfolioEnv has no data yet: call update_data() first")
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start a new episode in every env and return their first observations [N, D]."""
+        self._require_data()
+        if seed is not None:
+            self._rngs = [np.random.default_rng(seed + i) for i in range(self.n_envs)]
+        self._start_episodes(np.arange(self.n_envs))
+        if self.sequential:
+            self._begin_run()
+        return self._obs
+
+    def _start_episodes(self, envs: np.ndarray) -> None:
+        bounds = self._data.start_bounds()
+        for i in envs.tolist():
+            self._start[i] = draw_start(self._rngs[i], bounds)
+        self._t[envs] = self._start[envs]
+        self._end[envs] = (
+            self._data.n_bars - 1 if self.sequential else self._start[envs] + self.options.episode_length
+        )
+        self._weights[envs] = 0.0
+        self._equity[envs] = 1.0
+        self._ep_return[envs] = 0.0
+        for column, value in zip(self._reward_state, self._acc.initial_reward_state(), strict=True):
+            column[envs] = value
+        self._obs[envs, : self._width] = self._data.windows[self._t[envs] - (self.options.window - 1)]
+        self._obs[envs, self._width :] = 0.0
+        if self.portfolio.weights == "long_only":
+            self._obs[envs, -1] = 1.0
+
+    def _begin_run(self) -> None:
+        self._recorded = 0
+        self._ruined_at = -1
+        self._run_done = False
+        zeros = np.zeros(self._data.n_assets)
+        self._record(int(self._start[0]), 1.0, zeros, zeros, zeros, zeros)
+
+    def _actions(self, actions: np.ndarray) -> np.ndarray:
+        actions = np.asarray(actions)
+        width = n_outputs(self.portfolio, self._data.n_assets)
+        if actions.size != self.n_envs * width:
+            raise ValueError(f"step: expected {self.n_envs} x {width} actions, got shape {actions.shape}")
+        if actions.dtype.kind != "f" or not np.isfinite(actions).all():
+            raise ValueError("step: actions must be finite floats")
+        return actions.reshape(self.n_envs, width)
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        """Advance every env by one bar toward the actions' target weights; finished envs start anew.
+
+        Returns views of the env's buffers, valid until the next call.
+        """
+        self._require_data()
+        if self.sequential and self._run_done:
+            self._begin_run()
+        raw = self._actions(actions)
+        m = self._data.n_assets
+        acc = self._acc
+        self._t += 1
+        moves = self._data.moves[self._t]
+        gap, body, can_fill = moves[:, :m], moves[:, m : 2 * m], moves[:, 2 * m :]
+        held = self._weights
+        moved = held * gap
+        g1 = 1.0 + moved.sum(axis=1)
+        at_fill = (held + moved) / np.maximum(g1, MIN_GROWTH)[:, None]
+        if self._ruined_at >= 0:
+            target = at_fill * (1.0 - can_fill)  # a ruined eval run sells what it can and stays in cash
+        else:
+            target = target_weights(self.portfolio, self.options.max_leverage, raw, at_fill, can_fill)
+        traded = np.abs(target - at_fill)
+        g2 = 1.0 - acc.cost * traded.sum(axis=1)
+        grown = target * body
+        g3 = 1.0 + grown.sum(axis=1)
+        closing = (target + grown) / np.maximum(g3, MIN_GROWTH)[:, None]
+        growth = g1 * g2 * g3
+        weights = closing
+        if acc.borrow:
+            g4 = 1.0 - acc.borrow * np.maximum(-closing, 0.0).sum(axis=1)
+            growth *= g4
+            weights = closing / g4[:, None]
+        floored = growth < MIN_GROWTH
+        np.maximum(growth, MIN_GROWTH, out=growth)
+        if floored.any():
+            weights[floored] = 0.0  # wiped out: nothing is left to hold
+        if self.sequential:
+            pieces = self._step_pieces(held, gap, target, body, closing, traded, g1, g2, g3)
+        np.copyto(self._weights, weights)
+        self._equity *= growth
+        reward, state = acc.reward(np, growth, np.log(growth), self._equity, self._reward_state)
+        if state is not self._reward_state:
+            for column, value in zip(self._reward_state, state, strict=True):
+                np.copyto(column, value)
+        np.copyto(self._reward, reward, casting="same_kind")
+        self._ep_return += reward
+        if self.sequential:
+            self._record(int(self._t[0]), float(self._equity[0]), self._weights[0], traded[0], *pieces)
+        self._write_obs()
+        np.less_equal(self._equity, self.options.ruin_equity, out=self._terminated)
+        if self.sequential:
+            if self._terminated[0] and self._ruined_at < 0:
+                self._ruined_at = self._recorded - 1
+            self._terminated[0] = False
+        np.greater_equal(self._t, self._end, out=self._truncated)
+        np.logical_or(self._terminated, self._truncated, out=self._done)
+        if self._done.any():
+            self._truncated &= ~self._terminated
+            self._finish(np.flatnonzero(self._done))
+        return self._result
+
+    def _step_pieces(
+        self,
+        held: np.ndarray,
+        gap: np.ndarray,
+        target: np.ndarray,
+        body: np.ndarray,
+        closing: np.ndarray,
+        traded: np.ndarray,
+        g1: np.ndarray,
+        g2: np.ndarray,
+        g3: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return env 0's costs and profits per asset over the step, in units of the start equity."""
+        equity = float(self._equity[0])
+        at_fill = equity * float(g1[0])
+        after_costs = at_fill * float(g2[0])
+        costs = at_fill * self._acc.cost * traded[0]
+        if self._acc.borrow:
+            costs = costs + after_costs * float(g3[0]) * self._acc.borrow * np.maximum(-closing[0], 0.0)
+        pnl = equity * held[0] * gap[0] + after_costs * target[0] * body[0]
+        return costs, pnl
+
+    def _write_obs(self) -> None:
+        width = self._width
+        m = self._data.n_assets
+        self._obs[:, :width] = self._data.windows[self._t - (self.options.window - 1)]
+        self._obs[:, width : width + m] = self._weights
+        if self.portfolio.weights == "long_only":
+            self._obs[:, -1] = 1.0 - self._weights.sum(axis=1)
+
+    def _finish(self, envs: np.ndarray) -> None:
+        self._terminal_obs[envs] = self._obs[envs]
+        self._out_return[envs] = self._ep_return[envs]
+        self._out_length[envs] = self._t[envs] - self._start[envs]
+        if self.sequential:
+            self._run_done = True
+        self._start_episodes(envs)
+
+    def _record(
+        self,
+        bar: int,
+        equity: float,
+        weights: np.ndarray,
+        traded: np.ndarray,
+        costs: np.ndarray,
+        pnl: np.ndarray,
+    ) -> None:
+        i = self._recorded
+        rec = self._records
+        rec["bar"][i] = bar
+        rec["equity"][i] = equity
+        rec["weights"][i] = weights
+        rec["traded"][i] = traded
+        rec["costs"][i] = costs
+        rec["pnl"][i] = pnl
+        self._recorded = i + 1
+
+    def records(self) -> PortfolioRecords:
+        """Return copies of the sequential run's per-bar records so far (the finished run once done)."""
+        if not self.sequential:
+            raise RuntimeError("records() is only kept by a sequential VecPortfolioEnv")
+        n = self._recorded
+        rec = {name: array[:n].copy() for name, array in self._records.items()}
+        return PortfolioRecords(
+            close=self._data.close[rec["bar"]],
+            tradable=self._data.tradable[rec["bar"]],
+            ruined_at=self._ruined_at,
+            **rec,
+        )
+
+
+class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
+    """Trade a portfolio through the gymnasium API, on the same accounting as VecPortfolioEnv."""
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        open_: np.ndarray,
+        close: np.ndarray,
+        tradable: np.ndarray,
+        options: EnvOptions | None = None,
+        portfolio: PortfolioOptions | None = None,
+        *,
+        seed: int = 0,
+        bars_per_year: float = DEFAULT_BARS_PER_YEAR,
+    ) -> None:
+        """Create the env on float32 features [T, M, F], float64 prices [T, M] and a bool tradable mask.
+
+        Args:
+            options: options.n_envs is ignored; the env is always one.
+            seed: episode starts come from np.random.default_rng(seed), so this env replays env i of a
+                VecPortfolioEnv seeded seed - i.
+            bars_per_year: the data's bars in a year; scales the borrow fee.
+        """
+        self.options = options if options is not None else EnvOptions()
+        self.portfolio = portfolio or PortfolioOptions()
+        self._acc = Accounting(self.options, bars_per_year)
+        self._data = PortfolioData(self.options, sequential=False)
+        self._data.update(features, open_, close, tradable)
+        data = self._data
+        self._m = data.n_assets
+        self._width = self.options.window * data.n_assets * data.n_features
+        self._size = observation_size(self.portfolio, self.options.window, data.n_assets, data.n_features)
+        self._long_only = self.portfolio.weights == "long_only"
+        self._outputs = n_outputs(self.portfolio, data.n_assets)
+        self.observation_space = build_observation_space((self._size,))
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, shape=(self._outputs,), dtype=np.float32)
+        self._all_fill = data.all_fill.tolist()
+        self._log_reward = self.options.reward == "log_return"
+        self._cap = self.options.max_leverage
+        self._np_random = np.random.default_rng(seed)
+        self._start_episode()
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start a new episode at a random start bar; return its first observation and info."""
+        super().reset(seed=seed)
+        self._start_episode()
+        return self._observation(), {"bar": self._t, "equity": 1.0}
+
+    def _start_episode(self) -> None:
+        self._t = draw_start(self.np_random, self._data.start_bounds())
+        self._steps = 0
+        self._weights = np.zeros(self._m)
+        self._equity = 1.0
+        self._ep_return = 0.0
+        self._reward_state = self._acc.initial_reward_state()
+        self._over = False
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Trade toward the action's target weights and advance one bar."""
+        if self._over:
+            raise RuntimeError("PortfolioEnv.step: the episode is over; call reset()")
+        raw = np.asarray(action, dtype=np.float64).reshape(-1)
+        if raw.size != self._outputs:
+            raise ValueError(f"PortfolioEnv.step: expected {self._outputs} values, got {action!r}")
+        m = self._m
+        acc = self._acc
+        t = self._t + 1
+        row = self._data.moves[t]
+        gap, body = row[:m], row[m : 2 * m]
+        held = self._weights
+        # VecPortfolioEnv.step's arithmetic on one env, with as few numpy calls as it allows (this is the
+        # single env's hot path; a test checks that the two agree).
+        g1 = 1.0 + float(np.dot(held, gap))
+        at_fill = held * gap
+        at_fill += held
+        at_fill *= 1.0 / max(g1, MIN_GROWTH)
+        if self._all_fill[t]:
+            clipped = _clip(raw)
+            if self._long_only:
+                e = np.exp(clipped * self.portfolio.logit_scale)
+                target = e[:m] * (1.0 / float(_SUM(e)))
+            else:
+                target = clipped
+                gross = float(_SUM(np.abs(target)))
+                if gross > self._cap:
+                    target *= self._cap / gross
+        else:
+            fill = row[2 * m :]
+            target = target_weights(self.portfolio, self._cap, raw[None], at_fill[None], fill[None])[0]
+        g2 = 1.0 - acc.cost * float(_SUM(np.abs(target - at_fill)))
+        g3 = 1.0 + float(np.dot(target, body))
+        weights = target * body
+        weights += target
+        weights *= 1.0 / max(g3, MIN_GROWTH)
+        growth = g1 * g2 * g3
+        if acc.borrow:
+            g4 = 1.0 - acc.borrow * float(_SUM(np.maximum(-weights, 0.0)))
+            growth *= g4
+            weights *= 1.0 / g4
+        if not math.isfinite(growth):
+            raise ValueError(f"PortfolioEnv.step: actions must be finite, got {action!r}")
+        if growth < MIN_GROWTH:
+            growth = MIN_GROWTH
+            weights = np.zeros(m)
+        self._weights = weights
+        equity = self._equity * growth
+        self._equity = equity
+        if self._log_reward:
+            reward = math.log(growth)
+        else:
+            reward, self._reward_state = acc.reward(
+                ScalarOps, growth, math.log(growth), equity, self._reward_state
+            )
+        self._ep_return += reward
+        self._t = t
+        self._steps += 1
+        terminated = equity <= self.options.ruin_equity
+        truncated = self._steps >= self.options.episode_length and not terminated
+        info: dict[str, Any] = {"bar": t, "equity": equity}
+        if terminated or truncated:
+            self._over = True
+            info["episode_return"] = self._ep_return
+            info["episode_length"] = self._steps
+        return self._observation(), reward, terminated, truncated, info
+
+    def _observation(self) -> np.ndarray:
+        obs = np.empty(self._size, dtype=np.float32)
+        width = self._width
+        obs[:width] = self._data.windows[self._t - (self.options.window - 1)]
+        obs[width : width + self._m] = self._weights
+        if self._long_only:
+            obs[-1] = 1.0 - float(_SUM(self._weights))
+        return obs
