@@ -65,13 +65,15 @@ class DataActor(ServiceActor):
             self.loads += 1
             s = self._summary
             logger.info(
-                "loaded %s: %d bars, %d features, %.0f bars/year%s in %.2f s",
+                "loaded %s: %d bars, %d features, %.0f bars/year%s%s in %.2f s; dropped %s",
                 s.source,
                 s.rows,
                 len(s.features),
                 s.bars_per_year,
                 " (from cache)" if s.cached else "",
+                ", close prices only" if s.close_only else "",
                 s.seconds,
+                s.dropped or "no rows",
             )
             self.publish(s)
         split = self._service.episode(msg.episode)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
+import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +24,7 @@ from services.config import (
     load_config,
 )
 from services.data.bars import DataError
-from services.data.features import feature_warmup
-from services.data.fingerprint import cache_key
-from services.data.reader import list_source_files
+from services.data.fingerprint import DIGESTS, cache_key
 from services.data.splits import split_ranges
 from services.data.store import FeatureStore, store_folder
 from services.model.checkpoint import CheckpointError, latest_checkpoint, write_json_atomic
@@ -56,8 +57,9 @@ def prepare(args: argparse.Namespace) -> Prepared:
     config = resolve_config(args)
     check_model(config)
     session_keys = load_keys(config)
-    fingerprint = data_fingerprint(config)
-    check_rows(config, fingerprint["data_hash"])
+    data_hash = data_fingerprint(config)
+    config = check_data(config, data_hash)
+    fingerprint = {"data_hash": data_hash, "config_hash": config_fingerprint(config)}
     first_episode, resume_from = 1, ""
     if args.resume is not None:
         first_episode, resume_from = resume_point(args.resume, args.force, config, fingerprint)
@@ -139,51 +141,65 @@ def load_keys(config: Config) -> SessionKeys | None:
     return session_keys
 
 
-def data_fingerprint(config: Config) -> dict[str, str]:
-    """Return what a checkpoint must match to be resumed: the data's hash and the model-relevant config."""
+def data_fingerprint(config: Config) -> str:
+    """Return the data hash: the source files' contents and the feature config (remembered by stat)."""
+    digests = project_path(config.data.cache_dir) / DIGESTS if config.data.cache else None
     try:
-        data_hash = cache_key(config.data.source, config.data.features)
+        return cache_key(config.data.source, config.data.features, digests=digests)
     except (DataError, OSError) as exc:
         raise UsageError(f"data.source.path: {exc}") from None
-    return {"data_hash": data_hash, "config_hash": config_fingerprint(config)}
 
 
-def check_rows(config: Config, data_hash: str) -> None:
-    """Refuse a window and split the data cannot hold before any process starts.
+def check_data(config: Config, data_hash: str) -> Config:
+    """Read and validate the whole source and check every episode's split before any process starts.
 
-    The row count comes from the feature store of a previous session, else from counting the lines of
-    plain CSV files (a fast byte scan); other sources are checked by the data actor.
+    With data.cache on, the source is processed into the feature store the data actor then opens (a
+    store of an earlier session is only opened); with it off, into a temporary store that is dropped.
+    A close-only source fills every trade at the next bar's close, so env.fill=close becomes next_open.
     """
-    if config.data.split.mode == "date":
-        return
-    rows = FeatureStore.stored_rows(store_folder(config.data.cache_dir, data_hash, root=ROOT))
-    if rows is None:
-        files = list_source_files(config.data.source.path)
-        if not files or any(f.suffix.lower() != ".csv" for f in files):
-            return
-        rows = sum(count_lines(path) - 1 for path in files)
-    try:
-        split_ranges(
-            rows,
-            config.data.split,
-            warmup=feature_warmup(config.data.features),
-            min_train_bars=config.env.min_bars,
-            min_eval_bars=config.env.min_eval_bars,
+    opts = config.data
+    # No log file exists yet: keep the data services' warnings off stderr (the console's data line says
+    # what cleaning dropped; the data actor's log has the rest).
+    logging.getLogger("services.data").addHandler(logging.NullHandler())
+    with tempfile.TemporaryDirectory(prefix="rl-trading-preflight-") as scratch:
+        folder = store_folder(opts.cache_dir, data_hash, root=ROOT) if opts.cache else Path(scratch) / "store"
+        try:
+            store = FeatureStore.open(folder) or FeatureStore.build(
+                folder, opts.source, opts.features, key=data_hash
+            )
+        except DataError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"data.source.path: {exc}") from None
+        check_episode_plan(config, store)
+        close_only = store.info.close_only
+    if close_only and config.env.fill == "close":
+        print(
+            "note: close-only data: env.fill=close would fill at the close the decision was made on; "
+            "filling at the next bar's close (env.fill=next_open)",
+            flush=True,
         )
+        return dataclasses.replace(config, env=dataclasses.replace(config.env, fill="next_open"))
+    return config
+
+
+def check_episode_plan(config: Config, store: FeatureStore) -> None:
+    """Refuse a split that does not fit for every episode this session trains (walk-forward windows)."""
+    split = config.data.split
+    episodes = config.training.episodes if split.walk_forward else 1
+    try:
+        for episode in range(episodes):
+            split_ranges(
+                len(store),
+                split,
+                episode=episode,
+                timestamps_ns=store.timestamps(),
+                warmup=store.info.warmup,
+                min_train_bars=config.env.min_bars,
+                min_eval_bars=config.env.min_eval_bars,
+            )
     except DataError as exc:
-        raise UsageError(
-            f"{config.data.source.path}: {exc} (env.window {config.env.window}, "
-            f"env.episode_length {config.env.episode_length})"
-        ) from None
-
-
-def count_lines(path: Path) -> int:
-    """Count the newlines of a file in 1 MiB blocks."""
-    count = 0
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            count += block.count(b"\n")
-    return count
+        raise UsageError(f"{config.data.source.path}: {exc.reason}") from None
 
 
 def resume_point(run_dir: Path, force: bool, config: Config, fingerprint: dict[str, str]) -> tuple[int, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from messages.base import Event
@@ -78,6 +78,14 @@ class DataLoaded(Event):
     data_hash: str
     cached: bool
     seconds: float
+    close_only: bool = False
+    """The source has closes only: its bars are flat at each close, so every fill is at the next close."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Rows data.source.nan_policy=drop left out, by reason ("missing close")."""
+    filled: int = 0
+    """Rows with a missing value that data.source.nan_policy=ffill filled."""
+    clipped: int = 0
+    """Bars whose high and low data.source.ohlc_policy=clip widened."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -20,6 +20,23 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True)
+class CleanReport:
+    """Count, over a whole source, the rows cleaning left out or changed."""
+
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Rows dropped by nan_policy=drop, by reason (e.g. "missing close")."""
+    filled: int = 0
+    """Rows with a missing value that nan_policy=ffill filled."""
+    clipped: int = 0
+    """Bars whose high and low ohlc_policy=clip widened to their open and close."""
+
+    @property
+    def dropped_rows(self) -> int:
+        """Return the number of dropped rows."""
+        return sum(self.dropped.values())
+
+
+@dataclass(slots=True)
 class StreamState:
     """Carry what validation needs across chunk and file boundaries."""
 
@@ -41,23 +58,31 @@ class Cleaner:
     error: ErrorAt
 
     def clean(
-        self, frame: pd.DataFrame, stamps: np.ndarray, rows: np.ndarray, state: StreamState
-    ) -> tuple[Bars | None, int, int]:
+        self,
+        frame: pd.DataFrame,
+        stamps: np.ndarray,
+        rows: np.ndarray,
+        state: StreamState,
+        report: CleanReport,
+    ) -> Bars | None:
         """Validate one chunk whose non-blank rows have these times and row numbers.
 
-        Returns its bars (None when no row is left), the rows dropped and the bars clipped.
+        Returns its bars (None when no row is left); what was dropped or changed is added to `report`.
+        A close-only file's bars get open = high = low = close.
         """
         blank = frame.isna().all(axis=1).to_numpy()
         if blank.any():
             frame = frame.loc[~blank]
         if len(frame) == 0:
-            return None, 0, 0
+            return None
         values = {name: self._numeric(frame[column], name, rows) for name, column in self.fields.items()}
         if "volume" not in values:
             values["volume"] = np.zeros(len(frame), dtype=np.float64)
-        stamps, rows, values, dropped = self._apply_nan_policy(stamps, rows, values, state)
+        stamps, rows, values = self._apply_nan_policy(stamps, rows, values, state, report)
         if len(stamps) == 0:
-            return None, dropped, 0
+            return None
+        for name in PRICE_COLUMNS[:3]:
+            values.setdefault(name, values["close"].copy())
         for name, array in values.items():
             finite = np.isfinite(array)
             if not finite.all():
@@ -74,7 +99,7 @@ class Cleaner:
             factor = values["adj_close"] / values["close"]
             for name in PRICE_COLUMNS:
                 values[name] = values[name] * factor
-        clipped = self._check_ohlc(values, rows)
+        report.clipped += self._check_ohlc(values, rows)
         self._check_order(stamps, rows, state)
         bars = Bars(
             timestamp=_owned(stamps),
@@ -84,7 +109,7 @@ class Cleaner:
             close=_owned(values["close"]),
             volume=_owned(values["volume"]),
         )
-        return bars, dropped, clipped
+        return bars
 
     def _numeric(self, column: pd.Series, name: str, rows: np.ndarray) -> np.ndarray:
         import pandas as pd
@@ -106,22 +131,68 @@ class Cleaner:
         rows: np.ndarray,
         values: dict[str, np.ndarray],
         state: StreamState,
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], int]:
+        report: CleanReport,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         missing = {name: np.isnan(array) for name, array in values.items()}
         any_missing = np.logical_or.reduce(list(missing.values()))
         policy = self.options.nan_policy
         if policy == "ffill":
+            prior_close = state.last_values.get("close", np.nan)
             for name, array in values.items():
                 values[name] = self._forward_fill(name, array, missing[name], rows, state)
-            return stamps, rows, values, 0
+            self._fill_prices(values, missing, prior_close, state)
+            report.filled += int(any_missing.sum())
+            return stamps, rows, values
         if not any_missing.any():
-            return stamps, rows, values, 0
+            return stamps, rows, values
         if policy == "error":
             at = int(np.argmax(any_missing))
             name = next(n for n, m in missing.items() if m[at])
             raise self.error(f"missing {name} (nan_policy=error)", int(rows[at]))
+        unseen = any_missing.copy()
+        for name in _FIELD_ORDER:
+            if name in missing:
+                first = unseen & missing[name]
+                if first.any():
+                    key = f"missing {name}"
+                    report.dropped[key] = report.dropped.get(key, 0) + int(first.sum())
+                    unseen &= ~first
         keep = ~any_missing
-        return stamps[keep], rows[keep], {k: v[keep] for k, v in values.items()}, int(any_missing.sum())
+        return stamps[keep], rows[keep], {k: v[keep] for k, v in values.items()}
+
+    @staticmethod
+    def _fill_prices(
+        values: dict[str, np.ndarray], missing: dict[str, np.ndarray], prior_close: float, state: StreamState
+    ) -> None:
+        """Fill each missing price of a bar from the previous close, keeping the bar valid.
+
+        A filled open or close is clipped into the bar's known [low, high]; a filled high or low is
+        widened to contain the bar's other prices.
+        """
+        names = [name for name in PRICE_COLUMNS if name in values]
+        filled_rows = np.flatnonzero(np.logical_or.reduce([missing[name] for name in names]))
+        if not filled_rows.size:
+            return
+        for name in names:
+            values[name] = values[name].copy()
+        close = values["close"]
+        for i in filled_rows:
+            previous = float(close[i - 1]) if i else prior_close
+            gaps = {name: bool(missing[name][i]) for name in names}
+            bar = {name: previous if gaps[name] else float(values[name][i]) for name in names}
+            if len(names) == len(PRICE_COLUMNS):
+                for name in ("open", "close"):
+                    if gaps[name] and not gaps["high"]:
+                        bar[name] = min(bar[name], bar["high"])
+                    if gaps[name] and not gaps["low"]:
+                        bar[name] = max(bar[name], bar["low"])
+                if gaps["high"]:
+                    bar["high"] = max(bar.values())
+                if gaps["low"]:
+                    bar["low"] = min(bar.values())
+            for name in names:
+                values[name][i] = bar[name]
+        state.last_values["close"] = float(close[-1])
 
     def _forward_fill(
         self, name: str, array: np.ndarray, missing: np.ndarray, rows: np.ndarray, state: StreamState
@@ -192,6 +263,9 @@ class Cleaner:
                 raise self.error(_order_reason(int(stamps[at]), int(stamps[at - 1]), previous), int(rows[at]))
         state.last_timestamp = int(stamps[-1])
         state.last_where = f"{self.name}, {self.unit} {int(rows[-1])}"
+
+
+_FIELD_ORDER = (*PRICE_COLUMNS, "adj_close", "volume")
 
 
 def _order_reason(stamp: int, previous: int, where: str) -> str:

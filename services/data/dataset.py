@@ -150,6 +150,10 @@ class DatasetService:
             data_hash=key,
             cached=cached,
             seconds=time.perf_counter() - started,
+            close_only=store.info.close_only,
+            dropped=dict(store.info.dropped),
+            filled=store.info.filled,
+            clipped=store.info.clipped,
         )
 
     def episode(self, episode: int) -> EpisodeSplit:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from services.data.bars import Bars
-from services.data.options import FeatureOptions
+from services.data.bars import Bars, DataError
+from services.data.options import DEFAULT_FEATURES, FeatureOptions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 FEATURE_VERSION = 1
 """Bump when a feature's arithmetic changes, so cached features are rebuilt."""
 
+_ALL_FIELDS = ("open", "high", "low", "close", "volume")
 _BLOCK_ROWS = 1 << 16  # Rows per internal block: bounds temporaries and the magnitude of running sums.
 _TINY = 1e-12
 
@@ -45,13 +46,20 @@ class FeatureSpec:
     """Earlier bars a value needs (kept in the carried tail); exponential state is carried separately."""
     description: str
     """One line for docs and logs."""
+    uses: tuple[str, ...] = _ALL_FIELDS
+    """The bar fields the feature reads; a close-only source can compute those that read only closes."""
 
 
 _REGISTRY: dict[str, FeatureSpec] = {}
 
 
 def register_feature(
-    name: str, *, warmup: int, lookback: int | None = None, description: str = ""
+    name: str,
+    *,
+    warmup: int,
+    lookback: int | None = None,
+    description: str = "",
+    uses: tuple[str, ...] = _ALL_FIELDS,
 ) -> Callable[[FeatureFunction], FeatureFunction]:
     """Register a feature function under `name`.
 
@@ -60,6 +68,8 @@ def register_feature(
         lookback: earlier bars one value needs; defaults to `warmup`. Features built on `ctx.ema` carry
             their state instead and need only the bars their inputs look back on.
         description: one line for docs; defaults to the first line of the function's docstring.
+        uses: the bar fields the function reads (all of them unless said): a close-only source refuses
+            a feature that reads open, high or low.
     """
     if name in _REGISTRY:
         raise ValueError(f"feature {name!r} is already registered")
@@ -75,6 +85,7 @@ def register_feature(
             warmup=warmup,
             lookback=warmup if lookback is None else lookback,
             description=description or (function.__doc__ or name).strip().splitlines()[0],
+            uses=uses,
         )
         return function
 
@@ -219,6 +230,7 @@ def _register_log_return(k: int) -> None:
     @register_feature(
         f"ret_{k}",
         warmup=k,
+        uses=("close",),
         description=f"Log return over {k} bar{'s' if k > 1 else ''}: log(close[t] / close[t-{k}]).",
     )
     def log_return(ctx: FeatureContext) -> np.ndarray:
@@ -228,7 +240,7 @@ def _register_log_return(k: int) -> None:
 def _register_volatility(window: int) -> None:
     description = f"Sample std of the last {window} one-bar log returns (not annualised)."
 
-    @register_feature(f"vol_{window}", warmup=window, description=description)
+    @register_feature(f"vol_{window}", warmup=window, description=description, uses=("close",))
     def volatility(ctx: FeatureContext) -> np.ndarray:
         return ctx.rolling_mean_std("ret_1", ctx.log_return(1), window)[1]
 
@@ -239,13 +251,13 @@ for _w in (20, 60):
     _register_volatility(_w)
 
 
-@register_feature("hl_range", warmup=0)
+@register_feature("hl_range", warmup=0, uses=("high", "low", "close"))
 def high_low_range(ctx: FeatureContext) -> np.ndarray:
     """Bar range relative to close: (high - low) / close."""
     return (ctx.high - ctx.low) / ctx.close
 
 
-@register_feature("gap", warmup=1)
+@register_feature("gap", warmup=1, uses=("open", "close"))
 def overnight_gap(ctx: FeatureContext) -> np.ndarray:
     """Opening gap: log(open[t] / close[t-1])."""
     out = np.full(len(ctx), np.nan)
@@ -253,13 +265,13 @@ def overnight_gap(ctx: FeatureContext) -> np.ndarray:
     return out
 
 
-@register_feature("body", warmup=0)
+@register_feature("body", warmup=0, uses=("open", "high", "low", "close"))
 def candle_body(ctx: FeatureContext) -> np.ndarray:
     """Candle body within its range, in [-1, 1]: (close - open) / (high - low), 0 for a flat bar."""
     return _safe_ratio(ctx.close - ctx.open, ctx.high - ctx.low)
 
 
-@register_feature("vol_z_20", warmup=19)
+@register_feature("vol_z_20", warmup=19, uses=("volume",))
 def volume_zscore(ctx: FeatureContext) -> np.ndarray:
     """Z-score of log(1 + volume) against its last 20 bars (current included); 0 when volume is flat."""
     log_volume = ctx.cached("log1p_volume", lambda: np.log1p(ctx.volume))
@@ -267,14 +279,14 @@ def volume_zscore(ctx: FeatureContext) -> np.ndarray:
     return _safe_ratio(log_volume - mean, std)
 
 
-@register_feature("sma_ratio_20", warmup=19)
+@register_feature("sma_ratio_20", warmup=19, uses=("close",))
 def sma_ratio(ctx: FeatureContext) -> np.ndarray:
     """Close relative to its 20-bar simple average: close / sma20 - 1."""
     mean, _ = ctx.rolling_mean_std("close", ctx.close, 20)
     return ctx.close / mean - 1.0
 
 
-@register_feature("rsi_14", warmup=14, lookback=1)
+@register_feature("rsi_14", warmup=14, lookback=1, uses=("close",))
 def rsi(ctx: FeatureContext) -> np.ndarray:
     """Wilder's RSI(14) rescaled to [-1, 1]: (RSI - 50) / 50, averages seeded with the first change."""
     change = np.full(len(ctx), np.nan)
@@ -288,7 +300,7 @@ def rsi(ctx: FeatureContext) -> np.ndarray:
     return _safe_ratio(gain - loss, gain + loss)
 
 
-@register_feature("macd_hist", warmup=33, lookback=0)
+@register_feature("macd_hist", warmup=33, lookback=0, uses=("close",))
 def macd_histogram(ctx: FeatureContext) -> np.ndarray:
     """MACD(12, 26, 9) histogram divided by close: (macd - signal) / close."""
     fast = ctx.ema("close_ema12", ctx.close, 2 / 13)
@@ -298,7 +310,7 @@ def macd_histogram(ctx: FeatureContext) -> np.ndarray:
     return (macd - signal) / ctx.close
 
 
-@register_feature("atr_14", warmup=14, lookback=1)
+@register_feature("atr_14", warmup=14, lookback=1, uses=("high", "low", "close"))
 def average_true_range(ctx: FeatureContext) -> np.ndarray:
     """Wilder's ATR(14) divided by close, the true range of the first bar being high - low."""
     previous = np.concatenate(([np.nan], ctx.close[:-1]))
@@ -378,6 +390,27 @@ def compute_features(frame: pd.DataFrame, options: FeatureOptions | None = None)
     """
     pipeline = FeaturePipeline(options or FeatureOptions())
     return pipeline.update(Bars.from_frame(frame))
+
+
+def source_features(options: FeatureOptions, *, close_only: bool, has_volume: bool) -> FeatureOptions:
+    """Return the features to compute on a source: on a close-only one, only those it can honestly give.
+
+    The default set on a close-only source keeps the features that read only closes (and volume, when
+    the source has it); any other set naming a feature that reads open, high or low is refused.
+    """
+    if not close_only:
+        return options
+    present = {"close", "volume"} if has_volume else {"close"}
+    if options.names == DEFAULT_FEATURES:
+        return FeatureOptions(names=tuple(n for n in options.names if set(feature_spec(n).uses) <= present))
+    for name in options.names:
+        if set(feature_spec(name).uses) & {"open", "high", "low"}:
+            usable = ", ".join(n for n in available_features() if feature_spec(n).uses == ("close",))
+            raise DataError(
+                f"data.features.names: {name!r} reads open, high or low, which this close-only source "
+                f"lacks; choose among {usable}"
+            )
+    return options
 
 
 def feature_warmup(options: FeatureOptions | None = None) -> int:

@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 CACHE_VERSION = 2
 """Bump when the processed result of the same source and options changes."""
 
+DIGESTS = "digests.json"
+"""The digest memo's file name in the feature-cache folder."""
+
 _HASH_BLOCK = 1 << 20
 # Source options that cannot change the processed result stay out of the key.
 _KEY_EXCLUDED_SOURCE_FIELDS = ("path", "chunk_rows")

@@ -1,4 +1,8 @@
-"""Map a file's column names to bar fields and its time column(s), whatever their spelling."""
+"""Map a file's column names to bar fields and its time column(s), whatever their spelling.
+
+A file needs a close (a `Close` column, else a `Price` column) and either all of open, high and low or
+none of them: a close-only file (`Date,Close`, `Date,Price`), whose bars the cleaner makes flat.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +37,11 @@ class Layout:
     fields: dict[str, str]
     """Bar field (open, high, low, close, adj_close, volume) -> column name."""
 
+    @property
+    def close_only(self) -> bool:
+        """Return True when the file has closes but no open, high and low."""
+        return not any(name in self.fields for name in PRICE_COLUMNS[:3])
+
     def columns(self) -> list[str]:
         """Return every column to read, time first, each once."""
         return list(dict.fromkeys([*self.time_columns, *self.fields.values()]))
@@ -61,7 +70,13 @@ def detect_layout(
         if target in fields:
             raise error(f"columns {fields[target]!r} and {column!r} both give {target}", header_row)
         fields[target] = column
-    required = list(PRICE_COLUMNS) + (["adj_close"] if options.price == "adj_close" else [])
+    if "close" not in fields and "price" in normal:
+        fields["close"] = normal["price"]
+    # A file with none of open, high and low is close-only (each bar is flat at its close).
+    close_only = not any(name in fields for name in PRICE_COLUMNS[:3])
+    required = ["close"] if close_only else list(PRICE_COLUMNS)
+    if options.price == "adj_close":
+        required.append("adj_close")
     for name in required:
         if name not in fields:
             shown = "Adj Close" if name == "adj_close" else name.capitalize()

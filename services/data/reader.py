@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from services.data.bars import Bars, DataError, one_line
-from services.data.cleaning import Cleaner, StreamState
+from services.data.cleaning import Cleaner, CleanReport, StreamState
 from services.data.layout import detect_layout
 from services.data.options import SourceOptions
 from services.data.timeparse import SAMPLE_ROWS, TimeParser
@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zst", ".csv.zip")
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 _PANDAS_LINE = re.compile(r"line (\d+)")
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".tar")
+_SEPARATORS = (";", "\t", "|")
+_ZIP_MAGIC = b"PK\x03\x04"
+_OLE_MAGIC = bytes.fromhex("D0CF11E0A1B11AE1")
 
 
 def list_source_files(path: str) -> list[Path]:
@@ -56,14 +60,40 @@ def read_bars(options: SourceOptions) -> Iterator[Bars]:
     Raises:
         DataError: naming the file and row of the first bad value met.
     """
-    files = list_source_files(options.path)
-    readers = [_FileReader(path, options) for path in files]
-    if len(readers) > 1:
-        readers.sort(key=lambda r: (r.first_timestamp(), str(r.path)))
-        logger.info("reading %d files in time order, first %s", len(readers), readers[0].path)
-    state = StreamState()
-    for reader in readers:
-        yield from reader.chunks(state)
+    return iter(SourceReader(options))
+
+
+class SourceReader:
+    """Read a source's files in time order, in validated chunks, and count what cleaning changed.
+
+    Making one reads every file's header (so a bad header is found before any row is read) and says
+    whether the source is close-only; iterating streams the bars and fills `report`.
+    """
+
+    def __init__(self, options: SourceOptions) -> None:
+        self._readers = [_FileReader(path, options) for path in list_source_files(options.path)]
+        kinds = {reader.layout.close_only for reader in self._readers}
+        if len(kinds) > 1:
+            mixed = next(r for r in self._readers if r.layout.close_only)
+            raise DataError(
+                "this file has only closes while others have open, high and low; use one kind",
+                path=mixed.name,
+            )
+        self.close_only = kinds == {True}
+        """True when the files have closes but no open, high and low: every bar is flat at its close."""
+        self.has_volume = all("volume" in reader.layout.fields for reader in self._readers)
+        """True when every file has a volume column."""
+        self.report = CleanReport()
+        """What cleaning dropped or changed so far."""
+
+    def __iter__(self) -> Iterator[Bars]:
+        readers = self._readers
+        if len(readers) > 1:
+            readers = sorted(readers, key=lambda r: (r.first_timestamp(), str(r.path)))
+            logger.info("reading %d files in time order, first %s", len(readers), readers[0].path)
+        state = StreamState()
+        for reader in readers:
+            yield from reader.chunks(state, self.report)
 
 
 class _FileReader:
@@ -78,6 +108,7 @@ class _FileReader:
         # CSV: line of the first data row (header is line 1). Parquet: 1-based data rows.
         self.first_row = 1 if self.is_parquet else 2
         header_row = None if self.is_parquet else 1
+        self.separator = ","
         self.layout = detect_layout(self._column_names(), options, self.error, header_row)
         self.times = TimeParser(self.layout, options.timestamp_format, self.name, self.error)
         self.cleaner = Cleaner(options, self.layout.fields, name=self.name, unit=self.unit, error=self.error)
@@ -95,23 +126,28 @@ class _FileReader:
                     self._first_timestamp = int(stamps[0])
                     break
             else:
-                raise self.error("the file has no data rows")
+                raise self.error("the file has a header but no data rows")
         return self._first_timestamp
 
-    def chunks(self, state: StreamState) -> Iterator[Bars]:
-        dropped = 0
-        clipped = 0
+    def chunks(self, state: StreamState, report: CleanReport) -> Iterator[Bars]:
+        dropped_before, clipped_before = report.dropped_rows, report.clipped
         rows = 0
+        lines = 0
         for frame, first in self._frames():
+            lines += len(frame)
             stamps, numbers = self.times.parse(frame, first)
-            bars, n_dropped, n_clipped = self.cleaner.clean(frame, stamps, numbers, state)
-            dropped += n_dropped
-            clipped += n_clipped
+            bars = self.cleaner.clean(frame, stamps, numbers, state, report)
             if bars is not None and len(bars):
                 rows += len(bars)
                 yield bars
+        dropped = report.dropped_rows - dropped_before
+        clipped = report.clipped - clipped_before
+        if rows == 0 and dropped:
+            raise self.error(f"the file has no valid data rows: all {dropped} were dropped (nan_policy=drop)")
         if rows == 0:
-            raise self.error("the file has no valid data rows")
+            raise self.error(
+                "the file has a header but no data rows" if not lines else "the file has no data rows"
+            )
         if dropped:
             logger.warning("%s: dropped %d rows with missing values (nan_policy=drop)", self.name, dropped)
         if clipped:
@@ -128,12 +164,35 @@ class _FileReader:
                 import pyarrow.parquet as pq
 
                 return [str(name) for name in pq.ParquetFile(self.path).schema_arrow.names]
+            self._check_text()
             header = pd.read_csv(self.path, nrows=0, skipinitialspace=True)
+            names = [str(name) for name in header.columns]
+            separator = _other_separator(names)
+            if separator:
+                self.separator = separator
+                header = pd.read_csv(self.path, nrows=0, sep=separator, skipinitialspace=True)
         except DataError:
             raise
+        except pd.errors.EmptyDataError:
+            raise self.error("the file is empty", None) from None
         except Exception as exc:
             raise self.error(f"cannot read the header: {one_line(exc)}", None) from exc
         return [str(name) for name in header.columns]
+
+    def _check_text(self) -> None:
+        """Refuse a spreadsheet saved under a CSV name, naming what it is."""
+        if self.path.name.lower().endswith(_COMPRESSED_SUFFIXES):
+            return
+        with self.path.open("rb") as fh:
+            magic = fh.read(8)
+        if not magic:
+            raise self.error("the file is empty", None)
+        if magic.startswith(_ZIP_MAGIC):
+            raise self.error(
+                "this is an Excel workbook (.xlsx) or another zip file, not CSV text; save it as CSV", None
+            )
+        if magic.startswith(_OLE_MAGIC):
+            raise self.error("this is an Excel 97-2003 workbook (.xls), not CSV text; save it as CSV", None)
 
     def _frames(self, limit: int | None = None) -> Iterator[tuple[pd.DataFrame, int]]:
         """Yield (frame, row number of its first row) for bounded chunks of the file."""
@@ -156,6 +215,7 @@ class _FileReader:
             reader = pd.read_csv(
                 self.path,
                 usecols=columns,
+                sep=self.separator,
                 chunksize=size,
                 skipinitialspace=True,
                 skip_blank_lines=False,
@@ -172,6 +232,15 @@ class _FileReader:
             match = _PANDAS_LINE.search(str(exc))
             row = int(match.group(1)) if match and not self.is_parquet else None
             raise self.error(f"cannot parse the file: {one_line(exc)}", row) from exc
+
+
+def _other_separator(names: list[str]) -> str:
+    """Return the separator a header read as one column shows (';', tab or '|'), or '' for commas."""
+    if len(names) != 1:
+        return ""
+    counts = {sep: names[0].count(sep) for sep in _SEPARATORS}
+    best = max(counts, key=lambda sep: counts[sep])
+    return best if counts[best] else ""
 
 
 def _is_supported(path: Path) -> bool:

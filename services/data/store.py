@@ -16,21 +16,21 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from services.data.bars import Bars, DataError, infer_bars_per_year
-from services.data.features import FeaturePipeline
+from services.data.features import FeaturePipeline, source_features
 from services.data.options import FeatureOptions, SourceOptions
-from services.data.reader import read_bars
+from services.data.reader import SourceReader
 from services.data.splits import Normalizer
 
 logger = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+STORE_VERSION = 2
 META = "meta.json"
 COLUMNS: dict[str, str] = {"timestamp": "<i8", "open": "<f8", "close": "<f8", "features": "<f4"}
 """Column files and their dtypes; features hold n_features values per row."""
@@ -48,13 +48,21 @@ def store_folder(cache_dir: str, key: str, *, root: Path) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class StoreInfo:
-    """What a store holds."""
+    """What a store holds, and what cleaning the source dropped or changed."""
 
     rows: int
     names: tuple[str, ...]
     warmup: int
     bars_per_year: float
     key: str
+    close_only: bool = False
+    """The source had closes only: every bar is flat at its close (open = high = low = close)."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Rows nan_policy=drop left out, by reason."""
+    filled: int = 0
+    """Rows nan_policy=ffill filled."""
+    clipped: int = 0
+    """Bars ohlc_policy=clip widened."""
 
 
 class FeatureStore:
@@ -92,6 +100,10 @@ class FeatureStore:
                 warmup=int(meta["warmup"]),
                 bars_per_year=float(meta["bars_per_year"]),
                 key=str(meta["key"]),
+                close_only=bool(meta["close_only"]),
+                dropped={str(k): int(v) for k, v in meta["dropped"].items()},
+                filled=int(meta["filled"]),
+                clipped=int(meta["clipped"]),
             )
             for column, dtype in COLUMNS.items():
                 width = len(info.names) if column == "features" else 1
@@ -113,13 +125,16 @@ class FeatureStore:
         tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            pipeline = FeaturePipeline(features)
+            reader = SourceReader(source)
+            pipeline = FeaturePipeline(
+                source_features(features, close_only=reader.close_only, has_volume=reader.has_volume)
+            )
             rows = 0
             sample: list[np.ndarray] = []
             sampled = 0
             files = {column: (tmp / column).open("wb") for column in COLUMNS}
             try:
-                for bars in read_bars(source):
+                for bars in reader:
                     block = pipeline.update(bars)
                     for column, dtype in COLUMNS.items():
                         values = block if column == "features" else getattr(bars, column)
@@ -141,6 +156,10 @@ class FeatureStore:
                 warmup=pipeline.warmup,
                 bars_per_year=infer_bars_per_year(np.concatenate(sample)),
                 key=key,
+                close_only=reader.close_only,
+                dropped=dict(reader.report.dropped),
+                filled=reader.report.filled,
+                clipped=reader.report.clipped,
             )
             meta = {"version": STORE_VERSION, **{f: getattr(info, f) for f in StoreInfo.__slots__}}
             (tmp / META).write_text(json.dumps(meta, indent=1))
@@ -232,12 +251,15 @@ class ProcessedData:
 
 def process_source(source: SourceOptions, features: FeatureOptions, *, key: str = "") -> ProcessedData:
     """Read and validate every bar of the source and compute its features in memory, storing nothing."""
-    pipeline = FeaturePipeline(features)
+    reader = SourceReader(source)
+    pipeline = FeaturePipeline(
+        source_features(features, close_only=reader.close_only, has_volume=reader.has_volume)
+    )
     fields = ("timestamp", "open", "high", "low", "close", "volume")
     columns: dict[str, list[np.ndarray]] = {name: [] for name in fields}
     blocks: list[np.ndarray] = []
     started = time.perf_counter()
-    for chunk in read_bars(source):
+    for chunk in reader:
         for name in fields:
             columns[name].append(getattr(chunk, name))
         blocks.append(pipeline.update(chunk))

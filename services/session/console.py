@@ -115,6 +115,25 @@ def format_model_created(msg: ModelCreated) -> str:
     return f"model {msg.model_id} restored from checkpoint {checkpoint} at step {msg.total_steps:,} {what}"
 
 
+def format_data(msg: DataLoaded) -> str:
+    """Return the data line: bars, features, cache, and what the source lacked or cleaning changed."""
+    cached = ", from cache" if msg.cached else ""
+    parts = [f"data: {msg.rows:,} bars, {len(msg.features)} features{cached}"]
+    if msg.close_only:
+        parts.append("close prices only: every fill is at the next bar's close")
+    if msg.dropped:
+        total = sum(msg.dropped.values())
+        reasons = ", ".join(f"{count:,} {reason}" for reason, count in msg.dropped.items())
+        parts.append(
+            f"dropped {total:,} row{'' if total == 1 else 's'} ({reasons}, data.source.nan_policy=drop)"
+        )
+    if msg.filled:
+        parts.append(f"filled {msg.filled:,} row(s) with missing values (data.source.nan_policy=ffill)")
+    if msg.clipped:
+        parts.append(f"widened high/low of {msg.clipped:,} bar(s) (data.source.ohlc_policy=clip)")
+    return "; ".join(parts)
+
+
 def format_duration(seconds: float) -> str:
     """Format seconds as H:MM:SS."""
     if not math.isfinite(seconds):
@@ -248,8 +267,7 @@ class PlainView:
             case SessionStarted():
                 self._say(f"session {msg.name}: {msg.episodes} episode(s) x {msg.steps_per_episode:,} steps")
             case DataLoaded():
-                cached = ", from cache" if msg.cached else ""
-                self._say(f"data: {msg.rows:,} bars, {len(msg.features)} features{cached}")
+                self._say(format_data(msg))
             case ModelCreated():
                 self._say(format_model_created(msg))
             case ModelReused():

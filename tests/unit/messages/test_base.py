@@ -39,8 +39,9 @@ def test_events_are_the_types_of_the_events_module_and_the_rest_are_commands_or_
 
 def test_from_value_takes_the_same_named_attributes_of_a_plain_value() -> None:
     loaded = SimpleNamespace(
-        source="d.csv", rows=10, features=("a",), bars_per_year=252.0, data_hash="", cached=True, seconds=1.0
-    )
+        source="d.csv", rows=10, features=("a",), bars_per_year=252.0, data_hash="", cached=True, seconds=1.0,
+        close_only=False, dropped={}, filled=0, clipped=0,
+    )  # fmt: skip
 
     msg = DataLoaded.from_value(loaded, sender="data")
 

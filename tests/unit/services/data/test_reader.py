@@ -13,7 +13,7 @@ import pytest
 
 from services.data.bars import Bars, DataError, infer_bars_per_year
 from services.data.options import SourceOptions
-from services.data.reader import list_source_files, read_bars
+from services.data.reader import SourceReader, list_source_files, read_bars
 
 HEADER = "Date,Open,High,Low,Close,Volume\n"
 GOOD_ROWS = [
@@ -428,3 +428,90 @@ def test_the_data_services_never_import_torch_or_stable_baselines3() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
 
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("separator", [";", "\t", "|"])
+def test_a_csv_with_another_separator_reads_like_a_comma_separated_one(
+    tmp_path: Path, separator: str
+) -> None:
+    text = (HEADER + "".join(GOOD_ROWS)).replace(",", separator)
+
+    bars = read_all(write(tmp_path / "bars.csv", text))
+
+    assert bars.close.tolist() == [10.5, 11, 11.2, 11.6]
+
+
+def test_an_excel_workbook_renamed_csv_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "bars.csv"
+    path.write_bytes(b"PK\x03\x04" + bytes(100))
+
+    assert (
+        data_error(path) == f"{path}: this is an Excel workbook (.xlsx) or another zip file, not CSV text; "
+        "save it as CSV"
+    )
+
+
+def test_an_old_excel_file_renamed_csv_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "bars.csv"
+    path.write_bytes(bytes.fromhex("D0CF11E0A1B11AE1") + bytes(100))
+
+    assert "Excel 97-2003 workbook (.xls)" in data_error(path)
+
+
+def test_an_empty_file_is_named_empty(tmp_path: Path) -> None:
+    assert data_error(write(tmp_path / "bars.csv", "")) == f"{tmp_path / 'bars.csv'}: the file is empty"
+
+
+def test_a_file_with_only_a_header_says_it_has_no_data_rows(tmp_path: Path) -> None:
+    path = write(tmp_path / "bars.csv", HEADER)
+
+    assert data_error(path) == f"{path}: the file has a header but no data rows"
+
+
+@pytest.mark.parametrize("column", ["Close", "Price"])
+def test_a_close_only_file_gives_flat_bars_at_each_close(tmp_path: Path, column: str) -> None:
+    path = write(tmp_path / "bars.csv", f"Date,{column}\n2020-01-02,10\n2020-01-03,11\n2020-01-06,10.5\n")
+    reader = SourceReader(SourceOptions(path=str(path)))
+
+    bars = Bars.concat(list(reader))
+
+    assert reader.close_only
+    assert bars.close.tolist() == [10, 11, 10.5]
+    assert bars.open.tolist() == bars.high.tolist() == bars.low.tolist() == bars.close.tolist()
+
+
+def test_a_file_with_only_some_of_open_high_low_is_still_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "bars.csv", "Date,Open,Close\n2020-01-02,10,10.5\n")
+
+    assert (
+        data_error(path)
+        == f"{path}, line 1: missing required column 'High'; columns are ['Date', 'Open', 'Close']"
+    )
+
+
+def test_ffill_keeps_a_filled_close_inside_the_bars_low_and_high(tmp_path: Path) -> None:
+    text = HEADER + GOOD_ROWS[0] + "2020-01-03,11,12,10.9,,200\n" + GOOD_ROWS[2]
+
+    bars = read_all(write(tmp_path / "bars.csv", text), nan_policy="ffill")
+
+    assert bars.close.tolist() == [10.5, 10.9, 11.2]
+    assert bars.high.tolist()[1] == 12 and bars.low.tolist()[1] == 10.9
+
+
+def test_ffill_fills_missing_prices_from_the_previous_close_and_widens_a_filled_high(tmp_path: Path) -> None:
+    text = HEADER + GOOD_ROWS[0] + "2020-01-03,,,10.6,11,200\n"
+
+    bars = read_all(write(tmp_path / "bars.csv", text), nan_policy="ffill")
+
+    assert (bars.open[1], bars.high[1], bars.low[1], bars.close[1]) == (10.6, 11, 10.6, 11)
+
+
+def test_the_reader_counts_dropped_and_filled_rows_by_reason(tmp_path: Path) -> None:
+    text = HEADER + GOOD_ROWS[0] + "2020-01-03,10,11,9,,1\n" + "2020-01-06,10,,9,10,1\n" + GOOD_ROWS[3]
+    dropping = SourceReader(SourceOptions(path=str(write(tmp_path / "a.csv", text))))
+    filling = SourceReader(SourceOptions(path=str(write(tmp_path / "b.csv", text)), nan_policy="ffill"))
+
+    list(dropping), list(filling)
+
+    assert dropping.report.dropped == {"missing close": 1, "missing high": 1}
+    assert filling.report.filled == 2 and not filling.report.dropped

@@ -414,3 +414,19 @@ def test_auto_chooses_live_on_a_terminal_and_plain_otherwise() -> None:
 def test_an_unknown_console_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="fancy"):
         make_view("fancy", json=False, tables=True, stream=io.StringIO())
+
+
+def test_the_plain_data_line_says_close_only_fills_and_dropped_rows() -> None:
+    out = io.StringIO()
+    view = PlainView(out, tables=False, clock=ViewClock(wall=T0 + 1))
+    loaded = DataLoaded(
+        source="close.csv", rows=1299, features=("ret_1",), bars_per_year=252.0, data_hash="h",
+        cached=False, seconds=0.1, close_only=True, dropped={"missing close": 1}, sender="data",
+    )  # fmt: skip
+
+    view.event(SessionState(), 1, loaded)
+
+    assert out.getvalue().strip() == (
+        "data: 1,299 bars, 1 features; close prices only: every fill is at the next bar's close; "
+        "dropped 1 row (1 missing close, data.source.nan_policy=drop)"
+    )
