@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 PLOTS_DIR = "plots"
 LATEST_PLOT = "equity.png"
-"""The latest evaluated episode's equity and drawdown, agent vs buy & hold, in the run folder itself."""
+"""The latest evaluated episode's equity (position changes marked), position held and drawdown, agent vs
+buy & hold, in the run folder itself."""
 TRAINING_CURVES = (
     ("rollout/ep_rew_mean", "episode reward (mean)"),
     ("train/loss", "loss"),
@@ -57,6 +58,14 @@ CONFIG_SUMMARY = (
     ("training.seed", "seed"),
 )
 """Keys of config.yaml summarised in the report."""
+MAX_MARKERS = 300
+"""Most position changes marked on an equity curve; with more, only the position panel shows them."""
+MARKERS = (
+    ("long", "^", "tab:green", "to long"),
+    ("short", "v", "tab:red", "to short"),
+    ("flat", "o", "grey", "to flat"),
+)
+"""How a change of position is marked on the equity curve: the side it changes to, marker, colour, label."""
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -107,6 +116,18 @@ def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+def position_changes(position: np.ndarray) -> dict[str, np.ndarray]:
+    """Return the rows at which the position changes, by the side it changes to (long, short, flat).
+
+    Row 0 is compared with flat, the position every evaluation starts from.
+    """
+    held = np.asarray(position, dtype=np.float64)
+    before = np.concatenate(([0.0], held[:-1]))
+    rows = np.flatnonzero(held != before)
+    side = held[rows]
+    return {"long": rows[side > 0], "short": rows[side < 0], "flat": rows[side == 0]}
+
+
 def _save(fig: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png", dpi=100)
@@ -120,6 +141,8 @@ class _EpisodeSeries:
         self.episode = episode
         self.equity = _floats(columns["equity"])
         self.bench = _floats(columns["buy_and_hold_equity"])
+        position = _floats(columns.get("position", []))
+        self.position = position if len(position) == len(self.equity) else None
         stamps = columns.get("timestamp", [])
         self.x: Any = np.arange(len(self.equity))
         self.xlabel = "eval bar"
@@ -130,13 +153,31 @@ class _EpisodeSeries:
             except ValueError:
                 pass
 
+    @property
+    def panels(self) -> tuple[str, ...]:
+        """Return the panels of the equity figure: the position under the equity when it is recorded."""
+        return ("equity", "position") if self.position is not None else ("equity",)
+
     def draw(self, ax: Any, kind: str) -> None:
-        """Draw the agent against buy & hold on one axis: "equity" or "drawdown"."""
+        """Draw one panel: "equity" (with the position changes), "position" or "drawdown"."""
         if kind == "equity":
             ax.plot(self.x, self.equity, label="agent", linewidth=1.2)
             ax.plot(self.x, self.bench, label="buy & hold", linewidth=1.0, alpha=0.8)
+            title = f"Episode {self.episode}: equity on the eval window, agent vs buy & hold"
+            if self.position is not None:
+                title += self._mark_changes(ax)
             ax.set_ylabel("equity (start = 1)")
-            ax.set_title(f"Episode {self.episode}: equity on the eval window, agent vs buy & hold")
+            ax.set_title(title)
+        elif kind == "position":
+            assert self.position is not None
+            ax.step(self.x, self.position, where="post", color="black", linewidth=0.6)
+            for above, colour in ((True, "tab:green"), (False, "tab:red")):
+                where = self.position > 0 if above else self.position < 0
+                ax.fill_between(self.x, self.position, 0, where=where, step="post", color=colour, alpha=0.3)
+            ax.set_ylabel("position held")
+            levels = np.unique(self.position)
+            if len(levels) <= 5:
+                ax.set_yticks(np.union1d(levels, [0.0]))
         else:
             ax.fill_between(self.x, drawdown(self.equity) * 100, 0, label="agent", alpha=0.5)
             ax.plot(self.x, drawdown(self.bench) * 100, label="buy & hold", linewidth=1.0, color="tab:orange")
@@ -144,27 +185,61 @@ class _EpisodeSeries:
             ax.set_title(f"Episode {self.episode}: drawdown on the eval window")
         ax.set_xlabel(self.xlabel)
         ax.grid(alpha=0.3)
-        ax.legend(loc="best")
+        if kind != "position":
+            ax.legend(loc="best", fontsize=8 if kind == "equity" else None)
+
+    def _mark_changes(self, ax: Any) -> str:
+        """Mark each change of position on the agent's curve; return a note for the title when too many."""
+        assert self.position is not None
+        changes = position_changes(self.position)
+        count = sum(len(rows) for rows in changes.values())
+        if count > MAX_MARKERS:
+            return f"\n{count:,} position changes: too many to mark, see the position panel"
+        size = 36 if count <= 60 else 16
+        for side, marker, colour, label in MARKERS:
+            rows = changes[side]
+            if len(rows):
+                ax.scatter(
+                    self.x[rows],
+                    self.equity[rows],
+                    marker=marker,
+                    color=colour,
+                    s=size,
+                    zorder=3,
+                    label=f"{label} ({len(rows):,})",
+                    edgecolors="none",
+                )
+        return ""
 
 
 def _plot_episode(figure: Any, plots: Path, series: _EpisodeSeries) -> list[str]:
-    """Write the equity and drawdown PNGs of one episode; return their names relative to the run folder."""
+    """Write the equity (over the position) and drawdown PNGs of one episode; return their names."""
     names = []
-    for kind in ("equity", "drawdown"):
-        fig = figure(figsize=(9, 4), layout="constrained")
-        series.draw(fig.add_subplot(), kind)
-        name = f"{kind}-episode-{series.episode}.png"
+    for panels in (series.panels, ("drawdown",)):
+        fig = _draw_panels(
+            figure(figsize=(9, 4 + 1.5 * (len(panels) - 1)), layout="constrained"), series, panels
+        )
+        name = f"{panels[0]}-episode-{series.episode}.png"
         _save(fig, plots / name)
         names.append(f"{PLOTS_DIR}/{name}")
     return names
 
 
+def _draw_panels(fig: Any, series: _EpisodeSeries, panels: Sequence[str]) -> Any:
+    """Draw the panels one under the other on a shared x axis (the position panel a third as tall)."""
+    ratios = [1 if panel == "position" else 3 for panel in panels]
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False, height_ratios=ratios)[:, 0]
+    for ax, panel in zip(axes, panels, strict=True):
+        series.draw(ax, panel)
+    for ax in axes[:-1]:
+        ax.set_xlabel("")
+    return fig
+
+
 def _plot_latest(figure: Any, run_dir: Path, series: _EpisodeSeries) -> str:
-    """Write equity.png: an episode's equity over its drawdown, agent vs buy & hold; return its name."""
-    fig = figure(figsize=(9, 7), layout="constrained")
-    top = fig.add_subplot(2, 1, 1)
-    series.draw(top, "equity")
-    series.draw(fig.add_subplot(2, 1, 2, sharex=top), "drawdown")
+    """Write equity.png: an episode's equity (with its trades), position and drawdown; return its name."""
+    panels = (*series.panels, "drawdown")
+    fig = _draw_panels(figure(figsize=(9, 7 + 1.5 * (len(panels) - 2)), layout="constrained"), series, panels)
     _save(fig, run_dir / LATEST_PLOT)
     return LATEST_PLOT
 
@@ -280,9 +355,9 @@ def _markdown(
 def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[dict[str, Any]]) -> Path:
     """Write report.md and its PNGs; return its path.
 
-    The PNGs: equity.png in the run folder (the equity and drawdown of the latest episode with per-bar
-    records, agent vs buy & hold), and under plots/ the equity and drawdown of every episode and the
-    training curves.
+    The PNGs: equity.png in the run folder (the equity with its position changes marked, the position
+    held and the drawdown of the latest episode with per-bar records, agent vs buy & hold), and under
+    plots/ the equity over the position and the drawdown of every episode, and the training curves.
 
     Args:
         evaluations: as in SessionState.to_dict()["evaluations"]: episode, agent and buy_and_hold metrics.

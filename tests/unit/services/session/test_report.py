@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from services.session.recorder import METRIC_COLUMNS
-from services.session.report import drawdown, write_report
+from services.session.report import _EpisodeSeries, drawdown, position_changes, write_report
 
 ROOT = Path(__file__).resolve().parents[4]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -100,7 +100,7 @@ def test_equity_png_shows_the_latest_episode_equity_over_its_drawdown(run_dir: P
     png = (run_dir / "equity.png").read_bytes()
     assert png[:8] == PNG_SIGNATURE
     width, height = struct.unpack(">II", png[16:24])
-    assert (width, height) == (900, 700), "one figure, equity on top of drawdown"
+    assert (width, height) == (900, 850), "one figure: equity, position, drawdown"
     assert "![Episode 2: equity and drawdown, agent vs buy & hold](equity.png)" in report.read_text()
     write_eval_csv(run_dir, 2, bars=30)
     write_report(run_dir, name="demo", model_id="m-42", evaluations=[evaluation(1), evaluation(2)])
@@ -139,6 +139,64 @@ def test_writing_the_report_again_replaces_it(run_dir: Path) -> None:
     report = write_report(run_dir, name="demo", model_id="m-2", evaluations=[evaluation(1), evaluation(2)])
 
     assert "`m-2`" in report.read_text() and "`m-1`" not in report.read_text()
+
+
+def test_position_changes_are_the_rows_where_the_position_differs_from_the_row_before() -> None:
+    position = np.array([0.0, 1.0, 1.0, -1.0, -1.0, 0.0, 0.0, 1.0, 0.5])
+
+    changes = position_changes(position)
+
+    assert changes["long"].tolist() == [1, 7, 8]
+    assert changes["short"].tolist() == [3]
+    assert changes["flat"].tolist() == [5]
+
+
+def test_an_evaluation_that_starts_long_is_marked_at_its_first_row() -> None:
+    changes = position_changes(np.array([1.0, 1.0, 0.0]))
+
+    assert changes["long"].tolist() == [0] and changes["flat"].tolist() == [2]
+
+
+def test_the_equity_panel_marks_each_position_change_on_the_agents_curve() -> None:
+    from matplotlib.figure import Figure
+
+    position = [0.0, 1.0, 1.0, 1.0, -1.0, -1.0, 0.0, 0.0, 1.0, 1.0]
+    equity = [1.0 + 0.01 * i for i in range(len(position))]
+    columns = {
+        "timestamp": [],
+        "position": [str(v) for v in position],
+        "equity": [str(v) for v in equity],
+        "buy_and_hold_equity": ["1.0"] * len(position),
+    }
+    ax = Figure().add_subplot()
+
+    _EpisodeSeries(1, columns).draw(ax, "equity")
+
+    marked = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+    assert marked == {
+        "to long (2)": [[1.0, 1.01], [8.0, 1.08]],
+        "to short (1)": [[4.0, 1.04]],
+        "to flat (1)": [[6.0, 1.06]],
+    }
+
+
+def test_too_many_position_changes_are_left_to_the_position_panel() -> None:
+    from matplotlib.figure import Figure
+
+    from services.session.report import MAX_MARKERS
+
+    bars = MAX_MARKERS + 2
+    columns = {
+        "position": [str(1.0 if i % 2 else -1.0) for i in range(bars)],
+        "equity": ["1.0"] * bars,
+        "buy_and_hold_equity": ["1.0"] * bars,
+    }
+    ax = Figure().add_subplot()
+
+    _EpisodeSeries(1, columns).draw(ax, "equity")
+
+    assert not ax.collections
+    assert f"{bars:,} position changes: too many to mark" in ax.get_title()
 
 
 def test_drawdown_is_the_fall_from_the_running_peak() -> None:
