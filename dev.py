@@ -53,7 +53,9 @@ def main(argv: list[str]) -> int:
         lint = subprocess.call([str(PYTHON), "-m", "mypy", *packages])
     if command == "lint" or lint != 0:
         return lint
-    return subprocess.call([str(PYTHON), "-m", "pytest", *rest])
+    # One line per test file as it finishes, so a long smoke file does not look like a hang.
+    progress = ["--file-progress", "-o", "console_output_style=classic"]
+    return subprocess.call([str(PYTHON), "-m", "pytest", *progress, *rest])
 
 
 if __name__ == "__main__":
