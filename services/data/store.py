@@ -76,14 +76,6 @@ class FeatureStore:
     def __len__(self) -> int:
         return self.info.rows
 
-    @staticmethod
-    def stored_rows(folder: Path) -> int | None:
-        """Return the row count a store at `folder` records, or None when it has none (absent, unreadable)."""
-        try:
-            return int(json.loads((folder / META).read_text())["rows"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
     @classmethod
     def open(cls, folder: Path) -> FeatureStore | None:
         """Open a complete store, or return None when it is absent or damaged (logged)."""
