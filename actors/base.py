@@ -228,7 +228,8 @@ class ServiceActor(pykka.ThreadingActor):
         msg = item.message
         if msg is None:
             self.publish(ErrorRaised(where=f"{self.name} socket", error=item.error))
-            self.reply(item.peer, RequestFailed(request="?", error=item.error))
+            failed = RequestFailed(request="?", correlation_id=item.request_id, error=item.error)
+            self.reply(item.peer, failed)
             return
         match msg:
             case Stop():

@@ -37,7 +37,7 @@ for _path in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(_path))
 
 from bench_training import EnvActorProcess  # noqa: E402
-from common import serve_until_stopped, train_data  # noqa: E402
+from common import BENCH_KEY, serve_until_stopped, train_data  # noqa: E402
 
 from messages import EnvsStepped, Ping, StepEnvs, Stop, decode, encode  # noqa: E402
 from services.config import load_config  # noqa: E402
@@ -77,7 +77,7 @@ def serve_raw(endpoint: str, n_envs: int, obs_size: int) -> None:
 def serve_codec(endpoint: str, n_envs: int, obs_size: int) -> None:
     """Answer every request with a prebuilt EnvsStepped through the transport (child process)."""
     template = stepped_reply(n_envs, obs_size)
-    server = Server(endpoint, max_bytes=MAX_BYTES, name="codec-bench")
+    server = Server(endpoint, max_bytes=MAX_BYTES, name="codec-bench", key=BENCH_KEY)
     serve_until_stopped(server, lambda msg: dataclasses.replace(template, correlation_id=msg.msg_id))
 
 
@@ -134,7 +134,7 @@ def main() -> int:
         raw.setsockopt(zmq.LINGER, 0)
         raw.connect(raw_endpoint)
         request_bytes = [bytes(frame) for frame in encode(request)]
-        codec = Client(codec_endpoint, max_bytes=MAX_BYTES, timeout_s=60.0, sender="bench")
+        codec = Client(codec_endpoint, max_bytes=MAX_BYTES, timeout_s=60.0, sender="bench", key=BENCH_KEY)
         codec.request(Ping(), timeout_s=120.0)
         try:
             actor.install("train", train, summary.bars_per_year, config.data.block_rows)

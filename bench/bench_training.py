@@ -46,12 +46,13 @@ for _path in (ROOT, ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from common import machine, serve_until_stopped, train_data  # noqa: E402
+from common import BENCH_KEY, machine, serve_until_stopped, train_data  # noqa: E402
 
 from messages import DataBlock, DataComplete, DataInstalled, Ping, Stop  # noqa: E402
 from services.config import Config, config_to_dict, load_config  # noqa: E402
 from services.data.dataset import SplitArrays  # noqa: E402
 from services.env.gym_env import TradingEnv  # noqa: E402
+from services.transport.auth import write_session_key  # noqa: E402
 from services.transport.sockets import Client, Endpoints  # noqa: E402
 
 COMPARE_PYTHON = ROOT / "bench" / ".venv-compare" / "bin" / "python"
@@ -68,6 +69,7 @@ class EnvActorProcess:
         ipc.mkdir()
         self.endpoints = Endpoints.local(ipc, events_out="", session="")
         self.endpoints.write(folder / "endpoints.json")
+        write_session_key(folder, BENCH_KEY)
         self._max_bytes = config.session.max_message_bytes
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "run.py"), "_actor", "env", "--run-dir", str(folder)], cwd=ROOT
@@ -77,7 +79,9 @@ class EnvActorProcess:
 
     def client(self, sender: str) -> Client:
         """Return a new DEALER to the env actor's ROUTER."""
-        return Client(self.endpoints.env, max_bytes=self._max_bytes, timeout_s=60.0, sender=sender)
+        return Client(
+            self.endpoints.env, max_bytes=self._max_bytes, timeout_s=60.0, sender=sender, key=BENCH_KEY
+        )
 
     def install(self, split: str, arrays: SplitArrays, bars_per_year: float, block_rows: int) -> None:
         """Stream one split to the env actor the way the data actor does, and wait until installed."""
@@ -151,7 +155,7 @@ def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
             )
         raise RuntimeError(f"plain env server got {msg!r}")
 
-    serve_until_stopped(Server(endpoint, max_bytes=max_bytes, name="plain-env"), answer)
+    serve_until_stopped(Server(endpoint, max_bytes=max_bytes, name="plain-env", key=BENCH_KEY), answer)
 
 
 def null_vec_env(n_envs: int, obs_size: int, n_actions: int) -> Any:
@@ -246,7 +250,9 @@ def bench_setups(
             target=serve_plain, args=(plain_endpoint, overrides, max_bytes)
         )
         plain.start()
-        plain_client = Client(plain_endpoint, max_bytes=max_bytes, timeout_s=120.0, sender="model")
+        plain_client = Client(
+            plain_endpoint, max_bytes=max_bytes, timeout_s=120.0, sender="model", key=BENCH_KEY
+        )
         try:
             actor.install("train", train, summary.bars_per_year, config.data.block_rows)
             factory = VecEnvFactory(config.env, seed=config.training.seed)

@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from messages import DataLoaded, Message, Stop, Stopped
+from messages.envelope import SessionKey
 from services.config import Config
 from services.data.dataset import DatasetService, SplitArrays
 from services.data.fingerprint import cache_key
 from services.transport.sockets import Server
+
+BENCH_KEY = SessionKey(bytes(range(32)))
+"""The session key of the benchmarks' processes (they form a session of their own)."""
 
 ROOT = Path(__file__).resolve().parents[1]
 

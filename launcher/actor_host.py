@@ -23,8 +23,10 @@ from actors.ports import Ports
 from launcher.logs import configure_logging
 from launcher.supervisor import ACTOR_KINDS
 from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, Parser, project_path
+from messages.envelope import SessionKey
 from services.config import Config, config_from_dict, read_yaml
 from services.runtime import PsutilProbe, SystemClock
+from services.transport.auth import read_session_key
 from services.transport.sockets import Client, Endpoints, Publisher, Server
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ def actor_main(argv: Sequence[str]) -> int:
     configure_logging(run_dir / "logs" / f"{kind}.log", stderr_level=logging.ERROR, prefix=f"[{kind}] ")
     config = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
     endpoints = Endpoints.from_dict(json.loads((run_dir / "endpoints.json").read_text()))
-    host = ActorHost(kind, config, endpoints, run_dir, ActorExit())
+    host = ActorHost(kind, config, endpoints, run_dir, ActorExit(), read_session_key(run_dir))
     ref = BUILDERS[kind](host)
     signal.signal(signal.SIGTERM, lambda signum, frame: ref.stop(block=False))
     parent = os.getppid()
@@ -55,13 +57,14 @@ def actor_main(argv: Sequence[str]) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ActorHost:
-    """What every builder gets: the actor's kind, the run's config, endpoints and folder."""
+    """What every builder gets: the actor's kind, the run's config, endpoints, folder and session key."""
 
     kind: str
     config: Config
     endpoints: Endpoints
     run_dir: Path
     note: ActorExit
+    key: SessionKey
 
     def common(self) -> dict[str, object]:
         """Return the constructor arguments every served actor takes."""
@@ -74,21 +77,25 @@ class ActorHost:
 
     def ports(self, serve: bool, clients: Sequence[str] = (), timeout_s: float | None = None) -> Ports:
         """Return the actor's socket factories: its own server, its publisher and clients to others."""
-        opts, kind, endpoints = self.config.session, self.kind, self.endpoints
+        opts, kind, endpoints, key = self.config.session, self.kind, self.endpoints, self.key
         max_bytes = opts.max_message_bytes
         timeout = opts.request_timeout_s if timeout_s is None else timeout_s
         return Ports(
-            server=(lambda: Server(getattr(endpoints, kind), max_bytes=max_bytes, name=kind))
+            server=(lambda: Server(getattr(endpoints, kind), max_bytes=max_bytes, name=kind, key=key))
             if serve
             else None,
-            publisher=lambda: Publisher(endpoints.events_in, sender=kind),
+            publisher=self.publisher,
             clients={
                 peer: Client.factory(
-                    getattr(endpoints, peer), max_bytes=max_bytes, timeout_s=timeout, sender=kind
+                    getattr(endpoints, peer), max_bytes=max_bytes, timeout_s=timeout, sender=kind, key=key
                 )
                 for peer in clients
             },
         )
+
+    def publisher(self) -> Publisher:
+        """Return a new signed publisher of this actor's events (one per thread that publishes)."""
+        return Publisher(self.endpoints.events_in, sender=self.kind, key=self.key)
 
 
 def build_data(host: ActorHost) -> pykka.ActorRef[Any]:
@@ -154,23 +161,28 @@ def build_monitor(host: ActorHost) -> pykka.ActorRef[Any]:
     from actors.monitor import MonitorActor
     from services.session.views import make_view
     from services.transport.curve import LOCAL_KIT, load_client_keys
-    from services.transport.sockets import Subscriber
+    from services.transport.sockets import Credentials, PlainClient, Subscriber
 
     opts, endpoints = host.config.session, host.endpoints
     view = make_view(opts.console, json=False, tables=False, stream=sys.stdout, heartbeat_s=opts.heartbeat_s)
-    # With CURVE the session's own monitor needs a listed key too: keys/local.
-    keys = load_client_keys(project_path(opts.keys_dir) / LOCAL_KIT) if opts.keys_dir else None
+    # With CURVE the session's own monitor needs a listed key too (keys/local); without, the session token.
+    auth: Credentials = (
+        load_client_keys(project_path(opts.keys_dir) / LOCAL_KIT)
+        if opts.keys_dir
+        else PlainClient.of(host.key)
+    )
     max_bytes = opts.max_message_bytes
     ports = Ports(
-        publisher=lambda: Publisher(endpoints.events_in, sender=host.kind),
-        subscriber=lambda: Subscriber(endpoints.events_out, max_bytes=max_bytes, curve=keys),
+        publisher=host.publisher,
+        subscriber=lambda: Subscriber(endpoints.events_out, max_bytes=max_bytes, auth=auth),
         clients={
             "session": Client.factory(
                 endpoints.session,
                 max_bytes=max_bytes,
                 timeout_s=opts.request_timeout_s,
                 sender=host.kind,
-                curve=keys,
+                key=None,
+                auth=auth,
             )
         },
     )

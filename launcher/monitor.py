@@ -1,9 +1,13 @@
-"""Attach to a running session from any process or host: `run.py monitor --connect tcp://HOST:PORT`."""
+"""Attach to a running session: `run.py monitor --run runs/NAME` on its host (the run folder's session key
+proves the monitor may), or `run.py monitor --connect tcp://HOST:PORT --keys DIR` with CURVE keys."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -12,10 +16,11 @@ from actors.monitor import MonitorActor
 from actors.ports import Ports
 from launcher.logs import configure_logging
 from launcher.signals import SignalLatch
-from launcher.usage import EXIT_FAILURE, EXIT_OK, UsageError
+from launcher.usage import EXIT_FAILURE, EXIT_OK, RUN_PY, UsageError
 from messages import DescribeSession, SessionDescription
 from services.runtime import PsutilProbe, SystemClock
 from services.session.views import make_view
+from services.transport.auth import KeyFileError, read_session_key
 from services.transport.curve import (
     Handshake,
     KeysError,
@@ -23,7 +28,14 @@ from services.transport.curve import (
     explain_handshake,
     load_client_keys,
 )
-from services.transport.sockets import Client, Subscriber, TransportError
+from services.transport.sockets import (
+    Client,
+    Credentials,
+    Endpoints,
+    PlainClient,
+    Subscriber,
+    TransportError,
+)
 
 MAX_BYTES = 1 << 26
 """The largest message a remote monitor accepts."""
@@ -31,8 +43,16 @@ MAX_BYTES = 1 << 26
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of `run.py monitor`."""
-    parser.add_argument(
-        "--connect", required=True, metavar="tcp://HOST:PORT", help="the session's monitor endpoint"
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--run",
+        dest="run_dir",
+        type=Path,
+        metavar="RUN_DIR",
+        help="a session on this host: its run folder (runs/NAME)",
+    )
+    where.add_argument(
+        "--connect", metavar="tcp://HOST:PORT", help="the session's monitor endpoint (with --keys for CURVE)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
     parser.add_argument("--once", action="store_true", help="print the snapshot and exit")
@@ -45,42 +65,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def monitor_main(args: argparse.Namespace) -> int:
-    """Attach to a running session: snapshot first, then live events, until it finishes."""
-    if not args.connect.startswith("tcp://") or ":" not in args.connect[6:]:
-        raise UsageError(f"run.py monitor: --connect must be tcp://HOST:PORT, got {args.connect!r}")
-    if args.timeout <= 0:
-        raise UsageError(f"run.py monitor: --timeout must be positive, got {args.timeout:g}")
-    configure_logging(None, stderr_level=logging.ERROR)
+def monitor_command(run_dir: Path) -> str:
+    """Return the command line that attaches a monitor to a run on this host, as a shell would take it."""
+    parts = [_shown_path(Path(sys.executable), absolute=False), _shown_path(RUN_PY), "monitor", "--run"]
+    return shlex.join([*parts, _shown_path(run_dir)])
+
+
+def _shown_path(path: Path, *, absolute: bool = True) -> str:
+    """Return a path relative to the working folder when it lies below it (else as given)."""
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(Path.cwd()))
+    return str(path.resolve() if absolute else path)
+
+
+def _target(args: argparse.Namespace) -> tuple[str, Credentials | None]:
+    """Return the session endpoint to attach to and the credentials to present there."""
     try:
         keys = load_client_keys(args.keys) if args.keys is not None else None
     except KeysError as exc:
         raise UsageError(f"run.py monitor: {exc}") from None
+    if args.connect is not None:
+        if not args.connect.startswith("tcp://") or ":" not in args.connect[6:]:
+            raise UsageError(f"run.py monitor: --connect must be tcp://HOST:PORT, got {args.connect!r}")
+        return args.connect, keys
+    try:
+        endpoints = Endpoints.from_dict(json.loads((args.run_dir / "endpoints.json").read_text()))
+        key = read_session_key(args.run_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(
+            f"run.py monitor: --run {args.run_dir}: not a session's run folder ({exc})"
+        ) from None
+    except KeyFileError as exc:
+        raise UsageError(f"run.py monitor: {exc}") from None
+    return endpoints.session, keys if keys is not None else PlainClient.of(key)
+
+
+def monitor_main(args: argparse.Namespace) -> int:
+    """Attach to a running session: snapshot first, then live events, until it finishes."""
+    if args.timeout <= 0:
+        raise UsageError(f"run.py monitor: --timeout must be positive, got {args.timeout:g}")
+    endpoint, auth = _target(args)
+    configure_logging(None, stderr_level=logging.ERROR)
     # Watch the handshake first, so a refused key gets its own message instead of a timeout.
-    handshake = check_handshake(args.connect, keys, args.timeout)
+    handshake = check_handshake(endpoint, auth, args.timeout)
     if handshake is not Handshake.ACCEPTED:
-        print(
-            f"monitor: {explain_handshake(handshake, args.connect, args.keys, args.timeout)}", file=sys.stderr
-        )
+        line = explain_handshake(handshake, endpoint, args.keys, args.timeout, run_dir=args.run_dir)
+        print(f"monitor: {line}", file=sys.stderr)
         return EXIT_FAILURE
     session_link = Client.factory(
-        args.connect, max_bytes=MAX_BYTES, timeout_s=args.timeout, sender="monitor", curve=keys
+        endpoint, max_bytes=MAX_BYTES, timeout_s=args.timeout, sender="monitor", key=None, auth=auth
     )
     probe = session_link()
     try:
         description = probe.request(DescribeSession(sender="monitor"))
     except TransportError as exc:
-        print(f"monitor: the session at {args.connect} did not describe itself: {exc}", file=sys.stderr)
+        print(f"monitor: the session at {endpoint} did not describe itself: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         probe.close()
     assert isinstance(description, SessionDescription)
-    host = args.connect[6:].rsplit(":", 1)[0]
+    host = endpoint[6:].rsplit(":", 1)[0]
     events = f"tcp://{host}:{description.events.rsplit(':', 1)[1]}"
     view = make_view(args.console, json=args.json, tables=True, stream=sys.stdout)
     note = ActorExit()
     ports = Ports(
-        subscriber=lambda: Subscriber(events, max_bytes=MAX_BYTES, curve=keys),
+        subscriber=lambda: Subscriber(events, max_bytes=MAX_BYTES, auth=auth),
         clients={"session": session_link},
     )
     # Sockets reconnect on their own; the actor notices silence, restarts and lost events and

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from launcher.usage import ROOT, UsageError, project_path
+from messages.envelope import SessionKey
 from services.config import (
     Config,
     ConfigError,
@@ -28,6 +29,7 @@ from services.data.fingerprint import DIGESTS, cache_key
 from services.data.splits import split_ranges
 from services.data.store import FeatureStore, store_folder
 from services.model.checkpoint import CheckpointError, latest_checkpoint, write_json_atomic
+from services.transport.auth import write_session_key
 from services.transport.curve import LOCAL_KIT, KeysError, SessionKeys, load_client_keys, load_session_keys
 from services.transport.sockets import is_loopback
 
@@ -50,6 +52,8 @@ class Prepared:
     """The checkpoint the model restores first ("" for a new run)."""
     session_keys: SessionKeys | None
     """CURVE keys of the monitor sockets, when session.keys_dir is set."""
+    key: SessionKey
+    """This launch's session key (a new one each launch), written to the run folder."""
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
@@ -66,6 +70,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         run_dir = args.resume.resolve()
     else:
         run_dir = new_run_dir(project_path(config.session.runs_dir), config.name)
+    key = write_session_key(run_dir)
     resolved: dict[str, object] = {**config_to_dict(config), "name": run_dir.name}
     write_json_atomic(
         run_dir / "session.json", {"resume": resume_from, "first_episode": first_episode, **fingerprint}
@@ -81,6 +86,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
         first_episode=first_episode,
         resume_from=resume_from,
         session_keys=session_keys,
+        key=key,
     )
 
 

@@ -17,6 +17,7 @@ import zmq
 from actors.ports import Ports
 from actors.session import Abort, Outcome, Restarted, SessionActor
 from launcher.logs import configure_logging
+from launcher.monitor import monitor_command
 from launcher.preflight import Prepared, prepare
 from launcher.signals import SignalLatch
 from launcher.summary import print_summary, recorded_evaluations, write_run_report
@@ -76,6 +77,7 @@ def train(args: argparse.Namespace) -> int:
         max_bytes=opts.max_message_bytes,
         sinks=[state.apply, recorder],
         snapshot=state.to_dict,
+        key=prepared.key,
         curve=keys.curve if keys else None,
         allowed_keys_dir=keys.allowlist if keys else None,
     )
@@ -144,12 +146,11 @@ class _Session:
         """Start every actor, run the episode loop under supervision and return the exit status."""
         run_dir, opts = self.prepared.run_dir, self.prepared.config.session
         print(f"session {self.name}: run folder {run_dir}", flush=True)
-        print(f"monitor: python run.py monitor --connect {self.endpoints.session}", flush=True)
-        publisher = Publisher(self.endpoints.events_in, sender="session")
+        print(f"monitor: {monitor_command(run_dir)}", flush=True)
+        publisher = Publisher(self.endpoints.events_in, sender="session", key=self.prepared.key)
         self.signals.install()
         session_ref: pykka.ActorRef[SessionActor] | None = None
         try:
-            time.sleep(0.2)  # let the PUB connect before the first event
             publisher.publish(self._started_event())
             self.supervisor.start_all()
             failure = wait_started(
@@ -211,13 +212,14 @@ class _Session:
     def _start_session_actor(self, outcome: Outcome) -> pykka.ActorRef[SessionActor]:
         config, opts = self.prepared.config, self.prepared.config.session
         ports = Ports(
-            publisher=lambda: Publisher(self.endpoints.events_in, sender="session"),
+            publisher=lambda: Publisher(self.endpoints.events_in, sender="session", key=self.prepared.key),
             clients={
                 kind: Client.factory(
                     getattr(self.endpoints, kind),
                     max_bytes=opts.max_message_bytes,
                     timeout_s=opts.request_timeout_s,
                     sender="session",
+                    key=self.prepared.key,
                 )
                 for kind in REQUEST_KINDS
             },

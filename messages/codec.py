@@ -32,7 +32,15 @@ Frame = bytes | bytearray | memoryview
 
 
 class DecodeError(ValueError):
-    """Frames that are not a valid message of this protocol; the text names what was wrong."""
+    """Frames that are not a valid message of this protocol; the text names what was wrong.
+
+    When the header decoded far enough, `msg_id` is the message's id, so a server can answer it with a
+    RequestFailed that correlates ("" when it could not be read).
+    """
+
+    def __init__(self, text: str, *, msg_id: str = "") -> None:
+        super().__init__(text)
+        self.msg_id = msg_id
 
 
 def _shown(value: Any, limit: int = 64) -> str:
@@ -277,6 +285,16 @@ def decode(frames: Sequence[Frame], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTE
     body, specs = header["body"], header["arrays"]
     if not isinstance(body, dict):
         raise DecodeError(f"{name}: body is not a map")
+    msg_id = body.get("msg_id")
+    try:
+        return _decode_body(schema, body, specs, views)
+    except DecodeError as exc:
+        exc.msg_id = msg_id if isinstance(msg_id, str) and len(msg_id) <= 64 else ""
+        raise
+
+
+def _decode_body(schema: _Schema, body: dict[str, Any], specs: Any, views: Sequence[Frame]) -> Message:
+    name = schema.cls.__name__
     if not isinstance(specs, list) or len(specs) != len(views) - 1:
         raise DecodeError(f"{name}: {len(views) - 1} array frames but the header describes a different count")
     values: dict[str, Any] = {}

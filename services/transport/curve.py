@@ -29,7 +29,7 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from services.transport.sockets import CurveClientKeys, CurveServerKeys, context
+from services.transport.sockets import Credentials, CurveClientKeys, CurveServerKeys, context
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class KeyAllowlist:
 
     The folder is read again whenever it changes, so a kit listed or revoked counts at the next
     connection. A refused client retries about ten times a second, so each key is logged once a minute.
-    Use: ``ThreadAuthenticator.configure_curve_callback(domain="*", credentials_provider=KeyAllowlist(dir))``.
+    Use: ``ZapHandler.admit(ctx, domain, curve_check(KeyAllowlist(dir).callback))`` (services.transport.auth).
     """
 
     def __init__(
@@ -225,13 +225,15 @@ _HANDSHAKE_EVENTS = (
 )
 
 
-def check_handshake(endpoint: str, keys: CurveClientKeys | None, timeout_s: float) -> Handshake:
+def check_handshake(endpoint: str, keys: Credentials | None, timeout_s: float) -> Handshake:
     """Connect to endpoint, watch the security handshake through a socket monitor and say how it ended.
 
-    Sends no message: only the ZMTP greeting (and CURVE's hello) goes out.
+    Sends no message: only the ZMTP greeting (and CURVE's hello or PLAIN's credentials) goes out.
     """
     sock = context().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if endpoint.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
     if keys is not None:
         keys.apply(sock)
     monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
@@ -268,24 +270,43 @@ def check_handshake(endpoint: str, keys: CurveClientKeys | None, timeout_s: floa
         sock.close(0)
 
 
-def explain_handshake(result: Handshake, endpoint: str, keys_dir: Path | None, timeout_s: float) -> str:
-    """Return the one line a monitor prints when its handshake with the session did not succeed."""
+def explain_handshake(
+    result: Handshake, endpoint: str, keys_dir: Path | None, timeout_s: float, *, run_dir: Path | None = None
+) -> str:
+    """Return the one line a monitor prints when its handshake with the session did not succeed.
+
+    `keys_dir` is the CURVE kit the monitor used, `run_dir` the run folder whose session key it used.
+    """
     match result:
         case Handshake.ACCEPTED:
             return f"the session at {endpoint} accepted this monitor"
+        case Handshake.REFUSED if run_dir is not None:
+            return (
+                f"the session at {endpoint} refused this monitor: {run_dir}/session.key is not the key of "
+                "the session running there (was the run launched again, or is this another run's folder?)"
+            )
         case Handshake.REFUSED:
             return (
                 f"the session at {endpoint} refused this monitor's key from {keys_dir}: it is not listed "
                 "in the session's keys/clients folder (ask for a listed client folder made by "
                 "`python run.py keys`)"
             )
+        case Handshake.MECHANISM if run_dir is not None:
+            return (
+                f"the session at {endpoint} uses CURVE keys: pass --keys DIR with a client folder made by "
+                "`python run.py keys`"
+            )
         case Handshake.MECHANISM if keys_dir is None:
             return (
-                f"the session at {endpoint} requires CURVE keys: pass --keys DIR with a client folder "
-                "made by `python run.py keys`"
+                f"the session at {endpoint} requires its key: on the session's host pass --run runs/NAME "
+                "(it reads the run's session.key); a session with CURVE keys requires CURVE keys: pass "
+                "--keys DIR with a client folder made by `python run.py keys`"
             )
         case Handshake.MECHANISM:
-            return f"the session at {endpoint} does not use CURVE keys: leave out --keys"
+            return (
+                f"the session at {endpoint} does not use CURVE keys: leave out --keys and pass "
+                "--run runs/NAME on the session's host"
+            )
         case Handshake.FAILED if keys_dir is None:
             return (
                 f"the session at {endpoint} broke off the handshake: it probably requires CURVE keys "

@@ -1,4 +1,4 @@
-"""Run the session's event hub: an XSUB/XPUB proxy that numbers events, plus the monitors' snapshot socket."""
+"""Run the session's event hub: a PULL/XPUB relay that numbers events, plus the monitors' snapshot socket."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from messages import (
@@ -27,18 +25,53 @@ from messages import (
     Snapshot,
     decode,
     encode,
+    message_types,
 )
+from messages.base import Event
+from messages.envelope import SessionKey, SignatureError, unseal
+from services.transport.auth import ZapHandler, curve_check, plain_check
 from services.transport.curve import KeyAllowlist
-from services.transport.sockets import CurveServerKeys, EventSink, _bind_tcp, _tune, context, pack_event
+from services.transport.sockets import (
+    MAX_FRAMES,
+    CurveServerKeys,
+    EventSink,
+    _bind_tcp,
+    _take,
+    _Throttle,
+    _tune,
+    advertised,
+    context,
+    pack_event,
+    secure_ipc,
+)
 
 logger = logging.getLogger(__name__)
 
 
-class EventHub:
-    """Forward every valid event from actors to subscribers with a sequence number; serve snapshots.
+SESSION_SOCKET_BYTES = 1 << 16
+"""Largest request a monitor may send to the session socket (requests are about 150 bytes)."""
+SUBSCRIPTION_BYTES = 1024
+"""Largest message a subscriber may send (a subscription to a type name is far shorter; a CURVE handshake
+command is about 300 bytes and counts too)."""
+_REPORT_EVERY_S = 1.0
 
-    Runs its own thread, which owns its three sockets. Invalid frames arriving on the XSUB side are
-    dropped with one log line each; a slow subscriber loses events (XPUB drops), never the publishers.
+
+def _topics() -> frozenset[bytes]:
+    """Return every subscription topic a monitor may use: b"" and each prefix of an event's type name."""
+    names = [name.encode() for name, cls in message_types().items() if issubclass(cls, Event)]
+    return frozenset(name[:n] for name in names for n in range(len(name) + 1))
+
+
+class EventHub:
+    """Forward every valid event from the session's processes to subscribers with a sequence number;
+    serve snapshots.
+
+    Runs its own thread, which owns its three sockets. The input is a PULL: a connecting PUSH queues
+    events from connect() on, so the first event of every process arrives. Input not signed with the
+    session's key is refused and counted (`refused`); input that does not decode, is not an event, or
+    names another sender than its signer is dropped and counted too (`rejected` counts both). A slow
+    subscriber loses events (XPUB drops), never the publishers. Subscriptions other than b"" and the
+    prefixes of event type names are ignored and counted, so a subscriber cannot make the hub hold more.
     """
 
     def __init__(
@@ -52,6 +85,7 @@ class EventHub:
         max_bytes: int,
         sinks: Sequence[EventSink],
         snapshot: Callable[[], dict[str, object]],
+        key: SessionKey,
         curve: CurveServerKeys | None = None,
         allowed_keys_dir: Path | None = None,
         sndhwm: int = 10_000,
@@ -64,6 +98,7 @@ class EventHub:
         self._max_bytes = max_bytes
         self._sinks = list(sinks)
         self._snapshot = snapshot
+        self._key = key
         self._curve = curve
         self._allowed_keys_dir = allowed_keys_dir
         self._sndhwm = sndhwm
@@ -71,69 +106,109 @@ class EventHub:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="event-hub", daemon=True)
         self._error: BaseException | None = None
+        self._topics = _topics()
         self.seq = 0
         self.rejected = 0
+        """Input messages dropped: refused, undecodable, not events, or speaking for another sender."""
+        self.refused = 0
+        """Input messages refused because they were not signed with the session's key."""
+        self.ignored_subscriptions = 0
+        """Subscriptions to topics no event has, ignored."""
         self._suppressed = 0
         self._next_report = 0.0
         self._next_handshake_log = 0.0
         self.events_out = ""
         self.session = ""
-        self._auth: ThreadAuthenticator | None = None
+        self._domains: list[str] = []
+        self._refusals = _Throttle()
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the hub thread and wait until its sockets are bound."""
-        if self._curve is not None:
-            self._auth = ThreadAuthenticator(context())
-            self._auth.start()
-            if self._allowed_keys_dir is None:
-                raise RuntimeError("a CURVE session needs a folder of allowed client keys")
+        if self._curve is not None and self._allowed_keys_dir is None:
+            raise RuntimeError("a CURVE session needs a folder of allowed client keys")
+        ctx = context()
+        ZapHandler.admit(ctx, self._key.domain(), plain_check(self._key))
+        self._domains.append(self._key.domain())
+        if self._curve is not None and self._allowed_keys_dir is not None:
             # The allowlist logs every refused key, so the session side says why a monitor was refused.
-            self._auth.configure_curve_callback(
-                domain="*", credentials_provider=KeyAllowlist(self._allowed_keys_dir)
-            )
+            allowlist = KeyAllowlist(self._allowed_keys_dir)
+            ZapHandler.admit(ctx, self._curve_domain, curve_check(allowlist.callback))
+            self._domains.append(self._curve_domain)
         self._thread.start()
         if not self._ready.wait(timeout_s):
             raise RuntimeError("event hub did not start")
         if self._error is not None:
+            self._release()
             raise RuntimeError(f"event hub could not bind: {self._error}") from self._error
+
+    @property
+    def _curve_domain(self) -> str:
+        return self._key.domain() + "-curve"
 
     def stop(self) -> None:
         """Stop the hub thread and close its sockets."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
-        if self._auth is not None:
-            self._auth.stop()
+        self._release()
+
+    def _release(self) -> None:
+        while self._domains:
+            ZapHandler.release(self._domains.pop())
+
+    def refusals(self) -> dict[str, int]:
+        """Return what the hub refused: unsigned input, dropped input, handshakes, ignored subscriptions."""
+        handshakes = sum(ZapHandler.refused(domain) for domain in self._domains)
+        return {
+            "unsigned_events": self.refused,
+            "dropped_events": self.rejected,
+            "handshakes": handshakes,
+            "subscriptions": self.ignored_subscriptions,
+        }
+
+    def _secure(self, sock: zmq.Socket[bytes]) -> None:
+        """Make a monitor-facing socket a CURVE server (keys given) or a PLAIN server of the session."""
+        if self._curve is not None:
+            self._curve.apply(sock)
+            sock.setsockopt(zmq.ZAP_DOMAIN, self._curve_domain.encode())
+        else:
+            sock.setsockopt(zmq.PLAIN_SERVER, 1)
+            sock.setsockopt(zmq.ZAP_DOMAIN, self._key.domain().encode())
 
     def _bind(self) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes], zmq.Socket[bytes]]:
         ctx = context()
-        xsub = ctx.socket(zmq.XSUB)
-        _tune(xsub, self._max_bytes)
-        xsub.bind(self._events_in)
-        xsub.send(b"\x01")  # subscribe to everything
+        inlet = ctx.socket(zmq.PULL)
+        _tune(inlet, self._max_bytes)
+        inlet.setsockopt(zmq.RCVHWM, 10_000)
+        inlet.setsockopt(zmq.PLAIN_SERVER, 1)
+        inlet.setsockopt(zmq.ZAP_DOMAIN, self._key.domain().encode())
+        inlet.bind(self._events_in)
+        secure_ipc(self._events_in)
         xpub = ctx.socket(zmq.XPUB)
         xpub.setsockopt(zmq.LINGER, 0)
         xpub.setsockopt(zmq.SNDHWM, self._sndhwm)
+        xpub.setsockopt(zmq.XPUB_MANUAL, 1)
+        xpub.setsockopt(zmq.MAXMSGSIZE, SUBSCRIPTION_BYTES)
         router = ctx.socket(zmq.ROUTER)
-        _tune(router, 1 << 16)
+        _tune(router, SESSION_SOCKET_BYTES)
+        router.setsockopt(zmq.RCVHWM, 16)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         for sock in (xpub, router):
-            if self._curve is not None:
-                self._curve.apply(sock)
-        self.events_out = _bind_tcp(xpub, self._host, self._events_port)
-        self.session = _bind_tcp(router, self._host, self._session_port)
-        return xsub, xpub, router
+            self._secure(sock)
+        self.events_out = advertised(_bind_tcp(xpub, self._host, self._events_port))
+        self.session = advertised(_bind_tcp(router, self._host, self._session_port))
+        return inlet, xpub, router
 
     def _run(self) -> None:
         try:
-            xsub, xpub, router = self._bind()
+            inlet, xpub, router = self._bind()
         except Exception as exc:
             self._error = exc
             self._ready.set()
             return
         self._ready.set()
         poller = zmq.Poller()
-        for sock in (xsub, xpub, router):
+        for sock in (inlet, xpub, router):
             poller.register(sock, zmq.POLLIN)
         monitors: list[zmq.Socket[bytes]] = []
         if self._curve is not None:
@@ -144,40 +219,60 @@ class EventHub:
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(100))
-                if xsub in ready:
-                    self._forward(xsub, xpub)
+                if inlet in ready:
+                    self._forward(inlet, xpub)
                 if xpub in ready:
-                    while xpub.poll(0):
-                        xpub.recv_multipart()  # subscription notices; nothing to forward
+                    self._subscriptions(xpub)
                 if router in ready:
                     self._serve(router, xpub)
                 for monitor in monitors:
                     if monitor in ready:
                         self._watch_handshakes(monitor)
             # Publish what is still queued so the last events (SessionFinished) reach subscribers.
-            self._forward(xsub, xpub)
+            self._forward(inlet, xpub)
         finally:
             for sock in (xpub, router):
                 if self._curve is not None:
                     with contextlib.suppress(zmq.ZMQError):
                         sock.disable_monitor()
-            for sock in (*monitors, xsub, xpub, router):
+            for sock in (*monitors, inlet, xpub, router):
                 sock.close(0)
 
-    def _forward(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes]) -> None:
+    def _forward(self, inlet: zmq.Socket[bytes], xpub: zmq.Socket[bytes]) -> None:
         for _ in range(1000):
-            try:
-                frames = xsub.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            taken = _take(inlet, self._max_bytes, MAX_FRAMES, skip=2)
+            if taken is None:
                 return
-            buffers = [f.buffer for f in frames]
             try:
+                if taken.error:
+                    raise DecodeError(taken.error)
+                signer, buffers = unseal(self._key, [f.buffer for f in taken.frames])
                 msg = decode(buffers, max_bytes=self._max_bytes)
+                if not isinstance(msg, Event):
+                    raise DecodeError(f"{type(msg).__name__} is not an event")
+                if msg.sender != signer:
+                    raise SignatureError(f"{type(msg).__name__} from {msg.sender!r} was signed by {signer!r}")
             except DecodeError as exc:
                 self.rejected += 1
+                if isinstance(exc, SignatureError):
+                    self.refused += 1
                 self._report(xpub, "event input", str(exc))
                 continue
-            self._emit(xpub, msg, buffers)
+            self._emit(xpub, msg, list(buffers))
+
+    def _subscriptions(self, xpub: zmq.Socket[bytes]) -> None:
+        """Pass on subscriptions to topics an event has; ignore and count the rest (XPUB_MANUAL)."""
+        while True:
+            try:
+                notice = xpub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            topic = notice[1:]
+            if notice[:1] not in (b"\x00", b"\x01") or topic not in self._topics:
+                self.ignored_subscriptions += 1
+                self._report(xpub, "event output", f"ignored a subscription to a {len(topic)}-byte topic")
+                continue
+            xpub.setsockopt(zmq.SUBSCRIBE if notice[:1] == b"\x01" else zmq.UNSUBSCRIBE, topic)
 
     def _emit(self, xpub: zmq.Socket[bytes], msg: Message, buffers: list[Any] | None = None) -> None:
         """Number an event, give it to the sinks and publish it."""
@@ -197,10 +292,14 @@ class EventHub:
         if now < self._next_report:
             return
         more = f" (and {self._suppressed - 1} more since the last report)" if self._suppressed > 1 else ""
+        more += (
+            f"; refused in all: {self.refused} unsigned event(s), "
+            f"{self.ignored_subscriptions} subscription(s)"
+        )
         logger.warning("event hub: rejected input on the %s: %s%s", where, error, more)
         self._emit(xpub, ErrorRaised(where=f"session {where}", error=f"{error}{more}", sender="session"))
         self._suppressed = 0
-        self._next_report = now + 1.0
+        self._next_report = now + _REPORT_EVERY_S
 
     def _watch_handshakes(self, monitor: zmq.Socket[bytes]) -> None:
         """Log CURVE handshakes that failed before the allowlist was asked (a key of another session)."""
@@ -216,15 +315,21 @@ class EventHub:
             )
 
     def _serve(self, router: zmq.Socket[bytes], xpub: zmq.Socket[bytes]) -> None:
-        while router.poll(0):
-            frames = router.recv_multipart(copy=False)
-            peer = frames[0].bytes
+        while True:
+            taken = _take(router, SESSION_SOCKET_BYTES, MAX_FRAMES, skip=1)
+            if taken is None:
+                return
+            peer = taken.frames[0].bytes
             reply: Message
             try:
-                request = decode([f.buffer for f in frames[1:]], max_bytes=1 << 16)
+                if taken.error:
+                    raise DecodeError(taken.error)
+                request = decode([f.buffer for f in taken.frames[1:]], max_bytes=SESSION_SOCKET_BYTES)
             except DecodeError as exc:
                 self._report(xpub, "session socket", str(exc))
-                reply = RequestFailed(request="?", error=str(exc), sender="session")
+                reply = RequestFailed(
+                    correlation_id=exc.msg_id, request="?", error=str(exc), sender="session"
+                )
             else:
                 reply = self._answer(request)
             try:
@@ -247,7 +352,12 @@ class EventHub:
                     correlation_id=request.msg_id, sender="session", seq=self.seq, state=self._snapshot()
                 )
             case _:
-                logger.warning("session socket: refused a %s from a monitor", type(request).__name__)
+                if self._refusals.due():
+                    logger.warning(
+                        "session socket: refused a %s from a monitor%s",
+                        type(request).__name__,
+                        self._refusals.more(),
+                    )
                 return RequestFailed(
                     correlation_id=request.msg_id,
                     sender="session",

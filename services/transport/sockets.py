@@ -11,19 +11,21 @@ import json
 import logging
 import math
 import os
+import socket
 import struct
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import zmq
 
-from messages import DecodeError, Message, RequestFailed, decode, encode
-from messages.envelope import Incoming
+from messages import DecodeError, ErrorRaised, Message, RequestFailed, decode, encode
+from messages.envelope import Incoming, SessionKey, SignatureError, seal, unseal
 from services import errors
+from services.transport.auth import PLAIN_USER, ZapHandler, plain_check
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class Endpoints:
     """Every endpoint of a session; written to the run folder as endpoints.json."""
 
     events_in: str
-    """XSUB side of the event hub: every actor's PUB connects here."""
+    """The event hub's input (PULL): every process's Publisher (PUSH) connects here."""
     events_out: str
     """XPUB side of the event hub: monitors subscribe here."""
     session: str
@@ -114,17 +116,40 @@ def ipc_folder(run_dir: Path) -> Path:
     """Return a folder for ipc sockets: under the run folder, or a short temporary one if too long."""
     candidate = run_dir.resolve() / "ipc"
     if len(str(candidate)) + len("/events_in.sock") <= IPC_PATH_LIMIT:
-        candidate.mkdir(parents=True, exist_ok=True)
+        candidate.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(candidate, 0o700)  # mkdir's mode is cut by the umask, and the folder may exist
         return candidate
-    return Path(tempfile.mkdtemp(prefix="rlta-"))
+    return Path(tempfile.mkdtemp(prefix="rlta-"))  # mkdtemp makes it 0700
 
 
 def _bind_tcp(sock: zmq.Socket[bytes], host: str, port: int) -> str:
+    """Bind to host:port (a random port when 0) and return the bound endpoint; IPv6 hosts in brackets."""
+    if ":" in host:
+        sock.setsockopt(zmq.IPV6, 1)
+        host = f"[{host.strip('[]')}]"
     if port:
         sock.bind(f"tcp://{host}:{port}")
         return f"tcp://{host}:{port}"
     chosen = sock.bind_to_random_port(f"tcp://{host}")
     return f"tcp://{host}:{chosen}"
+
+
+_WILDCARDS = ("0.0.0.0", "[::]", "*")
+
+
+def advertised(endpoint: str) -> str:
+    """Return the endpoint a peer can connect to: a wildcard host becomes this host's first non-loopback
+    IPv4 address (or its name when it has none)."""
+    host, port = endpoint[len("tcp://") :].rsplit(":", 1) if endpoint.startswith("tcp://") else ("", "")
+    if host not in _WILDCARDS:
+        return endpoint
+    name = socket.gethostname()
+    try:
+        infos = socket.getaddrinfo(name, None, socket.AF_INET)
+    except OSError:
+        infos = []
+    addresses = [str(info[4][0]) for info in infos if not ipaddress.ip_address(info[4][0]).is_loopback]
+    return f"tcp://{addresses[0] if addresses else name}:{port}"
 
 
 SPIN_S = 0.002
@@ -185,18 +210,177 @@ def _tune(sock: zmq.Socket[bytes], max_bytes: int) -> None:
     sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
 
 
-class Server:
-    """A ROUTER that receives requests and answers each peer by its routing id."""
+def _connect(sock: zmq.Socket[bytes], endpoint: str) -> None:
+    """Connect, enabling IPv6 for a bracketed address such as tcp://[::1]:5555."""
+    if endpoint.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)
+    sock.connect(endpoint)
 
-    def __init__(self, endpoint: str, *, max_bytes: int, name: str) -> None:
+
+class Credentials(Protocol):
+    """What a client socket presents in its handshake: PLAIN with the session token, or CURVE keys."""
+
+    def apply(self, sock: zmq.Socket[bytes]) -> None:
+        """Set the socket's security options before it connects."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlainClient:
+    """PLAIN credentials: the user "session" and the token derived from the session key."""
+
+    token: str
+
+    @classmethod
+    def of(cls, key: SessionKey) -> PlainClient:
+        """Return the credentials of a holder of the session key."""
+        return cls(key.token())
+
+    def apply(self, sock: zmq.Socket[bytes]) -> None:
+        """Make the socket a PLAIN client."""
+        sock.setsockopt(zmq.PLAIN_USERNAME, PLAIN_USER)
+        sock.setsockopt(zmq.PLAIN_PASSWORD, self.token.encode())
+
+
+class _Guard:
+    """A server socket's admission: a PLAIN server of the session's ZAP domain while the socket lives."""
+
+    __slots__ = ("domain",)
+
+    def __init__(self, sock: zmq.Socket[bytes], key: SessionKey) -> None:
+        self.domain = key.domain()
+        ZapHandler.admit(context(), self.domain, plain_check(key))
+        sock.setsockopt(zmq.PLAIN_SERVER, 1)
+        sock.setsockopt(zmq.ZAP_DOMAIN, self.domain.encode())
+
+    def release(self) -> None:
+        """Stop answering this socket's handshakes."""
+        ZapHandler.release(self.domain)
+
+
+MAX_FRAMES = 64
+"""Most frames in one message on a session socket (a header, a signature, a few arrays)."""
+SERVER_RCVHWM = 64
+"""Messages a server's libzmq queue holds per peer before the peer has to wait."""
+
+
+@dataclass(slots=True)
+class _Taken:
+    """One message taken frame by frame: its frames, or why it was discarded."""
+
+    frames: list[zmq.Frame]
+    error: str = ""
+
+
+ENVELOPE_BYTES = 1024
+"""Most bytes of the frames before a message (routing id, signer, signature), counted apart."""
+
+
+def _take(sock: zmq.Socket[bytes], max_bytes: int, max_frames: int, *, skip: int = 0) -> _Taken | None:
+    """Take one whole message frame by frame (None when none waits), discarding it past the limits.
+
+    The first `skip` frames (a ROUTER's routing id, a signed envelope's signer and signature) are kept
+    apart from the limits; a discarded message keeps only a routing id (skip >= 1), so it can be answered.
+    """
+    try:
+        frame = sock.recv(zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return None
+    frames: list[zmq.Frame] = []
+    count = total = envelope = 0
+    while True:
+        if len(frames) < skip:
+            envelope += len(frame.buffer)
+        else:
+            count += 1
+            total += len(frame.buffer)
+        if envelope <= ENVELOPE_BYTES and count <= max_frames and total <= max_bytes:
+            frames.append(frame)
+        elif len(frames) > min(skip, 1):
+            del frames[min(skip, 1) :]  # past a limit: keep nothing more of this message
+        if not frame.more:
+            break
+        frame = sock.recv(copy=False)
+    if envelope > ENVELOPE_BYTES:
+        return _Taken(frames, f"envelope of more than {ENVELOPE_BYTES} bytes")
+    if count > max_frames:
+        return _Taken(frames, f"message of {count} frames exceeds the limit of {max_frames}")
+    if total > max_bytes:
+        return _Taken(frames, f"message of {total} bytes exceeds the limit of {max_bytes}")
+    return _Taken(frames)
+
+
+class _Throttle:
+    """Let one log line through every few seconds and count the ones held back."""
+
+    __slots__ = ("_every_s", "_next", "held")
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self._every_s = every_s
+        self._next = 0.0
+        self.held = 0
+
+    def due(self) -> bool:
+        """Tell whether a line may be written now; otherwise count it."""
+        now = time.monotonic()
+        if now < self._next:
+            self.held += 1
+            return False
+        self._next = now + self._every_s
+        return True
+
+    def more(self) -> str:
+        """Return " (and N more)" for the lines held back since the last one, and reset the count."""
+        held, self.held = self.held, 0
+        return f" (and {held} more in the last {self._every_s:g} s)" if held else ""
+
+
+def _open(key: SessionKey, frames: Sequence[Any], max_bytes: int) -> Message:
+    """Check a signed message and decode it; its sender must be the role that signed it."""
+    signer, rest = unseal(key, frames)
+    msg = decode(rest, max_bytes=max_bytes)
+    if msg.sender != signer:
+        raise SignatureError(f"{type(msg).__name__} from {msg.sender!r} was signed by {signer!r}")
+    return msg
+
+
+def _sealed(key: SessionKey, signer: bytes, msg: Message) -> list[Any]:
+    """Encode a message signed by one role; the role is its sender, whatever the message said."""
+    name = signer.decode()
+    if msg.sender != name:
+        msg = dataclasses.replace(msg, sender=name)
+    return seal(key, signer, encode(msg))
+
+
+class Server:
+    """A ROUTER that receives signed requests and answers each peer by its routing id.
+
+    A message that is not signed with this session's key is refused without an answer, counted and
+    reported at most every few seconds (as one Incoming without a message, naming the count).
+    """
+
+    def __init__(
+        self, endpoint: str, *, max_bytes: int, name: str, key: SessionKey, max_frames: int = MAX_FRAMES
+    ) -> None:
         self._name = name
+        self._signer = name.encode()
+        self._key = key
         self._max_bytes = max_bytes
+        self._max_frames = max_frames
         self._sock = context().socket(zmq.ROUTER)
         _tune(self._sock, max_bytes)
+        self._sock.setsockopt(zmq.RCVHWM, SERVER_RCVHWM)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._guard = _Guard(self._sock, key)
         self._sock.bind(endpoint)
+        secure_ipc(endpoint)
         self._waiter = _Waiter(self._sock)
         self.endpoint = endpoint
+        self.refused = 0
+        """Messages refused because they were not signed with this session's key."""
+        self._unreported = 0
+        self._refusals = _Throttle()
+        self._rejections = _Throttle()
         self._drops = 0
         self._next_drop_log = 0.0
 
@@ -206,27 +390,54 @@ class Server:
         if not self._waiter.wait(timeout_ms):
             return out
         self._waiter.touch()
-        while len(out) < limit:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+        for _ in range(limit * 4):
+            if len(out) >= limit:
                 break
-            out.append(self._take(frames))
+            taken = _take(self._sock, self._max_bytes, self._max_frames, skip=3)
+            if taken is None:
+                break
+            item = self._incoming(taken)
+            if item is not None:
+                out.append(item)
         return out
 
-    def _take(self, frames: Sequence[zmq.Frame]) -> Incoming:
-        peer = frames[0].bytes
+    def _incoming(self, taken: _Taken) -> Incoming | None:
+        peer = taken.frames[0].bytes
+        if taken.error:
+            return self._rejected(peer, DecodeError(taken.error))
         try:
-            message = decode([f.buffer for f in frames[1:]], max_bytes=self._max_bytes)
+            message = _open(self._key, [f.buffer for f in taken.frames[1:]], self._max_bytes)
+        except SignatureError as exc:
+            return self._refused(peer, exc)
         except DecodeError as exc:
-            logger.warning("%s: rejected a request: %s", self._name, exc)
-            return Incoming(peer, None, str(exc))
+            return self._rejected(peer, exc)
         return Incoming(peer, message)
+
+    def _refused(self, peer: bytes, exc: SignatureError) -> Incoming | None:
+        """Count a foreign message; say so (log line and Incoming) at most every few seconds."""
+        self.refused += 1
+        self._unreported += 1
+        if not self._refusals.due():
+            return None
+        count, self._unreported = self._unreported, 0
+        error = (
+            f"refused {count} message(s) not signed with this session's key ({self.refused} in all): {exc}"
+        )
+        logger.warning("%s: %s", self._name, error)
+        return Incoming(peer, None, error)
+
+    def _rejected(self, peer: bytes, exc: DecodeError) -> Incoming:
+        """Answer a signed message that does not decode, logging at most one line every few seconds."""
+        if self._rejections.due():
+            logger.warning("%s: rejected a request: %s%s", self._name, exc, self._rejections.more())
+        return Incoming(peer, None, str(exc), request_id=exc.msg_id)
 
     def reply(self, peer: bytes, msg: Message) -> bool:
         """Send a reply to one peer; return False (and log) when the peer is gone or saturated."""
+        if not peer:
+            return False
         try:
-            self._sock.send_multipart([peer, *encode(msg)], zmq.NOBLOCK, copy=False)
+            self._sock.send_multipart([peer, *_sealed(self._key, self._signer, msg)], zmq.NOBLOCK, copy=False)
         except zmq.Again:
             self._dropped(msg, "peer is not reading")
             return False
@@ -251,10 +462,15 @@ class Server:
     def close(self) -> None:
         """Close the socket."""
         self._sock.close(0)
+        self._guard.release()
 
 
 class Client:
-    """A DEALER that sends requests and waits for the reply that carries the request's id."""
+    """A DEALER that sends requests and waits for the reply that carries the request's id.
+
+    Inside a session (`key` given) every message is signed and every reply checked; a monitor's client
+    of the session socket (`key` None) sends plain messages and proves itself in the handshake instead.
+    """
 
     def __init__(
         self,
@@ -263,18 +479,24 @@ class Client:
         max_bytes: int,
         timeout_s: float,
         sender: str,
-        curve: CurveClientKeys | None = None,
+        key: SessionKey | None,
+        auth: Credentials | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._max_bytes = max_bytes
         self._timeout_s = timeout_s
         self._sender = sender
+        self._signer = sender.encode()
+        self._key = key
         self._sock = context().socket(zmq.DEALER)
         _tune(self._sock, max_bytes)
-        if curve is not None:
-            curve.apply(self._sock)
-        self._sock.connect(endpoint)
+        if auth is None and key is not None:
+            auth = PlainClient.of(key)
+        if auth is not None:
+            auth.apply(self._sock)
+        _connect(self._sock, endpoint)
         self._waiter = _Waiter(self._sock)
+        self._rejections = _Throttle()
 
     @classmethod
     def factory(
@@ -284,28 +506,45 @@ class Client:
         max_bytes: int,
         timeout_s: float,
         sender: str,
-        curve: CurveClientKeys | None = None,
+        key: SessionKey | None,
+        auth: Credentials | None = None,
     ) -> Callable[[], Client]:
         """Return a factory of clients to one endpoint, called in the thread that uses the client."""
-        return lambda: cls(endpoint, max_bytes=max_bytes, timeout_s=timeout_s, sender=sender, curve=curve)
+        return lambda: cls(
+            endpoint, max_bytes=max_bytes, timeout_s=timeout_s, sender=sender, key=key, auth=auth
+        )
 
     def send(self, msg: Message) -> None:
         """Send a message without waiting for a reply."""
-        self._sock.send_multipart(encode(msg), copy=False)
+        if self._key is not None:
+            frames = _sealed(self._key, self._signer, msg)
+        else:
+            frames = encode(msg if msg.sender else dataclasses.replace(msg, sender=self._sender))
+        self._sock.send_multipart(frames, copy=False)
         self._waiter.touch()
 
     def receive(self, timeout_ms: int) -> Message | None:
         """Return the next valid message within timeout_ms, or None; invalid ones are logged and skipped."""
         deadline = time.monotonic() + timeout_ms / 1000
+        extra = 2 if self._key is not None else 0
         while True:
             remaining = max(0, int((deadline - time.monotonic()) * 1000))
             if not self._waiter.wait(remaining):
                 return None
-            frames = self._sock.recv_multipart(copy=False)
+            taken = _take(self._sock, self._max_bytes, MAX_FRAMES, skip=extra)
+            if taken is None:
+                continue
             try:
-                return decode([f.buffer for f in frames], max_bytes=self._max_bytes)
+                if taken.error:
+                    raise DecodeError(taken.error)
+                buffers = [f.buffer for f in taken.frames]
+                if self._key is None:
+                    return decode(buffers, max_bytes=self._max_bytes)
+                return _open(self._key, buffers, self._max_bytes)
             except DecodeError as exc:
-                logger.warning("reply from %s rejected: %s", self.endpoint, exc)
+                if self._rejections.due():
+                    more = self._rejections.more()
+                    logger.warning("reply from %s rejected: %s%s", self.endpoint, exc, more)
 
     def request(self, msg: Message, timeout_s: float | None = None) -> Message:
         """Send a request and return its reply; raise RequestTimeout or RemoteError."""
@@ -331,40 +570,67 @@ class Client:
         self._sock.close(0)
 
 
-class Publisher:
-    """A PUB connected to the hub; publishing never blocks (events may be dropped under load)."""
+PUBLISH_LINGER_MS = 1000
+"""How long a closing publisher may still deliver its queued events (its last ActorStopped)."""
 
-    def __init__(self, endpoint: str, *, sender: str, hwm: int = 10_000) -> None:
+
+class Publisher:
+    """A PUSH connected to the hub's input: events are queued from connect() on, so none is lost to the
+    join; publishing never blocks: a full queue drops the event, counts it and reports the count next."""
+
+    def __init__(self, endpoint: str, *, sender: str, key: SessionKey, hwm: int = 10_000) -> None:
         self._sender = sender
-        self._sock = context().socket(zmq.PUB)
-        self._sock.setsockopt(zmq.LINGER, 0)
+        self._signer = sender.encode()
+        self._key = key
+        self._sock = context().socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.LINGER, PUBLISH_LINGER_MS)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
+        PlainClient.of(key).apply(self._sock)
         self._sock.connect(endpoint)
+        self.dropped = 0
+        """Events dropped in all because the hub's queue was full."""
+        self._unreported = 0
 
     def publish(self, msg: Message) -> None:
-        """Publish an event; drop it if the hub is not keeping up."""
+        """Publish an event; drop and count it if the hub is not keeping up."""
+        if self._unreported and self._send(
+            ErrorRaised(
+                where=f"{self._sender} events",
+                error=f"dropped {self._unreported} event(s): the hub was not keeping up "
+                f"({self.dropped} in all)",
+                sender=self._sender,
+            )
+        ):
+            self._unreported = 0
+        if not self._send(msg):
+            self.dropped += 1
+            self._unreported += 1
+
+    def _send(self, msg: Message) -> bool:
         try:
-            self._sock.send_multipart(encode(msg), zmq.NOBLOCK, copy=False)
+            self._sock.send_multipart(_sealed(self._key, self._signer, msg), zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            logger.debug("event %s dropped", type(msg).__name__)
+            return False
+        return True
 
     def close(self) -> None:
-        """Close the socket."""
-        self._sock.close(0)
+        """Close the socket (queued events still go out for up to PUBLISH_LINGER_MS)."""
+        self._sock.close()
 
 
 class Subscriber:
     """A SUB on the hub's XPUB side: yields (sequence number, event)."""
 
-    def __init__(self, endpoint: str, *, max_bytes: int, curve: CurveClientKeys | None = None) -> None:
+    def __init__(self, endpoint: str, *, max_bytes: int, auth: Credentials | None = None) -> None:
         self._max_bytes = max_bytes
         self._sock = context().socket(zmq.SUB)
         _tune(self._sock, max_bytes)
         self._sock.setsockopt(zmq.RCVHWM, 10_000)
-        if curve is not None:
-            curve.apply(self._sock)
+        if auth is not None:
+            auth.apply(self._sock)
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sock.connect(endpoint)
+        _connect(self._sock, endpoint)
+        self._rejections = _Throttle()
 
     def receive(self, timeout_ms: int) -> tuple[int, Message] | None:
         """Return the next valid (seq, event) within timeout_ms, or None."""
@@ -377,11 +643,18 @@ class Subscriber:
             try:
                 return unpack_event([f.buffer for f in frames], self._max_bytes)
             except DecodeError as exc:
-                logger.warning("event rejected: %s", exc)
+                if self._rejections.due():
+                    logger.warning("event rejected: %s%s", exc, self._rejections.more())
 
     def close(self) -> None:
         """Close the socket."""
         self._sock.close(0)
+
+
+def secure_ipc(endpoint: str) -> None:
+    """Make an ipc socket file reachable by its owner only (0600), whatever the umask."""
+    if endpoint.startswith("ipc://"):
+        os.chmod(endpoint[len("ipc://") :], 0o600)
 
 
 def pack_event(seq: int, msg: Message, frames: Sequence[Any] | None = None) -> list[Any]:

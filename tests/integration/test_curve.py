@@ -31,6 +31,7 @@ from services.transport.curve import (
 )
 from services.transport.hub import EventHub
 from services.transport.sockets import Client, CurveServerKeys, Publisher, Subscriber, context
+from tests.integration.signing import KEY
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +85,7 @@ def hub(keys: Path, events_in: str) -> Iterator[EventHub]:
             max_bytes=MAX_BYTES,
             sinks=[state.apply],
             snapshot=state.to_dict,
+            key=KEY,
             curve=session.curve,
             allowed_keys_dir=session.allowlist,
         )
@@ -132,9 +134,9 @@ def test_a_listed_key_gets_the_description_the_snapshot_and_events(
     hub: EventHub, keys: Path, events_in: str
 ) -> None:
     listed = load_client_keys(keys / "client-1")
-    client = Client(hub.session, max_bytes=MAX_BYTES, timeout_s=5, sender="monitor", curve=listed)
-    subscriber = Subscriber(hub.events_out, max_bytes=MAX_BYTES, curve=listed)
-    publisher = Publisher(events_in, sender="model")
+    client = Client(hub.session, max_bytes=MAX_BYTES, timeout_s=5, sender="monitor", key=None, auth=listed)
+    subscriber = Subscriber(hub.events_out, max_bytes=MAX_BYTES, auth=listed)
+    publisher = Publisher(events_in, sender="model", key=KEY)
     try:
         assert check_handshake(hub.session, listed, timeout_s=5) is Handshake.ACCEPTED
         description = client.request(DescribeSession())

@@ -73,6 +73,7 @@ from services.env.options import EnvOptions
 from services.runtime import PsutilProbe, SystemClock
 from services.transport.hub import EventHub
 from services.transport.sockets import Client, Publisher, Server, context
+from tests.integration.signing import AUTH, KEY, opened, signed
 
 pytestmark = pytest.mark.integration
 
@@ -220,22 +221,26 @@ class EventLog:
 
 
 class Probe:
-    """A raw DEALER (or PUB) of the test: sends any frames, decodes what comes back."""
+    """A raw DEALER (or PUSH) of the test holding the session key: sends any frames (signed, except to the
+    session socket, which takes a monitor's plain messages), decodes what comes back."""
 
-    def __init__(self, endpoint: str, kind: int = zmq.DEALER) -> None:
+    def __init__(self, endpoint: str, kind: int = zmq.DEALER, *, signed: bool = True) -> None:
         self.endpoint = endpoint
+        self.signed = signed
         self.sock = context().socket(kind)
         self.sock.setsockopt(zmq.LINGER, 0)
+        AUTH.apply(self.sock)
         self.sock.connect(endpoint)
 
     def send(self, frames: list[bytes]) -> None:
-        self.sock.send_multipart(frames)
+        self.sock.send_multipart(signed(frames) if self.signed else frames)
 
     def receive(self, timeout_s: float = WAIT_S) -> Message | None:
         """Return the next reply within timeout_s, or None."""
         if not self.sock.poll(int(timeout_s * 1000)):
             return None
-        return decode(self.sock.recv_multipart(), max_bytes=MAX_BYTES)
+        frames = self.sock.recv_multipart()
+        return decode(opened(frames) if self.signed else frames, max_bytes=MAX_BYTES)
 
     def ask(self, msg: Message, timeout_s: float = WAIT_S) -> Message:
         """Send a valid request and return the reply that carries its id."""
@@ -287,7 +292,7 @@ class World:
     episodes: int = 0
 
     def probe(self, name: str, kind: int = zmq.DEALER) -> Probe:
-        probe = Probe(self.endpoints[name], kind)
+        probe = Probe(self.endpoints[name], kind, signed=name != "session")
         self.probes.append(probe)
         return probe
 
@@ -311,7 +316,7 @@ def heartbeat_of(actor: str) -> Callable[[Message], bool]:
 
 
 def client_factory(endpoint: str, sender: str) -> Callable[[], RequestClient]:
-    return lambda: Client(endpoint, max_bytes=MAX_BYTES, timeout_s=WAIT_S, sender=sender)
+    return lambda: Client(endpoint, max_bytes=MAX_BYTES, timeout_s=WAIT_S, sender=sender, key=KEY)
 
 
 def start_world(world: World) -> None:
@@ -322,8 +327,8 @@ def start_world(world: World) -> None:
 
     def ports(name: str, *clients: str) -> Ports:
         return Ports(
-            server=lambda: Server(endpoints[name], max_bytes=MAX_BYTES, name=name),
-            publisher=lambda: Publisher(endpoints["events_in"], sender=name),
+            server=lambda: Server(endpoints[name], max_bytes=MAX_BYTES, name=name, key=KEY),
+            publisher=lambda: Publisher(endpoints["events_in"], sender=name, key=KEY),
             clients={c: client_factory(endpoints[c], name) for c in clients},
         )
 
@@ -367,6 +372,7 @@ def world() -> Iterator[World]:
         max_bytes=MAX_BYTES,
         sinks=[events],
         snapshot=lambda: {"episode": 0},
+        key=KEY,
     )
     world = World(hub, events, endpoints, {}, SteppingModelFactory())
     try:
@@ -385,8 +391,8 @@ def world() -> Iterator[World]:
 
 
 def connected_publisher(world: World) -> Probe:
-    """Return a raw PUB on the hub's XSUB side whose events are known to arrive."""
-    pub = world.probe("events_in", zmq.PUB)
+    """Return a raw PUSH on the hub's input whose events are known to arrive."""
+    pub = world.probe("events_in", zmq.PUSH)
     hello = Heartbeat(pid=1, rss_bytes=1, cpu_percent=0.0, state="probe", sender="probe")
     deadline = time.monotonic() + WAIT_S
     while not world.events.count(lambda m: m.msg_id == hello.msg_id):
@@ -466,11 +472,16 @@ def undecodable(max_frame: int) -> list[tuple[str, list[bytes]]]:
     return cases
 
 
-def decode_error(frames: list[bytes], max_bytes: int) -> str:
-    """Return what the codec says is wrong with frames (they must not decode)."""
+def decode_failure(frames: list[bytes], max_bytes: int) -> DecodeError:
+    """Return the codec's error for frames (they must not decode)."""
     with pytest.raises(DecodeError) as info:
         decode(frames, max_bytes=max_bytes)
-    return str(info.value)
+    return info.value
+
+
+def decode_error(frames: list[bytes], max_bytes: int) -> str:
+    """Return what the codec says is wrong with frames (they must not decode)."""
+    return str(decode_failure(frames, max_bytes))
 
 
 def still_serves(world: World, actor: str) -> None:
@@ -516,10 +527,11 @@ def test_undecodable_requests_are_refused_reported_and_the_actor_keeps_serving(
     probe = world.probe(actor)
 
     for label, frames in undecodable(MAX_BYTES):
-        expected = decode_error(frames, MAX_BYTES)
+        failure = decode_failure(frames, MAX_BYTES)
+        expected, readable_id = str(failure), failure.msg_id
         mark = world.events.last_seq
         reply = probe.refused(frames)
-        assert (reply.request, reply.error, reply.correlation_id) == ("?", expected, ""), label
+        assert (reply.request, reply.error, reply.correlation_id) == ("?", expected, readable_id), label
         assert world.error_after(mark, actor, expected).where == f"{actor} socket", label
 
     assert not UNPICKLED.is_set()
@@ -721,9 +733,13 @@ def test_the_hub_session_socket_refuses_garbage_and_requests_monitors_may_not_ma
     probe = world.probe("session")
 
     for label, frames in undecodable(SESSION_MAX_BYTES):
-        expected = decode_error(frames, SESSION_MAX_BYTES)
+        failure = decode_failure(frames, SESSION_MAX_BYTES)
         refusal = probe.refused(frames)
-        assert (refusal.request, refusal.error, refusal.correlation_id) == ("?", expected, ""), label
+        assert (refusal.request, refusal.error, refusal.correlation_id) == (
+            "?",
+            str(failure),
+            failure.msg_id,
+        ), label
     for request_ in (Stop(reason="hostile"), TrainEpisode(episode=1, steps=1), Ping()):
         reply = probe.ask(request_)
         assert isinstance(reply, RequestFailed) and reply.request == type(request_).__name__

@@ -33,6 +33,7 @@ from services.session.state import SessionState
 from services.transport.hub import EventHub
 from services.transport.sockets import Client, Publisher, Subscriber, context
 from tests.fakes import FakeProbe, wait_until
+from tests.integration.signing import AUTH, KEY
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +100,7 @@ def start_session(name: str, events_port: int = 0, session_port: int = 0) -> Ses
         max_bytes=MAX_BYTES,
         sinks=[state.apply, lambda seq, msg: numbered.__setitem__(msg.msg_id, seq)],
         snapshot=state.to_dict,
+        key=KEY,
         sndhwm=2000,
     )
     hub.start()
@@ -124,8 +126,12 @@ def start_monitor(hub: EventHub, view: RecordingView, note: ActorExit, **options
     MonitorActor.start(
         view=view,
         ports=Ports(
-            subscriber=lambda: Subscriber(hub.events_out, max_bytes=MAX_BYTES),
-            clients={"session": lambda: Client(hub.session, max_bytes=MAX_BYTES, timeout_s=10, sender="m")},
+            subscriber=lambda: Subscriber(hub.events_out, max_bytes=MAX_BYTES, auth=AUTH),
+            clients={
+                "session": lambda: Client(
+                    hub.session, max_bytes=MAX_BYTES, timeout_s=10, sender="m", key=None, auth=AUTH
+                )
+            },
         ),
         clock=SystemClock(),
         probe=FakeProbe(),
@@ -163,7 +169,7 @@ def connected_publisher(session: Session, seen: Callable[[int], bool] = lambda s
     A PUB drops what it sends until the hub's subscription reaches it, and a SUB gets nothing until its
     subscription reaches the hub; so probe until one heartbeat made the whole way.
     """
-    publisher = Publisher(session.events_in, sender="env")
+    publisher = Publisher(session.events_in, sender="env", key=KEY)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         probe = Heartbeat(pid=8, rss_bytes=1, cpu_percent=1.0, state="idle", sender="env")
@@ -234,6 +240,7 @@ def test_a_monitor_attached_mid_run_over_tcp_ends_with_the_hubs_state(session: S
     stalled.setsockopt(zmq.RCVHWM, 100)
     stalled.setsockopt(zmq.RCVBUF, 4096)
     stalled.setsockopt(zmq.SUBSCRIBE, b"")
+    AUTH.apply(stalled)
     stalled.connect(hub.events_out)
     try:
         connected_publisher(session, seen=lambda seq: stalled.poll(0) != 0).close()

@@ -20,15 +20,17 @@ import zmq
 
 from messages import EpisodeStarted, ErrorRaised, Message, encode
 from services.session.state import SessionState
+from services.transport.auth import write_session_key
 from services.transport.hub import EventHub
-from services.transport.sockets import context
+from services.transport.sockets import Endpoints, context
+from tests.integration.signing import AUTH, KEY, signed
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "PROTOCOL.md"
 EXAMPLE = re.compile(r"<!-- example:subscribe -->\s*```python\n(.*?)```", re.DOTALL)
-ALLOWED_IMPORTS = {"sys", "time", "uuid", "zmq", "msgpack"}
+ALLOWED_IMPORTS = {"hmac", "json", "pathlib", "sys", "time", "uuid", "zmq", "msgpack"}
 
 
 def example_code() -> str:
@@ -46,7 +48,7 @@ def imported_modules(code: str) -> set[str]:
 
 
 class Hub:
-    """A live hub with a session state, plus a raw XPUB inlet that knows when the hub has subscribed."""
+    """A live hub with a session state and a run folder (endpoints.json, session.key), plus a signed inlet."""
 
     def __init__(self) -> None:
         self.folder = tempfile.mkdtemp(prefix="t-", dir="/tmp")
@@ -62,12 +64,18 @@ class Hub:
             max_bytes=1 << 20,
             sinks=[self._record],
             snapshot=self.state.to_dict,
+            key=KEY,
         )
         self.hub.start()
-        self.inlet = context().socket(zmq.XPUB)
+        self.run_dir = Path(self.folder)
+        write_session_key(self.run_dir, KEY)
+        Endpoints.local(self.run_dir, events_out=self.hub.events_out, session=self.hub.session).write(
+            self.run_dir / "endpoints.json"
+        )
+        self.inlet = context().socket(zmq.PUSH)
         self.inlet.setsockopt(zmq.LINGER, 0)
+        AUTH.apply(self.inlet)
         self.inlet.connect(f"ipc://{self.folder}/in.sock")
-        assert self.inlet.poll(5000) and self.inlet.recv() == b"\x01", "the hub never subscribed"
 
     def _record(self, seq: int, msg: Message) -> None:
         self.state.apply(seq, msg)
@@ -76,7 +84,7 @@ class Hub:
 
     def publish(self, msg: Message) -> None:
         """Publish one event and wait until the hub applied it."""
-        self.inlet.send_multipart(encode(msg))
+        self.inlet.send_multipart(signed(encode(msg)))
         assert self.applied.acquire(timeout=5), "the hub did not apply the event"
 
     def close(self) -> None:
@@ -107,7 +115,7 @@ def test_the_doc_example_attaches_to_a_live_session_and_prints_new_events(hub: H
     want = 2
 
     proc = subprocess.Popen(
-        [sys.executable, str(script), hub.hub.session, str(want)],
+        [sys.executable, str(script), str(hub.run_dir), str(want)],
         cwd=tmp_path,  # outside the repository: the example cannot import project code
         env=env,
         stdout=subprocess.PIPE,

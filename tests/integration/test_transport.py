@@ -60,6 +60,7 @@ from services.transport.sockets import (
     pack_event,
     unpack_event,
 )
+from tests.integration.signing import AUTH, KEY, SignedSocket
 from tests.unit.messages.test_codec import sample_message
 
 pytestmark = pytest.mark.integration
@@ -83,11 +84,17 @@ class Resources:
         self._closers.append(closer or obj.close)  # type: ignore[attr-defined]
         return obj
 
-    def socket(self, kind: int) -> zmq.Socket[bytes]:
-        """Return a raw socket with linger 0, closed at the end of the test."""
+    def socket(self, kind: int, *, credentials: bool = True) -> zmq.Socket[bytes]:
+        """Return a raw socket with linger 0 (and the session's handshake credentials), closed at the end."""
         sock = context().socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        if credentials:
+            AUTH.apply(sock)
         return self.add(sock)
+
+    def signed(self, kind: int) -> SignedSocket:
+        """Return a raw socket that signs what it sends with the session key and opens what it receives."""
+        return SignedSocket(self.socket(kind))
 
     def folder(self) -> str:
         """Return a short temporary folder for ipc sockets, removed at the end of the test."""
@@ -168,7 +175,7 @@ class ServerThread:
 
     def _run(self) -> None:
         try:
-            server = Server(self.endpoint, max_bytes=self._max_bytes, name="test")
+            server = Server(self.endpoint, max_bytes=self._max_bytes, name="server", key=KEY)
         except BaseException as exc:
             self._error = exc
             self._ready.set()
@@ -205,7 +212,7 @@ def start_server(res: Resources, kind: str, handler: Handler) -> ServerThread:
 
 def client_for(res: Resources, server: ServerThread | str, timeout_s: float = 5.0) -> Client:
     ep = server if isinstance(server, str) else server.endpoint
-    return res.add(Client(ep, max_bytes=MAX_BYTES, timeout_s=timeout_s, sender="test"))
+    return res.add(Client(ep, max_bytes=MAX_BYTES, timeout_s=timeout_s, sender="test", key=KEY))
 
 
 def poll_server(server: Server, n: int, timeout_s: float = 5.0) -> list[Incoming]:
@@ -357,8 +364,8 @@ def garbage_messages() -> list[tuple[list[bytes], str]]:
 
 def test_a_server_reports_garbage_and_keeps_serving(res: Resources) -> None:
     ep = endpoint(res, "ipc")
-    server = res.add(Server(ep, max_bytes=MAX_BYTES, name="test"))
-    dealer = res.socket(zmq.DEALER)
+    server = res.add(Server(ep, max_bytes=MAX_BYTES, name="test", key=KEY))
+    dealer = res.signed(zmq.DEALER)
     dealer.setsockopt(zmq.ROUTING_ID, b"garbage-peer")
     dealer.connect(ep)
     garbage = garbage_messages()
@@ -387,7 +394,7 @@ def test_a_server_reports_garbage_and_keeps_serving(res: Resources) -> None:
 
 def test_a_client_serves_valid_requests_after_another_peer_sent_garbage(res: Resources) -> None:
     server = start_server(res, "tcp", answer_pings)
-    vandal = res.socket(zmq.DEALER)
+    vandal = res.signed(zmq.DEALER)
     vandal.connect(server.endpoint)
     client = client_for(res, server)
 
@@ -400,10 +407,10 @@ def test_a_client_serves_valid_requests_after_another_peer_sent_garbage(res: Res
 
 def test_a_message_over_max_bytes_is_dropped_and_other_peers_are_still_served(res: Resources) -> None:
     ep = endpoint(res, "ipc")
-    server = res.add(Server(ep, max_bytes=1 << 16, name="test"))
-    big = res.socket(zmq.DEALER)
+    server = res.add(Server(ep, max_bytes=1 << 16, name="test", key=KEY))
+    big = res.signed(zmq.DEALER)
     big.connect(ep)
-    small = res.socket(zmq.DEALER)
+    small = res.signed(zmq.DEALER)
     small.connect(ep)
 
     big.send_multipart([b"\x00" * (1 << 17)])
@@ -416,15 +423,15 @@ def test_a_message_over_max_bytes_is_dropped_and_other_peers_are_still_served(re
 
 
 def test_a_reply_to_a_peer_that_never_connected_returns_false(res: Resources) -> None:
-    server = res.add(Server(endpoint(res, "inproc"), max_bytes=MAX_BYTES, name="test"))
+    server = res.add(Server(endpoint(res, "inproc"), max_bytes=MAX_BYTES, name="test", key=KEY))
 
     assert server.reply(b"nobody", Pong(state="ok", pid=1)) is False
 
 
 def test_a_reply_to_a_vanished_peer_returns_false(res: Resources) -> None:
     ep = endpoint(res, "ipc")
-    server = res.add(Server(ep, max_bytes=MAX_BYTES, name="test"))
-    dealer = res.socket(zmq.DEALER)
+    server = res.add(Server(ep, max_bytes=MAX_BYTES, name="test", key=KEY))
+    dealer = res.signed(zmq.DEALER)
     dealer.setsockopt(zmq.ROUTING_ID, b"leaver")
     dealer.connect(ep)
     dealer.send_multipart(encode(Ping()))
@@ -438,8 +445,8 @@ def test_a_reply_to_a_vanished_peer_returns_false(res: Resources) -> None:
 
 def test_a_reply_to_a_peer_that_does_not_read_returns_false_once_its_queue_is_full(res: Resources) -> None:
     ep = endpoint(res, "inproc")
-    server = res.add(Server(ep, max_bytes=MAX_BYTES, name="test"))
-    dealer = res.socket(zmq.DEALER)
+    server = res.add(Server(ep, max_bytes=MAX_BYTES, name="test", key=KEY))
+    dealer = res.signed(zmq.DEALER)
     dealer.setsockopt(zmq.RCVHWM, 10)
     dealer.connect(ep)
     dealer.send_multipart(encode(Ping()))
@@ -469,7 +476,7 @@ class YieldCounter:
 
 
 def test_an_idle_server_blocks_without_spinning(res: Resources, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = res.add(Server(endpoint(res, "ipc"), max_bytes=MAX_BYTES, name="test"))
+    server = res.add(Server(endpoint(res, "ipc"), max_bytes=MAX_BYTES, name="test", key=KEY))
     yields = YieldCounter(monkeypatch)
 
     started = time.monotonic()
@@ -484,7 +491,7 @@ def test_a_server_spins_right_after_a_request_then_blocks_once_idle(
 ) -> None:
     hot_s = 0.5  # wide, so that a slow CI machine cannot make the first poll miss the window
     monkeypatch.setattr(services.transport.sockets, "HOT_S", hot_s)
-    server = res.add(Server(endpoint(res, "ipc"), max_bytes=MAX_BYTES, name="test"))
+    server = res.add(Server(endpoint(res, "ipc"), max_bytes=MAX_BYTES, name="test", key=KEY))
     client = client_for(res, server.endpoint)
     client.send(Ping(sender="test"))
     poll_server(server, 1)
@@ -631,6 +638,7 @@ def start_hub(
         max_bytes=MAX_BYTES,
         sinks=sinks,
         snapshot=snapshot,
+        key=KEY,
         **kwargs,
     )
     res.add(hub)
@@ -638,15 +646,10 @@ def start_hub(
     return hub, inlet
 
 
-def raw_inlet(res: Resources, events_in: str) -> zmq.Socket[bytes]:
-    """Return a raw XPUB connected to a hub's XSUB side, ready once it has seen the hub's subscription.
-
-    An XPUB sends like a PUB but reports subscriptions, so the test knows when nothing it sends is dropped.
-    """
-    inlet = res.socket(zmq.XPUB)
+def raw_inlet(res: Resources, events_in: str) -> SignedSocket:
+    """Return a raw PUSH connected to a hub's input that signs what it sends (queued from connect on)."""
+    inlet = res.signed(zmq.PUSH)
     inlet.connect(events_in)
-    assert inlet.poll(5000), "the hub never subscribed"
-    assert inlet.recv() == b"\x01"
     return inlet
 
 
@@ -654,7 +657,7 @@ def probe() -> Heartbeat:
     return Heartbeat(sender="probe", pid=0, rss_bytes=0, cpu_percent=0.0, state="probe")
 
 
-def join_raw_subscriber(inlet: zmq.Socket[bytes], sub: zmq.Socket[bytes], timeout_s: float = 10.0) -> int:
+def join_raw_subscriber(inlet: SignedSocket, sub: zmq.Socket[bytes], timeout_s: float = 10.0) -> int:
     """Send probes until a raw SUB receives events, then a fence; read up to the fence and return its seq."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -702,8 +705,8 @@ def receive_until(
 def test_subscribers_receive_events_numbered_in_order_from_one(res: Resources, events_in: str) -> None:
     recorder = Recorder()
     hub, inlet = start_hub(res, sinks=[recorder], events_in=events_in)
-    publisher = res.add(Publisher(inlet, sender="test"))
-    sub = res.add(Subscriber(hub.events_out, max_bytes=MAX_BYTES))
+    publisher = res.add(Publisher(inlet, sender="test", key=KEY))
+    sub = res.add(Subscriber(hub.events_out, max_bytes=MAX_BYTES, auth=AUTH))
     join_subscribers(publisher, [sub])
     sent = [EpisodeStarted(sender="session", episode=i, episodes=20, steps=100) for i in range(1, 21)]
 
@@ -791,6 +794,7 @@ def test_a_second_hub_on_the_same_inlet_fails_to_start(res: Resources) -> None:
             max_bytes=MAX_BYTES,
             sinks=[],
             snapshot=dict,
+            key=KEY,
         )
     )
 
@@ -799,7 +803,9 @@ def test_a_second_hub_on_the_same_inlet_fails_to_start(res: Resources) -> None:
 
 
 def session_client(res: Resources, hub: EventHub) -> Client:
-    return res.add(Client(hub.session, max_bytes=MAX_BYTES, timeout_s=5, sender="monitor"))
+    return res.add(
+        Client(hub.session, max_bytes=MAX_BYTES, timeout_s=5, sender="monitor", key=None, auth=AUTH)
+    )
 
 
 def test_the_session_socket_describes_the_session(res: Resources) -> None:
@@ -884,9 +890,9 @@ def test_the_session_socket_answers_garbage_with_request_failed_and_keeps_servin
 def test_a_subscriber_that_never_reads_does_not_block_publishing(res: Resources) -> None:
     recorder = Recorder()
     hub, events_in = start_hub(res, sinks=[recorder], sndhwm=1000)
-    publisher = res.add(Publisher(events_in, sender="test"))
-    stuck = res.add(Subscriber(hub.events_out, max_bytes=MAX_BYTES))
-    reader = res.add(Subscriber(hub.events_out, max_bytes=MAX_BYTES))
+    publisher = res.add(Publisher(events_in, sender="test", key=KEY))
+    stuck = res.add(Subscriber(hub.events_out, max_bytes=MAX_BYTES, auth=AUTH))
+    reader = res.add(Subscriber(hub.events_out, max_bytes=MAX_BYTES, auth=AUTH))
     join_subscribers(publisher, [stuck, reader])
     applied = len(recorder.wait_for_count(hub.seq))
     n, chunk = 50_000, 1000
