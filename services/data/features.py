@@ -7,6 +7,7 @@ state of exponential averages) into the next, so chunked and one-shot results ag
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -402,7 +403,8 @@ def source_features(options: FeatureOptions, *, close_only: bool, has_volume: bo
         return options
     present = {"close", "volume"} if has_volume else {"close"}
     if options.names == DEFAULT_FEATURES:
-        return FeatureOptions(names=tuple(n for n in options.names if set(feature_spec(n).uses) <= present))
+        kept = tuple(n for n in options.names if set(feature_spec(n).uses) <= present)
+        return dataclasses.replace(options, names=kept)
     for name in options.names:
         if set(feature_spec(name).uses) & {"open", "high", "low"}:
             usable = ", ".join(n for n in available_features() if feature_spec(n).uses == ("close",))
