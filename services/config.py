@@ -280,7 +280,11 @@ def algorithm_notes(config: Config) -> list[str]:
 
 
 def config_fingerprint(config: Config) -> str:
-    """Hash what a checkpoint depends on: everything but the name, the session and the episode count."""
+    """Hash what a checkpoint depends on: everything but the name, the session and the episode count.
+
+    The source's path is left out too: the data hash names the data by its contents, so data that moved
+    is the same data.
+    """
     import hashlib
     import json
 
@@ -288,6 +292,7 @@ def config_fingerprint(config: Config) -> str:
     for key in ("name", "session"):
         data.pop(key, None)
     data["training"].pop("episodes", None)
+    data["data"]["source"].pop("path", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -15,6 +15,7 @@ from services.config import (
     Config,
     ConfigError,
     algorithm_notes,
+    config_fingerprint,
     config_from_dict,
     config_to_dict,
     load_config,
@@ -460,3 +461,12 @@ def test_an_impossible_value_is_named_by_its_config_key_not_its_class(override: 
 
     assert expected in text
     assert "Options." not in text
+
+
+def test_the_config_fingerprint_ignores_where_the_data_lies_but_not_what_trains() -> None:
+    base = load_config(None, [])
+    moved = load_config(None, ['data.source.path="/elsewhere/STOCKS_GOOGL.csv"'])
+    other_model = load_config(None, ["model.net_arch=[32]"])
+
+    assert config_fingerprint(moved) == config_fingerprint(base)
+    assert config_fingerprint(other_model) != config_fingerprint(base)
