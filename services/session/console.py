@@ -239,9 +239,17 @@ class PlainView:
         self._next_actors = self._clock.monotonic() + actors_every_s
         self._next_check = -math.inf
         self._stale: set[str] = set()
+        self._errors_shown: set[str] = set()
+        """Error texts already shown: an error passed on by several actors is said once."""
 
     def _say(self, text: str) -> None:
         print(text, file=self._out, flush=True)
+
+    def _seen_error(self, error: str) -> bool:
+        """Tell whether this error (or one it passes on) was shown already; remember it either way."""
+        seen = any(error.endswith(known) or known.endswith(error) for known in self._errors_shown)
+        self._errors_shown.add(error)
+        return seen
 
     def snapshot(self, state: SessionState) -> None:
         """Summarise the state on attaching."""
@@ -291,13 +299,15 @@ class PlainView:
                 ruin = f", ruined at eval bar {msg.ruined_at} and flat after" if msg.ruined_at >= 0 else ""
                 self._say(f"episode {msg.episode} evaluated: agent {agent}{ruin}, buy & hold {bench}")
             case ErrorRaised():
-                self._say(f"error in {msg.sender or '?'} ({msg.where}): {msg.error}")
+                if not self._seen_error(msg.error):
+                    self._say(f"error in {msg.sender or '?'} ({msg.where}): {msg.error}")
             case ActorRestarted():
                 self._say(
                     f"actor {msg.kind} restarted as pid {msg.pid} (restart {msg.restarts}): {msg.reason}"
                 )
             case SessionFinished():
-                reason = f": {msg.reason}" if msg.reason else ""
+                shown = bool(msg.reason) and self._seen_error(msg.reason)
+                reason = " (the error above)" if shown else f": {msg.reason}" if msg.reason else ""
                 self._say(f"session {msg.name} {msg.status}{reason}")
             case _:
                 pass

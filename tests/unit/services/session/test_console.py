@@ -430,3 +430,40 @@ def test_the_plain_data_line_says_close_only_fills_and_dropped_rows() -> None:
         "data: 1,299 bars, 1 features; close prices only: every fill is at the next bar's close; "
         "dropped 1 row (1 missing close, data.source.nan_policy=drop)"
     )
+
+
+def test_an_error_passed_on_by_several_actors_is_said_once() -> None:
+    out = io.StringIO()
+    view = PlainView(out, tables=False, clock=ViewClock(wall=T0 + 1))
+    line = "/data/bars.parquet, row 17: high 9.5 is below low 10.0"
+
+    feed(
+        view,
+        [
+            ErrorRaised(where="PrepareEpisode", error=line, sender="data"),
+            ErrorRaised(where="episode 1", error=f"data: {line}", sender="session"),
+            SessionFinished(name="s", status="failed", reason=f"data: {line}", sender="session"),
+        ],
+    )
+
+    text = out.getvalue()
+    assert text.count(line) == 1
+    assert "session s failed (the error above)" in text
+
+
+def test_different_errors_are_each_said() -> None:
+    out = io.StringIO()
+    view = PlainView(out, tables=False, clock=ViewClock(wall=T0 + 1))
+
+    feed(
+        view,
+        [
+            ErrorRaised(where="env socket", error="bad frame", sender="env"),
+            ErrorRaised(where="model socket", error="unknown type", sender="model"),
+            SessionFinished(name="s", status="failed", reason="model actor died 4 times", sender="session"),
+        ],
+    )
+
+    text = out.getvalue()
+    assert "bad frame" in text and "unknown type" in text
+    assert "session s failed: model actor died 4 times" in text
