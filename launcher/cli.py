@@ -58,6 +58,12 @@ def _generate() -> tuple[AddArguments, Run]:
     return synthetic.add_arguments, synthetic.generate
 
 
+def _audit() -> tuple[AddArguments, Run]:
+    from launcher import audit
+
+    return audit.add_arguments, audit.audit_main
+
+
 def _keys() -> tuple[AddArguments, Run]:
     return _keys_arguments, _create_keys
 
@@ -119,6 +125,14 @@ COMMANDS: dict[str, Command] = {
   run.py predict --run runs/NAME                on the run's own data
   run.py predict --run runs/NAME --data new-bars.csv --json""",
         _predict,
+    ),
+    "audit": Command(
+        "check features, observations and fills for look-ahead (the bars after random cuts change)",
+        """examples:
+  run.py audit                                  the default config
+  run.py audit --config my.yaml --cuts 20       your config, with its custom features
+  run.py audit --set 'data.features.custom=[mypkg.features:momentum]'""",
+        _audit,
     ),
     "keys": Command(
         "create CURVE keys for monitors on other hosts",

@@ -8,6 +8,7 @@ state of exponential averages) into the next, so chunked and one-shot results ag
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,6 +105,44 @@ def feature_spec(name: str) -> FeatureSpec:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown feature {name!r}; known: {', '.join(available_features())}") from None
+
+
+def custom_feature(path: str) -> FeatureSpec:
+    """Import a "module:function" of `FeatureOptions.custom` and return the spec it registered.
+
+    Raises:
+        DataError: naming the key when the module cannot be imported, has no such function, or the
+            function was not registered with `@register_feature` (which declares its warm-up).
+    """
+    module_name, _, function_name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # a user's module may fail in any way while it is imported
+        reason = f"{path!r}: cannot import {module_name} ({type(exc).__name__}: {exc})"
+        raise DataError(reason, path="data.features.custom") from None
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise DataError(f"{path!r}: {module_name} has no {function_name}", path="data.features.custom")
+    spec = next((spec for spec in _REGISTRY.values() if spec.function is function), None)
+    if spec is None:
+        raise DataError(
+            f"{path!r}: {function_name} is not registered: decorate it with "
+            "@register_feature(name, warmup=...) from services.data.features",
+            path="data.features.custom",
+        )
+    return spec
+
+
+def feature_specs(options: FeatureOptions) -> tuple[FeatureSpec, ...]:
+    """Return the specs of the configured features in column order: the named ones, then the custom ones."""
+    specs = tuple(feature_spec(name) for name in options.names) + tuple(
+        custom_feature(path) for path in options.custom
+    )
+    names = [spec.name for spec in specs]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        raise DataError(f"{repeated!r} is also in data.features.names", path="data.features.custom")
+    return specs
 
 
 class FeatureContext:
@@ -324,7 +363,7 @@ class FeaturePipeline:
 
     def __init__(self, options: FeatureOptions) -> None:
         self._options = options
-        self._specs = tuple(feature_spec(name) for name in options.names)
+        self._specs = feature_specs(options)
         self.warmup: int = max(spec.warmup for spec in self._specs)
         """Leading bars of the stream whose features are NaN."""
         self.lookback: int = max(spec.lookback for spec in self._specs)
@@ -336,7 +375,7 @@ class FeaturePipeline:
     @property
     def names(self) -> tuple[str, ...]:
         """Return the feature names, in column order."""
-        return self._options.names
+        return tuple(spec.name for spec in self._specs)
 
     @property
     def rows_seen(self) -> int:
@@ -404,12 +443,13 @@ def source_features(options: FeatureOptions, *, close_only: bool, has_volume: bo
     present = {"close", "volume"} if has_volume else {"close"}
     if options.names == DEFAULT_FEATURES:
         kept = tuple(n for n in options.names if set(feature_spec(n).uses) <= present)
-        return dataclasses.replace(options, names=kept)
-    for name in options.names:
-        if set(feature_spec(name).uses) & {"open", "high", "low"}:
+        options = dataclasses.replace(options, names=kept)
+    for spec in feature_specs(options):
+        if set(spec.uses) & {"open", "high", "low"}:
             usable = ", ".join(n for n in available_features() if feature_spec(n).uses == ("close",))
+            key = "data.features.names" if spec.name in options.names else "data.features.custom"
             raise DataError(
-                f"data.features.names: {name!r} reads open, high or low, which this close-only source "
+                f"{key}: {spec.name!r} reads open, high or low, which this close-only source "
                 f"lacks; choose among {usable}"
             )
     return options
@@ -417,4 +457,4 @@ def source_features(options: FeatureOptions, *, close_only: bool, has_volume: bo
 
 def feature_warmup(options: FeatureOptions | None = None) -> int:
     """Return how many leading bars the chosen features leave NaN."""
-    return max(feature_spec(name).warmup for name in (options or FeatureOptions()).names)
+    return max(spec.warmup for spec in feature_specs(options or FeatureOptions()))

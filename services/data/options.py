@@ -31,6 +31,13 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and value >= 1
 
 
+def _is_custom_path(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    module, sep, function = value.partition(":")
+    return bool(sep) and all(part.isidentifier() for part in module.split(".")) and function.isidentifier()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SourceOptions:
     """Say where the bars are and how to read and clean them."""
@@ -80,6 +87,8 @@ class FeatureOptions:
 
     names: tuple[str, ...] = DEFAULT_FEATURES
     """Registered feature names, in column order (see docs/DATA.md for the list)."""
+    custom: tuple[str, ...] = ()
+    """Your own features as "module:function" (registered with @register_feature), after names."""
 
     def __post_init__(self) -> None:
         if isinstance(self.names, str) or not isinstance(self.names, tuple | list):
@@ -100,6 +109,16 @@ class FeatureOptions:
         duplicated = sorted({n for n in self.names if self.names.count(n) > 1})
         if duplicated:
             raise ValueError(f"FeatureOptions.names repeats {duplicated[0]!r}")
+        # Custom modules are imported only when a pipeline is built (services.data.features), so loading a
+        # config runs no user code.
+        if isinstance(self.custom, str) or not isinstance(self.custom, tuple | list):
+            raise ValueError(f"FeatureOptions.custom must list 'module:function' paths, got {self.custom!r}")
+        object.__setattr__(self, "custom", tuple(self.custom))
+        bad = [path for path in self.custom if not _is_custom_path(path)]
+        if bad:
+            raise ValueError(f"FeatureOptions.custom has {bad[0]!r}; expected 'module:function'")
+        if len(set(self.custom)) < len(self.custom):
+            raise ValueError(f"FeatureOptions.custom repeats an entry, got {list(self.custom)!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,7 @@ import pytest
 from launcher.cli import COMMANDS, main
 from tests.sessions import ROOT
 
-NAMES = ["train", "monitor", "predict", "keys", "generate-data"]
+NAMES = ["train", "monitor", "predict", "audit", "keys", "generate-data"]
 
 
 def help_of(capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -62,7 +62,8 @@ def test_an_unknown_command_is_refused_in_one_line_naming_the_choices(
 
     assert status == 2
     assert capsys.readouterr().err == (
-        "error: run.py: unknown command 'foo' (choose from train, monitor, predict, keys, generate-data)\n"
+        "error: run.py: unknown command 'foo' "
+        "(choose from train, monitor, predict, audit, keys, generate-data)\n"
     )
 
 
