@@ -52,6 +52,18 @@ def _predict() -> tuple[AddArguments, Run]:
     return predict.add_arguments, predict.predict_main
 
 
+def _tune() -> tuple[AddArguments, Run]:
+    from launcher import tune
+
+    return tune.add_arguments, tune.tune_main
+
+
+def _seeds() -> tuple[AddArguments, Run]:
+    from launcher import seeds
+
+    return seeds.add_arguments, seeds.seeds_main
+
+
 def _generate() -> tuple[AddArguments, Run]:
     from services.data import synthetic
 
@@ -133,6 +145,22 @@ COMMANDS: dict[str, Command] = {
   run.py audit --config my.yaml --cuts 20       your config, with its custom features
   run.py audit --set 'data.features.custom=[mypkg.features:momentum]'""",
         _audit,
+    ),
+    "tune": Command(
+        "search hyperparameters: an Optuna study of whole sessions over seeds",
+        """examples:
+  run.py tune --space configs/tune.yaml --trials 20 --study first     SQLite in runs/first/study.db
+  run.py tune --space configs/tune.yaml --trials 20 --study first     again: the study resumes
+  run.py tune --space configs/tune.yaml --trials 50 --study shared --seed 1 \\
+      --storage postgresql://user:password@db-host/optuna            one of several hosts""",
+        _tune,
+    ),
+    "seeds": Command(
+        "train one configuration over several seeds, with bootstrap intervals",
+        """examples:
+  run.py seeds --seeds 5 --name five                                runs/five/seed-0 .. seed-4
+  run.py seeds --config my.yaml --seeds 3 --set training.steps_per_episode=1e5""",
+        _seeds,
     ),
     "keys": Command(
         "create CURVE keys for monitors on other hosts",

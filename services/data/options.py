@@ -139,6 +139,8 @@ class SplitOptions:
     """Bars in each walk-forward train window."""
     eval_bars: int = 0
     """Bars in each walk-forward eval window; the windows move forward by this much per episode."""
+    lockbox_fraction: float = 0.0
+    """Share of the usable bars at the end that no episode trains or evaluates on (a study's lockbox)."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("fraction", "date"):
@@ -158,6 +160,10 @@ class SplitOptions:
             lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
             "an integer >= 0",
         )
+        if not isinstance(self.lockbox_fraction, int | float) or not 0.0 <= float(self.lockbox_fraction) < 1.0:
+            raise ValueError(
+                f"SplitOptions.lockbox_fraction must be in [0, 1), got {self.lockbox_fraction!r}"
+            )
         if self.walk_forward and (self.train_bars < 1 or self.eval_bars < 1):
             raise ValueError(
                 "SplitOptions.train_bars and eval_bars must be >= 1 with walk_forward, "

@@ -57,6 +57,7 @@ def split_ranges(
     if episode < 0:
         raise ValueError(f"episode must be >= 0, got {episode}")
     usable_start = max(warmup, 0)
+    n_bars = lockbox_start(n_bars, options, warmup=warmup)
     if options.walk_forward:
         base = _walk_forward_base(n_bars, options, timestamps_ns, usable_start)
         eval_start = base + episode * options.eval_bars
@@ -88,12 +89,25 @@ def split_ranges(
     return split
 
 
+def lockbox_start(n_bars: int, options: SplitOptions, *, warmup: int = 0) -> int:
+    """Return the first bar of the lockbox (n_bars without one): no episode trains or evaluates from it on.
+
+    The lockbox is the last lockbox_fraction of the usable bars; a session with mode 'fraction' and
+    train_fraction 1 - lockbox_fraction (and no lockbox) evaluates on exactly these bars.
+    """
+    usable_start = max(warmup, 0)
+    if options.lockbox_fraction <= 0.0:
+        return n_bars
+    return usable_start + math.floor((n_bars - usable_start) * (1.0 - options.lockbox_fraction))
+
+
 def window_count(
     n_bars: int, options: SplitOptions, *, timestamps_ns: np.ndarray | None = None, warmup: int = 0
 ) -> int:
     """Return how many walk-forward episodes fit in the data (1 without walk-forward)."""
     if not options.walk_forward:
         return 1
+    n_bars = lockbox_start(n_bars, options, warmup=warmup)
     base = _walk_forward_base(n_bars, options, timestamps_ns, max(warmup, 0))
     return max(0, (n_bars - base) // options.eval_bars)
 

@@ -1,0 +1,536 @@
+"""Run an Optuna study whose trials are whole sessions over several seeds, then its lockbox.
+
+A trial draws a configuration from the search space, trains it with S seeds (one session each, one after
+another, under runs/<study>/trial-<k>/seed-<s>/) and reports after each episode's evaluation to a median
+pruner. Its objective is the interquartile mean of the seeds' last-episode validation Sharpe ratios
+(annualised, as the evaluation reports them; with fewer than 4 seeds the IQM is the mean). Every trial
+sees the data without its lockbox (data.split.lockbox_fraction); after the search the top k trials are
+trained on everything before the lockbox and evaluated on it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from services.errors import InputError
+from services.experiments.runner import (
+    Evaluation,
+    SessionFailed,
+    Stopped,
+    mean_returns,
+    read_equity,
+    run_session,
+)
+from services.experiments.space import SearchSpace, choice_label, override
+from services.experiments.stats import interquartile_mean
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5
+"""Interval of a running trial's heartbeat in the storage."""
+GRACE_S = 20
+"""A running trial without heartbeat for this long is failed and retried with the same parameters."""
+PRUNER_STARTUP_TRIALS = 2
+"""Trials that complete before the median pruner prunes any."""
+POLL_S = 1.0
+"""How often a worker that waits for other workers' trials looks at the study."""
+CLAIM_SETTLE_S = 2.0
+"""How long a worker waits after claiming the lockbox before it reads the claim back."""
+
+
+class StudyError(InputError, ValueError):
+    """A study that cannot be opened or continued; the text names what and where."""
+
+
+class _Surplus(Exception):
+    """A trial started by a worker that lost a race for the last of the N trials."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StudySettings:
+    """What a study runs: the config, the space, the budget, the seeds and where it is stored."""
+
+    name: str
+    """The study's name in the storage and its folder runs/<name>/."""
+    config: Path | None
+    """The base config file (None: configs/default.yaml)."""
+    overrides: tuple[str, ...]
+    """--set overrides over the config, applied to every session of the study."""
+    space: SearchSpace
+    """The search space."""
+    trials: int
+    """N: the study runs until it holds N complete or pruned trials."""
+    seeds: int
+    """S: sessions per trial, seeds training.seed + 0 .. S - 1."""
+    base_seed: int
+    """training.seed of the config: seed s of a trial trains with base_seed + s."""
+    episodes: int
+    """training.episodes of the config: the pruner gets one value per seed and episode."""
+    lockbox_fraction: float
+    """The last share of the usable bars no trial sees (0: no lockbox)."""
+    top_k: int
+    """Trials trained and evaluated on the lockbox after the search."""
+    folder: Path
+    """runs/<name>/: trial folders, the lockbox folder and the report."""
+    sampler_seed: int
+    """Seed of the TPE sampler (plus the worker thread's index)."""
+
+
+def default_storage(folder: Path) -> str:
+    """Return the SQLite URL of a study's own storage file, runs/<study>/study.db."""
+    return f"sqlite:///{folder.resolve() / 'study.db'}"
+
+
+def storage_for(url: str) -> RDBStorage:
+    """Open an RDB storage with heartbeats and the retry of stale trials, or raise StudyError."""
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    engine: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        engine["connect_args"] = {"connect_timeout": 5}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+            )
+    except (SQLAlchemyError, ArgumentError, ValueError, ImportError) as exc:
+        raise StudyError(f"--storage {redacted(url)}: cannot open the storage: {_first_line(exc)}") from None
+
+
+def redacted(url: str) -> str:
+    """Return a storage URL without its password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _first_line(exc: BaseException) -> str:
+    """Return the first meaningful line of a driver's message."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+def study_attrs(settings: StudySettings) -> dict[str, Any]:
+    """Return what makes two runs of `run.py tune` the same study (compared when it is resumed)."""
+    return {
+        "space": settings.space.fingerprint(),
+        "seeds": settings.seeds,
+        "lockbox_fraction": settings.lockbox_fraction,
+        "episodes": settings.episodes,
+    }
+
+
+def open_study(settings: StudySettings, storage: RDBStorage) -> optuna.Study:
+    """Create the study or load it; a study of that name with another space or settings is refused."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    wanted = study_attrs(settings)
+    try:
+        existing = optuna.load_study(study_name=settings.name, storage=storage)
+    except KeyError:
+        existing = None
+    except SQLAlchemyError as exc:
+        raise StudyError(f"study {settings.name}: the storage fails: {_first_line(exc)}") from None
+    if existing is not None:
+        stored = {key: existing.user_attrs.get(key) for key in wanted}
+        for key, value in wanted.items():
+            if stored[key] is not None and stored[key] != value:
+                what = "search space" if key == "space" else key
+                raise StudyError(
+                    f"study {settings.name} exists with another {what} ({settings.space.source} differs from "
+                    "the stored one): choose another --study or use the same settings"
+                )
+    study = optuna.create_study(
+        study_name=settings.name,
+        storage=storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=_sampler(settings.sampler_seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP_TRIALS),
+    )
+    for key, value in wanted.items():
+        if study.user_attrs.get(key) is None:
+            study.set_user_attr(key, value)
+    return study
+
+
+def _sampler(seed: int) -> optuna.samplers.TPESampler:
+    """Return the study's TPE sampler; constant_liar keeps parallel workers off each other's points."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def retried_numbers(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Return the numbers of failed trials that were run again (their retry stands for them)."""
+    numbers: set[int] = set()
+    for trial in trials:
+        numbers.update(trial.system_attrs.get("retry_history", []))
+    return numbers
+
+
+def counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Return the trials of the search: complete, pruned and failed ones, each configuration once.
+
+    A failed trial that was retried is left out (its retry counts), and so is a surplus trial, one a
+    worker started when the other workers had already claimed the last of the N trials.
+    """
+    retried = retried_numbers(trials)
+    return [
+        t
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        and t.number not in retried
+        and not t.user_attrs.get("surplus")
+    ]
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the trials whose worker stopped beating (each is queued again by the retry callback)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """Return the complete and pruned trials: the ones that count toward N."""
+    return [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+Progress = Callable[[str], None]
+"""Prints one progress line."""
+
+
+class Worker:
+    """Run trials of one study until it holds N finished trials; one per thread of `run.py tune`."""
+
+    def __init__(
+        self,
+        settings: StudySettings,
+        study: optuna.Study,
+        stop: threading.Event,
+        progress: Progress,
+        index: int,
+    ) -> None:
+        self._settings = settings
+        self._study = study
+        self._stop = stop
+        self._progress = progress
+        self._index = index
+        self.ran = 0
+        """Trials this worker finished (complete or pruned)."""
+
+    def run(self) -> None:
+        """Run trials while fewer than N are finished; wait while the others' running trials fill N."""
+        self._study.sampler = _sampler(self._settings.sampler_seed + self._index)
+        failures = 0
+        while not self._stop.is_set():
+            trials = self._study.get_trials(deepcopy=False)
+            done = len(finished(trials))
+            if done >= self._settings.trials:
+                return
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            if done + running >= self._settings.trials and not waiting:
+                fail_stale(self._study)
+                self._stop.wait(POLL_S)
+                continue
+            state = self._one_trial()
+            if state == TrialState.FAIL:
+                failures += 1
+                if failures >= self._settings.trials:
+                    raise SessionFailed(f"{failures} trials failed in a row; see the trials' stderr logs")
+            elif state is not None:
+                failures = 0
+
+    def _one_trial(self) -> TrialState | None:
+        """Run one trial through optimize (so it has a heartbeat); return its state."""
+        numbers: list[int] = []
+
+        def objective(trial: optuna.Trial) -> float:
+            numbers.append(trial.number)
+            return self._objective(trial)
+
+        self._study.optimize(objective, n_trials=1, catch=(_Surplus, SessionFailed, Stopped))
+        if not numbers:
+            return None
+        trial = self._study.get_trials(deepcopy=False)[numbers[0]]
+        if trial.user_attrs.get("interrupted"):
+            # The same configuration runs again when the study is resumed.
+            RetryHeartbeatStaleTrialCallback()(self._study, trial)
+            return None
+        if trial.user_attrs.get("surplus"):
+            return None
+        self._announce(trial)
+        return trial.state
+
+    def _objective(self, trial: optuna.Trial) -> float:
+        """Train the trial's configuration over the seeds, reporting each evaluation to the pruner."""
+        settings = self._settings
+        self._check_surplus(trial)
+        params = _suggest(trial, settings.space)
+        retry = self._study.get_trials(deepcopy=False)[trial.number].system_attrs.get("failed_trial")
+        again = f" (retry of trial {retry})" if retry is not None else ""
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("worker", self._index)
+        self._progress(f"trial {trial.number} started{again}: {_params_text(params)}")
+        folder = settings.folder / f"trial-{trial.number}"
+        shutil.rmtree(folder, ignore_errors=True)
+        overrides = [*settings.overrides, *trial_overrides(settings.space, params)]
+        overrides.append(f"data.split.lockbox_fraction={settings.lockbox_fraction}")
+        sharpes, holds, curves = [], [], []
+        for seed in range(settings.seeds):
+            name = f"seed-{seed}"
+            self._progress(
+                f"trial {trial.number} seed {seed}: monitor: python run.py monitor --run {folder / name}"
+            )
+
+            def report(evaluation: Evaluation, seed: int = seed) -> None:
+                step = seed * settings.episodes + evaluation.episode - 1
+                trial.report(float(evaluation.agent["sharpe"]), step)
+                if trial.should_prune():
+                    raise Stopped(f"pruned at seed {seed} episode {evaluation.episode}")
+
+            try:
+                result = run_session(
+                    settings.config,
+                    [*overrides, f"training.seed={settings.base_seed + seed}"],
+                    folder,
+                    name,
+                    on_evaluation=report,
+                    should_stop=self._stop.is_set,
+                )
+            except Stopped as exc:
+                if self._stop.is_set():
+                    trial.set_user_attr("interrupted", True)
+                    raise
+                trial.set_user_attr("pruned_at", str(exc))
+                raise optuna.TrialPruned(str(exc)) from None
+            except SessionFailed as exc:
+                trial.set_user_attr("error", str(exc))
+                raise
+            sharpes.append(float(result.last.agent["sharpe"]))
+            holds.append(float(result.last.buy_and_hold["sharpe"]))
+            curves.append(read_equity(result.run_dir, result.last.episode))
+        stamps, agent, held = mean_returns(curves)
+        trial.set_user_attr("seed_sharpes", sharpes)
+        trial.set_user_attr("buy_and_hold_sharpe", holds[0])
+        trial.set_user_attr("returns", agent)
+        trial.set_user_attr("buy_and_hold_returns", held)
+        trial.set_user_attr("bars", [stamps[0], stamps[-1], len(stamps)] if stamps else [])
+        return interquartile_mean(sharpes)
+
+    def _check_surplus(self, trial: optuna.Trial) -> None:
+        """Fail this trial at once when the trials numbered before it already make N."""
+        trials = self._study.get_trials(deepcopy=False)
+        claims = [
+            t.number
+            for t in trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+            and not t.user_attrs.get("surplus")
+        ]
+        if sum(number < trial.number for number in claims) >= self._settings.trials:
+            trial.set_user_attr("surplus", True)
+            raise _Surplus(f"trial {trial.number}: the study already holds {self._settings.trials} trials")
+
+    def _announce(self, trial: FrozenTrial) -> None:
+        """Print the trial's end and the best so far."""
+        if trial.state == TrialState.COMPLETE:
+            self.ran += 1
+            seeds = len(trial.user_attrs["seed_sharpes"])
+            what = f"complete: value {trial.value:.3f} (IQM of {seeds} seeds' Sharpe)"
+        elif trial.state == TrialState.PRUNED:
+            self.ran += 1
+            what = f"pruned ({trial.user_attrs.get('pruned_at', 'by the median rule')})"
+        else:
+            what = f"failed: {trial.user_attrs.get('error', 'see its stderr log')}"
+        try:
+            best = self._study.best_trial
+            best_text = f"; best so far trial {best.number} value {best.value:.3f}"
+        except ValueError:
+            best_text = ""
+        done = len(finished(self._study.get_trials(deepcopy=False)))
+        self._progress(f"trial {trial.number} {what} [{done}/{self._settings.trials} finished{best_text}]")
+
+
+def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """Draw the trial's value of every dimension (lists of a categorical come back as YAML data)."""
+    params: dict[str, Any] = {}
+    for d in space.dimensions:
+        if d.kind == "float":
+            params[d.key] = trial.suggest_float(d.key, d.low, d.high)
+        elif d.kind == "log_float":
+            params[d.key] = trial.suggest_float(d.key, d.low, d.high, log=True)
+        elif d.kind == "int":
+            params[d.key] = trial.suggest_int(d.key, int(d.low), int(d.high))
+        else:
+            label = trial.suggest_categorical(d.key, [choice_label(c) for c in d.choices])
+            params[d.key] = next(c for c in d.choices if choice_label(c) == label)
+    return params
+
+
+def trial_params(trial: FrozenTrial, space: SearchSpace) -> dict[str, Any]:
+    """Return a stored trial's configuration values, categorical lists decoded."""
+    params: dict[str, Any] = {}
+    for d in space.dimensions:
+        if d.key not in trial.params:
+            continue
+        value = trial.params[d.key]
+        if d.kind == "categorical":
+            value = next((c for c in d.choices if choice_label(c) == value), value)
+        params[d.key] = value
+    return params
+
+
+def trial_overrides(space: SearchSpace, params: dict[str, Any]) -> list[str]:
+    """Return the --set overrides of a trial's configuration."""
+    return [override(key, params[key]) for key in (d.key for d in space.dimensions) if key in params]
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    """Return a trial's configuration on one line."""
+    return ", ".join(f"{key}={_short(value)}" for key, value in params.items())
+
+
+def _short(value: Any) -> str:
+    """Return a value shortly: floats with 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return json.dumps(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockboxResult:
+    """One configuration trained on everything before the lockbox and evaluated on it, over the seeds."""
+
+    trial: int
+    """The trial whose configuration it is."""
+    validation: float
+    """The trial's objective on the validation window."""
+    sharpes: tuple[float, ...]
+    """Each seed's annualised Sharpe ratio on the lockbox."""
+    total_returns: tuple[float, ...]
+    """Each seed's total return on the lockbox."""
+    buy_and_hold_sharpe: float
+    """Buy-and-hold's annualised Sharpe ratio on the lockbox."""
+    buy_and_hold_return: float
+    """Buy-and-hold's total return on the lockbox."""
+
+    @property
+    def iqm(self) -> float:
+        """Return the IQM of the seeds' lockbox Sharpe ratios (the objective's statistic)."""
+        return interquartile_mean(self.sharpes)
+
+
+def lockbox_overrides(settings: StudySettings) -> list[str]:
+    """Return the split of a lockbox session: train on every bar before the lockbox, evaluate on it."""
+    return [
+        "data.split.mode=fraction",
+        "data.split.walk_forward=false",
+        f"data.split.train_fraction={1.0 - settings.lockbox_fraction!r}",
+        "data.split.lockbox_fraction=0.0",
+    ]
+
+
+def run_lockbox(
+    settings: StudySettings, study: optuna.Study, progress: Progress, stop: threading.Event
+) -> list[LockboxResult] | None:
+    """Train the top k complete trials on the data before the lockbox and evaluate them on it once.
+
+    Several workers may end a study at once: each claims the lockbox in the study and only the one whose
+    claim is read back runs it; the results are stored with the study (user attribute "lockbox"), so a
+    rerun reports them without training again. Returns None when another worker runs it.
+    """
+    if "lockbox" in study.user_attrs:
+        return [LockboxResult(**r) for r in study.user_attrs["lockbox"]]
+    claim = f"{socket.gethostname()}:{os.getpid()}:{threading.get_native_id()}"
+    study.set_user_attr("lockbox_claim", claim)
+    stop.wait(CLAIM_SETTLE_S)
+    if study.user_attrs.get("lockbox_claim") != claim:
+        progress("lockbox: another worker evaluates it")
+        return None
+    complete = sorted(
+        (t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
+        key=lambda t: -(t.value if t.value is not None else -math.inf),
+    )[: settings.top_k]
+    results = []
+    for trial in complete:
+        params = trial_params(trial, settings.space)
+        progress(
+            f"lockbox: trial {trial.number} ({_params_text(params)}) "
+            f"on the last {settings.lockbox_fraction:.0%}"
+        )
+        sharpes, returns = [], []
+        hold_sharpe = hold_return = 0.0
+        for seed in range(settings.seeds):
+            result = run_session(
+                settings.config,
+                [
+                    *settings.overrides,
+                    *trial_overrides(settings.space, params),
+                    *lockbox_overrides(settings),
+                    f"training.seed={settings.base_seed + seed}",
+                ],
+                settings.folder / "lockbox" / f"trial-{trial.number}",
+                f"seed-{seed}",
+                should_stop=stop.is_set,
+            )
+            sharpes.append(float(result.last.agent["sharpe"]))
+            returns.append(float(result.last.agent["total_return"]))
+            hold_sharpe = float(result.last.buy_and_hold["sharpe"])
+            hold_return = float(result.last.buy_and_hold["total_return"])
+        entry = LockboxResult(
+            trial=trial.number,
+            validation=float(trial.value or 0.0),
+            sharpes=tuple(sharpes),
+            total_returns=tuple(returns),
+            buy_and_hold_sharpe=hold_sharpe,
+            buy_and_hold_return=hold_return,
+        )
+        progress(
+            f"lockbox: trial {trial.number} Sharpe IQM {entry.iqm:.3f} (validation {entry.validation:.3f}), "
+            f"buy & hold {hold_sharpe:.3f}"
+        )
+        results.append(entry)
+    with contextlib.suppress(ValueError):
+        study.set_user_attr(
+            "lockbox",
+            [
+                {
+                    "trial": r.trial,
+                    "validation": r.validation,
+                    "sharpes": list(r.sharpes),
+                    "total_returns": list(r.total_returns),
+                    "buy_and_hold_sharpe": r.buy_and_hold_sharpe,
+                    "buy_and_hold_return": r.buy_and_hold_return,
+                }
+                for r in results
+            ],
+        )
+    return results
