@@ -1,0 +1,245 @@
+"""Measure how much of a planted, exploitable signal the default agent learns, against its oracle.
+
+Each kind is a synthetic daily series whose next log return has a known conditional expectation given
+the past bars; the open of every bar equals the previous close, so a decision at bar t filled at the next
+open trades exactly the return the model predicts:
+
+- momentum: r[t] = 0.15 r[t-1] + e[t] (returns positively autocorrelated), E = 0.15 r[t];
+- mean_reversion: r[t] = -0.15 r[t-1] + e[t] (negatively autocorrelated), E = -0.15 r[t];
+- regime: r[t] = s[t] m + e[t], the drift sign s a hidden two-state Markov chain that stays with
+  probability 0.99 a bar (m = 0.1 %, so about 25 % a year); E = m (2 P(s[t+1] = +1 | r[..t]) - 1), the
+  probability from the exact (Hamilton) filter on the returns seen so far, the best any causal policy
+  can know.
+
+e is Gaussian with 1 % daily volatility; high and low add small wicks, volume is independent noise.
+
+The oracle decides at every bar with the env's own action set (discrete3: short, flat, long): it goes to
+the sign of E when |E| exceeds the cost of trading one unit (commission + slippage), and otherwise keeps
+its position. It runs through the same sequential eval env (costs, fills, records) on the same eval
+window as the session, so both Sharpe ratios come from the same code on the same bars.
+
+The agent is `python run.py --data FILE` with the default config and its default budget
+(`--steps N` sets training.steps_per_episode for a quicker run); its out-of-sample Sharpe is read from
+its eval-episode-1.csv, whose bars are checked against the oracle's.
+
+    .venv/bin/python bench/bench_learning.py [--kinds momentum,mean_reversion,regime] [--seeds 0,1,2]
+        [--bars 10000] [--steps N] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.config import Config, load_config  # noqa: E402
+from services.data.bars import infer_bars_per_year  # noqa: E402
+from services.data.features import feature_warmup  # noqa: E402
+from services.data.splits import split_ranges  # noqa: E402
+from services.env.metrics import compute_metrics  # noqa: E402
+from services.env.options import min_bars, min_eval_bars  # noqa: E402
+from services.env.vec_env import VecTradingEnv  # noqa: E402
+
+SIGMA = 0.01
+PHI = 0.15
+REGIME_DRIFT = 0.001
+REGIME_STAY = 0.99
+
+HEADER = "| seed | eval bars | agent Sharpe | oracle Sharpe | agent / oracle | buy-and-hold Sharpe | run s |"
+
+Series = tuple[np.ndarray, np.ndarray]
+"""Log returns r[0..n) and E[r[t+1] | r[..t]] for every t."""
+
+
+def momentum(n: int, rng: np.random.Generator) -> Series:
+    """Return AR(1) log returns with coefficient +PHI and their one-step conditional expectation."""
+    return _ar1(n, rng, PHI)
+
+
+def mean_reversion(n: int, rng: np.random.Generator) -> Series:
+    """Return AR(1) log returns with coefficient -PHI and their one-step conditional expectation."""
+    return _ar1(n, rng, -PHI)
+
+
+def _ar1(n: int, rng: np.random.Generator, phi: float) -> Series:
+    shocks = rng.normal(0.0, SIGMA, n)
+    r = np.empty(n)
+    r[0] = shocks[0]
+    for t in range(1, n):
+        r[t] = phi * r[t - 1] + shocks[t]
+    return r, phi * r
+
+
+def regime(n: int, rng: np.random.Generator) -> Series:
+    """Return regime-switching log returns and the filtered expectation of the next one."""
+    flips = rng.random(n) > REGIME_STAY
+    state = np.where(np.cumsum(flips) % 2 == 0, 1.0, -1.0) * (1.0 if rng.random() < 0.5 else -1.0)
+    r = state * REGIME_DRIFT + rng.normal(0.0, SIGMA, n)
+    expected = np.empty(n)
+    up = 0.5  # P(s[t] = +1 | r[..t-1]), before the update with r[t]
+    for t in range(n):
+        like_up = math.exp(-((r[t] - REGIME_DRIFT) ** 2) / (2 * SIGMA**2))
+        like_down = math.exp(-((r[t] + REGIME_DRIFT) ** 2) / (2 * SIGMA**2))
+        posterior = up * like_up / (up * like_up + (1.0 - up) * like_down)
+        up = posterior * REGIME_STAY + (1.0 - posterior) * (1.0 - REGIME_STAY)
+        expected[t] = REGIME_DRIFT * (2.0 * up - 1.0)
+    return r, expected
+
+
+KINDS: dict[str, Callable[[int, np.random.Generator], Series]] = {
+    "momentum": momentum,
+    "mean_reversion": mean_reversion,
+    "regime": regime,
+}
+
+
+def bars_frame(returns: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    """Return daily OHLCV bars of the log returns, each open at the previous close."""
+    close = 100.0 * np.exp(np.cumsum(returns))
+    open_ = np.concatenate(([100.0], close[:-1]))
+    wick = np.abs(rng.normal(0.0, 0.002, (2, len(close))))
+    return pd.DataFrame(
+        {
+            "Date": pd.bdate_range("1980-01-01", periods=len(close)).strftime("%Y-%m-%d"),
+            "Open": open_,
+            "High": np.maximum(open_, close) * np.exp(wick[0]),
+            "Low": np.minimum(open_, close) * np.exp(-wick[1]),
+            "Close": close,
+            "Volume": np.round(rng.lognormal(13.0, 0.3, len(close))),
+        }
+    )
+
+
+def oracle_run(
+    config: Config, frame: pd.DataFrame, expected: np.ndarray
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Run the oracle through the sequential eval env; return its Sharpe, buy-and-hold's, bars and closes."""
+    env_options = config.env
+    timestamps = pd.to_datetime(frame["Date"]).to_numpy().astype("datetime64[ns]").astype(np.int64)
+    n = len(frame)
+    warmup = feature_warmup(config.data.features)
+    split = split_ranges(
+        n,
+        config.data.split,
+        timestamps_ns=timestamps,
+        warmup=warmup,
+        min_train_bars=min_bars(env_options.window, env_options.episode_length),
+        min_eval_bars=min_eval_bars(env_options.window),
+    )
+    context = max(split.eval.start - (env_options.window - 1), warmup)
+    stop = split.eval.stop
+    bars_per_year = infer_bars_per_year(timestamps)
+    env = VecTradingEnv(env_options, bars_per_year=bars_per_year, sequential=True)
+    open_ = frame["Open"].to_numpy(dtype=np.float64)
+    close = frame["Close"].to_numpy(dtype=np.float64)
+    env.update_data(np.zeros((stop - context, 1), dtype=np.float32), open_[context:stop], close[context:stop])
+    env.reset()
+    positions = env_options.positions
+    band = (env_options.commission_bps + env_options.slippage_bps) / 1e4
+    held = 0.0
+    for t in range(context + env_options.window - 1, stop - 1):
+        if abs(expected[t]) > band:
+            held = math.copysign(env_options.max_leverage, expected[t])
+        env.step(np.array([positions.index(held)], dtype=np.int64))
+    rec = env.records()
+    oracle = compute_metrics(rec.equity, rec.position, rec.cost, bars_per_year).sharpe
+    held_bh = np.ones_like(rec.buy_and_hold)
+    held_bh[0] = 0.0
+    hold = compute_metrics(rec.buy_and_hold, held_bh, np.zeros_like(held_bh), bars_per_year).sharpe
+    return oracle, hold, timestamps[rec.bar + context], rec.close
+
+
+def agent_run(
+    data: Path, runs: Path, name: str, steps: int | None, timeout: float
+) -> tuple[float, np.ndarray, float]:
+    """Train the default agent on the file; return its eval Sharpe, its eval bar times and its wall time."""
+    command = [sys.executable, str(ROOT / "run.py"), "--data", str(data), "--name", name]
+    command += ["--set", f"session.runs_dir={runs}", "--set", "session.console=off"]
+    if steps is not None:
+        command += ["--set", f"training.steps_per_episode={steps}"]
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    wall = time.monotonic() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{name}: run.py exited {result.returncode}: {result.stderr.strip()[-2000:]}")
+    with (runs / name / "eval-episode-1.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    equity = np.array([float(row["equity"]) for row in rows])
+    position = np.array([float(row["position"]) for row in rows])
+    stamps = np.array([np.datetime64(row["timestamp"], "ns").astype(np.int64) for row in rows])
+    per_year = infer_bars_per_year(stamps)
+    sharpe = compute_metrics(equity, position, np.zeros_like(equity), per_year).sharpe
+    return sharpe, stamps, wall
+
+
+def main() -> int:
+    """Run every kind and seed, print one markdown table per kind, optionally write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    parser.add_argument("--bars", type=int, default=10_000, help="bars per series (default: 10000)")
+    parser.add_argument("--steps", type=int, help="training.steps_per_episode (default: the config's)")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per training run")
+    parser.add_argument("--json", type=Path, help="write every result here")
+    args = parser.parse_args()
+    config = load_config()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-learning-") as scratch:
+        folder = Path(scratch)
+        for kind in args.kinds.split(","):
+            for seed in (int(s) for s in args.seeds.split(",")):
+                rng = np.random.default_rng([seed, list(KINDS).index(kind)])
+                returns, expected = KINDS[kind](args.bars, rng)
+                frame = bars_frame(returns, rng)
+                data = folder / f"{kind}-{seed}.csv"
+                frame.to_csv(data, index=False)
+                oracle, hold, bars, _ = oracle_run(config, frame, expected)
+                agent, agent_bars, wall = agent_run(
+                    data, folder / "runs", f"{kind}-{seed}", args.steps, args.timeout
+                )
+                if not np.array_equal(bars, agent_bars):
+                    raise RuntimeError(f"{kind} seed {seed}: the agent's eval bars are not the oracle's")
+                row = {
+                    "kind": kind,
+                    "seed": seed,
+                    "eval_bars": len(bars) - 1,
+                    "agent_sharpe": agent,
+                    "oracle_sharpe": oracle,
+                    "buy_and_hold_sharpe": hold,
+                    "share": agent / oracle if oracle > 0 else float("nan"),
+                    "train_seconds": wall,
+                }
+                results.append(row)
+                print(json.dumps(row), flush=True)
+    for kind in args.kinds.split(","):
+        rows = [r for r in results if r["kind"] == kind]
+        print(f"\n{kind}\n")
+        print(HEADER)
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for r in rows:
+            print(
+                f"| {r['seed']} | {r['eval_bars']} | {r['agent_sharpe']:.2f} | {r['oracle_sharpe']:.2f} | "
+                f"{r['share']:.2f} | {r['buy_and_hold_sharpe']:.2f} | {r['train_seconds']:.0f} |"
+            )
+        print(f"| median | | | | {statistics.median(r['share'] for r in rows):.2f} | | |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
