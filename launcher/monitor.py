@@ -65,10 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def monitor_command(run_dir: Path) -> str:
-    """Return the command line that attaches a monitor to a run on this host, as a shell would take it."""
-    parts = [_shown_path(Path(sys.executable), absolute=False), _shown_path(RUN_PY), "monitor", "--run"]
-    return shlex.join([*parts, _shown_path(run_dir)])
+def monitor_command(run_dir: Path, *, endpoint: str = "", kit: Path | None = None) -> str:
+    """Return the command line that attaches a monitor on this host, as a shell would take it: `--run`, or
+    for a session with CURVE keys `--connect endpoint --keys kit` (the session's own monitor's kit)."""
+    parts = [_shown_path(Path(sys.executable), absolute=False), _shown_path(RUN_PY), "monitor"]
+    if kit is not None:
+        return shlex.join([*parts, "--connect", endpoint, "--keys", _shown_path(kit)])
+    return shlex.join([*parts, "--run", _shown_path(run_dir)])
 
 
 def _shown_path(path: Path, *, absolute: bool = True) -> str:

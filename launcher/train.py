@@ -22,12 +22,13 @@ from launcher.preflight import Prepared, prepare
 from launcher.signals import SignalLatch
 from launcher.summary import print_summary, recorded_evaluations, write_run_report
 from launcher.supervisor import SupervisionPolicy, SupervisionRules, Supervisor, wait_started
-from launcher.usage import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, RUN_PY, UsageError
+from launcher.usage import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, RUN_PY, UsageError, project_path
 from messages import ActorRestarted, EvaluationReport, SessionStarted
 from services.model.checkpoint import latest_checkpoint, write_json_atomic
 from services.runtime import SystemClock, rss_bytes
 from services.session.recorder import RunRecorder, write_eval_csv
 from services.session.state import SessionState
+from services.transport.curve import LOCAL_KIT
 from services.transport.hub import EventHub
 from services.transport.sockets import Client, Endpoints, Publisher, ipc_folder
 
@@ -146,7 +147,9 @@ class _Session:
         """Start every actor, run the episode loop under supervision and return the exit status."""
         run_dir, opts = self.prepared.run_dir, self.prepared.config.session
         print(f"session {self.name}: run folder {run_dir}", flush=True)
-        print(f"monitor: {monitor_command(run_dir)}", flush=True)
+        keys_dir = self.prepared.config.session.keys_dir
+        kit = project_path(keys_dir) / LOCAL_KIT if keys_dir else None
+        print(f"monitor: {monitor_command(run_dir, endpoint=self.endpoints.session, kit=kit)}", flush=True)
         publisher = Publisher(self.endpoints.events_in, sender="session", key=self.prepared.key)
         self.signals.install()
         session_ref: pykka.ActorRef[SessionActor] | None = None

@@ -287,9 +287,10 @@ def _take(sock: zmq.Socket[bytes], max_bytes: int, max_frames: int, *, skip: int
     except zmq.Again:
         return None
     frames: list[zmq.Frame] = []
-    count = total = envelope = 0
+    index = count = total = envelope = 0
     while True:
-        if len(frames) < skip:
+        index += 1
+        if index <= skip:
             envelope += len(frame.buffer)
         else:
             count += 1
@@ -387,6 +388,8 @@ class Server:
     def poll(self, timeout_ms: int, limit: int = 64) -> list[Incoming]:
         """Wait up to timeout_ms for requests and return those available (at most `limit`)."""
         out: list[Incoming] = []
+        if self._unreported and self._refusals.due():
+            out.append(self._summary(b"", "since the last report"))
         if not self._waiter.wait(timeout_ms):
             return out
         self._waiter.touch()
@@ -419,9 +422,12 @@ class Server:
         self._unreported += 1
         if not self._refusals.due():
             return None
+        return self._summary(peer, f"last: {exc}")
+
+    def _summary(self, peer: bytes, detail: str) -> Incoming:
         count, self._unreported = self._unreported, 0
         error = (
-            f"refused {count} message(s) not signed with this session's key ({self.refused} in all): {exc}"
+            f"refused {count} message(s) not signed with this session's key ({self.refused} in all; {detail})"
         )
         logger.warning("%s: %s", self._name, error)
         return Incoming(peer, None, error)

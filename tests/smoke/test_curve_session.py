@@ -158,7 +158,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuardedSession
             "--set", f"session.keys_dir={keys}",
             "--name", "guarded",
         )  # fmt: skip
-        url = session.wait_for_line("monitor: ", SESSION_S).split("--connect ", 1)[1]
+        url = session.wait_for_line("monitor: ", SESSION_S).split("--connect ", 1)[1].split()[0]
         listed = start("listed", "monitor", "--connect", url, "--keys", keys / "client-1", "--json")
         keyless = start("keyless", "monitor", "--connect", url, "--once")
         foreign = start("foreign", "monitor", "--connect", url, "--keys", other / "client-1", "--once")

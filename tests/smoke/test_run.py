@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,13 +35,14 @@ def start_session(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen[st
     return sessions.start_session(TINY, tmp_path, name, *extra)
 
 
-def monitor_endpoint(proc: subprocess.Popen[str]) -> str:
+def monitor_command(proc: subprocess.Popen[str]) -> list[str]:
+    """Return the monitor command line the session printed, to run as printed (from the repository root)."""
     assert proc.stdout is not None
     for _ in range(20):
         line = proc.stdout.readline()
         if line.startswith("monitor: "):
-            return line.split("--connect ", 1)[1].strip()
-    raise AssertionError("the session did not print its monitor endpoint")
+            return shlex.split(line.removeprefix("monitor: "))
+    raise AssertionError("the session did not print its monitor command")
 
 
 def test_two_episodes_train_one_model_and_write_the_run_folder(tmp_path: Path) -> None:
@@ -51,16 +53,16 @@ def test_two_episodes_train_one_model_and_write_the_run_folder(tmp_path: Path) -
         *("--set", "training.episodes=2", "--set", "training.steps_per_episode=2048"),
         *("--set", "session.heartbeat_s=0.25"),
     )
-    url = monitor_endpoint(proc)
+    command = monitor_command(proc)
     attached = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), "monitor", "--connect", url, "--json"],
+        [*command, "--json"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     doomed = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), "monitor", "--connect", url],
+        command,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
