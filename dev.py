@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -35,6 +36,21 @@ def ensure_venv() -> None:
     STAMP.write_text(digest + "\n")
 
 
+def ensure_postgresql() -> None:
+    """Install PostgreSQL from the OS packages for the multi-host study test, when missing and possible.
+
+    Only as root on a Debian-like system; elsewhere the test that needs it says it is skipped.
+    """
+    if shutil.which("initdb") or list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        return
+    if not Path("/etc/debian_version").exists() or os.geteuid() != 0:
+        return
+    print("installing postgresql (apt-get) for the multi-host study test", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "postgresql"]):
+        subprocess.run(step, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
 def main(argv: list[str]) -> int:
     """Dispatch `run [run.py args]`, `test [pytest args]` (ruff, mypy, then pytest) or `lint`."""
     if not argv or argv[0] not in ("run", "test", "lint"):
@@ -53,6 +69,7 @@ def main(argv: list[str]) -> int:
         lint = subprocess.call([str(PYTHON), "-m", "mypy", *packages])
     if command == "lint" or lint != 0:
         return lint
+    ensure_postgresql()
     # One line per test file as it finishes, so a long smoke file does not look like a hang.
     progress = ["--file-progress", "-o", "console_output_style=classic"]
     return subprocess.call([str(PYTHON), "-m", "pytest", *progress, *rest])

@@ -299,6 +299,7 @@ class Worker:
         again = f" (retry of trial {retry})" if retry is not None else ""
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("worker", self._index)
+        trial.set_user_attr("pid", os.getpid())
         self._progress(f"trial {trial.number} started{again}: {_params_text(params)}")
         folder = settings.folder / f"trial-{trial.number}"
         shutil.rmtree(folder, ignore_errors=True)
