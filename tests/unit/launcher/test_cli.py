@@ -11,7 +11,7 @@ import pytest
 from launcher.cli import COMMANDS, main
 from tests.sessions import ROOT
 
-NAMES = ["train", "monitor", "predict", "audit", "keys", "generate-data"]
+NAMES = ["train", "monitor", "predict", "audit", "tune", "seeds", "keys", "generate-data"]
 
 
 def help_of(capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -63,7 +63,7 @@ def test_an_unknown_command_is_refused_in_one_line_naming_the_choices(
     assert status == 2
     assert capsys.readouterr().err == (
         "error: run.py: unknown command 'foo' "
-        "(choose from train, monitor, predict, audit, keys, generate-data)\n"
+        "(choose from train, monitor, predict, audit, tune, seeds, keys, generate-data)\n"
     )
 
 
