@@ -97,10 +97,19 @@ def default_storage(folder: Path) -> str:
     return f"sqlite:///{folder.resolve() / 'study.db'}"
 
 
+def driver_url(url: str) -> str:
+    """Return a storage URL with its driver: a bare postgresql:// URL uses psycopg2 (the pinned driver)."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg2://" + url.removeprefix(bare)
+    return url
+
+
 def storage_for(url: str) -> RDBStorage:
     """Open an RDB storage with heartbeats and the retry of stale trials, or raise StudyError."""
     from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+    url = driver_url(url)
     engine: dict[str, Any] = {}
     if url.startswith("postgresql"):
         engine["connect_args"] = {"connect_timeout": 5}
