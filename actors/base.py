@@ -62,12 +62,14 @@ class _HeartbeatThread:
         self,
         name: str,
         state: Callable[[], str],
+        busy_s: Callable[[], float],
         publisher: Callable[[], EventPublisher],
         probe: ProcessProbe,
         interval_s: float,
     ) -> None:
         self._name = name
         self._state = state
+        self._busy_s = busy_s
         self._publisher = publisher
         self._probe = probe
         self._interval_s = interval_s
@@ -89,7 +91,13 @@ class _HeartbeatThread:
         try:
             while not self._stopped.is_set():
                 rss, cpu = self._probe.sample()
-                beat = Heartbeat(pid=os.getpid(), rss_bytes=rss, cpu_percent=cpu, state=self._state())
+                beat = Heartbeat(
+                    pid=os.getpid(),
+                    rss_bytes=rss,
+                    cpu_percent=cpu,
+                    state=self._state(),
+                    busy_s=self._busy_s(),
+                )
                 publisher.publish(_stamped(beat, self._name))
                 self._stopped.wait(self._interval_s)
         except Exception:
@@ -135,13 +143,14 @@ class ServiceActor(pykka.ThreadingActor):
         self._heartbeats: _HeartbeatThread | None = None
         if ports.publisher is not None:
             self._heartbeats = _HeartbeatThread(
-                self.name, lambda: self._state, ports.publisher, probe, heartbeat_s
+                self.name, lambda: self._state, self.busy_s, ports.publisher, probe, heartbeat_s
             )
         self._server: CommandServer | None = None
         self._publisher: EventPublisher | None = None
         self._clients: dict[str, RequestClient] = {}
         self._state = "starting"
         self._busy = False
+        self._busy_since: float | None = None
         self.stop_reason = ""
 
     # Lifecycle.
@@ -190,12 +199,21 @@ class ServiceActor(pykka.ThreadingActor):
 
     def on_receive(self, message: Any) -> Any:
         """Dispatch internal messages; requests arrive through the server socket."""
-        match message:
-            case _Poll():
-                self._poll()
-            case _:
-                return self.on_internal(message)
-        return None
+        self._busy_since = self._clock.monotonic()
+        try:
+            match message:
+                case _Poll():
+                    self._poll()
+                case _:
+                    return self.on_internal(message)
+            return None
+        finally:
+            self._busy_since = None
+
+    def busy_s(self) -> float:
+        """Seconds spent on the message being handled now (0 between messages); read by the heartbeats."""
+        since = self._busy_since
+        return 0.0 if since is None else max(0.0, self._clock.monotonic() - since)
 
     def on_internal(self, message: Any) -> Any:
         """Handle an internal (in-process) message; subclasses override."""

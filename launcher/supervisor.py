@@ -3,7 +3,8 @@
 The policy is one-for-one: an actor whose process ended is restarted (the model from the latest
 checkpoint), at most `max_restarts` times within `restart_window_s` per actor before the session gives
 up; an actor that sent no heartbeat for `hang_timeout_s` (or none at all within `start_timeout_s` of its
-start) is killed, and the next check restarts it.
+start), or whose heartbeats say it has been on one message for `stuck_timeout_s`, is killed, and the
+next check restarts it.
 """
 
 from __future__ import annotations
@@ -144,6 +145,8 @@ class SupervisionRules:
     """Seconds a (re)started actor may take to send its first heartbeat."""
     restart_window_s: float = 60.0
     """The window of the restart cap."""
+    stuck_timeout_s: float = float("inf")
+    """Seconds an actor may spend on one message (while its heartbeats go on) before it counts as stuck."""
 
 
 class SupervisionActions(Protocol):
@@ -173,6 +176,8 @@ class SupervisionPolicy:
     """Seconds since an actor's last heartbeat at a given wall time (infinite before its first)."""
     actions: SupervisionActions
     kinds: Sequence[str] = ACTOR_KINDS
+    busy_for: Callable[[str, float], float] = lambda kind, wall: 0.0
+    """Seconds an actor has been on one message at a given wall time (from its heartbeats)."""
     gave_up: bool = field(default=False, init=False)
     _restarts: dict[str, list[float]] = field(init=False)
     _started: dict[str, float] = field(init=False)
@@ -230,6 +235,9 @@ class SupervisionPolicy:
             return f"did not start within {self.rules.start_timeout_s:g} s"
         if age > self.rules.hang_timeout_s:
             return f"no heartbeat for {age:.0f} s"
+        busy = self.busy_for(kind, wall)
+        if busy > self.rules.stuck_timeout_s:
+            return f"busy with one message for {busy:.0f} s"
         return ""
 
 

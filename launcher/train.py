@@ -258,10 +258,12 @@ class _Session:
                 max_restarts=opts.max_restarts_per_minute,
                 hang_timeout_s=opts.hang_timeout_s,
                 start_timeout_s=opts.start_timeout_s,
+                stuck_timeout_s=opts.stuck_timeout_s,
             ),
             self.clock,
             self.state.heartbeat_age,
             _SessionActions(self.prepared.run_dir, publisher, session_ref),
+            busy_for=self.state.busy_for,
         )
         interrupted = False
         while not outcome.done.wait(0.2):

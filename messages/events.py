@@ -65,6 +65,8 @@ class Heartbeat(Event):
     rss_bytes: int
     cpu_percent: float
     state: str
+    busy_s: float = 0.0
+    """Seconds the actor has spent on the message it is handling now (0 between messages)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -48,6 +48,8 @@ class SessionOptions:
     """An actor without heartbeat for this long is treated as dead."""
     start_timeout_s: float = 120.0
     """Time allowed for every actor process to start."""
+    stuck_timeout_s: float = 900.0
+    """An actor busy with one message this long is stuck (its work comes in bounded pieces): restarted."""
     max_restarts_per_minute: int = 3
     """Restarts of one actor allowed within a minute; one more stops the session with the reason."""
     env_timeout_s: float = 10.0
@@ -65,6 +67,7 @@ class SessionOptions:
             "heartbeat_s",
             "hang_timeout_s",
             "start_timeout_s",
+            "stuck_timeout_s",
             "env_timeout_s",
         ):
             if getattr(self, name) <= 0:

@@ -95,6 +95,14 @@ class SessionState:
                 return float("inf")
             return max(0.0, now - float(info["last_heartbeat"]))
 
+    def busy_for(self, actor: str, now: float) -> float:
+        """Seconds the actor has been on one message, as of now (0 when its last heartbeat found it idle)."""
+        with self._lock:
+            info = self._data["actors"].get(actor)
+            if not info or not info.get("busy_s"):
+                return 0.0
+            return float(info["busy_s"]) + max(0.0, now - float(info["last_heartbeat"]))
+
     def apply(self, seq: int, msg: Message) -> bool:
         """Apply one event numbered `seq`; return False if it was already part of the state."""
         with self._lock:
@@ -131,7 +139,7 @@ class SessionState:
                 self._actor(msg.sender).update(state="stopped", pid=msg.pid)
             case Heartbeat():
                 self._actor(msg.sender).update(
-                    _fields(msg, "state", "pid", "rss_bytes", "cpu_percent"), last_heartbeat=msg.ts
+                    _fields(msg, "state", "pid", "rss_bytes", "cpu_percent", "busy_s"), last_heartbeat=msg.ts
                 )
             case DataLoaded():
                 d["data"] = {

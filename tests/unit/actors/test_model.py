@@ -479,3 +479,43 @@ def test_heartbeats_keep_coming_while_the_model_is_built(world) -> None:
 
     assert isinstance(reply, EpisodeTrained)
     assert any(b.state == "building the model" for b in publisher.of(Heartbeat))
+
+
+class StuckFactory(FakeFactory):
+    """Builds the model while the clock moves 42 s on: the heartbeats must say the actor is busy."""
+
+    def __init__(self, publisher: FakePublisher, clock: FakeClock) -> None:
+        super().__init__()
+        self._publisher = publisher
+        self._clock = clock
+
+    def create(
+        self, env_client: RequestClient, on_values: Callable[[int, dict[str, float]], None]
+    ) -> FakeModel:
+        self._clock.now += 42.0
+        before = len(self._publisher.of(Heartbeat))
+        self._publisher.wait_for(Heartbeat, before + 3, timeout_s=5)
+        return super().create(env_client, on_values)
+
+
+def test_heartbeats_say_how_long_the_actor_has_been_on_one_message(world) -> None:
+    server, publisher, _, env = world
+    clock = FakeClock()
+    ports = Ports(server=lambda: server, publisher=lambda: publisher, clients={"env": lambda: env})
+    ModelActor.start(
+        factory=StuckFactory(publisher, clock),
+        piece_steps=2500,
+        ports=ports,
+        clock=clock,
+        probe=FakeProbe(),
+        heartbeat_s=0.02,
+    )
+
+    reply = server.reply_to(server.push(TrainEpisode(episode=1, steps=1000)))
+    done = len(publisher.of(Heartbeat))
+    publisher.wait_for(Heartbeat, done + 3, timeout_s=5)
+
+    assert isinstance(reply, EpisodeTrained)
+    building = [b.busy_s for b in publisher.of(Heartbeat) if b.state == "building the model"]
+    assert building and max(building) >= 42.0
+    assert publisher.of(Heartbeat)[-1].busy_s < 42.0, "between messages the actor is not busy"

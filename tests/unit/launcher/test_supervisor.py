@@ -339,3 +339,33 @@ def test_every_kind_is_supervised(kind: str) -> None:
     policy.check()
 
     assert actions.restarts[0][0] == kind
+
+
+def test_an_actor_busy_with_one_message_past_the_stuck_timeout_is_killed() -> None:
+    rules = SupervisionRules(max_restarts=3, hang_timeout_s=30, start_timeout_s=60, stuck_timeout_s=600)
+    clock, processes, beats = FakeClock(), FakeProcesses(), Beats()
+    busy = {"model": 601.0}
+    policy = SupervisionPolicy(
+        processes,
+        rules,
+        clock,
+        beats.age,
+        FakeActions(processes.calls),
+        busy_for=lambda k, w: busy.get(k, 0.0),
+    )
+
+    policy.check()
+
+    assert processes.calls == [("kill", "model")]
+
+
+def test_an_actor_busy_within_the_stuck_timeout_is_left_alone() -> None:
+    rules = SupervisionRules(max_restarts=3, hang_timeout_s=30, start_timeout_s=60, stuck_timeout_s=600)
+    clock, processes, beats = FakeClock(), FakeProcesses(), Beats()
+    policy = SupervisionPolicy(
+        processes, rules, clock, beats.age, FakeActions(processes.calls), busy_for=lambda k, w: 599.0
+    )
+
+    policy.check()
+
+    assert processes.calls == []

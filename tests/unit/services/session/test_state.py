@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -309,3 +310,14 @@ def test_from_snapshot_does_not_share_the_snapshot_dict() -> None:
     snap["actors"].clear()
 
     assert set(state.to_dict()["actors"]) == {"data", "env"}
+
+
+def test_busy_for_adds_the_heartbeats_age_to_the_time_it_reported_busy() -> None:
+    state = SessionState()
+    beat = Heartbeat(ts=T0 + 10, sender="model", pid=7, rss_bytes=1, cpu_percent=1.0, state="training")
+    state.apply(1, dataclasses.replace(beat, busy_s=120.0))
+    state.apply(2, dataclasses.replace(beat, sender="env", busy_s=0.0))
+
+    assert state.busy_for("model", T0 + 15) == pytest.approx(125.0)
+    assert state.busy_for("env", T0 + 15) == 0.0
+    assert state.busy_for("data", T0 + 15) == 0.0
