@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Unpack
+from typing import Any, Protocol, Unpack
 
 import numpy as np
 
 from actors.base import ServiceActor, ServiceArgs
 from actors.ports import EnvFactory, VecEnvCore
 from messages import (
+    AttachShared,
     BlockAccepted,
     Command,
     DataBlock,
@@ -27,7 +28,10 @@ from messages import (
     ResetEnvs,
     SessionSet,
     SetSession,
+    SharedAttached,
+    SharedStepped,
     StepEnvs,
+    StepShared,
 )
 
 logger = logging.getLogger(__name__)
@@ -35,6 +39,36 @@ logger = logging.getLogger(__name__)
 ROLES = ("train", "eval")
 RECORD_ARRAYS = ("timestamp", "close", "position", "equity", "bh_equity")
 """The per-bar arrays of an evaluation, cut into pieces for long runs."""
+
+
+class SharedStepBuffer(Protocol):
+    """One role's step buffer shared with the model (services.transport.shm.SharedSteps)."""
+
+    name: str
+
+    def take_actions(self, step: int) -> np.ndarray:
+        """Return the actions the model wrote for this step."""
+        ...
+
+    def write(self, step: int, result: Any) -> int:
+        """Write a step's results, its step number last; return how many envs finished."""
+        ...
+
+
+class SharedBuffers(Protocol):
+    """Where the env actor keeps the step buffers it shares with the model (services.transport.shm)."""
+
+    def create(self, role: str, n_envs: int, obs_shape: tuple[int, ...], action: str) -> tuple[str, int]:
+        """Replace the role's buffer with a new one; return its name and size."""
+        ...
+
+    def get(self, role: str, name: str) -> SharedStepBuffer:
+        """Return the role's current buffer of that name; raise if it is another."""
+        ...
+
+    def close(self) -> None:
+        """Remove every buffer."""
+        ...
 
 
 @dataclass(slots=True)
@@ -61,10 +95,12 @@ class EnvActor(ServiceActor):
         self,
         *,
         factory: EnvFactory,
+        shared: SharedBuffers | None = None,
         **base: Unpack[ServiceArgs],
     ) -> None:
         super().__init__(**base)
         self._factory = factory
+        self._shared = shared
         self._envs: dict[str, VecEnvCore] = {}
         self._buffers: dict[str, _SplitBuffer] = {}
         self._bars_per_year = 252.0
@@ -83,6 +119,17 @@ class EnvActor(ServiceActor):
                 # The sender is stamped here: on the hot path the reply is not copied again to stamp it.
                 result = self._env(msg.role).step(msg.actions).finished_only()
                 self.reply(peer, EnvsStepped.from_value(result, correlation_id=msg.msg_id, sender=self.name))
+            case StepShared():
+                # The same step with the arrays in the shared buffer: only the step number travels.
+                env = self._env(msg.role)
+                buffer = self._shared_buffers().get(msg.role, msg.name)
+                finished = buffer.write(msg.step, env.step(buffer.take_actions(msg.step)))
+                stepped = SharedStepped(
+                    correlation_id=msg.msg_id, step=msg.step, finished=finished, sender=self.name
+                )
+                self.reply(peer, stepped)
+            case AttachShared():
+                self.reply(peer, self._attach(msg))
             case ResetEnvs():
                 if msg.role == "eval":
                     self._evaluation = None
@@ -130,6 +177,30 @@ class EnvActor(ServiceActor):
                 self.reply(peer, self._evaluation_piece(msg))
             case _:
                 super().handle(peer, msg)
+
+    def on_stop(self) -> None:
+        """Remove the shared step buffers, then stop as every actor does."""
+        if self._shared is not None:
+            self._shared.close()
+        super().on_stop()
+
+    def _shared_buffers(self) -> SharedBuffers:
+        if self._shared is None:
+            raise RuntimeError("this env actor shares no buffers (they are served over ipc only)")
+        return self._shared
+
+    def _attach(self, msg: AttachShared) -> SharedAttached:
+        """Create the role's shared step buffer; refuse one sized for other envs than this role's."""
+        shared, env = self._shared_buffers(), self._env(msg.role)
+        have = (env.n_envs, tuple(env.observation_shape), self._factory.action)
+        asked = (msg.n_envs, tuple(msg.obs_shape), msg.action)
+        if asked != have:
+            raise ValueError(
+                f"shared {msg.role} buffer refused: asked for {asked[0]} envs x obs {asked[1]} with "
+                f"{asked[2]} actions, but the {msg.role} envs are {have[0]} x {have[1]} with {have[2]}"
+            )
+        name, size = shared.create(msg.role, *have)
+        return SharedAttached(correlation_id=msg.msg_id, role=msg.role, name=name, size=size)
 
     def _evaluation_piece(self, msg: FinishEvaluation) -> EvaluationComputed:
         """Return the finished eval run's metrics and its records from msg.offset, msg.limit rows at most."""

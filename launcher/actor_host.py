@@ -126,9 +126,13 @@ def build_env(host: ActorHost) -> pykka.ActorRef[Any]:
     """Start the env actor over the vectorized env factory."""
     from actors.environment import EnvActor
     from services.env.factory import VecEnvFactory
+    from services.transport.shm import SharedFolder, shared_folder
 
     factory = VecEnvFactory(host.config.env, seed=host.config.training.seed)
-    return EnvActor.start(factory=factory, ports=host.ports(True), **host.common())
+    # On an ipc endpoint the model is on this host: steps go through buffers in the socket's folder.
+    folder = shared_folder(host.endpoints.env)
+    shared = SharedFolder(folder) if folder is not None else None
+    return EnvActor.start(factory=factory, shared=shared, ports=host.ports(True), **host.common())
 
 
 def build_model(host: ActorHost) -> pykka.ActorRef[Any]:

@@ -30,6 +30,7 @@ from services.session.recorder import RunRecorder, write_eval_csv
 from services.session.state import SessionState
 from services.transport.curve import LOCAL_KIT
 from services.transport.hub import EventHub
+from services.transport.shm import remove_buffers
 from services.transport.sockets import Client, Endpoints, Publisher, ipc_folder
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ def train(args: argparse.Namespace) -> int:
     recorder = RunRecorder(prepared.run_dir)
     opts = prepared.config.session
     ipc = ipc_folder(prepared.run_dir)
+    # A launch killed with kill -9 left its step buffers behind; the env actor makes new ones.
+    stale = remove_buffers(ipc)
+    if stale:
+        logger.info("removed %d stale shared step buffer(s) from %s", stale, ipc)
     keys = prepared.session_keys
     hub = EventHub(
         name=prepared.run_dir.name,

@@ -211,6 +211,47 @@ class EnvsStepped(Reply):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AttachShared(Command):
+    """Ask the env actor for shared step buffers of a role, sized for these envs (same host only)."""
+
+    role: str
+    n_envs: int
+    obs_shape: tuple[int, ...]
+    action: str
+    """The EnvSpec's action: the buffer holds int64 actions for a discrete one, float32 otherwise."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedAttached(Reply):
+    """Reply to AttachShared: the buffer file, in the folder of the env actor's ipc socket, and its size."""
+
+    role: str
+    name: str
+    size: int
+    """Bytes of the file; the model refuses a buffer whose size does not match its env spec."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepShared(Command):
+    """Step every env of a role with the actions in its shared buffer (the token of a shared step)."""
+
+    role: str
+    name: str
+    """The buffer, as SharedAttached named it."""
+    step: int
+    """The step number the model wrote after the actions; the results come back under it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedStepped(Reply):
+    """Reply to StepShared: the step's results are in the shared buffer, its step number written last."""
+
+    step: int
+    finished: int
+    """Envs that finished on this step (their terminal rows come first in the buffer)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FinishEvaluation(Command):
     """Ask the env actor for the metrics and records of the finished evaluation run."""
 

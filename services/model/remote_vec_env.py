@@ -7,14 +7,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
-from messages import DescribeEnvs, EnvSpec, EnvsReset, EnvsStepped, Message, ResetEnvs, StepEnvs
+from messages import (
+    AttachShared,
+    DescribeEnvs,
+    EnvSpec,
+    EnvsReset,
+    EnvsStepped,
+    Message,
+    ResetEnvs,
+    SharedAttached,
+    SharedStepped,
+    StepEnvs,
+    StepShared,
+)
 from services.env.options import build_action_space, build_observation_space
+from services.errors import TransportError
+from services.transport.shm import SharedResult, SharedSteps, StepLayout, shared_folder
 
 
 class Requester(Protocol):
@@ -40,15 +55,27 @@ class EnvBackend(Protocol):
 
 
 class RemoteBackend:
-    """The env actor's envs of one role, one request per batched reset or step."""
+    """The env actor's envs of one role, one request per batched reset or step.
 
-    def __init__(self, client: Requester, role: str) -> None:
+    The client's endpoint chooses how a step's arrays travel: over ipc (the same host) they go through a
+    shared buffer and the signed request carries only the step number; over tcp they are array frames.
+    """
+
+    def __init__(self, client: Requester, role: str, *, shared: bool = True) -> None:
+        """Describe the role's envs; `shared` False keeps the array frames even over ipc (benchmarks)."""
         self._client = client
         self._role = role
         spec = client.request(DescribeEnvs(role=role))
         if not isinstance(spec, EnvSpec):
             raise TypeError(f"env actor answered DescribeEnvs with {type(spec).__name__}")
         self.spec = spec
+        self._folder = shared_folder(getattr(client, "endpoint", "")) if shared else None
+        self._buffer: SharedSteps | None = None
+
+    @property
+    def shared(self) -> bool:
+        """Tell whether steps go through a shared buffer."""
+        return self._folder is not None
 
     def reset(self, seed: int) -> np.ndarray:
         reply = self._client.request(ResetEnvs(role=self._role, seed=seed))
@@ -56,11 +83,35 @@ class RemoteBackend:
             raise TypeError(f"env actor answered ResetEnvs with {type(reply).__name__}")
         return reply.obs
 
-    def step(self, actions: np.ndarray) -> EnvsStepped:
-        reply = self._client.request(StepEnvs(role=self._role, actions=actions))
-        if not isinstance(reply, EnvsStepped):
-            raise TypeError(f"env actor answered StepEnvs with {type(reply).__name__}")
-        return reply
+    def step(self, actions: np.ndarray) -> EnvsStepped | SharedResult:
+        if self._folder is None:
+            reply = self._client.request(StepEnvs(role=self._role, actions=actions))
+            if not isinstance(reply, EnvsStepped):
+                raise TypeError(f"env actor answered StepEnvs with {type(reply).__name__}")
+            return reply
+        buffer = self._buffer or self._attach(self._folder)
+        step = buffer.put_actions(actions)
+        try:
+            stepped = self._client.request(StepShared(role=self._role, name=buffer.name, step=step))
+            if not isinstance(stepped, SharedStepped) or stepped.step != step:
+                raise TypeError(f"env actor answered StepShared {step} with {stepped!r}")
+            return buffer.read(step)
+        except TransportError:
+            # The env actor may be gone or replaced (it forgets its buffers): attach again at the next step.
+            self._buffer = None
+            raise
+
+    def _attach(self, folder: Path) -> SharedSteps:
+        """Ask the env actor for the role's shared buffer and map it; refuse one unfit for the spec."""
+        spec = self.spec
+        reply = self._client.request(
+            AttachShared(role=self._role, n_envs=spec.n_envs, obs_shape=spec.obs_shape, action=spec.action)
+        )
+        if not isinstance(reply, SharedAttached) or reply.role != self._role:
+            raise TypeError(f"env actor answered AttachShared with {reply!r}")
+        layout = StepLayout.of(spec.n_envs, spec.obs_shape, spec.action)
+        self._buffer = SharedSteps.attach(folder, reply.name, layout, reply.size)
+        return self._buffer
 
 
 class LocalBackend:
