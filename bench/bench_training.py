@@ -8,7 +8,9 @@ Part 1 trains five models built by the project's one factory (`TradingModel.crea
 config's PPO hyperparameters, torch threads and n_envs) on the default session's train split of
 data/STOCKS_GOOGL.csv, each for --steps per repeat, the five interleaved in a rotating order:
   (a) actor: the real env actor process (`run.py _actor env` with the real VecEnvFactory), fed the
-      train split over its ZeroMQ ROUTER, stepped from SB3 in this process through RemoteVecEnv;
+      train split over its ZeroMQ ROUTER, stepped from SB3 in this process through RemoteVecEnv; its
+      ipc endpoint makes the steps go through shared buffers, only a step token travels;
+  (af) frames: the same env actor with the step arrays as ZeroMQ frames (the tcp path), for comparison;
   (a2) server: the same envs served by a bare `services.transport.sockets.Server` loop in a child process, no
       actor (no pykka, no heartbeats), so (a)/(a2) is the cost of the actor framework;
   (a') local: the same VecTradingEnv (VecEnvFactory) in this process behind the same RemoteVecEnv
@@ -56,7 +58,7 @@ from services.transport.auth import write_session_key  # noqa: E402
 from services.transport.sockets import Client, Endpoints  # noqa: E402
 
 COMPARE_PYTHON = ROOT / "bench" / ".venv-compare" / "bin" / "python"
-SETUPS = ("actor", "server", "local", "dummy", "null", "session")
+SETUPS = ("actor", "frames", "server", "local", "dummy", "null", "session")
 
 
 class EnvActorProcess:
@@ -227,7 +229,12 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def bench_setups(
-    config: Config, overrides: list[str], steps: int, repeats: int, session_factor: int
+    config: Config,
+    overrides: list[str],
+    steps: int,
+    repeats: int,
+    session_factor: int,
+    setups: Sequence[str] = SETUPS,
 ) -> dict[str, Any]:
     """Train the setups interleaved; print and return steps/s and ratios."""
     from services.env.factory import VecEnvFactory
@@ -267,6 +274,7 @@ def bench_setups(
             )
             timed = {
                 "actor": TimedBackend(RemoteBackend(actor.client("model"), "train")),
+                "frames": TimedBackend(RemoteBackend(actor.client("model"), "train", shared=False)),
                 "server": TimedBackend(RemoteBackend(plain_client, "train")),
                 "local": TimedBackend(local_backend),
             }
@@ -275,6 +283,8 @@ def bench_setups(
                 "dummy": dummy_vec_env(config, train, summary.bars_per_year),
                 "null": null_vec_env(config.env.n_envs, obs_size, 3),
             }
+            envs = {name: env for name, env in envs.items() if name in setups}
+            timed = {name: backend for name, backend in timed.items() if name in setups}
             models = {
                 name: TradingModel.create(
                     config.model,
@@ -314,15 +324,16 @@ def bench_setups(
 
             for name in models:  # warm-up: first rollout, first update, allocator
                 models[name].learn(models[name].rollout_steps, lambda n: True)
-            rates: dict[str, list[float]] = {name: [] for name in SETUPS}
+            chosen = tuple(name for name in SETUPS if name in setups)
+            rates: dict[str, list[float]] = {name: [] for name in chosen}
             for repeat in range(repeats):
-                shift = repeat % len(SETUPS)
-                order = SETUPS[shift:] + SETUPS[:shift]
+                shift = repeat % len(chosen)
+                order = chosen[shift:] + chosen[:shift]
                 for name in order:
                     rates[name].append(session_once(repeat) if name == "session" else train_once(name))
                 print(
                     f"  repeat {repeat + 1}: "
-                    + ", ".join(f"{name} {rates[name][-1]:,.0f}" for name in SETUPS)
+                    + ", ".join(f"{name} {rates[name][-1]:,.0f}" for name in chosen)
                     + " steps/s",
                     flush=True,
                 )
@@ -334,7 +345,8 @@ def bench_setups(
             plain_client.close()
             plain.join(timeout=20)
     labels = {
-        "actor": "(a) env actor over ZeroMQ, RemoteVecEnv",
+        "actor": "(a) env actor, shared buffers + ZeroMQ token",
+        "frames": "(af) env actor, arrays as ZeroMQ frames",
         "server": "(a2) bare Server loop + env, no actor",
         "local": "(a') VecTradingEnv in process, RemoteVecEnv",
         "dummy": "(b) DummyVecEnv of TradingEnv, in process",
@@ -342,35 +354,29 @@ def bench_setups(
         "session": "(s) whole system, python run.py",
     }
     print(f"PPO training steps/s, {steps:,} steps a run, {repeats} interleaved repeats")
-    for name, label in labels.items():
+    for name in chosen:
         values = rates[name]
         print(
-            f"  {label:44s} median {statistics.median(values):>9,.0f}  "
+            f"  {labels[name]:44s} median {statistics.median(values):>9,.0f}  "
             f"(min {min(values):,.0f}, max {max(values):,.0f})"
         )
-    a_b = median_ratio(rates["actor"], rates["dummy"])
-    s_b = median_ratio(rates["session"], rates["dummy"])
-    a_c = median_ratio(rates["actor"], rates["null"])
-    a_local = median_ratio(rates["actor"], rates["local"])
-    print(
-        f"  (a)/(b) median same-repeat ratio {a_b:.2f}  (target >= 0.9: {'met' if a_b >= 0.9 else 'NOT met'})"
-    )
-    print(f"  (a)/(c) median same-repeat ratio {a_c:.2f}")
-    print(f"  (s)/(b) median same-repeat ratio {s_b:.2f} (the whole system against DummyVecEnv)")
-    a2_local = median_ratio(rates["server"], rates["local"])
     for name in step_us:
         request_us, share = statistics.median(step_us[name]), statistics.median(step_share[name])
         print(f"  {labels[name]:44s} step request: median {request_us:6.0f} us, {share:.0%} of the time")
-    print(f"  (a)/(a') median same-repeat ratio {a_local:.2f} (the cost of the process boundary)")
-    print(f"  (a2)/(a') median same-repeat ratio {a2_local:.2f} (the same without the actor framework)")
-    return {
-        "rates": rates,
-        "actor_over_dummy": a_b,
-        "session_over_dummy": s_b,
-        "actor_over_null": a_c,
-        "actor_over_local": a_local,
-        "server_over_local": a2_local,
+    ratios = {
+        "actor_over_local": ("actor", "local", "(a)/(a'): the cost of the process boundary"),
+        "frames_over_local": ("frames", "local", "(af)/(a'): the same with array frames"),
+        "server_over_local": ("server", "local", "(a2)/(a'): without the actor framework"),
+        "actor_over_dummy": ("actor", "dummy", "(a)/(b)"),
+        "session_over_dummy": ("session", "dummy", "(s)/(b): the whole system against DummyVecEnv"),
+        "actor_over_null": ("actor", "null", "(a)/(c)"),
     }
+    figures: dict[str, Any] = {"rates": rates, "step_us": step_us}
+    for key, (a, b, text) in ratios.items():
+        if a in rates and b in rates:
+            figures[key] = median_ratio(rates[a], rates[b])
+            print(f"  {text}: median same-repeat ratio {figures[key]:.2f}")
+    return figures
 
 
 def run_session(
@@ -472,6 +478,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--session-factor", type=int, default=4, help="(s) trains this many times --steps")
     parser.add_argument("--skip-setups", action="store_true")
+    parser.add_argument(
+        "--setups", default=",".join(SETUPS), help=f"comma-separated subset of {','.join(SETUPS)}"
+    )
     parser.add_argument("--skip-session", action="store_true")
     parser.add_argument("--session-repeats", type=int, default=1)
     parser.add_argument("--baseline-steps", type=int, default=65_536, help="gym-anytrading steps trained")
@@ -497,7 +506,7 @@ def main() -> int:
     figures: dict[str, Any] = {}
     if not args.skip_setups:
         figures["setups"] = bench_setups(
-            config, args.overrides, args.steps, args.repeats, args.session_factor
+            config, args.overrides, args.steps, args.repeats, args.session_factor, args.setups.split(",")
         )
     if not args.skip_session:
         figures["session"] = bench_session(
