@@ -107,6 +107,25 @@ class _HeartbeatThread:
             publisher.close()
 
 
+class _Complaints:
+    """Let one kind of complaint through at most once per window, counting the ones held back."""
+
+    def __init__(self, clock: Clock, window_s: float = 5.0) -> None:
+        self._clock = clock
+        self._window_s = window_s
+        self._next: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, kind: str) -> int | None:
+        """Return how many of this kind were held back since the last one let through, or None to hold it."""
+        now = self._clock.monotonic()
+        if now < self._next.get(kind, -1.0):
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return None
+        self._next[kind] = now + self._window_s
+        return self._held.pop(kind, 0)
+
+
 class ServiceArgs(TypedDict):
     """The arguments of every ServiceActor, which subclasses pass on as they came."""
 
@@ -151,6 +170,8 @@ class ServiceActor(pykka.ThreadingActor):
         self._state = "starting"
         self._busy = False
         self._busy_since: float | None = None
+        self._complaints = _Complaints(clock)
+        """Bad requests are answered and published one by one but logged at most once per window."""
         self.stop_reason = ""
 
     # Lifecycle.
@@ -245,7 +266,7 @@ class ServiceActor(pykka.ThreadingActor):
     def _dispatch(self, item: Incoming) -> None:
         msg = item.message
         if msg is None:
-            self.publish(ErrorRaised(where=f"{self.name} socket", error=item.error))
+            self._complain(f"{self.name} socket", item.error)
             failed = RequestFailed(request="?", correlation_id=item.request_id, error=item.error)
             self.reply(item.peer, failed)
             return
@@ -267,10 +288,10 @@ class ServiceActor(pykka.ThreadingActor):
                     self.publish(ErrorRaised(where=f"{self.name}.{type(msg).__name__}", error=str(exc)))
                     self.reply(item.peer, self.failure(msg, str(exc), kind="input"))
                 except Exception as exc:
-                    # A failed request is answered and published, not a crash: the traceback goes to the log.
-                    logger.warning("%s: %s failed", self.name, type(msg).__name__, exc_info=True)
+                    # A failed request is answered and published, not a crash; the first of a kind in a
+                    # window logs its traceback, the rest are counted.
                     error = f"{type(exc).__name__}: {exc}"
-                    self.publish(ErrorRaised(where=f"{self.name}.{type(msg).__name__}", error=error))
+                    self._complain(f"{self.name}.{type(msg).__name__}", error, exc)
                     self.reply(item.peer, self.failure(msg, error))
             case _:
                 self._refuse(item.peer, msg)
@@ -282,9 +303,16 @@ class ServiceActor(pykka.ThreadingActor):
     def _refuse(self, peer: bytes, msg: Message) -> None:
         """Answer a message this actor does not serve with RequestFailed, and publish the refusal."""
         error = f"{self.name} does not serve {type(msg).__name__}"
-        logger.warning("%s: %s", self.name, error)
-        self.publish(ErrorRaised(where=self.name, error=error))
+        self._complain(self.name, error)
         self.reply(peer, self.failure(msg, error))
+
+    def _complain(self, where: str, error: str, exc: BaseException | None = None) -> None:
+        """Publish a bad request's error; log it at most once a window per place, with the count held back."""
+        self.publish(ErrorRaised(where=where, error=error))
+        held = self._complaints.admit(where)
+        if held is not None:
+            more = f" (and {held} more like it since the last line)" if held else ""
+            logger.warning("%s: %s%s", where, error, more, exc_info=exc)
 
     def before_stop(self, reason: str) -> None:
         """Finish or abandon work before a Stop is acknowledged (subclasses override)."""

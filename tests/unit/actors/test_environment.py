@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from messages import (
     EnvSpec,
     EnvsReset,
     EnvsStepped,
+    ErrorRaised,
     EvaluationComputed,
     FinishEvaluation,
     RequestFailed,
@@ -256,3 +258,17 @@ def test_finish_evaluation_reads_the_records_of_a_long_run_in_pieces(world) -> N
     joined = np.concatenate([p.timestamp for p in pieces])
     np.testing.assert_array_equal(joined, np.arange(10) * 86_400 * 10**9)
     assert {p.agent["total_return"] for p in pieces} == {0.5}
+
+
+def test_a_burst_of_bad_requests_is_answered_and_published_each_but_logged_once(world, caplog) -> None:
+    server, publisher, _ = world
+    bad = [StepEnvs(role="train", actions=np.zeros(4, np.int64)) for _ in range(20)]
+
+    with caplog.at_level(logging.WARNING, logger="actors.base"):
+        replies = [server.reply_to(server.push(msg)) for msg in bad]
+        publisher.wait_for(ErrorRaised, 20)
+
+    assert all(isinstance(r, RequestFailed) and "no data" in r.error for r in replies)
+    lines = [r for r in caplog.records if "no data" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert lines[0].exc_info is not None, "the first of a kind keeps its traceback for the log file"
