@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pykka
@@ -31,6 +34,9 @@ from services.transport.sockets import Client, Endpoints, Publisher, Server
 
 logger = logging.getLogger(__name__)
 
+STOP_GRACE_S = 15.0
+"""Seconds an actor may take to stop (after SIGTERM or its launcher's death) before its process exits."""
+
 
 def actor_main(argv: Sequence[str]) -> int:
     """Host one actor in this process until it stops."""
@@ -46,12 +52,23 @@ def actor_main(argv: Sequence[str]) -> int:
     endpoints = Endpoints.from_dict(json.loads((run_dir / "endpoints.json").read_text()))
     host = ActorHost(kind, config, endpoints, run_dir, ActorExit(), read_session_key(run_dir))
     ref = BUILDERS[kind](host)
-    signal.signal(signal.SIGTERM, lambda signum, frame: ref.stop(block=False))
+    deadline = math.inf
+
+    def request_stop(signum: int | None = None, frame: FrameType | None = None) -> None:
+        nonlocal deadline
+        ref.stop(block=False)
+        deadline = min(deadline, time.monotonic() + STOP_GRACE_S)
+
+    signal.signal(signal.SIGTERM, request_stop)
     parent = os.getppid()
     while not host.note.event.wait(1.0):
-        if os.getppid() != parent:
+        if os.getppid() != parent and deadline == math.inf:
             logger.warning("%s: the launcher is gone; stopping", kind)
-            ref.stop(block=False)
+            request_stop()
+        if time.monotonic() > deadline:
+            # A stop waits behind the message in hand; one that never ends must not outlive the session.
+            logger.error("%s: did not stop within %g s; exiting", kind, STOP_GRACE_S)
+            os._exit(EXIT_FAILURE)
     return EXIT_FAILURE if host.note.crashed else EXIT_OK
 
 
