@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 ROLES = ("train", "eval")
 RECORD_ARRAYS = ("timestamp", "close", "position", "equity", "bh_equity")
 """The per-bar arrays of an evaluation, cut into pieces for long runs."""
+PORTFOLIO_ARRAYS = ("asset_close", "tradable", "weights", "traded", "costs", "pnl")
+"""A portfolio evaluation's per-bar, per-asset arrays, cut into pieces like the others."""
+PORTFOLIO_FIELDS = ("symbols", "portfolio")
+"""A portfolio evaluation's fields sent whole with every piece."""
 
 
 class SharedStepBuffer(Protocol):
@@ -79,11 +83,23 @@ class _SplitBuffer:
     open: np.ndarray
     close: np.ndarray
     timestamp: np.ndarray
+    tradable: np.ndarray | None = None
+    """A portfolio's bool [rows, M]; None for one asset."""
     rows: int = 0
     received: int = 0
 
-    def fits(self, rows: int, n_features: int) -> bool:
-        return self.features.shape[0] >= rows and self.features.shape[1] == n_features
+    def fits(self, rows: int, msg: DataBlock) -> bool:
+        return (
+            self.features.shape[0] >= rows
+            and self.features.shape[1:] == msg.features.shape[1:]
+            and self.open.shape[1:] == msg.open.shape[1:]
+        )
+
+    def data(self) -> tuple[np.ndarray, ...]:
+        """Return the arrays the envs take: features, open, close and (a portfolio) tradable."""
+        n = self.rows
+        arrays = (self.features[:n], self.open[:n], self.close[:n])
+        return arrays if self.tradable is None else (*arrays, self.tradable[:n])
 
 
 class EnvActor(ServiceActor):
@@ -158,6 +174,7 @@ class EnvActor(ServiceActor):
                         action=self._factory.action,
                         n_actions=self._factory.n_actions,
                         max_leverage=self._factory.max_leverage,
+                        action_size=getattr(env, "action_size", 0),
                     ),
                 )
             case SetSession():
@@ -212,7 +229,9 @@ class EnvActor(ServiceActor):
         if not 0 <= msg.offset <= rows:
             raise ValueError(f"record offset {msg.offset} outside 0..{rows}")
         end = rows if msg.limit <= 0 else min(rows, msg.offset + msg.limit)
-        piece = {name: out[name][msg.offset : end] for name in RECORD_ARRAYS}
+        sliced = [name for name in RECORD_ARRAYS + PORTFOLIO_ARRAYS if name in out]
+        piece = {name: out[name][msg.offset : end] for name in sliced}
+        piece.update({name: out[name] for name in PORTFOLIO_FIELDS if name in out})
         return EvaluationComputed(
             correlation_id=msg.msg_id,
             episode=msg.episode,
@@ -236,19 +255,29 @@ class EnvActor(ServiceActor):
         if msg.split not in ROLES:
             raise ValueError(f"unknown split {msg.split!r}")
         rows = len(msg.close)
-        if msg.features.ndim != 2 or msg.features.shape[0] != rows or len(msg.open) != rows:
+        # One asset: features [rows, F], prices [rows]; a portfolio of M: [rows, M, F], [rows, M], tradable.
+        portfolio = msg.features.ndim == 3
+        assets = msg.features.shape[1:2] if portfolio else ()
+        if (
+            msg.features.ndim not in (2, 3)
+            or msg.features.shape[0] != rows
+            or msg.open.shape != (rows, *assets)
+            or msg.close.shape != (rows, *assets)
+            or (portfolio and msg.tradable.shape != (rows, *assets))
+        ):
             raise ValueError("block arrays disagree in length")
         if msg.offset < 0 or msg.offset + rows > msg.total_rows:
             raise ValueError(f"block rows {msg.offset}..{msg.offset + rows} outside 0..{msg.total_rows}")
         buf = self._buffers.get(msg.split)
         if msg.offset == 0:
-            n_features = msg.features.shape[1]
-            if buf is None or not buf.fits(msg.total_rows, n_features):
+            if buf is None or not buf.fits(msg.total_rows, msg):
+                total = msg.total_rows
                 buf = _SplitBuffer(
-                    features=np.empty((msg.total_rows, n_features), dtype=np.float32),
-                    open=np.empty(msg.total_rows, dtype=np.float64),
-                    close=np.empty(msg.total_rows, dtype=np.float64),
-                    timestamp=np.empty(msg.total_rows, dtype=np.int64),
+                    features=np.empty((total, *msg.features.shape[1:]), dtype=np.float32),
+                    open=np.empty((total, *assets), dtype=np.float64),
+                    close=np.empty((total, *assets), dtype=np.float64),
+                    timestamp=np.empty(total, dtype=np.int64),
+                    tradable=np.empty((total, *assets), dtype=bool) if portfolio else None,
                 )
                 self._buffers[msg.split] = buf
             buf.rows, buf.received = msg.total_rows, 0
@@ -259,6 +288,8 @@ class EnvActor(ServiceActor):
         buf.open[msg.offset : end] = msg.open
         buf.close[msg.offset : end] = msg.close
         buf.timestamp[msg.offset : end] = msg.timestamp
+        if buf.tradable is not None:
+            buf.tradable[msg.offset : end] = msg.tradable
         buf.received = end
 
     def _install(self, msg: DataComplete) -> int:
@@ -275,7 +306,7 @@ class EnvActor(ServiceActor):
         env = self._envs.get(msg.split)
         if env is None:
             env = self._factory.create(msg.split, msg.bars_per_year)
-            env.update_data(buf.features[:n], buf.open[:n], buf.close[:n])
+            env.update_data(*buf.data())
             self._envs[msg.split] = env
             self.envs_created += 1
             logger.info("%s envs created: %d x obs %s", msg.split, env.n_envs, tuple(env.observation_shape))
@@ -285,7 +316,7 @@ class EnvActor(ServiceActor):
                 )
             )
         else:
-            env.update_data(buf.features[:n], buf.open[:n], buf.close[:n])
+            env.update_data(*buf.data())
         self.publish(DataSwapped(split=msg.split, rows=n, episode=msg.episode))
         return n
 

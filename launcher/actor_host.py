@@ -145,7 +145,12 @@ def build_env(host: ActorHost) -> pykka.ActorRef[Any]:
     from services.env.factory import VecEnvFactory
     from services.transport.shm import SharedFolder, shared_folder
 
-    factory = VecEnvFactory(host.config.env, seed=host.config.training.seed)
+    symbols: tuple[str, ...] = ()
+    if host.config.portfolio is not None:  # preflight wrote the universe's symbols into session.json
+        symbols = tuple(json.loads((host.run_dir / "session.json").read_text()).get("symbols", ()))
+    factory = VecEnvFactory(
+        host.config.env, seed=host.config.training.seed, portfolio=host.config.portfolio, symbols=symbols
+    )
     # On an ipc endpoint the model is on this host: steps go through buffers in the socket's folder.
     folder = shared_folder(host.endpoints.env)
     shared = SharedFolder(folder) if folder is not None else None

@@ -11,6 +11,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -62,7 +63,11 @@ def prepare(args: argparse.Namespace) -> Prepared:
     check_model(config)
     session_keys = load_keys(config)
     data_hash = data_fingerprint(config)
-    config = check_data(config, data_hash)
+    symbols: tuple[str, ...] = ()
+    if config.data.universe is not None:
+        config, symbols = check_universe(config)
+    else:
+        config = check_data(config, data_hash)
     fingerprint = {"data_hash": data_hash, "config_hash": config_fingerprint(config)}
     first_episode, resume_from = 1, ""
     if args.resume is not None:
@@ -72,9 +77,10 @@ def prepare(args: argparse.Namespace) -> Prepared:
         run_dir = new_run_dir(project_path(config.session.runs_dir), config.name)
     key = write_session_key(run_dir)
     resolved: dict[str, object] = {**config_to_dict(config), "name": run_dir.name}
-    write_json_atomic(
-        run_dir / "session.json", {"resume": resume_from, "first_episode": first_episode, **fingerprint}
-    )
+    session: dict[str, object] = {"resume": resume_from, "first_episode": first_episode, **fingerprint}
+    if symbols:
+        session["symbols"] = list(symbols)
+    write_json_atomic(run_dir / "session.json", session)
     config_tmp = run_dir / ".config.yaml.tmp"
     config_tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
     os.replace(config_tmp, run_dir / "config.yaml")
@@ -189,18 +195,56 @@ def check_data(config: Config, data_hash: str) -> Config:
     return config
 
 
+def check_universe(config: Config) -> tuple[Config, tuple[str, ...]]:
+    """Read and validate every symbol of a multi-symbol source and check every episode's split.
+
+    Returns the config (env.fill=close becomes next_open on close-only data, as for one series) and the
+    universe's symbols, in column order.
+    """
+    from services.data.universe import read_universe
+
+    opts = config.data
+    assert opts.universe is not None
+    logging.getLogger("services.data").addHandler(logging.NullHandler())
+    try:
+        universe = read_universe(opts.source, opts.features, opts.universe)
+    except DataError as exc:
+        raise UsageError(str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(f"data.universe: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"data.source.path: {exc}") from None
+    try:
+        warmup = universe.first_tradable_bar()
+    except DataError as exc:
+        raise UsageError(f"{opts.source.path}: {exc.reason}") from None
+    _check_plan(config, len(universe), universe.timestamp, warmup)
+    if universe.close_only and config.env.fill == "close":
+        print(
+            "note: close-only data: env.fill=close would fill at the close the decision was made on; "
+            "filling at the next bar's close (env.fill=next_open)",
+            flush=True,
+        )
+        config = dataclasses.replace(config, env=dataclasses.replace(config.env, fill="next_open"))
+    return config, universe.symbols
+
+
 def check_episode_plan(config: Config, store: FeatureStore) -> None:
     """Refuse a split that does not fit for every episode this session trains (walk-forward windows)."""
+    _check_plan(config, len(store), store.timestamps(), store.info.warmup)
+
+
+def _check_plan(config: Config, n_bars: int, timestamps: Any, warmup: int) -> None:
     split = config.data.split
     episodes = config.training.episodes if split.walk_forward else 1
     try:
         for episode in range(episodes):
             split_ranges(
-                len(store),
+                n_bars,
                 split,
                 episode=episode,
-                timestamps_ns=store.timestamps(),
-                warmup=store.info.warmup,
+                timestamps_ns=timestamps,
+                warmup=warmup,
                 min_train_bars=config.env.min_bars,
                 min_eval_bars=config.env.min_eval_bars,
             )

@@ -23,6 +23,14 @@ def _empty_i64() -> np.ndarray:
     return np.zeros(0, dtype=np.int64)
 
 
+def _empty_bool() -> np.ndarray:
+    return np.zeros(0, dtype=bool)
+
+
+def _empty_f64_2d() -> np.ndarray:
+    return np.zeros((0, 0), dtype=np.float64)
+
+
 # Session -> data actor.
 
 
@@ -82,13 +90,15 @@ class DataBlock(Command):
     total_rows: int
     """Rows of the whole split, so the receiver can allocate once."""
     features: np.ndarray = field(default_factory=_empty_f32)
-    """Normalised features, float32 [rows, n_features]."""
+    """Normalised features, float32 [rows, n_features] (a portfolio: [rows, n_assets, n_features])."""
     open: np.ndarray = field(default_factory=_empty_f64)
-    """Open prices, float64 [rows]."""
+    """Open prices, float64 [rows] (a portfolio: [rows, n_assets], NaN where an asset has no bar)."""
     close: np.ndarray = field(default_factory=_empty_f64)
-    """Close prices, float64 [rows]."""
+    """Close prices, float64 [rows] (a portfolio: [rows, n_assets], NaN where an asset has no bar)."""
     timestamp: np.ndarray = field(default_factory=_empty_i64)
     """Bar times, int64 nanoseconds since the epoch [rows]."""
+    tradable: np.ndarray = field(default_factory=_empty_bool)
+    """A portfolio's bool [rows, n_assets]: the asset has a bar and complete features; empty otherwise."""
 
     @classmethod
     def cut(cls, split: str, rows: SplitRows, block_rows: int, *, sender: str = "") -> Iterator[DataBlock]:
@@ -96,7 +106,15 @@ class DataBlock(Command):
         total = len(rows)
         for start in range(0, total, block_rows):
             block = rows.block(start, min(start + block_rows, total))
-            yield cls.from_value(block, split=split, offset=start, total_rows=total, sender=sender)
+            tradable = getattr(block, "tradable", None)
+            yield cls.from_value(
+                block,
+                split=split,
+                offset=start,
+                total_rows=total,
+                sender=sender,
+                tradable=_empty_bool() if tradable is None else tradable,
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,6 +188,9 @@ class EnvSpec(Reply):
     n_actions: int
     """Number of discrete actions; 0 for continuous."""
     max_leverage: float
+    action_size: int = 0
+    """Values of a portfolio's Box action of raw target weights (M + 1 long-only, M long-short); 0 for
+    the single-asset action of `action`."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -285,6 +306,23 @@ class _Evaluation(Reply):
     """Record row of the first row these arrays hold (a long run's records come in pieces)."""
     total_rows: int = 0
     """Record rows of the whole run (0: these arrays hold them all)."""
+    symbols: tuple[str, ...] = ()
+    """A portfolio's symbols, in the column order of the per-asset arrays below; empty for one asset."""
+    asset_close: np.ndarray = field(default_factory=_empty_f64_2d)
+    """A portfolio's float64 [rows, M]: each asset's last close at or before the bar."""
+    tradable: np.ndarray = field(default_factory=_empty_bool)
+    """A portfolio's bool [rows, M]: the asset could be chosen at the bar's decision."""
+    weights: np.ndarray = field(default_factory=_empty_f64_2d)
+    """A portfolio's float64 [rows, M]: the weights held at the bar's close."""
+    traded: np.ndarray = field(default_factory=_empty_f64_2d)
+    """A portfolio's float64 [rows, M]: |w_new - w_g| of the fill during the bar."""
+    costs: np.ndarray = field(default_factory=_empty_f64_2d)
+    """A portfolio's float64 [rows, M]: costs paid for each asset during the bar (units of start equity)."""
+    pnl: np.ndarray = field(default_factory=_empty_f64_2d)
+    """A portfolio's float64 [rows, M]: each asset's profit during the bar before costs."""
+    portfolio: dict[str, Any] = field(default_factory=dict)
+    """A portfolio's other figures (docs/PORTFOLIO.md, section 5): equal_weight_rebalanced (metrics),
+    assets (symbol -> turnover, costs, contribution, mean_weight, alone), gross_exposure, net_exposure."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

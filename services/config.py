@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from services.data.options import FeatureOptions, SourceOptions, SplitOptions
-from services.env.options import EnvOptions
+from services.data.options import FeatureOptions, SourceOptions, SplitOptions, UniverseOptions
+from services.env.options import EnvOptions, PortfolioOptions
 from services.errors import InputError
 from services.model.options import (
     ALGORITHM_DEFAULTS,
@@ -49,6 +49,9 @@ class DataOptions:
     """Folder of the feature cache."""
     block_rows: int = 8192
     """Rows per data block streamed to the env actor."""
+    universe: UniverseOptions | None = None
+    """A multi-symbol source (docs/PORTFOLIO.md): how it is laid out. Set (even to {}) to train a portfolio
+    of every symbol of the source; unset reads the source as one series."""
 
     def __post_init__(self) -> None:
         if self.block_rows < 1:
@@ -66,9 +69,27 @@ class Config:
     model: ModelOptions = field(default_factory=ModelOptions)
     training: TrainingOptions = field(default_factory=TrainingOptions)
     session: SessionOptions = field(default_factory=SessionOptions)
+    portfolio: PortfolioOptions | None = None
+    """How a portfolio's raw actions become target weights (docs/PORTFOLIO.md); set with data.universe,
+    which either one alone implies."""
 
     def __post_init__(self) -> None:
         action, algo = self.env.action, self.model.algorithm
+        if self.portfolio is not None or self.data.universe is not None:
+            if self.portfolio is None:
+                object.__setattr__(self, "portfolio", PortfolioOptions())
+            if self.data.universe is None:
+                object.__setattr__(self, "data", dataclasses.replace(self.data, universe=UniverseOptions()))
+            if algo in DISCRETE_ONLY:
+                raise ValueError(
+                    f"model.algorithm {algo} needs discrete actions, but a portfolio's target weights are "
+                    "continuous: use ppo, a2c, sac, td3 or recurrent_ppo"
+                )
+            if action != "continuous":
+                raise ValueError(
+                    "env.action must be continuous with a portfolio (its actions are target weights; leave "
+                    f"env.action unset to get it), got {action}"
+                )
         if algo in DISCRETE_ONLY and action == "continuous":
             raise ValueError(
                 f"model.algorithm {algo} needs discrete actions: set env.action to discrete3 or discrete2, "
@@ -246,9 +267,10 @@ def load_config(path: Path | None = None, overrides: typing.Sequence[str] = ()) 
 def _with_algorithm_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     """Return the raw config with the algorithm's hyperparameters under its own and the actions it needs.
 
-    Only env.action continuous for sac and td3 is applied, and only when env.action is not set; what is
-    malformed is left for _build to name.
+    Only env.action continuous for sac, td3 and portfolios is applied, and only when env.action is not
+    set; what is malformed is left for _build to name.
     """
+    raw = _with_portfolio_action(raw)
     model = raw.get("model", {})
     if not isinstance(model, dict):
         return raw
@@ -265,6 +287,15 @@ def _with_algorithm_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     if algorithm in CONTINUOUS_ONLY and isinstance(env, dict) and "action" not in env:
         resolved["env"] = {**env, "action": "continuous"}
     return resolved
+
+
+def _with_portfolio_action(raw: dict[str, Any]) -> dict[str, Any]:
+    """Return the raw config with env.action continuous when it has a portfolio and env.action is unset."""
+    data, env = raw.get("data", {}), raw.get("env", {})
+    universe = data.get("universe") if isinstance(data, dict) else None
+    if (raw.get("portfolio") is None and universe is None) or not isinstance(env, dict) or "action" in env:
+        return raw
+    return {**raw, "env": {**env, "action": "continuous"}}
 
 
 def algorithm_notes(config: Config) -> list[str]:
@@ -293,6 +324,10 @@ def config_fingerprint(config: Config) -> str:
         data.pop(key, None)
     data["training"].pop("episodes", None)
     data["data"]["source"].pop("path", None)
+    # A single-asset config hashes as it did before portfolios existed, so its checkpoints still resume.
+    if config.portfolio is None:
+        data.pop("portfolio")
+        data["data"].pop("universe")
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -101,6 +101,11 @@ def _section(cls: type, prefix: str, out: list[str]) -> None:
         if dataclasses.is_dataclass(hints[f.name]):
             nested.append((hints[f.name], f"{key}."))
             continue
+        # An optional section (`data.universe`) is listed as unset, then its keys as when it is set.
+        optional = [
+            a for a in typing.get_args(hints[f.name]) if isinstance(a, type) and dataclasses.is_dataclass(a)
+        ]
+        nested += [(sub, f"{key}.") for sub in optional]
         doc = docs.get(f.name, "").replace("|", "\\|")
         rows.append(f"| `{key}` | `{_show(_default(f))}` | {doc} |")
     if rows:

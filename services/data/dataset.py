@@ -8,15 +8,19 @@ import os
 import time
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from messages import DataLoaded
 from services.config import DataOptions
+from services.data.bars import infer_bars_per_year
 from services.data.splits import Normalizer, split_ranges
 from services.data.store import FeatureStore, store_folder
 from services.env.options import min_bars, min_eval_bars
+
+if TYPE_CHECKING:
+    from services.data.universe import Universe
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ class Split(Protocol):
 
     def __len__(self) -> int: ...
 
-    def block(self, start: int, stop: int) -> SplitArrays:
+    def block(self, start: int, stop: int) -> SplitArrays | PortfolioArrays:
         """Return rows [start, stop) of the split."""
         ...
 
@@ -101,6 +105,54 @@ class StoredSplit:
 
 
 @dataclass(frozen=True, slots=True)
+class PortfolioArrays:
+    """Rows of a portfolio split as they travel: features [rows, M, F], prices and tradable [rows, M]."""
+
+    features: np.ndarray
+    open: np.ndarray
+    close: np.ndarray
+    timestamp: np.ndarray
+    tradable: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.close)
+
+
+@dataclass(frozen=True, slots=True)
+class UniverseSplit:
+    """Rows [start, stop) of a universe in memory, normalised one block at a time."""
+
+    universe: Universe
+    normalizer: Normalizer
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def block(self, start: int, stop: int) -> PortfolioArrays:
+        """Return rows [start, stop) of the split with the features normalised (NaN stays NaN)."""
+        a, b = self.start + start, self.start + min(stop, len(self))
+        u = self.universe
+        tradable = np.isfinite(u.close[a:b]) & np.isfinite(u.features[a:b]).all(axis=2)
+        return PortfolioArrays(
+            features=self.normalizer.apply(u.features[a:b]),
+            open=u.open[a:b],
+            close=u.close[a:b],
+            timestamp=u.timestamp[a:b],
+            tradable=tradable,
+        )
+
+    def first_timestamp(self) -> int:
+        """Time of the first bar of the split."""
+        return int(self.universe.timestamp[self.start])
+
+    def last_timestamp(self) -> int:
+        """Time of the last bar of the split."""
+        return int(self.universe.timestamp[self.stop - 1])
+
+
+@dataclass(frozen=True, slots=True)
 class EpisodeSplit:
     """An episode's train and eval rows plus the key that identifies the windows."""
 
@@ -127,11 +179,14 @@ class DatasetService:
     cache_root: Path
     run_dir: Path | None = None
     _store: FeatureStore | None = field(default=None, init=False)
+    _universe: Universe | None = field(default=None, init=False)
 
     def load(self) -> DataLoaded:
         """Open the store of this source and feature config, or build it by streaming the source."""
         started = time.perf_counter()
         opts = self.options
+        if opts.universe is not None:
+            return self._load_universe(started)
         key = self.data_hash
         if opts.cache or self.run_dir is None:
             folder = store_folder(opts.cache_dir, key, root=self.cache_root)
@@ -156,12 +211,33 @@ class DatasetService:
             clipped=store.info.clipped,
         )
 
+    def _load_universe(self, started: float) -> DataLoaded:
+        """Read every symbol of a multi-symbol source into memory (no feature store: it is read once)."""
+        from services.data.universe import read_universe
+
+        opts = self.options
+        assert opts.universe is not None
+        universe = read_universe(opts.source, opts.features, opts.universe)
+        self._universe = universe
+        return DataLoaded(
+            source=opts.source.path,
+            rows=len(universe),
+            features=universe.feature_names,
+            bars_per_year=infer_bars_per_year(universe.timestamp),
+            data_hash=self.data_hash,
+            cached=False,
+            seconds=time.perf_counter() - started,
+            close_only=universe.close_only,
+        )
+
     def episode(self, episode: int) -> EpisodeSplit:
         """Return episode `episode` (1-based): train and eval rows normalised with train statistics.
 
         The eval rows start window - 1 bars before the first eval bar, so the first eval observation has a
         full window; those context bars are earlier than every eval bar (no look-ahead).
         """
+        if self._universe is not None:
+            return self._universe_episode(episode)
         store = self._store
         if store is None:
             raise RuntimeError("load() must run before episode()")
@@ -182,6 +258,34 @@ class DatasetService:
             train=StoredSplit(store, normalizer, split.train.start, split.train.stop),
             eval=StoredSplit(store, normalizer, context, split.eval.stop),
         )
+
+    def _universe_episode(self, episode: int) -> EpisodeSplit:
+        """Split a universe as a single series is split; the warm-up ends at its first tradable bar."""
+        universe = self._universe
+        assert universe is not None
+        warmup = universe.first_tradable_bar()
+        split = split_ranges(
+            len(universe),
+            self.options.split,
+            episode=episode - 1,
+            timestamps_ns=universe.timestamp,
+            warmup=warmup,
+            min_train_bars=min_bars(self.window, self.episode_length),
+            min_eval_bars=min_eval_bars(self.window),
+        )
+        normalizer = universe.fit_normalizer(split.train)
+        self._save_normalizer(normalizer, episode)
+        context = max(split.eval.start - (self.window - 1), warmup)
+        return EpisodeSplit(
+            key=(split.train.start, split.train.stop, context, split.eval.stop),
+            train=UniverseSplit(universe, normalizer, split.train.start, split.train.stop),
+            eval=UniverseSplit(universe, normalizer, context, split.eval.stop),
+        )
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """Return the loaded universe's symbols (empty for a single series)."""
+        return () if self._universe is None else self._universe.symbols
 
     def _save_normalizer(self, normalizer: Normalizer, episode: int) -> None:
         if self.run_dir is None:

@@ -160,7 +160,8 @@ class SplitOptions:
             lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
             "an integer >= 0",
         )
-        if not isinstance(self.lockbox_fraction, int | float) or not 0.0 <= float(self.lockbox_fraction) < 1.0:
+        lockbox = self.lockbox_fraction
+        if not isinstance(lockbox, int | float) or not 0.0 <= float(lockbox) < 1.0:
             raise ValueError(
                 f"SplitOptions.lockbox_fraction must be in [0, 1), got {self.lockbox_fraction!r}"
             )
@@ -169,3 +170,31 @@ class SplitOptions:
                 "SplitOptions.train_bars and eval_bars must be >= 1 with walk_forward, "
                 f"got train_bars={self.train_bars!r}, eval_bars={self.eval_bars!r}"
             )
+
+
+UNIVERSE_FORMS = ("auto", "wide", "long", "files")
+"""Source forms: auto detects wide, long or files from the path and the header."""
+SYMBOL_COLUMNS = ("symbol", "ticker", "tic", "asset")
+"""Column keys (see column_key) a long file's symbol column is found under, in order."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UniverseOptions:
+    """Say how a multi-symbol source is laid out and which cross-sectional features to add."""
+
+    form: str = "auto"
+    """'wide', 'long', 'files' or 'auto' (a folder or glob is files; a file with a symbol column long)."""
+    symbol_column: str = ""
+    """Name of a long file's symbol column (any case); empty finds Symbol, Ticker, Tic or Asset."""
+    cross_sectional: tuple[str, ...] = ()
+    """Per-symbol features to rank across the tradable symbols at each bar, into [-1, 1]."""
+
+    def __post_init__(self) -> None:
+        if self.form not in UNIVERSE_FORMS:
+            raise ValueError(f"UniverseOptions.form must be one of {UNIVERSE_FORMS}, got {self.form!r}")
+        if isinstance(self.cross_sectional, str) or not isinstance(self.cross_sectional, tuple | list):
+            raise ValueError(
+                "UniverseOptions.cross_sectional must be a tuple of feature names, got "
+                f"{self.cross_sectional!r}"
+            )
+        object.__setattr__(self, "cross_sectional", tuple(self.cross_sectional))

@@ -29,7 +29,7 @@ from services.data.bars import Bars, DataError, ErrorAt, column_key, one_line
 from services.data.cleaning import Cleaner, CleanReport, StreamState
 from services.data.features import FeaturePipeline
 from services.data.layout import Layout, detect_layout
-from services.data.options import FeatureOptions, SourceOptions
+from services.data.options import SYMBOL_COLUMNS, FeatureOptions, SourceOptions, UniverseOptions
 from services.data.reader import list_source_files, read_bars
 from services.data.splits import Normalizer
 from services.data.timeparse import TimeParser
@@ -39,35 +39,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FORMS = ("auto", "wide", "long", "files")
-"""Source forms: auto detects wide, long or files from the path and the header."""
-SYMBOL_COLUMNS = ("symbol", "ticker", "tic", "asset")
-"""Column keys (see column_key) a long file's symbol column is found under, in order."""
 RANK_PREFIX = "rank:"
 """Prefix of a cross-sectional rank column's name: rank:ret_20 ranks ret_20 across symbols."""
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UniverseOptions:
-    """Say how a multi-symbol source is laid out and which cross-sectional features to add."""
-
-    form: str = "auto"
-    """'wide', 'long', 'files' or 'auto' (a folder or glob is files; a file with a symbol column long)."""
-    symbol_column: str = ""
-    """Name of a long file's symbol column (any case); empty finds Symbol, Ticker, Tic or Asset."""
-    cross_sectional: tuple[str, ...] = ()
-    """Per-symbol features to rank across the tradable symbols at each bar, into [-1, 1]."""
-
-    def __post_init__(self) -> None:
-        if self.form not in FORMS:
-            raise ValueError(f"UniverseOptions.form must be one of {FORMS}, got {self.form!r}")
-        if isinstance(self.cross_sectional, str) or not isinstance(self.cross_sectional, tuple | list):
-            raise ValueError(
-                "UniverseOptions.cross_sectional must be a tuple of feature names, got "
-                f"{self.cross_sectional!r}"
-            )
-        object.__setattr__(self, "cross_sectional", tuple(self.cross_sectional))
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -156,3 +156,29 @@ class EnvOptions:
     def min_eval_bars(self) -> int:
         """Return the fewest bars of evaluation data the sequential env can run on (see min_eval_bars)."""
         return min_eval_bars(self.window)
+
+
+WEIGHT_MODES = ("long_only", "long_short")
+"""How raw actions become target weights (see the module docstring)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortfolioOptions:
+    """Choose how the portfolio env turns raw actions into target weights."""
+
+    weights: str = "long_only"
+    """'long_only' (softmax over the assets and cash, weights >= 0, sum <= 1) or 'long_short'
+    (weights in [-1, 1] scaled so that sum |w| <= max_leverage)."""
+    logit_scale: float = 5.0
+    """long_only: raw outputs in [-1, 1] are multiplied by this before the softmax, so that one asset or
+    cash can take over 99 % of the equity."""
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHT_MODES:
+            raise ValueError(f"PortfolioOptions.weights must be one of {WEIGHT_MODES}, got {self.weights!r}")
+        require(
+            self,
+            ("logit_scale",),
+            lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0,
+            "a finite number > 0",
+        )

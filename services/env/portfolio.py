@@ -30,24 +30,25 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, SupportsFloat
 
 import gymnasium
 import numpy as np
 
 from services.env.accounting import MIN_GROWTH, Accounting, ScalarOps
-from services.env.options import DEFAULT_BARS_PER_YEAR, EnvOptions, build_observation_space
+from services.env.options import (
+    DEFAULT_BARS_PER_YEAR,
+    EnvOptions,
+    PortfolioOptions,
+    build_observation_space,
+)
 from services.env.vec_env import StepResult, draw_start
-from services.validation import require
 
 if TYPE_CHECKING:
     from gymnasium import spaces
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_MODES = ("long_only", "long_short")
-"""How raw actions become target weights (see the module docstring)."""
 _TINY = 1e-12
 _SUM = np.add.reduce  # ndarray.sum's Python wrapper costs more than the sum of a few dozen values
 
@@ -55,28 +56,6 @@ _SUM = np.add.reduce  # ndarray.sum's Python wrapper costs more than the sum of 
 def _clip(values: np.ndarray) -> np.ndarray:
     """Return values clipped to [-1, 1] (two ufunc calls: cheaper than np.clip on short arrays)."""
     return np.minimum(np.maximum(values, -1.0), 1.0)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PortfolioOptions:
-    """Choose how the portfolio env turns raw actions into target weights."""
-
-    weights: str = "long_only"
-    """'long_only' (softmax over the assets and cash, weights >= 0, sum <= 1) or 'long_short'
-    (weights in [-1, 1] scaled so that sum |w| <= max_leverage)."""
-    logit_scale: float = 5.0
-    """long_only: raw outputs in [-1, 1] are multiplied by this before the softmax, so that one asset or
-    cash can take over 99 % of the equity."""
-
-    def __post_init__(self) -> None:
-        if self.weights not in WEIGHT_MODES:
-            raise ValueError(f"PortfolioOptions.weights must be one of {WEIGHT_MODES}, got {self.weights!r}")
-        require(
-            self,
-            ("logit_scale",),
-            lambda v: isinstance(v, int | float) and math.isfinite(v) and v > 0,
-            "a finite number > 0",
-        )
 
 
 def n_outputs(portfolio: PortfolioOptions, n_assets: int) -> int:
@@ -326,6 +305,12 @@ class VecPortfolioEnv:
 
         self._require_data()
         return spaces.Box(-1.0, 1.0, shape=(n_outputs(self.portfolio, self.n_assets),), dtype=np.float32)
+
+    @property
+    def action_size(self) -> int:
+        """Return the number of raw action values of one env (M + 1 long-only, M long-short)."""
+        self._require_data()
+        return n_outputs(self.portfolio, self.n_assets)
 
     @property
     def done(self) -> bool:

@@ -69,6 +69,8 @@ class RemoteBackend:
         if not isinstance(spec, EnvSpec):
             raise TypeError(f"env actor answered DescribeEnvs with {type(spec).__name__}")
         self.spec = spec
+        # A portfolio's actions are rows of weights; the shared buffer holds one action per env.
+        shared = shared and not spec.action_size
         self._folder = shared_folder(getattr(client, "endpoint", "")) if shared else None
         self._buffer: SharedSteps | None = None
 
@@ -138,8 +140,11 @@ class LocalBackend:
 
 
 def spaces_from_spec(spec: EnvSpec) -> tuple[spaces.Box, spaces.Space[Any]]:
-    """Rebuild the observation and action spaces described by the env actor."""
-    return build_observation_space(tuple(spec.obs_shape)), build_action_space(spec.action)
+    """Rebuild the observation and action spaces described by the env actor (a portfolio: Box of weights)."""
+    observation = build_observation_space(tuple(spec.obs_shape))
+    if spec.action_size:
+        return observation, spaces.Box(-1.0, 1.0, shape=(spec.action_size,), dtype=np.float32)
+    return observation, build_action_space(spec.action)
 
 
 class RemoteVecEnv(VecEnv):
@@ -169,7 +174,8 @@ class RemoteVecEnv(VecEnv):
         assert self._actions is not None
         actions = np.asarray(self._actions)
         if actions.dtype.kind == "f":
-            actions = actions.astype(np.float32, copy=False).reshape(self.num_envs)
+            width = (self.spec.action_size,) if self.spec.action_size else ()
+            actions = actions.astype(np.float32, copy=False).reshape(self.num_envs, *width)
         else:
             actions = actions.astype(np.int64, copy=False).reshape(self.num_envs)
         reply = self._backend.step(actions)

@@ -85,11 +85,26 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
+PORTFOLIO_ASSET_COLUMNS = (
+    ("weight", "weights"),
+    ("close", "asset_close"),
+    ("tradable", "tradable"),
+    ("traded", "traded"),
+    ("cost", "costs"),
+    ("pnl", "pnl"),
+)
+"""A portfolio eval CSV's per-asset columns, `<name>:<symbol>`, and the report arrays they hold."""
+
+
 def write_eval_csv(run_dir: Path, report: EvaluationReport) -> Path:
     """Write eval-episode-<k>.csv: one row per eval bar, atomically, numbers in full float precision."""
     path = run_dir / f"eval-episode-{report.episode}.csv"
     tmp = path.with_suffix(".tmp")
     stamps = np.asarray(report.timestamp, dtype="datetime64[ns]")
+    if report.symbols:
+        _write_portfolio_csv(tmp, report, stamps)
+        os.replace(tmp, path)
+        return path
     with tmp.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["timestamp", "close", "position", "equity", "buy_and_hold_equity"])
@@ -105,3 +120,23 @@ def write_eval_csv(run_dir: Path, report: EvaluationReport) -> Path:
             )
     os.replace(tmp, path)
     return path
+
+
+def _write_portfolio_csv(tmp: Path, report: EvaluationReport, stamps: np.ndarray) -> None:
+    """Write a portfolio's rows: equity, equal-weight equity, gross exposure, then each asset's columns."""
+    header = ["timestamp", "equity", "equal_weight_equity", "gross_exposure"]
+    header += [f"{name}:{symbol}" for name, _ in PORTFOLIO_ASSET_COLUMNS for symbol in report.symbols]
+    arrays = [np.asarray(getattr(report, field), dtype=np.float64) for _, field in PORTFOLIO_ASSET_COLUMNS]
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for i in range(len(report.equity)):
+            row = [
+                np.datetime_as_string(stamps[i], unit="s") if len(stamps) else "",
+                repr(float(report.equity[i])),
+                repr(float(report.bh_equity[i])),
+                repr(float(report.position[i])),
+            ]
+            for array in arrays:
+                row += [repr(v) for v in array[i].tolist()]
+            writer.writerow(row)

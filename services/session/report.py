@@ -140,8 +140,9 @@ class _EpisodeSeries:
     def __init__(self, episode: int, columns: Mapping[str, list[str]]) -> None:
         self.episode = episode
         self.equity = _floats(columns["equity"])
-        self.bench = _floats(columns["buy_and_hold_equity"])
-        position = _floats(columns.get("position", []))
+        # A portfolio's CSV names its benchmark and exposure for what they are (equal weight, sum |w|).
+        self.bench = _floats(columns.get("buy_and_hold_equity") or columns["equal_weight_equity"])
+        position = _floats(columns.get("position") or columns.get("gross_exposure", []))
         self.position = position if len(position) == len(self.equity) else None
         stamps = columns.get("timestamp", [])
         self.x: Any = np.arange(len(self.equity))
@@ -276,6 +277,58 @@ def _plot_training(figure: Any, plots: Path, columns: Mapping[str, list[str]]) -
     return f"{PLOTS_DIR}/{name}"
 
 
+def asset_table(columns: Mapping[str, list[str]]) -> list[tuple[str, float, float, float, float]]:
+    """Return each asset's (symbol, contribution, costs, turnover, mean weight) from a portfolio eval CSV.
+
+    Contribution is the sum of the asset's profits before costs, costs and turnover sums over the rows,
+    the mean weight over rows 1..n (docs/PORTFOLIO.md, section 5); all from the CSV's own columns.
+    """
+    symbols = [name.split(":", 1)[1] for name in columns if name.startswith("weight:")]
+    rows = []
+    for symbol in symbols:
+        weights = _floats(columns[f"weight:{symbol}"])
+        rows.append(
+            (
+                symbol,
+                float(_floats(columns[f"pnl:{symbol}"]).sum()),
+                float(_floats(columns[f"cost:{symbol}"]).sum()),
+                float(_floats(columns[f"traded:{symbol}"]).sum()),
+                float(weights[1:].mean()) if len(weights) > 1 else 0.0,
+            )
+        )
+    return rows
+
+
+def _portfolio_section(figure: Any, plots: Path, episode: int, columns: Mapping[str, list[str]]) -> list[str]:
+    """Write a portfolio episode's weights-over-time PNG; return its markdown and contribution table."""
+    table = asset_table(columns)
+    series = _EpisodeSeries(episode, columns)
+    fig = figure(figsize=(10, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    weights = np.vstack([_floats(columns[f"weight:{row[0]}"]) for row in table])
+    ax.stackplot(series.x, np.clip(weights, 0.0, None), labels=[row[0] for row in table], linewidth=0)
+    if (weights < 0).any():
+        ax.stackplot(series.x, np.clip(weights, None, 0.0), linewidth=0)
+    ax.set_title(f"Episode {episode}: weights held at each close (the rest is cash)")
+    ax.set_xlabel(series.xlabel)
+    ax.set_ylabel("weight")
+    ax.legend(loc="upper left", fontsize=6, ncol=max(1, len(table) // 10), bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    name = f"{PLOTS_DIR}/weights-episode-{episode}.png"
+    _save(fig, plots.parent / name)
+    lines = [f"![Episode {episode} weights]({name})", ""]
+    lines += [
+        "| asset | contribution | costs | turnover | mean weight |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for symbol, contribution, costs, turnover, mean_weight in sorted(table, key=lambda row: -row[1]):
+        lines.append(
+            f"| {symbol} | {format_cell(contribution, 'pct')} | {format_cell(costs, 'pct')} "
+            f"| {format_cell(turnover, 'num')} | {format_cell(mean_weight, 'pct')} |"
+        )
+    return [*lines, ""]
+
+
 def _markdown(
     *,
     name: str,
@@ -285,6 +338,7 @@ def _markdown(
     episode_plots: Mapping[int, list[str]],
     latest_plot: tuple[int, str] | None,
     training_plot: str,
+    asset_sections: Mapping[int, list[str]],
 ) -> str:
     lines = [f"# Session {name}", ""]
     lines.append(f"Model `{model_id or '-'}`: one model trained and evaluated across every episode.")
@@ -339,6 +393,7 @@ def _markdown(
             lines.append(f"![Episode {episode} {title}]({plot})")
         if plots:
             lines.append("")
+        lines += asset_sections.get(episode, [])
         lines += [f"Per-bar records: [eval-episode-{episode}.csv](eval-episode-{episode}.csv)", ""]
     lines += ["## Training", ""]
     if training_plot:
@@ -374,13 +429,16 @@ def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[d
     plots = run_dir / PLOTS_DIR
     plots.mkdir(exist_ok=True)
     episode_plots: dict[int, list[str]] = {}
+    asset_sections: dict[int, list[str]] = {}
     latest: _EpisodeSeries | None = None
     for ev in evaluations:
         episode = int(ev["episode"])
         columns = _read_csv(run_dir / f"eval-episode-{episode}.csv")
-        if columns.get("equity") and "buy_and_hold_equity" in columns:
+        if columns.get("equity") and ("buy_and_hold_equity" in columns or "equal_weight_equity" in columns):
             latest = _EpisodeSeries(episode, columns)
             episode_plots[episode] = _plot_episode(figure, plots, latest)
+            if "equal_weight_equity" in columns:
+                asset_sections[episode] = _portfolio_section(figure, plots, episode, columns)
         else:
             logger.warning("report: no per-bar records for episode %d; no plots", episode)
     latest_plot = (latest.episode, _plot_latest(figure, run_dir, latest)) if latest is not None else None
@@ -399,6 +457,7 @@ def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[d
         episode_plots=episode_plots,
         latest_plot=latest_plot,
         training_plot=training_plot,
+        asset_sections=asset_sections,
     )
     _atomic_text(report, text)
     return report
