@@ -68,6 +68,33 @@ class Prediction:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class PortfolioPrediction:
+    """The target weights a portfolio model would trade to after the last bar of its universe."""
+
+    timestamp: str
+    weights: dict[str, float]
+    """Target weight per symbol (an asset that cannot fill keeps the weight it holds)."""
+    cash: float
+    """1 - sum of the weights."""
+    action: list[float]
+    model_id: str
+    checkpoint: str
+    bars: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the prediction as JSON-safe data."""
+        return {
+            "timestamp": self.timestamp,
+            "weights": self.weights,
+            "cash": self.cash,
+            "action": self.action,
+            "model_id": self.model_id,
+            "checkpoint": self.checkpoint,
+            "bars": self.bars,
+        }
+
+
 class Predictor:
     """A trained model with the normalisation statistics of its run (read only from the run's own files).
 
@@ -120,6 +147,55 @@ class Predictor:
             source = replace(source, path=path)
         data = process_source(source, self.config.data.features)
         return self.predict_bars(data.bars, data.features, data.bars_per_year)
+
+    def predict_universe(self, path: str | None = None) -> PortfolioPrediction:
+        """Decide the target weights after the last bar of a universe (the run's own source by default).
+
+        The pass starts at the universe's first tradable bar, so the weights held at the last bar are the
+        model's own; the target is `target_weights` of the last action from those weights.
+        """
+        from services.data.bars import infer_bars_per_year
+        from services.data.universe import read_universe
+        from services.env.portfolio import VecPortfolioEnv, target_weights
+
+        config = self.config
+        assert config.portfolio is not None and config.data.universe is not None
+        source = config.data.source if path is None else replace(config.data.source, path=path)
+        universe = read_universe(source, config.data.features, config.data.universe)
+        first = universe.first_tradable_bar()
+        if len(universe) - first <= config.env.window:
+            raise ValueError(
+                f"too few bars: {len(universe) - first} after the feature warm-up, a decision needs "
+                f"env.window + 1 = {config.env.window + 1}"
+            )
+        env = VecPortfolioEnv(
+            config.env,
+            config.portfolio,
+            bars_per_year=infer_bars_per_year(universe.timestamp),
+            seed=config.training.seed,
+            sequential=True,
+        )
+        tradable = universe.tradable[first:]
+        env.update_data(
+            self.normalizer.apply(universe.features[first:]),
+            universe.open[first:],
+            universe.close[first:],
+            tradable,
+        )
+        action = last_bar_action(self.policy, env).reshape(1, -1)
+        held = env.records().weights[-1:]
+        weights = target_weights(
+            config.portfolio, config.env.max_leverage, action, held, tradable[-1:].astype(np.float64)
+        )[0]
+        return PortfolioPrediction(
+            timestamp=str(np.datetime64(int(universe.timestamp[-1]), "ns").astype("datetime64[s]")),
+            weights={symbol: float(w) for symbol, w in zip(universe.symbols, weights, strict=True)},
+            cash=float(1.0 - weights.sum()),
+            action=[float(a) for a in action.reshape(-1)],
+            model_id=str(self.checkpoint.meta.get("model_id", "")),
+            checkpoint=str(self.checkpoint.path),
+            bars=len(universe) - first,
+        )
 
     def predict_bars(self, bars: Bars, features: np.ndarray, bars_per_year: float = 0.0) -> Prediction:
         """Decide the position after the last bar, given the bars and their (unnormalised) features.
@@ -175,7 +251,9 @@ def last_bar_action(policy: Policy, env: Any) -> np.ndarray:
         action, state = policy.predict(obs, state=state, episode_start=episode_start, deterministic=True)
         actions = np.asarray(action)
         kind = np.float32 if actions.dtype.kind == "f" else np.int64
-        result = env.step(actions.astype(kind, copy=False).reshape(1))
+        # One action per env; a portfolio's is a row of raw weights.
+        shape = (1, -1) if actions.size > 1 else (1,)
+        result = env.step(actions.astype(kind, copy=False).reshape(shape))
         if result.terminated[0] or result.truncated[0]:
             final, _ = policy.predict(
                 result.terminal_obs[:1].copy(),
@@ -278,7 +356,10 @@ def predict_main(args: argparse.Namespace) -> int:
     if args.data is not None and not Path(args.data).exists():
         raise UsageError(f"--data: {args.data} does not exist")
     try:
-        prediction = Predictor(args.run_dir).predict_source(args.data)
+        predictor = Predictor(args.run_dir)
+        if predictor.config.portfolio is not None:
+            return _print_weights(predictor.predict_universe(args.data), as_json=args.json)
+        prediction = predictor.predict_source(args.data)
     except (CheckpointError, ConfigError, DataError, ValueError) as exc:
         raise UsageError(f"predict: {exc}") from None
     if args.json:
@@ -289,4 +370,19 @@ def predict_main(args: argparse.Namespace) -> int:
         f"after {prediction.timestamp} (close {prediction.close:.2f}): {side} {prediction.position:+.2f}"
         f" (model {prediction.model_id}, {Path(prediction.checkpoint).name})"
     )
+    return EXIT_OK
+
+
+def _print_weights(prediction: PortfolioPrediction, *, as_json: bool) -> int:
+    """Print a portfolio's target weights per symbol, one line each (or one JSON object)."""
+    if as_json:
+        print(json.dumps(prediction.as_dict()))
+        return EXIT_OK
+    print(
+        f"after {prediction.timestamp}: target weights (model {prediction.model_id}, "
+        f"{Path(prediction.checkpoint).name})"
+    )
+    for symbol, weight in prediction.weights.items():
+        print(f"  {symbol:<12} {weight:+.4f}")
+    print(f"  {'cash':<12} {prediction.cash:+.4f}")
     return EXIT_OK

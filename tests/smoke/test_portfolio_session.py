@@ -7,6 +7,7 @@ and docs/PORTFOLIO.md, section 5, independently of services/env/metrics.py and p
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -251,3 +252,20 @@ def test_dqn_on_a_portfolio_is_refused_in_one_line_with_status_2(tmp_path: Path)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.algorithm dqn needs discrete actions" in lines[0], proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_predict_prints_the_target_weight_of_every_symbol_as_json(embedded: Run) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "predict", "--run", str(embedded.run_dir), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    answer = json.loads(proc.stdout)
+    assert list(answer["weights"]) == embedded.symbols
+    assert all(w >= 0 for w in answer["weights"].values())
+    assert answer["cash"] == pytest.approx(1 - sum(answer["weights"].values()), abs=1e-12)
+    assert answer["timestamp"].startswith("2022-12-28")
