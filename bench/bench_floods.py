@@ -210,8 +210,9 @@ def fuzz(count: int) -> None:
     from messages import SessionStarted, Stop, encode
     from messages.envelope import SessionKey, seal
     from services.transport.auth import ZapHandler
+    from services.transport.credentials import PlainClient
     from services.transport.hub import EventHub
-    from services.transport.sockets import PlainClient, Server
+    from services.transport.sockets import Server
 
     key, other = SessionKey.generate(), SessionKey.generate()
     applied: list[str] = []

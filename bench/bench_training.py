@@ -55,7 +55,8 @@ from services.config import Config, config_to_dict, load_config  # noqa: E402
 from services.data.dataset import SplitArrays  # noqa: E402
 from services.env.gym_env import TradingEnv  # noqa: E402
 from services.transport.auth import write_session_key  # noqa: E402
-from services.transport.sockets import Client, Endpoints  # noqa: E402
+from services.transport.endpoints import Endpoints  # noqa: E402
+from services.transport.sockets import Client  # noqa: E402
 
 COMPARE_PYTHON = ROOT / "bench" / ".venv-compare" / "bin" / "python"
 SETUPS = ("actor", "frames", "server", "local", "dummy", "null", "session")

@@ -30,7 +30,8 @@ from messages.envelope import SessionKey
 from services.config import Config, config_from_dict, read_yaml
 from services.runtime import PsutilProbe, SystemClock
 from services.transport.auth import read_session_key
-from services.transport.sockets import Client, Endpoints, Publisher, Server
+from services.transport.endpoints import Endpoints
+from services.transport.sockets import Client, Publisher, Server
 
 logger = logging.getLogger(__name__)
 
@@ -186,8 +187,9 @@ def build_monitor(host: ActorHost) -> pykka.ActorRef[Any]:
     """Start the session's own monitor: the console view of the events."""
     from actors.monitor import MonitorActor
     from services.session.views import make_view
+    from services.transport.credentials import Credentials, PlainClient
     from services.transport.curve import LOCAL_KIT, load_client_keys
-    from services.transport.sockets import Credentials, PlainClient, Subscriber
+    from services.transport.sockets import Subscriber
 
     opts, endpoints = host.config.session, host.endpoints
     view = make_view(opts.console, json=False, tables=False, stream=sys.stdout, heartbeat_s=opts.heartbeat_s)

@@ -21,6 +21,7 @@ from messages import DescribeSession, SessionDescription
 from services.runtime import PsutilProbe, SystemClock
 from services.session.views import make_view
 from services.transport.auth import KeyFileError, read_session_key
+from services.transport.credentials import Credentials, PlainClient
 from services.transport.curve import (
     Handshake,
     KeysError,
@@ -28,14 +29,8 @@ from services.transport.curve import (
     explain_handshake,
     load_client_keys,
 )
-from services.transport.sockets import (
-    Client,
-    Credentials,
-    Endpoints,
-    PlainClient,
-    Subscriber,
-    TransportError,
-)
+from services.transport.endpoints import Endpoints
+from services.transport.sockets import Client, Subscriber, TransportError
 
 MAX_BYTES = 1 << 26
 """The largest message a remote monitor accepts."""

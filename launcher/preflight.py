@@ -32,7 +32,7 @@ from services.data.store import FeatureStore, store_folder
 from services.model.checkpoint import CheckpointError, latest_checkpoint, write_json_atomic
 from services.transport.auth import write_session_key
 from services.transport.curve import LOCAL_KIT, KeysError, SessionKeys, load_client_keys, load_session_keys
-from services.transport.sockets import is_loopback
+from services.transport.endpoints import is_loopback
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

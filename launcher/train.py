@@ -29,9 +29,10 @@ from services.runtime import SystemClock, rss_bytes
 from services.session.recorder import RunRecorder, write_eval_csv
 from services.session.state import SessionState
 from services.transport.curve import LOCAL_KIT
+from services.transport.endpoints import Endpoints, ipc_folder
 from services.transport.hub import EventHub
 from services.transport.shm import remove_buffers
-from services.transport.sockets import Client, Endpoints, Publisher, ipc_folder
+from services.transport.sockets import Client, Publisher
 
 logger = logging.getLogger(__name__)
 

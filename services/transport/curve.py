@@ -29,7 +29,8 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from services.transport.sockets import Credentials, CurveClientKeys, CurveServerKeys, context
+from services.transport.credentials import Credentials, CurveClientKeys, CurveServerKeys
+from services.transport.endpoints import context
 
 logger = logging.getLogger(__name__)
 

@@ -30,20 +30,11 @@ from messages import (
 from messages.base import Event
 from messages.envelope import SessionKey, SignatureError, unseal
 from services.transport.auth import ZapHandler, curve_check, plain_check
+from services.transport.credentials import CurveServerKeys
 from services.transport.curve import KeyAllowlist
-from services.transport.sockets import (
-    MAX_FRAMES,
-    CurveServerKeys,
-    EventSink,
-    _bind_tcp,
-    _take,
-    _Throttle,
-    _tune,
-    advertised,
-    context,
-    pack_event,
-    secure_ipc,
-)
+from services.transport.endpoints import advertised, bind_tcp, context, secure_ipc
+from services.transport.events import EventSink, pack_event
+from services.transport.sockets import MAX_FRAMES, _take, _Throttle, _tune
 
 logger = logging.getLogger(__name__)
 
@@ -195,8 +186,8 @@ class EventHub:
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         for sock in (xpub, router):
             self._secure(sock)
-        self.events_out = advertised(_bind_tcp(xpub, self._host, self._events_port))
-        self.session = advertised(_bind_tcp(router, self._host, self._session_port))
+        self.events_out = advertised(bind_tcp(xpub, self._host, self._events_port))
+        self.session = advertised(bind_tcp(router, self._host, self._session_port))
         return inlet, xpub, router
 
     def _run(self) -> None:

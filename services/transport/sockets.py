@@ -6,32 +6,28 @@ Every socket is created and used in one thread and gets ``linger=0``; each proce
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import json
 import logging
 import math
 import os
-import socket
-import struct
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import zmq
 
 from messages import DecodeError, ErrorRaised, Message, RequestFailed, decode, encode
 from messages.envelope import Incoming, SessionKey, SignatureError, seal, unseal
 from services import errors
-from services.transport.auth import PLAIN_USER, ZapHandler, plain_check
+from services.transport.credentials import (
+    Credentials,
+    PlainClient,
+    ServerGuard,
+)
+from services.transport.endpoints import connect, context, secure_ipc
+from services.transport.events import unpack_event
 
 logger = logging.getLogger(__name__)
-
-_SEQ = struct.Struct(">Q")
-IPC_PATH_LIMIT = 100
-"""Longest ipc path used; longer run folders get their sockets in a short temporary folder."""
 
 
 class TransportError(errors.TransportError):
@@ -44,112 +40,6 @@ class RequestTimeout(TransportError):
 
 class RemoteError(TransportError):
     """The peer answered with RequestFailed."""
-
-
-def context() -> zmq.Context[zmq.Socket[bytes]]:
-    """Return the process's one ZeroMQ context."""
-    return zmq.Context.instance()
-
-
-def is_loopback(endpoint: str) -> bool:
-    """Tell whether an endpoint stays on this machine (ipc, inproc or a loopback tcp address)."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Endpoints:
-    """Every endpoint of a session; written to the run folder as endpoints.json."""
-
-    events_in: str
-    """The event hub's input (PULL): every process's Publisher (PUSH) connects here."""
-    events_out: str
-    """XPUB side of the event hub: monitors subscribe here."""
-    session: str
-    """The launcher's ROUTER for monitors: session description and state snapshots."""
-    data: str
-    """The data actor's ROUTER."""
-    env: str
-    """The env actor's ROUTER."""
-    model: str
-    """The model actor's ROUTER."""
-    ipc_dir: str
-    """Folder holding the ipc socket files, removed at the end of the session."""
-
-    @classmethod
-    def local(cls, ipc_dir: Path, *, events_out: str, session: str) -> Endpoints:
-        """Name a session's endpoints: its actors and the hub's input on ipc sockets in ipc_dir."""
-        return cls(
-            events_in=f"ipc://{ipc_dir}/events_in.sock",
-            events_out=events_out,
-            session=session,
-            data=f"ipc://{ipc_dir}/data.sock",
-            env=f"ipc://{ipc_dir}/env.sock",
-            model=f"ipc://{ipc_dir}/model.sock",
-            ipc_dir=str(ipc_dir),
-        )
-
-    def to_dict(self) -> dict[str, str]:
-        """Return the endpoints as a plain dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Endpoints:
-        """Build endpoints from a dict written by to_dict."""
-        return cls(**{f.name: str(raw[f.name]) for f in dataclasses.fields(cls)})
-
-    def write(self, path: Path) -> None:
-        """Write the endpoints as JSON, atomically."""
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-
-
-def ipc_folder(run_dir: Path) -> Path:
-    """Return a folder for ipc sockets: under the run folder, or a short temporary one if too long."""
-    candidate = run_dir.resolve() / "ipc"
-    if len(str(candidate)) + len("/events_in.sock") <= IPC_PATH_LIMIT:
-        candidate.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(candidate, 0o700)  # mkdir's mode is cut by the umask, and the folder may exist
-        return candidate
-    return Path(tempfile.mkdtemp(prefix="rlta-"))  # mkdtemp makes it 0700
-
-
-def _bind_tcp(sock: zmq.Socket[bytes], host: str, port: int) -> str:
-    """Bind to host:port (a random port when 0) and return the bound endpoint; IPv6 hosts in brackets."""
-    if ":" in host:
-        sock.setsockopt(zmq.IPV6, 1)
-        host = f"[{host.strip('[]')}]"
-    if port:
-        sock.bind(f"tcp://{host}:{port}")
-        return f"tcp://{host}:{port}"
-    chosen = sock.bind_to_random_port(f"tcp://{host}")
-    return f"tcp://{host}:{chosen}"
-
-
-_WILDCARDS = ("0.0.0.0", "[::]", "*")
-
-
-def advertised(endpoint: str) -> str:
-    """Return the endpoint a peer can connect to: a wildcard host becomes this host's first non-loopback
-    IPv4 address (or its name when it has none)."""
-    host, port = endpoint[len("tcp://") :].rsplit(":", 1) if endpoint.startswith("tcp://") else ("", "")
-    if host not in _WILDCARDS:
-        return endpoint
-    name = socket.gethostname()
-    try:
-        infos = socket.getaddrinfo(name, None, socket.AF_INET)
-    except OSError:
-        infos = []
-    addresses = [str(info[4][0]) for info in infos if not ipaddress.ip_address(info[4][0]).is_loopback]
-    return f"tcp://{addresses[0] if addresses else name}:{port}"
 
 
 SPIN_S = 0.002
@@ -208,54 +98,6 @@ class _Waiter:
 def _tune(sock: zmq.Socket[bytes], max_bytes: int) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
-
-
-def _connect(sock: zmq.Socket[bytes], endpoint: str) -> None:
-    """Connect, enabling IPv6 for a bracketed address such as tcp://[::1]:5555."""
-    if endpoint.startswith("tcp://["):
-        sock.setsockopt(zmq.IPV6, 1)
-    sock.connect(endpoint)
-
-
-class Credentials(Protocol):
-    """What a client socket presents in its handshake: PLAIN with the session token, or CURVE keys."""
-
-    def apply(self, sock: zmq.Socket[bytes]) -> None:
-        """Set the socket's security options before it connects."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class PlainClient:
-    """PLAIN credentials: the user "session" and the token derived from the session key."""
-
-    token: str
-
-    @classmethod
-    def of(cls, key: SessionKey) -> PlainClient:
-        """Return the credentials of a holder of the session key."""
-        return cls(key.token())
-
-    def apply(self, sock: zmq.Socket[bytes]) -> None:
-        """Make the socket a PLAIN client."""
-        sock.setsockopt(zmq.PLAIN_USERNAME, PLAIN_USER)
-        sock.setsockopt(zmq.PLAIN_PASSWORD, self.token.encode())
-
-
-class _Guard:
-    """A server socket's admission: a PLAIN server of the session's ZAP domain while the socket lives."""
-
-    __slots__ = ("domain",)
-
-    def __init__(self, sock: zmq.Socket[bytes], key: SessionKey) -> None:
-        self.domain = key.domain()
-        ZapHandler.admit(context(), self.domain, plain_check(key))
-        sock.setsockopt(zmq.PLAIN_SERVER, 1)
-        sock.setsockopt(zmq.ZAP_DOMAIN, self.domain.encode())
-
-    def release(self) -> None:
-        """Stop answering this socket's handshakes."""
-        ZapHandler.release(self.domain)
 
 
 MAX_FRAMES = 64
@@ -372,7 +214,7 @@ class Server:
         _tune(self._sock, max_bytes)
         self._sock.setsockopt(zmq.RCVHWM, SERVER_RCVHWM)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._guard = _Guard(self._sock, key)
+        self._guard = ServerGuard(self._sock, key)
         self._sock.bind(endpoint)
         secure_ipc(endpoint)
         self._waiter = _Waiter(self._sock)
@@ -500,7 +342,7 @@ class Client:
             auth = PlainClient.of(key)
         if auth is not None:
             auth.apply(self._sock)
-        _connect(self._sock, endpoint)
+        connect(self._sock, endpoint)
         self._waiter = _Waiter(self._sock)
         self._rejections = _Throttle()
 
@@ -635,7 +477,7 @@ class Subscriber:
         if auth is not None:
             auth.apply(self._sock)
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-        _connect(self._sock, endpoint)
+        connect(self._sock, endpoint)
         self._rejections = _Throttle()
 
     def receive(self, timeout_ms: int) -> tuple[int, Message] | None:
@@ -655,62 +497,3 @@ class Subscriber:
     def close(self) -> None:
         """Close the socket."""
         self._sock.close(0)
-
-
-def secure_ipc(endpoint: str) -> None:
-    """Make an ipc socket file reachable by its owner only (0600), whatever the umask."""
-    if endpoint.startswith("ipc://"):
-        os.chmod(endpoint[len("ipc://") :], 0o600)
-
-
-def pack_event(seq: int, msg: Message, frames: Sequence[Any] | None = None) -> list[Any]:
-    """Return the frames of a published event: topic, sequence number, then the message."""
-    return [type(msg).__name__.encode(), _SEQ.pack(seq), *(frames if frames is not None else encode(msg))]
-
-
-def unpack_event(frames: Sequence[Any], max_bytes: int) -> tuple[int, Message]:
-    """Decode the frames of a published event into (seq, event)."""
-    if len(frames) < 3:
-        raise DecodeError(f"event has {len(frames)} frames, expected at least 3")
-    seq_frame = bytes(frames[1])
-    if len(seq_frame) != _SEQ.size:
-        raise DecodeError(f"sequence frame of {len(seq_frame)} bytes, expected {_SEQ.size}")
-    msg = decode(frames[2:], max_bytes=max_bytes)
-    if bytes(frames[0]) != type(msg).__name__.encode():
-        raise DecodeError(f"topic {bytes(frames[0])[:40]!r} does not match type {type(msg).__name__}")
-    return _SEQ.unpack(seq_frame)[0], msg
-
-
-@dataclass(frozen=True, slots=True)
-class CurveServerKeys:
-    """CURVE keys of a server socket bound to a non-loopback address."""
-
-    public: bytes
-    secret: bytes
-
-    def apply(self, sock: zmq.Socket[bytes]) -> None:
-        """Make the socket a CURVE server."""
-        sock.setsockopt(zmq.CURVE_SERVER, 1)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
-
-
-@dataclass(frozen=True, slots=True)
-class CurveClientKeys:
-    """CURVE keys of a client: its own pair and the server's public key."""
-
-    public: bytes
-    secret: bytes
-    server_public: bytes
-
-    def apply(self, sock: zmq.Socket[bytes]) -> None:
-        """Make the socket a CURVE client of the server."""
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
-        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
-
-
-EventSink = Callable[[int, Message], object]
-"""Called by the hub for every valid event with its sequence number."""
-RequestHandler = Callable[[Message], Message | None]
-"""Answers a monitor's request on the session socket; None means the request is refused."""

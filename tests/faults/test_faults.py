@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from messages import DecodeError, decode
 from services.model.checkpoint import latest_checkpoint
 from services.transport.auth import read_session_key
-from services.transport.sockets import PlainClient
+from services.transport.credentials import PlainClient
 from tests.sessions import ROOT, TINY_MODEL, events, start_session
 
 TINY = [

@@ -11,7 +11,7 @@ import zmq
 
 from messages import DecodeError, decode, encode
 from messages.envelope import MAX_SIGNER_BYTES, SessionKey, seal, unseal
-from services.transport.sockets import PlainClient
+from services.transport.credentials import PlainClient
 
 KEY = SessionKey.generate()
 """The session key of every socket these tests build."""

@@ -18,6 +18,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from messages import DescribeSession, Heartbeat, RequestSnapshot, SessionDescription, Snapshot
 from services.session.state import SessionState
+from services.transport.credentials import CurveServerKeys
 from services.transport.curve import (
     ALLOWLIST_DIR,
     Handshake,
@@ -29,8 +30,9 @@ from services.transport.curve import (
     load_client_keys,
     load_session_keys,
 )
+from services.transport.endpoints import context
 from services.transport.hub import EventHub
-from services.transport.sockets import Client, CurveServerKeys, Publisher, Subscriber, context
+from services.transport.sockets import Client, Publisher, Subscriber
 from tests.integration.signing import KEY
 
 pytestmark = pytest.mark.integration

@@ -71,8 +71,9 @@ from services.data.dataset import EpisodeSplit, SplitArrays
 from services.env.factory import VecEnvFactory
 from services.env.options import EnvOptions
 from services.runtime import PsutilProbe, SystemClock
+from services.transport.endpoints import context
 from services.transport.hub import EventHub
-from services.transport.sockets import Client, Publisher, Server, context
+from services.transport.sockets import Client, Publisher, Server
 from tests.integration.signing import AUTH, KEY, opened, signed
 
 pytestmark = pytest.mark.integration

@@ -30,8 +30,9 @@ from messages import (
 )
 from services.runtime import SystemClock
 from services.session.state import SessionState
+from services.transport.endpoints import context
 from services.transport.hub import EventHub
-from services.transport.sockets import Client, Publisher, Subscriber, context
+from services.transport.sockets import Client, Publisher, Subscriber
 from tests.fakes import FakeProbe, wait_until
 from tests.integration.signing import AUTH, KEY
 

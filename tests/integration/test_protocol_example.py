@@ -21,8 +21,8 @@ import zmq
 from messages import EpisodeStarted, ErrorRaised, Message, encode
 from services.session.state import SessionState
 from services.transport.auth import write_session_key
+from services.transport.endpoints import Endpoints, context
 from services.transport.hub import EventHub
-from services.transport.sockets import Endpoints, context
 from tests.integration.signing import AUTH, KEY, signed
 
 pytestmark = pytest.mark.integration

@@ -46,6 +46,8 @@ from messages import (
     message_types,
 )
 from services.session.state import SessionState
+from services.transport.endpoints import context, is_loopback
+from services.transport.events import pack_event, unpack_event
 from services.transport.hub import EventHub
 from services.transport.sockets import (
     SPIN_S,
@@ -55,10 +57,6 @@ from services.transport.sockets import (
     RequestTimeout,
     Server,
     Subscriber,
-    context,
-    is_loopback,
-    pack_event,
-    unpack_event,
 )
 from tests.integration.signing import AUTH, KEY, SignedSocket
 from tests.unit.messages.test_codec import sample_message

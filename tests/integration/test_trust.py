@@ -31,18 +31,10 @@ from messages import (
 )
 from messages.envelope import SessionKey, seal
 from services.transport.auth import KEY_FILE, ZapHandler, read_session_key, write_session_key
+from services.transport.credentials import PlainClient
+from services.transport.endpoints import advertised, context, ipc_folder
 from services.transport.hub import EventHub
-from services.transport.sockets import (
-    Client,
-    PlainClient,
-    Publisher,
-    RequestTimeout,
-    Server,
-    Subscriber,
-    advertised,
-    context,
-    ipc_folder,
-)
+from services.transport.sockets import Client, Publisher, RequestTimeout, Server, Subscriber
 from tests.integration.signing import AUTH, KEY, signed
 
 pytestmark = pytest.mark.integration
