@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from launcher.logs import configure_logging
-from launcher.usage import EXIT_FAILURE, EXIT_OK, UsageError
+from launcher.usage import EXIT_FAILURE, EXIT_OK, UsageError, add_set_argument
 from services.config import ConfigError, load_config
 from services.data.bars import DataError
 
@@ -17,14 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of `run.py audit`."""
     parser.add_argument("--config", type=Path, help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--data", help="data file, folder or glob (overrides data.source.path)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="set one config key, e.g. data.features.custom=[mypkg.features:momentum]",
-    )
+    add_set_argument(parser, "set one config key, e.g. data.features.custom=[mypkg.features:momentum]")
     parser.add_argument("--cuts", type=int, default=5, help="random cut points to test (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the cuts and changed bars (default: 0)")
 

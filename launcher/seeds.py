@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, UsageError
+from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, UsageError, add_set_argument
 from services.config import load_config
 from services.errors import InputError
 from services.experiments import stats
@@ -27,14 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--seeds", type=int, default=3, help="S: sessions, one per seed (default: 3)")
     parser.add_argument("--name", help="run name: the seeds' folders are runs/NAME/seed-<s>")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="set one config key for every seed's session (repeat it)",
-    )
+    add_set_argument(parser, "set one config key for every seed's session (repeat it)")
 
 
 def seeds_main(args: argparse.Namespace) -> int:

@@ -22,7 +22,15 @@ from launcher.preflight import Prepared, prepare
 from launcher.signals import SignalLatch
 from launcher.summary import print_summary, recorded_evaluations, write_run_report
 from launcher.supervisor import SupervisionPolicy, SupervisionRules, Supervisor, wait_started
-from launcher.usage import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, RUN_PY, UsageError, project_path
+from launcher.usage import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    RUN_PY,
+    UsageError,
+    add_set_argument,
+    project_path,
+)
 from messages import ActorRestarted, EvaluationReport, SessionStarted
 from services.model.checkpoint import latest_checkpoint, write_json_atomic
 from services.runtime import SystemClock, rss_bytes
@@ -46,13 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", type=Path, help="YAML config (default: configs/default.yaml)")
     group.add_argument("--default", action="store_true", help="use configs/default.yaml explicitly")
     parser.add_argument("--data", help="data file, folder or glob (overrides data.source.path)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="set one config key, e.g. env.n_envs=8 (repeat it; every key is in docs/CONFIG.md)",
+    add_set_argument(
+        parser, "set one config key, e.g. env.n_envs=8 (repeat it; every key is in docs/CONFIG.md)"
     )
     parser.add_argument("--name", help="run name: the run folder is runs/NAME")
     parser.add_argument(

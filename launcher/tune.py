@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, UsageError
+from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, UsageError, add_set_argument
 from services.config import load_config
 from services.errors import InputError
 from services.experiments import study as studies
@@ -42,14 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top", type=int, default=3, help="trials evaluated on the lockbox (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="set one config key for every session of the study (repeat it)",
-    )
+    add_set_argument(parser, "set one config key for every session of the study (repeat it)")
 
 
 def tune_main(args: argparse.Namespace) -> int:

@@ -29,3 +29,10 @@ def project_path(path: str | Path) -> Path:
     """Return a config path as an absolute path: relative ones are relative to the project folder."""
     path = Path(path)
     return path if path.is_absolute() else ROOT / path
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """Add the repeatable `--set KEY.PATH=VALUE` option (its values land in `overrides`)."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help=help
+    )
