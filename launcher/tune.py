@@ -19,6 +19,7 @@ from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, UsageError, add_set_argu
 from services.config import load_config
 from services.errors import InputError
 from services.experiments import study as studies
+from services.experiments.lockbox import run_lockbox
 from services.experiments.space import read_space
 from services.experiments.study_report import write_study_report
 
@@ -93,7 +94,7 @@ def tune_main(args: argparse.Namespace) -> int:
     if settings.lockbox_fraction > 0.0 and not stop.is_set():
         _wait_for_running(study, stop)
         try:
-            lockbox = studies.run_lockbox(settings, study, _say, stop)
+            lockbox = run_lockbox(settings, study, _say, stop)
         except KeyboardInterrupt:
             stop.set()
             return 130
