@@ -19,7 +19,7 @@ from services.errors import TransportError
 
 if TYPE_CHECKING:
     from services.data.dataset import EpisodeSplit
-    from services.env.vec_env import StepResult
+    from services.env.records import StepResult
 
 __all__ = [
     "Clock",

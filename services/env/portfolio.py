@@ -42,7 +42,8 @@ from services.env.options import (
     PortfolioOptions,
     build_observation_space,
 )
-from services.env.vec_env import StepResult, draw_start
+from services.env.records import StepResult
+from services.env.vec_env import draw_start
 
 if TYPE_CHECKING:
     from gymnasium import spaces

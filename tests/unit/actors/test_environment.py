@@ -30,7 +30,7 @@ from messages import (
     SetSession,
     StepEnvs,
 )
-from services.env.vec_env import StepResult
+from services.env.records import StepResult
 from tests.fakes import FakeClock, FakeProbe, FakePublisher, FakeServer
 
 N_FEATURES = 3

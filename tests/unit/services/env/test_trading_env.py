@@ -16,7 +16,8 @@ import pytest
 
 from services.env.gym_env import TradingEnv
 from services.env.options import EnvOptions
-from services.env.vec_env import StepResult, VecTradingEnv
+from services.env.records import StepResult
+from services.env.vec_env import VecTradingEnv
 
 ROOT = Path(__file__).resolve().parents[4]
 
