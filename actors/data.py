@@ -102,7 +102,9 @@ class DataActor(ServiceActor):
         """Send blocks with at most `window` unacknowledged, then an acknowledged end of stream."""
         total = len(arrays)
         pending: deque[str] = deque()
-        for block in DataBlock.cut(split, arrays, self._block_rows, sender=self.name):
+        # A portfolio's block_rows counts bars x assets, so its blocks are as large as one asset's.
+        rows = max(1, self._block_rows // getattr(arrays, "assets", 1))
+        for block in DataBlock.cut(split, arrays, rows, sender=self.name):
             env.send(block)
             pending.append(block.msg_id)
             while len(pending) >= self._window:

@@ -48,7 +48,7 @@ class DataOptions:
     cache_dir: str = ".cache/features"
     """Folder of the feature cache."""
     block_rows: int = 8192
-    """Rows per data block streamed to the env actor."""
+    """Rows per data block streamed to the env actor (a portfolio: bars x symbols)."""
     universe: UniverseOptions | None = None
     """A multi-symbol source (docs/PORTFOLIO.md): how it is laid out. Set (even to {}) to train a portfolio
     of every symbol of the source; unset reads the source as one series."""

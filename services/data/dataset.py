@@ -130,6 +130,11 @@ class UniverseSplit:
     def __len__(self) -> int:
         return self.stop - self.start
 
+    @property
+    def assets(self) -> int:
+        """Return the number of symbols of a row."""
+        return len(self.universe.symbols)
+
     def block(self, start: int, stop: int) -> PortfolioArrays:
         """Return rows [start, stop) of the split with the features normalised (NaN stays NaN)."""
         a, b = self.start + start, self.start + min(stop, len(self))

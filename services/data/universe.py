@@ -89,11 +89,26 @@ class Universe:
             raise DataError("no symbol has a bar with complete features")
         return int(rows[0])
 
-    def fit_normalizer(self, rows: range) -> Normalizer:
-        """Measure each feature's mean and std over the train rows, pooled over the symbols present."""
+    def fit_normalizer(self, rows: range, *, std_floor: float = 1e-8) -> Normalizer:
+        """Measure each feature's mean and std over the train rows, pooled over the symbols present.
+
+        One feature at a time, so the float64 working set is one [rows, M] column, not the whole window.
+        """
         n_features = len(self.feature_names)
-        part = self.features[rows.start : rows.stop].reshape(-1, n_features)
-        return Normalizer.fit(part, names=self.feature_names)
+        mean, std = np.zeros(n_features), np.ones(n_features)
+        empty = []
+        for f in range(n_features):
+            column = self.features[rows.start : rows.stop, :, f]
+            values = column[np.isfinite(column)].astype(np.float64)
+            if values.size == 0:
+                empty.append(self.feature_names[f])
+                continue
+            mean[f] = values.mean()
+            values -= mean[f]
+            std[f] = max(float(np.sqrt(np.dot(values, values) / values.size)), std_floor)
+        if empty:
+            logger.warning("normalizer: no finite train values for %s; using mean 0, std 1", empty)
+        return Normalizer(mean=mean, std=std, names=self.feature_names)
 
 
 def read_universe(
