@@ -24,6 +24,7 @@ from services.config import Config, ConfigError, config_from_dict, read_yaml
 from services.data.bars import Bars, DataError
 from services.data.splits import Normalizer
 from services.model.checkpoint import CheckpointError, CheckpointInfo, latest_checkpoint
+from services.model.deterministic import DeterministicPolicy
 
 if TYPE_CHECKING:
     from services.model.options import ModelOptions
@@ -266,41 +267,6 @@ def last_bar_action(policy: Policy, env: Any) -> np.ndarray:
         episode_start = np.zeros(1, dtype=bool)
 
 
-class _DeterministicPolicy:
-    """SB3's BasePolicy.predict on one flat observation, without the mode switch and checks of every call."""
-
-    def __init__(self, policy: Any) -> None:
-        from gymnasium import spaces
-
-        policy.set_training_mode(False)
-        self._policy = policy
-        self._box = isinstance(policy.action_space, spaces.Box)
-
-    def predict(
-        self,
-        observation: np.ndarray,
-        state: Any = None,
-        episode_start: np.ndarray | None = None,
-        deterministic: bool = False,
-    ) -> tuple[np.ndarray, Any]:
-        """Return the policy's actions for a batch of observations, as BasePolicy.predict does."""
-        import torch
-
-        policy = self._policy
-        with torch.no_grad():
-            tensor = torch.as_tensor(observation, device=policy.device)
-            actions = policy._predict(tensor, deterministic=deterministic).cpu().numpy()
-        actions = actions.reshape((-1, *policy.action_space.shape))
-        if self._box:
-            space = policy.action_space
-            actions = (
-                policy.unscale_action(actions)
-                if policy.squash_output
-                else np.clip(actions, space.low, space.high)
-            )
-        return actions, state
-
-
 class _NoOptimizer:
     """Stands in for the optimiser a policy builds: inference never steps it."""
 
@@ -338,7 +304,7 @@ def load_policy(checkpoint: CheckpointInfo, options: ModelOptions) -> Policy:
         # A policy with a predict of its own (recurrent: it carries state) is used as it is.
         policy.set_training_mode(False)
         return policy
-    return _DeterministicPolicy(policy)
+    return DeterministicPolicy(policy)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
