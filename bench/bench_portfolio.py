@@ -47,7 +47,8 @@ from services.data.features import compute_features  # noqa: E402
 from services.data.options import DEFAULT_FEATURES  # noqa: E402
 from services.data.synthetic import generate_bars  # noqa: E402
 from services.env.options import EnvOptions  # noqa: E402
-from services.env.portfolio import PortfolioEnv, PortfolioOptions, VecPortfolioEnv  # noqa: E402
+from services.env.portfolio import PortfolioOptions, VecPortfolioEnv  # noqa: E402
+from services.env.portfolio_gym import PortfolioEnv  # noqa: E402
 
 N_ACTIONS = 1024
 

@@ -29,19 +29,18 @@ the cash weight: ``window * M * F + M (+ 1)`` values.
 from __future__ import annotations
 
 import logging
-import math
-from typing import TYPE_CHECKING, Any, NamedTuple, SupportsFloat
+from typing import TYPE_CHECKING, NamedTuple
 
-import gymnasium
 import numpy as np
 
-from services.env.accounting import MIN_GROWTH, Accounting, ScalarOps
+from services.env.accounting import MIN_GROWTH, Accounting
 from services.env.options import (
     DEFAULT_BARS_PER_YEAR,
     EnvOptions,
     PortfolioOptions,
     build_observation_space,
 )
+from services.env.portfolio_data import PortfolioData
 from services.env.records import StepResult
 from services.env.vec_env import draw_start
 
@@ -51,10 +50,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _TINY = 1e-12
-_SUM = np.add.reduce  # ndarray.sum's Python wrapper costs more than the sum of a few dozen values
+fast_sum = np.add.reduce  # ndarray.sum's Python wrapper costs more than the sum of a few dozen values
 
 
-def _clip(values: np.ndarray) -> np.ndarray:
+def clip_actions(values: np.ndarray) -> np.ndarray:
     """Return values clipped to [-1, 1] (two ufunc calls: cheaper than np.clip on short arrays)."""
     return np.minimum(np.maximum(values, -1.0), 1.0)
 
@@ -120,108 +119,6 @@ class PortfolioRecords(NamedTuple):
     """float64 [n + 1]: equity at the bar's close; 1.0 at the start."""
     ruined_at: int = -1
     """Row at which equity first fell to ruin_equity (flat from the next fill on); -1 when it never did."""
-
-
-class PortfolioData:
-    """Own a portfolio env's feature and price buffers."""
-
-    def __init__(self, options: EnvOptions, *, sequential: bool) -> None:
-        self._options = options
-        self._sequential = sequential
-        self.n_bars = 0
-        self.n_assets = 0
-        self.n_features = 0
-        # [T, 3M]: the gap and body returns and the fill mask (1.0 or 0.0) of the step into bar t (row t),
-        # so one gather serves a step.
-        self.moves = np.empty((0, 0))
-        self.close = np.empty((0, 0))
-        self.tradable = np.empty((0, 0), dtype=bool)
-        self.all_fill = np.empty(0, dtype=bool)
-        self.windows = np.empty((0, 0), dtype=np.float32)
-        self._features = np.empty(0, dtype=np.float32)
-
-    def update(
-        self, features: np.ndarray, open_: np.ndarray, close: np.ndarray, tradable: np.ndarray
-    ) -> None:
-        """Validate and copy new data into the buffers."""
-        present = self._validate(features, open_, close, tradable)
-        n_bars, n_assets, n_features = features.shape
-        self.n_bars, self.n_assets, self.n_features = n_bars, n_assets, n_features
-        flat = np.nan_to_num(features.reshape(n_bars, n_assets * n_features), nan=0.0).ravel()
-        self._features = flat
-        width = self._options.window * n_assets * n_features
-        self.windows = np.lib.stride_tricks.sliding_window_view(flat, width)[:: n_assets * n_features]
-        # The last close at or before each bar: an asset without a bar keeps its price, never a later one.
-        index = np.where(present, np.arange(n_bars)[:, None], -1)
-        np.maximum.accumulate(index, axis=0, out=index)
-        last = np.where(index >= 0, close[np.maximum(index, 0), np.arange(n_assets)], np.nan)
-        self.close = last
-        self.tradable = tradable.copy()
-        gap = np.zeros((n_bars, n_assets))
-        body = np.zeros((n_bars, n_assets))
-        fill = np.zeros((n_bars, n_assets), dtype=bool)
-        arrived = present[1:] & np.isfinite(last[:-1])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if self._options.fill == "next_open":
-                gap[1:] = np.where(arrived, open_[1:] / last[:-1] - 1.0, 0.0)
-                body[1:] = np.where(present[1:], close[1:] / open_[1:] - 1.0, 0.0)
-                fill[1:] = tradable[:-1] & present[1:]
-            else:
-                body[1:] = np.where(arrived, close[1:] / last[:-1] - 1.0, 0.0)
-                fill[1:] = tradable[:-1]
-        self.moves = np.concatenate([gap, body, fill.astype(np.float64)], axis=1)
-        self.all_fill = np.asarray(fill.all(axis=1))
-
-    def _validate(
-        self, features: np.ndarray, open_: np.ndarray, close: np.ndarray, tradable: np.ndarray
-    ) -> np.ndarray:
-        """Raise ValueError unless the arrays are data this env can trade; return where bars exist."""
-        if not isinstance(features, np.ndarray) or features.ndim != 3 or features.dtype != np.float32:
-            raise ValueError(
-                f"update_data: features must be float32 [T, M, F], got {getattr(features, 'shape', None)}"
-            )
-        n_bars, n_assets, n_features = features.shape
-        if n_assets < 1 or n_features < 1:
-            raise ValueError(f"update_data: need at least one asset and one feature, got {features.shape}")
-        for name, array in (("open_", open_), ("close", close)):
-            if (
-                not isinstance(array, np.ndarray)
-                or array.shape != (n_bars, n_assets)
-                or array.dtype != np.float64
-            ):
-                raise ValueError(f"update_data: {name} must be float64 [{n_bars}, {n_assets}]")
-        if (
-            not isinstance(tradable, np.ndarray)
-            or tradable.shape != (n_bars, n_assets)
-            or tradable.dtype != bool
-        ):
-            raise ValueError(f"update_data: tradable must be bool [{n_bars}, {n_assets}]")
-        present = np.isfinite(open_) & np.isfinite(close)
-        if (np.isfinite(open_) != np.isfinite(close)).any():
-            raise ValueError("update_data: open_ and close must have bars at the same places")
-        if (open_[present] <= 0).any() or (close[present] <= 0).any():
-            raise ValueError("update_data: prices must be positive")
-        if (tradable & ~present).any():
-            raise ValueError("update_data: an asset is tradable at a bar where it has no price")
-        if not np.isfinite(features[tradable]).all():
-            raise ValueError("update_data: features must be finite where an asset is tradable")
-        if self.n_assets and (n_assets, n_features) != (self.n_assets, self.n_features):
-            raise ValueError(
-                f"update_data: {n_assets} assets x {n_features} features, but this env was built for "
-                f"{self.n_assets} x {self.n_features}"
-            )
-        needed = self._options.window + 1 if self._sequential else self._options.min_bars
-        if n_bars < needed:
-            rule = "window + 1" if self._sequential else "window + episode_length"
-            raise ValueError(f"update_data: need at least {rule} = {needed} bars, got {n_bars}")
-        return present
-
-    def start_bounds(self) -> tuple[int, int]:
-        """Return the lowest and highest start bar of an episode, both inclusive."""
-        low = self._options.window - 1
-        if self._sequential:
-            return low, low
-        return low, self.n_bars - 1 - self._options.episode_length
 
 
 class VecPortfolioEnv:
@@ -533,142 +430,3 @@ class VecPortfolioEnv:
             ruined_at=self._ruined_at,
             **rec,
         )
-
-
-class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
-    """Trade a portfolio through the gymnasium API, on the same accounting as VecPortfolioEnv."""
-
-    metadata: dict[str, Any] = {"render_modes": []}
-
-    def __init__(
-        self,
-        features: np.ndarray,
-        open_: np.ndarray,
-        close: np.ndarray,
-        tradable: np.ndarray,
-        options: EnvOptions | None = None,
-        portfolio: PortfolioOptions | None = None,
-        *,
-        seed: int = 0,
-        bars_per_year: float = DEFAULT_BARS_PER_YEAR,
-    ) -> None:
-        """Create the env on float32 features [T, M, F], float64 prices [T, M] and a bool tradable mask.
-
-        Args:
-            options: options.n_envs is ignored; the env is always one.
-            seed: episode starts come from np.random.default_rng(seed), so this env replays env i of a
-                VecPortfolioEnv seeded seed - i.
-            bars_per_year: the data's bars in a year; scales the borrow fee.
-        """
-        self.options = options if options is not None else EnvOptions()
-        self.portfolio = portfolio or PortfolioOptions()
-        self._acc = Accounting(self.options, bars_per_year)
-        self._data = PortfolioData(self.options, sequential=False)
-        self._data.update(features, open_, close, tradable)
-        data = self._data
-        self._m = data.n_assets
-        self._width = self.options.window * data.n_assets * data.n_features
-        self._size = observation_size(self.portfolio, self.options.window, data.n_assets, data.n_features)
-        self._long_only = self.portfolio.weights == "long_only"
-        self._outputs = n_outputs(self.portfolio, data.n_assets)
-        self.observation_space = build_observation_space((self._size,))
-        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, shape=(self._outputs,), dtype=np.float32)
-        self._all_fill = data.all_fill.tolist()
-        self._log_reward = self.options.reward == "log_return"
-        self._cap = self.options.max_leverage
-        self._np_random = np.random.default_rng(seed)
-        self._start_episode()
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start a new episode at a random start bar; return its first observation and info."""
-        super().reset(seed=seed)
-        self._start_episode()
-        return self._observation(), {"bar": self._t, "equity": 1.0}
-
-    def _start_episode(self) -> None:
-        self._t = draw_start(self.np_random, self._data.start_bounds())
-        self._steps = 0
-        self._weights = np.zeros(self._m)
-        self._equity = 1.0
-        self._ep_return = 0.0
-        self._reward_state = self._acc.initial_reward_state()
-        self._over = False
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Trade toward the action's target weights and advance one bar."""
-        if self._over:
-            raise RuntimeError("PortfolioEnv.step: the episode is over; call reset()")
-        raw = np.asarray(action, dtype=np.float64).reshape(-1)
-        if raw.size != self._outputs:
-            raise ValueError(f"PortfolioEnv.step: expected {self._outputs} values, got {action!r}")
-        m = self._m
-        acc = self._acc
-        t = self._t + 1
-        row = self._data.moves[t]
-        gap, body = row[:m], row[m : 2 * m]
-        held = self._weights
-        # VecPortfolioEnv.step's arithmetic on one env, with as few numpy calls as it allows (this is the
-        # single env's hot path; a test checks that the two agree).
-        g1 = 1.0 + float(np.dot(held, gap))
-        at_fill = held * gap
-        at_fill += held
-        at_fill *= 1.0 / max(g1, MIN_GROWTH)
-        if self._all_fill[t]:
-            clipped = _clip(raw)
-            if self._long_only:
-                e = np.exp(clipped * self.portfolio.logit_scale)
-                target = e[:m] * (1.0 / float(_SUM(e)))
-            else:
-                target = clipped
-                gross = float(_SUM(np.abs(target)))
-                if gross > self._cap:
-                    target *= self._cap / gross
-        else:
-            fill = row[2 * m :]
-            target = target_weights(self.portfolio, self._cap, raw[None], at_fill[None], fill[None])[0]
-        g2 = 1.0 - acc.cost * float(_SUM(np.abs(target - at_fill)))
-        g3 = 1.0 + float(np.dot(target, body))
-        weights = target * body
-        weights += target
-        weights *= 1.0 / max(g3, MIN_GROWTH)
-        growth = g1 * g2 * g3
-        if acc.borrow:
-            g4 = 1.0 - acc.borrow * float(_SUM(np.maximum(-weights, 0.0)))
-            growth *= g4
-            weights *= 1.0 / g4
-        if not math.isfinite(growth):
-            raise ValueError(f"PortfolioEnv.step: actions must be finite, got {action!r}")
-        if growth < MIN_GROWTH:
-            growth = MIN_GROWTH
-            weights = np.zeros(m)
-        self._weights = weights
-        equity = self._equity * growth
-        self._equity = equity
-        if self._log_reward:
-            reward = math.log(growth)
-        else:
-            reward, self._reward_state = acc.reward(
-                ScalarOps, growth, math.log(growth), equity, self._reward_state
-            )
-        self._ep_return += reward
-        self._t = t
-        self._steps += 1
-        terminated = equity <= self.options.ruin_equity
-        truncated = self._steps >= self.options.episode_length and not terminated
-        info: dict[str, Any] = {"bar": t, "equity": equity}
-        if terminated or truncated:
-            self._over = True
-            info["episode_return"] = self._ep_return
-            info["episode_length"] = self._steps
-        return self._observation(), reward, terminated, truncated, info
-
-    def _observation(self) -> np.ndarray:
-        obs = np.empty(self._size, dtype=np.float32)
-        width = self._width
-        obs[:width] = self._data.windows[self._t - (self.options.window - 1)]
-        obs[width : width + self._m] = self._weights
-        if self._long_only:
-            obs[-1] = 1.0 - float(_SUM(self._weights))
-        return obs

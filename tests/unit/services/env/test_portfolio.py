@@ -11,12 +11,12 @@ import pytest
 
 from services.env.options import EnvOptions
 from services.env.portfolio import (
-    PortfolioEnv,
     PortfolioOptions,
     VecPortfolioEnv,
     observation_size,
     target_weights,
 )
+from services.env.portfolio_gym import PortfolioEnv
 
 LONG_ONLY = PortfolioOptions(weights="long_only")
 LONG_SHORT = PortfolioOptions(weights="long_short")
