@@ -108,12 +108,16 @@ def server() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+TRIALS = 5
+"""Enough that the first worker always gets a second trial: with 3, the other could claim the last one."""
+
+
 def worker(tmp_path: Path, url: str, seed: int) -> subprocess.Popen[bytes]:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     command = [
         sys.executable, str(ROOT / "run.py"), "tune", "--space", str(space), "--study", "shared",
-        "--trials", "3", "--seeds", "1", "--lockbox", "0", "--storage", url, "--seed", str(seed),
+        "--trials", str(TRIALS), "--seeds", "1", "--lockbox", "0", "--storage", url, "--seed", str(seed),
         *TINY_MODEL, "--set", "training.steps_per_episode=1024",
         "--set", f"session.runs_dir={tmp_path / f'host-{seed}'}",
     ]  # fmt: skip
@@ -148,13 +152,13 @@ def test_two_workers_share_a_study_and_a_killed_one_loses_only_its_trial(server:
     assert status == 0, (tmp_path / "worker-2.log").read_text()
     trials = trials_of(server)
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(done) == 3
+    assert len(done) == TRIALS
     assert {t.user_attrs["pid"] for t in done} == {first.pid, second.pid}
     killed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(killed) == 1 and killed[0].user_attrs["pid"] == first.pid
     retries = [t.system_attrs.get("failed_trial") for t in done]
     assert retries.count(killed[0].number) == 1
-    assert len({t.number for t in done}) == 3
+    assert len({t.number for t in done}) == TRIALS
 
 
 def test_a_wrong_password_is_one_line_exit_2_and_nothing_written(server: str, tmp_path: Path) -> None:
