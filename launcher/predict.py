@@ -10,6 +10,7 @@ actors), and a Predictor keeps it, so a second decision in the same process cost
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -58,15 +59,7 @@ class Prediction:
 
     def as_dict(self) -> dict[str, Any]:
         """Return the prediction as JSON-safe data."""
-        return {
-            "timestamp": self.timestamp,
-            "close": self.close,
-            "position": self.position,
-            "action": self.action,
-            "model_id": self.model_id,
-            "checkpoint": self.checkpoint,
-            "bars": self.bars,
-        }
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +78,7 @@ class PortfolioPrediction:
 
     def as_dict(self) -> dict[str, Any]:
         """Return the prediction as JSON-safe data."""
-        return {
-            "timestamp": self.timestamp,
-            "weights": self.weights,
-            "cash": self.cash,
-            "action": self.action,
-            "model_id": self.model_id,
-            "checkpoint": self.checkpoint,
-            "bars": self.bars,
-        }
+        return dataclasses.asdict(self)
 
 
 class Predictor:
