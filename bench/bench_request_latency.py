@@ -36,8 +36,8 @@ for _path in (ROOT, ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from bench_training import EnvActorProcess  # noqa: E402
 from common import BENCH_KEY, serve_until_stopped, train_data  # noqa: E402
+from training_setups import EnvActorProcess  # noqa: E402
 
 from messages import EnvsStepped, Ping, StepEnvs, Stop, decode, encode  # noqa: E402
 from services.config import load_config  # noqa: E402
