@@ -130,6 +130,7 @@ def build_data(host: ActorHost) -> pykka.ActorRef[Any]:
         episode_length=config.env.episode_length,
         cache_root=ROOT,
         run_dir=host.run_dir,
+        built_for_this_run=bool(session.get("data_built")),
     )
     return DataActor.start(
         service=service,

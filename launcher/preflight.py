@@ -64,10 +64,11 @@ def prepare(args: argparse.Namespace) -> Prepared:
     session_keys = load_keys(config)
     data_hash = data_fingerprint(config)
     symbols: tuple[str, ...] = ()
+    built = False
     if config.data.universe is not None:
         config, symbols = check_universe(config)
     else:
-        config = check_data(config, data_hash)
+        config, built = check_data(config, data_hash)
     fingerprint = {"data_hash": data_hash, "config_hash": config_fingerprint(config)}
     first_episode, resume_from = 1, ""
     if args.resume is not None:
@@ -80,6 +81,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
     session: dict[str, object] = {"resume": resume_from, "first_episode": first_episode, **fingerprint}
     if symbols:
         session["symbols"] = list(symbols)
+    if built:
+        session["data_built"] = True
     write_json_atomic(run_dir / "session.json", session)
     config_tmp = run_dir / ".config.yaml.tmp"
     config_tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -162,12 +165,13 @@ def data_fingerprint(config: Config) -> str:
         raise UsageError(f"data.source.path: {exc}") from None
 
 
-def check_data(config: Config, data_hash: str) -> Config:
+def check_data(config: Config, data_hash: str) -> tuple[Config, bool]:
     """Read and validate the whole source and check every episode's split before any process starts.
 
     With data.cache on, the source is processed into the feature store the data actor then opens (a
     store of an earlier session is only opened); with it off, into a temporary store that is dropped.
     A close-only source fills every trade at the next bar's close, so env.fill=close becomes next_open.
+    Returns the config and whether the store was built now (the data actor then says so, not "cache").
     """
     opts = config.data
     # No log file exists yet: keep the data services' warnings off stderr (the console's data line says
@@ -176,9 +180,10 @@ def check_data(config: Config, data_hash: str) -> Config:
     with tempfile.TemporaryDirectory(prefix="rl-trading-preflight-") as scratch:
         folder = store_folder(opts.cache_dir, data_hash, root=ROOT) if opts.cache else Path(scratch) / "store"
         try:
-            store = FeatureStore.open(folder) or FeatureStore.build(
-                folder, opts.source, opts.features, key=data_hash
-            )
+            store = FeatureStore.open(folder)
+            built = store is None
+            if store is None:
+                store = FeatureStore.build(folder, opts.source, opts.features, key=data_hash)
         except DataError as exc:
             raise UsageError(str(exc)) from None
         except OSError as exc:
@@ -191,8 +196,8 @@ def check_data(config: Config, data_hash: str) -> Config:
             "filling at the next bar's close (env.fill=next_open)",
             flush=True,
         )
-        return dataclasses.replace(config, env=dataclasses.replace(config.env, fill="next_open"))
-    return config
+        return dataclasses.replace(config, env=dataclasses.replace(config.env, fill="next_open")), built
+    return config, built
 
 
 def check_universe(config: Config) -> tuple[Config, tuple[str, ...]]:

@@ -183,6 +183,8 @@ class DatasetService:
     episode_length: int
     cache_root: Path
     run_dir: Path | None = None
+    built_for_this_run: bool = False
+    """The launcher's preflight built the store just now: a store it opens then is not from the cache."""
     _store: FeatureStore | None = field(default=None, init=False)
     _universe: Universe | None = field(default=None, init=False)
 
@@ -198,7 +200,7 @@ class DatasetService:
         else:
             folder = self.run_dir / "features"
         store = FeatureStore.open(folder) if opts.cache else None
-        cached = store is not None
+        cached = store is not None and not self.built_for_this_run
         if store is None:
             store = FeatureStore.build(folder, opts.source, opts.features, key=key)
         self._store = store

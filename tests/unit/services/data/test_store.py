@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -162,3 +163,17 @@ def test_the_file_digest_hashes_every_byte(tmp_path: Path) -> None:
     path.write_bytes(b"x" * (3 << 20) + b"y")
 
     assert file_digest(path) != before
+
+
+def test_a_store_the_preflight_built_for_this_run_is_not_reported_as_cached(
+    tmp_path: Path, source: SourceOptions
+) -> None:
+    built_now = service(tmp_path, source)
+    built_now.load()  # the preflight's build
+    fresh = dataclasses.replace(service(tmp_path, source), built_for_this_run=True)
+
+    loaded = fresh.load()
+    again = service(tmp_path, source).load()
+
+    assert loaded.cached is False, "the store was made by this launch, not found in the cache"
+    assert again.cached is True
