@@ -79,12 +79,13 @@ def test_five_years_of_closes_train_with_the_defaults_and_resume_after_touch(tmp
     assert "note: close-only data: env.fill=close" in first.stdout
     data_line = next(line for line in first.stdout.splitlines() if line.startswith("data: "))
     assert data_line == (
-        "data: 1,299 bars, 6 features, from cache; close prices only: every fill is at the next bar's close; "
+        "data: 1,299 bars, 6 features; close prices only: every fill is at the next bar's close; "
         "dropped 1 row (1 missing close, data.source.nan_policy=drop)"
     )
     assert resumed.returncode == 0, resumed.stderr
     loaded = [e for e in events(tmp_path / "runs" / "closes") if e["type"] == "DataLoaded"]
     assert len(loaded) == 2 and loaded[0]["data_hash"] == loaded[1]["data_hash"]
+    assert [e["cached"] for e in loaded] == [False, True], "built for the first run, found by the resume"
 
 
 def test_an_excel_file_renamed_csv_is_refused_naming_it(tmp_path: Path) -> None:
