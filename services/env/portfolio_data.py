@@ -23,7 +23,9 @@ class PortfolioData:
         self.tradable = np.empty((0, 0), dtype=bool)
         self.all_fill = np.empty(0, dtype=bool)
         self.windows = np.empty((0, 0), dtype=np.float32)
-        self._features = np.empty(0, dtype=np.float32)
+        # The features of every bar, bar-major, then n_assets + 1 zeros: an observation's window followed
+        # by room for its weights is one slice of it, even at the last bar.
+        self.flat = np.empty(0, dtype=np.float32)
 
     def update(
         self, features: np.ndarray, open_: np.ndarray, close: np.ndarray, tradable: np.ndarray
@@ -32,10 +34,13 @@ class PortfolioData:
         present = self._validate(features, open_, close, tradable)
         n_bars, n_assets, n_features = features.shape
         self.n_bars, self.n_assets, self.n_features = n_bars, n_assets, n_features
-        flat = np.nan_to_num(features.reshape(n_bars, n_assets * n_features), nan=0.0).ravel()
-        self._features = flat
-        width = self._options.window * n_assets * n_features
-        self.windows = np.lib.stride_tricks.sliding_window_view(flat, width)[:: n_assets * n_features]
+        bar_size = n_assets * n_features
+        self.flat = np.zeros(n_bars * bar_size + n_assets + 1, dtype=np.float32)
+        flat = self.flat[: n_bars * bar_size]
+        np.copyto(flat, features.reshape(-1))
+        np.nan_to_num(flat, copy=False, nan=0.0)
+        width = self._options.window * bar_size
+        self.windows = np.lib.stride_tricks.sliding_window_view(flat, width)[::bar_size]
         # The last close at or before each bar: an asset without a bar keeps its price, never a later one.
         index = np.where(present, np.arange(n_bars)[:, None], -1)
         np.maximum.accumulate(index, axis=0, out=index)

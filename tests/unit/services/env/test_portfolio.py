@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from services.env.accounting import MIN_GROWTH
 from services.env.options import EnvOptions
 from services.env.portfolio import (
     PortfolioOptions,
@@ -300,6 +301,83 @@ def test_the_vectorized_env_equals_n_single_envs(weights: str, fill: str, reward
                 step_obs, _ = env.reset()
             single_obs[i] = step_obs
         obs = result.obs
+
+
+class ReferenceStep:
+    """Step one portfolio by the formulas of docs/PORTFOLIO.md section 4 written out on whole arrays."""
+
+    def __init__(self, env: PortfolioEnv, features: np.ndarray, options: EnvOptions, bars_per_year: float):
+        self.env, self.features, self.options = env, features, options
+        self.data = env._data  # the gap, body and fill tables (tested by the hand computations above)
+        self.cost = (options.commission_bps + options.slippage_bps) / 1e4
+        self.borrow = options.borrow_bps_per_year / 1e4 / bars_per_year
+
+    def start(self, bar: int) -> None:
+        self.t, self.weights, self.equity = bar, np.zeros(self.data.n_assets), 1.0
+
+    def step(self, action: np.ndarray) -> float:
+        m, t = self.data.n_assets, self.t + 1
+        gap, body, fill = np.split(self.data.moves[t], 3)
+        g1 = 1.0 + np.sum(self.weights * gap)
+        at_fill = self.weights * (1.0 + gap) / max(g1, MIN_GROWTH)
+        cap = self.options.max_leverage
+        target = target_weights(self.env.portfolio, cap, action[None], at_fill[None], fill[None])[0]
+        g2 = 1.0 - self.cost * np.sum(np.abs(target - at_fill))
+        g3 = 1.0 + np.sum(target * body)
+        closing = target * (1.0 + body) / max(g3, MIN_GROWTH)
+        g4 = 1.0 - self.borrow * np.sum(np.maximum(-closing, 0.0))
+        growth = g1 * g2 * g3 * g4
+        self.weights = closing / g4 if growth >= MIN_GROWTH else np.zeros(m)
+        growth = max(growth, MIN_GROWTH)
+        self.t, self.equity = t, self.equity * growth
+        return math.log(growth)
+
+    def observation(self) -> np.ndarray:
+        window = self.features[self.t - self.options.window + 1 : self.t + 1]
+        cash = [1.0 - self.weights.sum()] if self.env.portfolio.weights == "long_only" else []
+        return np.concatenate([np.nan_to_num(window, nan=0.0).ravel(), self.weights, cash]).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("weights", "fill", "holes"),
+    list(itertools.product(["long_only", "long_short"], ["next_open", "close"], [False, True])),
+)
+def test_the_single_env_steps_as_the_formulas_say(weights: str, fill: str, holes: bool) -> None:
+    features, open_, close, tradable = market(400, 6, seed=7, holes=holes)
+    options = EnvOptions(
+        window=3,
+        episode_length=60,
+        fill=fill,
+        commission_bps=15.0,
+        slippage_bps=10.0,
+        borrow_bps_per_year=2_000.0,
+        max_leverage=1.5,
+        ruin_equity=0.0,
+    )
+    portfolio = PortfolioOptions(weights=weights)
+    env = PortfolioEnv(features, open_, close, tradable, options, portfolio, seed=2, bars_per_year=52.0)
+    reference = ReferenceStep(env, features, options, 52.0)
+    rng = np.random.default_rng(8)
+    paths = {True: 0, False: 0}  # steps on the fast path (every asset fills) and on the general one
+
+    for _ in range(6):
+        obs, info = env.reset()
+        reference.start(info["bar"])
+        np.testing.assert_array_equal(obs, reference.observation())
+        over = False
+        while not over:
+            # Beyond [-1, 1] too (clipped), float32 and float64, as SB3 and a person pass them.
+            dtype = np.float32 if rng.random() < 0.5 else np.float64
+            action = rng.uniform(-1.3, 1.3, env.action_space.shape).astype(dtype)
+            paths[env._all_fill[reference.t + 1]] += 1
+            obs, reward, terminated, truncated, info = env.step(action)
+            expected = reference.step(action.astype(np.float64))
+            over = terminated or truncated
+            assert reward == pytest.approx(expected, rel=1e-9, abs=1e-13)
+            assert info["equity"] == pytest.approx(reference.equity, rel=1e-12)
+            np.testing.assert_allclose(env.weights, reference.weights, rtol=1e-9, atol=1e-13)
+            np.testing.assert_allclose(obs, reference.observation(), rtol=1e-6, atol=1e-7)
+    assert paths[True] > 0 and (paths[False] > 0) == holes
 
 
 def test_a_ruined_training_env_terminates_and_a_ruined_eval_run_goes_to_cash() -> None:
