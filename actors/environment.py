@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, Unpack
 
@@ -50,19 +51,21 @@ class SharedStepBuffer(Protocol):
 
     name: str
 
-    def take_actions(self, step: int) -> np.ndarray:
-        """Return the actions the model wrote for this step."""
+    def serve_token(self, step: int, step_envs: Callable[[np.ndarray], Any]) -> int:
+        """Step the envs with the step's actions unless a lease already did; return how many finished."""
         ...
 
-    def write(self, step: int, result: Any) -> int:
-        """Write a step's results, its step number last; return how many envs finished."""
+    def serve(self, step_envs: Callable[[np.ndarray], Any]) -> int:
+        """Step each next step the model writes until it stops coming (a lease); return how many."""
         ...
 
 
 class SharedBuffers(Protocol):
     """Where the env actor keeps the step buffers it shares with the model (services.transport.shm)."""
 
-    def create(self, role: str, n_envs: int, obs_shape: tuple[int, ...], action: str) -> tuple[str, int]:
+    def create(
+        self, role: str, n_envs: int, obs_shape: tuple[int, ...], action: str, action_size: int
+    ) -> tuple[str, int]:
         """Replace the role's buffer with a new one; return its name and size."""
         ...
 
@@ -136,14 +139,17 @@ class EnvActor(ServiceActor):
                 result = self._env(msg.role).step(msg.actions).finished_only()
                 self.reply(peer, EnvsStepped.from_value(result, correlation_id=msg.msg_id, sender=self.name))
             case StepShared():
-                # The same step with the arrays in the shared buffer: only the step number travels.
-                env = self._env(msg.role)
+                # The same step with the arrays in the shared buffer: only the step number travels. After
+                # the answer the handler holds a lease, stepping each next step the model writes into the
+                # buffer without a request, until they stop coming (services.transport.shm).
+                step_envs = self._env(msg.role).step
                 buffer = self._shared_buffers().get(msg.role, msg.name)
-                finished = buffer.write(msg.step, env.step(buffer.take_actions(msg.step)))
+                finished = buffer.serve_token(msg.step, step_envs)
                 stepped = SharedStepped(
                     correlation_id=msg.msg_id, step=msg.step, finished=finished, sender=self.name
                 )
                 self.reply(peer, stepped)
+                buffer.serve(step_envs)
             case AttachShared():
                 self.reply(peer, self._attach(msg))
             case ResetEnvs():
@@ -209,12 +215,14 @@ class EnvActor(ServiceActor):
     def _attach(self, msg: AttachShared) -> SharedAttached:
         """Create the role's shared step buffer; refuse one sized for other envs than this role's."""
         shared, env = self._shared_buffers(), self._env(msg.role)
-        have = (env.n_envs, tuple(env.observation_shape), self._factory.action)
-        asked = (msg.n_envs, tuple(msg.obs_shape), msg.action)
+        width = int(getattr(env, "action_size", 0))
+        have = (env.n_envs, tuple(env.observation_shape), self._factory.action, width)
+        asked = (msg.n_envs, tuple(msg.obs_shape), msg.action, msg.action_size)
         if asked != have:
             raise ValueError(
                 f"shared {msg.role} buffer refused: asked for {asked[0]} envs x obs {asked[1]} with "
-                f"{asked[2]} actions, but the {msg.role} envs are {have[0]} x {have[1]} with {have[2]}"
+                f"{asked[2]} actions of width {asked[3]}, but the {msg.role} envs are {have[0]} x "
+                f"{have[1]} with {have[2]} of width {have[3]}"
             )
         name, size = shared.create(msg.role, *have)
         return SharedAttached(correlation_id=msg.msg_id, role=msg.role, name=name, size=size)

@@ -240,6 +240,8 @@ class AttachShared(Command):
     obs_shape: tuple[int, ...]
     action: str
     """The EnvSpec's action: the buffer holds int64 actions for a discrete one, float32 otherwise."""
+    action_size: int = 0
+    """The EnvSpec's action_size: a portfolio's buffer holds a row of that many float32 weights per env."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -58,7 +58,9 @@ class RemoteBackend:
     """The env actor's envs of one role, one request per batched reset or step.
 
     The client's endpoint chooses how a step's arrays travel: over ipc (the same host) they go through a
-    shared buffer and the signed request carries only the step number; over tcp they are array frames.
+    shared buffer, and a step is either served within the env actor's lease (both sides spin on the
+    buffer's step numbers) or started by the signed request that carries only the step number; over tcp
+    they are array frames.
     """
 
     def __init__(self, client: Requester, role: str, *, shared: bool = True) -> None:
@@ -69,10 +71,10 @@ class RemoteBackend:
         if not isinstance(spec, EnvSpec):
             raise TypeError(f"env actor answered DescribeEnvs with {type(spec).__name__}")
         self.spec = spec
-        # A portfolio's actions are rows of weights; the shared buffer holds one action per env.
-        shared = shared and not spec.action_size
         self._folder = shared_folder(getattr(client, "endpoint", "")) if shared else None
         self._buffer: SharedSteps | None = None
+        self.tokens = 0
+        """Shared steps started by a signed request (the rest were served within the env actor's lease)."""
 
     @property
     def shared(self) -> bool:
@@ -94,9 +96,11 @@ class RemoteBackend:
         buffer = self._buffer or self._attach(self._folder)
         step = buffer.put_actions(actions)
         try:
-            stepped = self._client.request(StepShared(role=self._role, name=buffer.name, step=step))
-            if not isinstance(stepped, SharedStepped) or stepped.step != step:
-                raise TypeError(f"env actor answered StepShared {step} with {stepped!r}")
+            if not buffer.wait(step):
+                self.tokens += 1
+                stepped = self._client.request(StepShared(role=self._role, name=buffer.name, step=step))
+                if not isinstance(stepped, SharedStepped) or stepped.step != step:
+                    raise TypeError(f"env actor answered StepShared {step} with {stepped!r}")
             return buffer.read(step)
         except TransportError:
             # The env actor may be gone or replaced (it forgets its buffers): attach again at the next step.
@@ -107,11 +111,17 @@ class RemoteBackend:
         """Ask the env actor for the role's shared buffer and map it; refuse one unfit for the spec."""
         spec = self.spec
         reply = self._client.request(
-            AttachShared(role=self._role, n_envs=spec.n_envs, obs_shape=spec.obs_shape, action=spec.action)
+            AttachShared(
+                role=self._role,
+                n_envs=spec.n_envs,
+                obs_shape=spec.obs_shape,
+                action=spec.action,
+                action_size=spec.action_size,
+            )
         )
         if not isinstance(reply, SharedAttached) or reply.role != self._role:
             raise TypeError(f"env actor answered AttachShared with {reply!r}")
-        layout = StepLayout.of(spec.n_envs, spec.obs_shape, spec.action)
+        layout = StepLayout.of(spec.n_envs, spec.obs_shape, spec.action, spec.action_size)
         self._buffer = SharedSteps.attach(folder, reply.name, layout, reply.size)
         return self._buffer
 

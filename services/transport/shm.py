@@ -5,16 +5,31 @@ header, then the actions and every step result at fixed offsets. Files in the ru
 are removed by the launcher at the end and at the next start of the run, so a kill -9 of any process
 leaves nothing behind once the session ends; nothing goes to /dev/shm, which would need an unlink by name.
 
-One step, with the signed ZeroMQ request as the token (PufferLib's and Sample Factory's idea: the bytes
-never travel, only a step number does):
+One step (PufferLib's and Sample Factory's idea: the bytes never travel, only a step number does):
 
-1. the model writes the actions, then their step number (`put_actions`), and sends `StepShared(step)`;
+1. the model writes the actions, then their step number (`put_actions`);
 2. the env actor checks the actions' step number (`take_actions`), steps, marks the results as being
-   written, writes them, then their step number LAST (`write`), and answers `SharedStepped(step)`;
+   written, writes them, then their step number LAST (`write`);
 3. the model checks the results' step number, copies them out and checks it again (`read`).
 
-A writer killed or replaced mid-write leaves a step number that is not the one asked for, so the model
-raises `TornBuffer` instead of reading half a step.
+How the env actor learns of step 2, and the model of step 3, has two forms:
+
+- the token: the model sends the signed ZeroMQ request `StepShared(step)` and the env actor answers
+  `SharedStepped(step)`. Every lease starts with one, so only an authenticated peer starts stepping;
+- the lease: after answering a token, the env actor keeps its handler, sets the `serving` word and
+  waits on the buffer's action step number, stepping each new step as soon as it is written, while the
+  model waits on the result step number. Each side spins a little, then sleeps on a named pipe the other
+  side rings (services.transport.doorbell), so no system call is on the path of a step between two busy
+  processes and a waiting process costs no CPU. The lease ends after `LEASE_IDLE_S` without a new step
+  or after `LEASE_MAX_S` in all, so the actor's other requests wait no longer than that; then `serving`
+  is cleared, the action step number is checked once more, and the next step goes by token again.
+
+Either side can stop waiting at any moment and fall back to the token: a token for a step the lease
+already served is answered without stepping again, so no step is ever taken twice or lost. A writer
+killed or replaced mid-write leaves a step number that is not the one asked for, so the model raises
+`TornBuffer` instead of reading half a step; a model waiting on a killed env actor's `serving` word gives
+up after `SPIN_DEADLINE_S` and sends the token, which fails like any request to a dead actor. On x86-64
+stores become visible in program order, which the step-number-last rule relies on.
 """
 
 from __future__ import annotations
@@ -24,7 +39,8 @@ import math
 import mmap
 import os
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,18 +48,51 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from services.errors import TransportError
+from services.transport.doorbell import CpuLoad, Doorbell
 
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".shm"
 """How a buffer file's name ends; anything else in the folder is not a buffer."""
-MAGIC = 0x524C_5441_5348_4D01
+MAGIC = 0x524C_5441_5348_4D02
 """First header word: a file that does not start with it is no step buffer of this version."""
 _ALIGN = 64
-_HEADER = ("magic", "n_envs", "obs_size", "discrete", "action_step", "result_step", "finished")
+_HEADER = (
+    "magic",
+    "n_envs",
+    "obs_size",
+    "discrete",
+    "action_size",
+    "action_step",
+    "result_step",
+    "finished",
+    "serving",
+    "env_sleeping",
+    "model_sleeping",
+)
 _SLOT = {name: i for i, name in enumerate(_HEADER)}
+_ACTION, _RESULT, _FINISHED, _SERVING, _ENV_SLEEPING, _MODEL_SLEEPING = (
+    _SLOT[k] for k in ("action_step", "result_step", "finished", "serving", "env_sleeping", "model_sleeping")
+)
+_BELLS = (".env-bell", ".model-bell")
+"""The named pipes next to a buffer file: the env actor sleeps on the first, the model on the second."""
 _WRITING = -1
 """The results' step number while they are being written."""
+
+LEASE_IDLE_S = 0.02
+"""How long the env actor waits for the next step before it ends a lease: a rollout's steps come every
+0.1-0.5 ms, a short update phase (16 envs) takes about 10 ms; a long one ends the lease."""
+LEASE_MAX_S = 0.25
+"""The longest lease: the env actor's other requests (stop, data, the eval role) wait no longer."""
+SPIN_DEADLINE_S = 1.0
+"""How long the model waits on a serving env actor before it sends the token instead."""
+ENV_SPIN_S = (0.002, 0.00002)
+"""How long the env actor spins for the next actions before it sleeps on its bell, on an idle and on a
+crowded machine (services.transport.doorbell.CpuLoad): the learner's forward pass and bookkeeping
+between two steps take 0.1-0.5 ms, which a spinning env actor covers on a free core."""
+MODEL_SPIN_S = (0.002, 0.0002)
+"""How long the model spins for a step's results before it sleeps on its bell, on an idle and on a
+crowded machine: a step of 16 to 64 single-asset envs takes 30-50 us."""
 
 
 class TornBuffer(TransportError):
@@ -70,17 +119,25 @@ class StepLayout:
     n_envs: int
     obs_shape: tuple[int, ...]
     discrete: bool
+    action_size: int = 0
+    """Values per env's action: 0 for one (a single asset), the weights' width for a portfolio."""
 
     @classmethod
-    def of(cls, n_envs: int, obs_shape: Sequence[int], action: str) -> StepLayout:
+    def of(cls, n_envs: int, obs_shape: Sequence[int], action: str, action_size: int = 0) -> StepLayout:
         """Return the layout of envs described as EnvSpec describes them."""
-        return cls(int(n_envs), tuple(int(d) for d in obs_shape), action != "continuous")
+        discrete = action != "continuous" and not action_size
+        return cls(int(n_envs), tuple(int(d) for d in obs_shape), discrete, int(action_size))
+
+    @property
+    def action_shape(self) -> tuple[int, ...]:
+        """Return the shape of the actions array: one per env, or a row of weights per env."""
+        return (self.n_envs, self.action_size) if self.action_size else (self.n_envs,)
 
     def arrays(self) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]]:
         """Return (name, dtype, shape) of every array after the header, in file order."""
         n, obs = self.n_envs, (self.n_envs, *self.obs_shape)
         return [
-            ("actions", np.dtype(np.int64 if self.discrete else np.float32), (n,)),
+            ("actions", np.dtype(np.int64 if self.discrete else np.float32), self.action_shape),
             ("obs", np.dtype(np.float32), obs),
             ("terminal_obs", np.dtype(np.float32), obs),
             ("reward", np.dtype(np.float32), (n,)),
@@ -107,7 +164,12 @@ class StepLayout:
     def describe(self) -> str:
         """Return the layout in words, for refusals."""
         kind = "discrete" if self.discrete else "continuous"
-        return f"{self.n_envs} envs x obs {self.obs_shape} with {kind} actions"
+        width = f" of {self.action_size} weights" if self.action_size else ""
+        return f"{self.n_envs} envs x obs {self.obs_shape} with {kind} actions{width}"
+
+    def header(self) -> tuple[int, ...]:
+        """Return the header words that describe this layout (after them come the step words)."""
+        return (MAGIC, self.n_envs, math.prod(self.obs_shape), int(self.discrete), self.action_size)
 
 
 def _aligned(at: int) -> int:
@@ -124,6 +186,8 @@ class SharedSteps:
         self.owner = owner
         offsets, _ = layout.offsets()
         self._header = np.frombuffer(mapping, dtype=np.int64, count=len(_HEADER))
+        # The step words are read in spin loops: a memoryview reads a word in a fraction of numpy's time.
+        self._words = memoryview(mapping)[: len(_HEADER) * 8].cast("q")
         views = {
             name: np.frombuffer(mapping, dtype=dtype, count=math.prod(shape), offset=offsets[name]).reshape(
                 shape
@@ -139,7 +203,16 @@ class SharedSteps:
         self._return = views["episode_return"]
         self._length = views["episode_length"]
         self._done = np.zeros(layout.n_envs, dtype=bool)
-        self._step = int(self._header[_SLOT["action_step"]])
+        self._step = int(self._header[_ACTION])
+        self.leased = 0
+        """Steps the env actor served within leases, without a token (the rest came by token)."""
+        env_bell, model_bell = (path.with_name(path.name + bell) for bell in _BELLS)
+        if owner:
+            Doorbell.make(env_bell)
+            Doorbell.make(model_bell)
+        self._env_bell = Doorbell(env_bell, self._words, _ENV_SLEEPING)
+        self._model_bell = Doorbell(model_bell, self._words, _MODEL_SLEEPING)
+        self._load = CpuLoad()
         self._out = SharedResult(
             obs=np.empty_like(self._obs),
             reward=np.empty_like(self._reward),
@@ -162,9 +235,9 @@ class SharedSteps:
         finally:
             os.close(fd)
         steps = cls(path, layout, mapping, owner=True)
-        discrete = int(layout.discrete)
-        header = (MAGIC, layout.n_envs, math.prod(layout.obs_shape), discrete, 0, 0, 0)
-        steps._header[:] = header
+        described = layout.header()
+        steps._header[: len(described)] = described
+        steps._header[len(described) :] = 0
         logger.info("shared step buffer %s: %s, %d bytes", path.name, layout.describe(), layout.size)
         return steps
 
@@ -186,8 +259,8 @@ class SharedSteps:
         finally:
             os.close(fd)
         steps = cls(path, layout, mapping, owner=False)
-        expected = (MAGIC, layout.n_envs, math.prod(layout.obs_shape), int(layout.discrete))
-        found = tuple(int(v) for v in steps._header[:4])
+        expected = layout.header()
+        found = tuple(int(v) for v in steps._header[: len(expected)])
         if found != expected:
             raise ValueError(
                 f"shared buffer {name} refused: its header {found} does not describe the env spec "
@@ -198,11 +271,32 @@ class SharedSteps:
     # The model's side.
 
     def put_actions(self, actions: np.ndarray) -> int:
-        """Write the next step's actions, then their step number; return the step number."""
-        np.copyto(self.actions, np.asarray(actions).reshape(self.layout.n_envs), casting="same_kind")
+        """Write the next step's actions, then their step number (waking a sleeping lease); return it."""
+        np.copyto(self.actions, np.asarray(actions).reshape(self.layout.action_shape), casting="same_kind")
         self._step += 1
-        self._header[_SLOT["action_step"]] = self._step
+        self._words[_ACTION] = self._step
+        self._env_bell.ring()
         return self._step
+
+    def wait(self, step: int, deadline_s: float = SPIN_DEADLINE_S) -> bool:
+        """Wait until a lease has served `step`; return False when the token must be sent instead.
+
+        False when the env actor is not serving, stops serving without this step, or has not served it
+        within deadline_s (a stopped or killed env actor: the token then fails as any request does).
+        """
+        words = self._words
+        if not words[_SERVING]:
+            return False
+
+        def ready() -> bool:
+            return words[_RESULT] == step or not words[_SERVING]
+
+        spin = MODEL_SPIN_S[self._load.crowded()]
+        self._model_bell.wait(ready, spin, time.perf_counter() + deadline_s)
+        if words[_RESULT] != step:
+            return False
+        self.leased += 1
+        return True
 
     def read(self, step: int) -> SharedResult:
         """Return copies of the results of `step`; raise TornBuffer unless the buffer holds that step."""
@@ -214,7 +308,7 @@ class SharedSteps:
         np.copyto(out.truncated, self._truncated)
         np.copyto(out.episode_return, self._return)
         np.copyto(out.episode_length, self._length)
-        finished = int(self._header[_SLOT["finished"]])
+        finished = self._words[_FINISHED]
         if not 0 <= finished <= self.layout.n_envs:
             raise TornBuffer(f"shared buffer {self.name}: step {step} names {finished} finished envs")
         np.copyto(out.terminal_obs[:finished], self._terminal[:finished])
@@ -223,7 +317,7 @@ class SharedSteps:
         return out._replace(terminal_obs=out.terminal_obs[:finished])
 
     def _check_results(self, step: int) -> None:
-        held = int(self._header[_SLOT["result_step"]])
+        held = self._words[_RESULT]
         if held != step:
             state = "half-written" if held == _WRITING else f"step {held}"
             raise TornBuffer(f"shared buffer {self.name} holds {state}, not step {step}")
@@ -232,15 +326,69 @@ class SharedSteps:
 
     def take_actions(self, step: int) -> np.ndarray:
         """Return the actions of `step` (a view); raise TornBuffer if the buffer holds another step's."""
-        held = int(self._header[_SLOT["action_step"]])
+        held = self._words[_ACTION]
         if held != step:
             raise TornBuffer(f"shared buffer {self.name} holds the actions of step {held}, not {step}")
         return self.actions
 
+    def serve_token(self, step: int, step_envs: Callable[[np.ndarray], Any]) -> int:
+        """Answer the token of `step`: step the envs unless a lease already did; return finished."""
+        if self._words[_RESULT] == step:
+            return self._words[_FINISHED]
+        return self.write(step, step_envs(self.take_actions(step)))
+
+    def serve(
+        self,
+        step_envs: Callable[[np.ndarray], Any],
+        *,
+        idle_s: float = LEASE_IDLE_S,
+        max_s: float = LEASE_MAX_S,
+    ) -> int:
+        """Hold a lease: step each next step the model writes until idle_s passes without one or max_s
+        in all; return the steps served. Call it right after answering a token.
+
+        A step that fails (bad actions) ends the lease unserved: the model's token for it then steps it
+        again and gets the error as a reply, as every request does.
+        """
+        words = self._words
+        served = 0
+        last = words[_RESULT]
+        clock = time.perf_counter
+        end = clock() + max_s
+
+        def moved() -> bool:
+            return bool(words[_ACTION] != last)
+
+        load = self._load
+        words[_SERVING] = 1
+        try:
+            while self._env_bell.wait(moved, ENV_SPIN_S[load.crowded()], min(clock() + idle_s, end)):
+                step = words[_ACTION]
+                if step != last + 1:
+                    break  # not the next step (another model attached): the token path decides
+                self.write(step, step_envs(self.actions))
+                self._model_bell.ring()
+                last, served = step, served + 1
+        except Exception as exc:  # the token of the failed step reports it to the model
+            logger.debug("lease of %s ended by a failed step: %s", self.name, exc)
+            return served
+        finally:
+            words[_SERVING] = 0
+            self._model_bell.ring()
+        # A step written while serving was being cleared is served here, so the model need not wait.
+        if words[_ACTION] == last + 1:
+            try:
+                self.write(last + 1, step_envs(self.actions))
+                served += 1
+            except Exception as exc:
+                logger.debug("last step of the lease of %s failed: %s", self.name, exc)
+            self._model_bell.ring()
+        return served
+
     def write(self, step: int, result: Any) -> int:
         """Write a step's results (a StepResult with every row), then its step number; return finished."""
-        header = self._header
-        header[_SLOT["result_step"]] = _WRITING
+        words = self._words
+        words[_RESULT] = _WRITING
         np.copyto(self._obs, result.obs)
         np.copyto(self._reward, result.reward, casting="same_kind")
         np.copyto(self._terminated, result.terminated)
@@ -251,12 +399,17 @@ class SharedSteps:
             np.compress(self._done, result.terminal_obs, axis=0, out=self._terminal[:finished])
             np.copyto(self._return, result.episode_return, casting="same_kind")
             np.copyto(self._length, result.episode_length, casting="same_kind")
-        header[_SLOT["finished"]] = finished
-        header[_SLOT["result_step"]] = step
+        words[_FINISHED] = finished
+        words[_RESULT] = step
         return finished
 
     def close(self) -> None:
-        """Let the buffer go; the owner (the env actor) also removes its file (unmapped with the views)."""
+        """Let the buffer go; the owner (the env actor) also removes its files (unmapped with the views)."""
+        self._load.close()
+        for bell in (self._env_bell, self._model_bell):
+            bell.close()
+            if self.owner:
+                bell.path.unlink(missing_ok=True)
         if self.owner:
             self.path.unlink(missing_ok=True)
 
@@ -268,12 +421,15 @@ class SharedFolder:
         self.folder = folder
         self._buffers: dict[str, SharedSteps] = {}
 
-    def create(self, role: str, n_envs: int, obs_shape: tuple[int, ...], action: str) -> tuple[str, int]:
+    def create(
+        self, role: str, n_envs: int, obs_shape: tuple[int, ...], action: str, action_size: int = 0
+    ) -> tuple[str, int]:
         """Replace the role's buffer with a new one (a model that attaches again gets fresh memory)."""
         old = self._buffers.pop(role, None)
         if old is not None:
             old.close()
-        steps = SharedSteps.create(self.folder, role, StepLayout.of(n_envs, obs_shape, action))
+        layout = StepLayout.of(n_envs, obs_shape, action, action_size)
+        steps = SharedSteps.create(self.folder, role, layout)
         self._buffers[role] = steps
         return steps.name, steps.layout.size
 
@@ -292,11 +448,14 @@ class SharedFolder:
 
 
 def remove_buffers(folder: Path, role: str = "") -> int:
-    """Remove the buffer files left in folder (of one role, or all); return how many were removed."""
+    """Remove the buffer files left in folder (of one role, or all); return how many were removed.
+
+    A buffer's bells (named pipes) go with it and are not counted.
+    """
     removed = 0
-    for path in folder.glob(f"{role}-*{SUFFIX}" if role else f"*{SUFFIX}"):
+    for path in folder.glob(f"{role}-*{SUFFIX}*" if role else f"*{SUFFIX}*"):
         path.unlink(missing_ok=True)
-        removed += 1
+        removed += path.name.endswith(SUFFIX)
     return removed
 
 

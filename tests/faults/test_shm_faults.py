@@ -34,8 +34,8 @@ def buffers_left(tmp_path: Path) -> list[str]:
     folders = {tmp_path}
     for written in tmp_path.rglob("endpoints.json"):
         folders.add(Path(json.loads(written.read_text())["ipc_dir"]))
-    left = [str(p) for folder in folders if folder.exists() for p in folder.rglob(f"*{SUFFIX}")]
-    return left + [str(p) for p in Path("/dev/shm").glob(f"*{SUFFIX}")]
+    left = [str(p) for folder in folders if folder.exists() for p in folder.rglob(f"*{SUFFIX}*")]
+    return left + [str(p) for p in Path("/dev/shm").glob(f"*{SUFFIX}*")]
 
 
 def ipc_dir(run_dir: Path) -> Path:

@@ -141,10 +141,13 @@ def test_the_env_actor_steps_like_the_same_envs_in_process_over_both_paths(
 
         assert backend.shared == endpoint.startswith("ipc://")
         assert any(folder.glob(f"*{SUFFIX}")) == backend.shared
+        if backend.shared:
+            # The first step of a lease comes by token; both forms were compared above.
+            assert 1 <= backend.tokens < 120, "most shared steps were served within the env actor's lease"
         assert finished >= 2 * N_ENVS, "every env finished at least twice"
     finally:
         served.close()
-    assert not any(folder.glob(f"*{SUFFIX}")), "the env actor removes its buffers when it stops"
+    assert not any(folder.glob(f"*{SUFFIX}*")), "the env actor removes its buffers and bells when it stops"
 
 
 def test_a_restarted_env_actor_is_attached_again_after_one_failed_step(tmp_path: Path) -> None:

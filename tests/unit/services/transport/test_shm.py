@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +19,7 @@ import pytest
 from services.env.options import EnvOptions
 from services.env.vec_env import VecTradingEnv
 from services.transport.shm import (
+    _SLOT,
     SUFFIX,
     SharedFolder,
     SharedSteps,
@@ -108,7 +114,7 @@ def test_a_writer_killed_mid_write_leaves_a_step_the_model_refuses(tmp_path: Pat
         from services.transport.shm import SharedSteps, StepLayout
         layout = StepLayout.of({N}, {OBS!r}, "discrete3")
         steps = SharedSteps.attach(Path({str(tmp_path)!r}), {owner.name!r}, layout, layout.size)
-        steps._header[5] = -1  # results being written
+        steps._header[{_SLOT["result_step"]}] = -1  # results being written
         steps._obs[:2] = 7.0  # half the observations
         os.kill(os.getpid(), signal.SIGKILL)
         """
@@ -162,7 +168,8 @@ def test_the_folder_replaces_a_roles_buffer_and_removes_every_file_when_closed(t
     second, _ = shared.create("train", N, OBS, "discrete3")
     evaluation, _ = shared.create("eval", 1, OBS, "discrete3")
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([second, evaluation])
+    bells = [name + bell for name in (second, evaluation) for bell in (".env-bell", ".model-bell")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([second, evaluation, *bells])
     with pytest.raises(TornBuffer, match="attach again"):
         shared.get("train", first)
     shared.close()
@@ -172,6 +179,7 @@ def test_the_folder_replaces_a_roles_buffer_and_removes_every_file_when_closed(t
 def test_stale_buffers_of_a_killed_session_are_removed_and_nothing_else(tmp_path: Path) -> None:
     (tmp_path / f"train-1-ab{SUFFIX}").write_bytes(b"x")
     (tmp_path / f"eval-1-cd{SUFFIX}").write_bytes(b"x")
+    os.mkfifo(tmp_path / f"eval-1-cd{SUFFIX}.model-bell")
     (tmp_path / "env.sock").write_bytes(b"")
 
     assert remove_buffers(tmp_path) == 2
@@ -182,3 +190,133 @@ def test_only_an_ipc_endpoint_has_a_shared_folder() -> None:
     assert shared_folder("ipc:///run/x/ipc/env.sock") == Path("/run/x/ipc")
     assert shared_folder("tcp://127.0.0.1:5555") is None
     assert shared_folder("") is None
+
+
+class CountingEnv:
+    """A VecTradingEnv that counts its steps, so a step taken twice or lost shows."""
+
+    def __init__(self, fail_at: int = 0) -> None:
+        self.env = vec_env()
+        self.steps = 0
+        self.fail_at = fail_at
+
+    def step(self, actions: np.ndarray) -> Any:
+        if self.steps + 1 == self.fail_at:
+            self.fail_at = 0
+            raise ValueError("step: actions must be in [0, 3)")
+        self.steps += 1
+        return self.env.step(actions)
+
+
+def lease_in_thread(
+    owner: SharedSteps, env: CountingEnv, **limits: float
+) -> tuple[threading.Thread, list[int]]:
+    served: list[int] = []
+    thread = threading.Thread(target=lambda: served.append(owner.serve(env.step, **limits)), daemon=True)
+    thread.start()
+    return thread, served
+
+
+def wait_serving(model: SharedSteps) -> None:
+    deadline = time.monotonic() + 10
+    while not model._words[_SLOT["serving"]]:
+        assert time.monotonic() < deadline, "the lease never started"
+        time.sleep(0.001)
+
+
+def test_a_lease_serves_steps_without_tokens_exactly_as_in_process(tmp_path: Path) -> None:
+    owner, model = pair(tmp_path)
+    env, twin = CountingEnv(), vec_env()
+    rng = np.random.default_rng(2)
+    first = model.put_actions(np.zeros(N, dtype=np.int64))
+    owner.serve_token(first, env.step)
+    twin.step(np.zeros(N, dtype=np.int64))
+    thread, served = lease_in_thread(owner, env, idle_s=5.0)
+    wait_serving(model)
+
+    for _ in range(50):
+        actions = rng.integers(0, 3, size=N)
+        step = model.put_actions(actions)
+        assert model.wait(step), "a serving env actor answers through the buffer"
+        got, expected = model.read(step), twin.step(actions).finished_only()
+        np.testing.assert_array_equal(got.obs, expected.obs)
+        np.testing.assert_array_equal(got.reward, expected.reward)
+        np.testing.assert_array_equal(got.terminal_obs, expected.terminal_obs)
+
+    assert model.leased == 50 and env.steps == 51
+    owner._words[_SLOT["action_step"]] = -5  # not the next step: the lease ends and leaves it to a token
+    thread.join(10)
+    assert served == [50] and not model._words[_SLOT["serving"]]
+
+
+def test_a_lease_ends_when_steps_stop_coming_and_the_next_goes_by_token(tmp_path: Path) -> None:
+    owner, model = pair(tmp_path)
+    env = CountingEnv()
+    started = time.monotonic()
+
+    assert owner.serve(env.step, idle_s=0.02) == 0
+
+    assert time.monotonic() - started >= 0.02
+    step = model.put_actions(np.ones(N, dtype=np.int64))
+    assert not model.wait(step), "no lease: the model sends the token"
+    owner.serve_token(step, env.step)
+    assert env.steps == 1 and model.read(step).obs.shape == (N, *OBS)
+
+
+def test_a_token_for_a_step_the_lease_served_does_not_step_again(tmp_path: Path) -> None:
+    owner, model = pair(tmp_path)
+    env = CountingEnv()
+    thread, served = lease_in_thread(owner, env, idle_s=0.2)
+    wait_serving(model)
+    step = model.put_actions(np.ones(N, dtype=np.int64))
+    thread.join(10)  # no step comes after this one: the lease ends
+    assert served == [1]
+
+    # The model gave up spinning just before the result came and sent the token anyway.
+    finished = owner.serve_token(step, env.step)
+
+    assert env.steps == 1 and finished == owner._words[_SLOT["finished"]]
+    assert model.read(step).reward.shape == (N,)
+
+
+def test_a_failed_step_ends_the_lease_and_its_token_reports_the_error(tmp_path: Path) -> None:
+    owner, model = pair(tmp_path)
+    env = CountingEnv(fail_at=1)
+    thread, served = lease_in_thread(owner, env, idle_s=5.0)
+    wait_serving(model)
+    step = model.put_actions(np.ones(N, dtype=np.int64))
+
+    assert not model.wait(step), "the lease stopped serving without this step"
+    thread.join(10)
+    assert served == [0] and env.steps == 0
+    env.fail_at = 1
+    with pytest.raises(ValueError, match="actions must be in"):
+        owner.serve_token(step, env.step)
+
+
+def test_a_model_spinning_on_a_killed_env_actor_gives_up_and_sends_the_token(tmp_path: Path) -> None:
+    owner, model = pair(tmp_path)
+    owner._words[_SLOT["serving"]] = 1  # a lease whose env actor was killed: nobody clears the word
+    step = model.put_actions(np.ones(N, dtype=np.int64))
+    started = time.monotonic()
+
+    assert not model.wait(step, deadline_s=0.05)
+
+    assert 0.05 <= time.monotonic() - started < 5.0
+    with pytest.raises(TornBuffer, match=f"not step {step}"):
+        model.read(step)
+
+
+def test_a_portfolio_buffer_holds_a_row_of_weights_per_env(tmp_path: Path) -> None:
+    layout = StepLayout.of(N, OBS, "discrete3", action_size=4)
+    owner = SharedSteps.create(tmp_path, "train", layout)
+    model = SharedSteps.attach(tmp_path, owner.name, layout, layout.size)
+    weights = np.arange(N * 4, dtype=np.float32).reshape(N, 4) / 10
+
+    step = model.put_actions(weights)
+
+    assert not layout.discrete and "of 4 weights" in layout.describe()
+    np.testing.assert_array_equal(owner.take_actions(step), weights)
+    single = dataclasses.replace(layout, action_size=0)
+    with pytest.raises(ValueError, match=r"refused: .* needs \d+"):
+        SharedSteps.attach(tmp_path, owner.name, single, layout.size)

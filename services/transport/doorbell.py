@@ -1,0 +1,139 @@
+"""Wake a process that sleeps on a shared buffer: a named pipe and a word saying whether anyone sleeps.
+
+A process waiting for the other side of a shared step buffer first spins on the buffer's step word (the
+other side usually answers within microseconds); if nothing comes within its spin time it sets its
+`sleeping` word, checks the step word once more and blocks in poll() on its pipe. The other side rings
+the pipe (writes one byte) after each step word it writes, but only while the `sleeping` word is set, so
+a step between two spinning processes costs no system call at all. A blocked process wakes in tens of
+microseconds and, on a busy machine, is preferred by the scheduler over processes that kept running,
+which a process that spins or yields is not.
+
+Spinning pays only while a core is free for it: with more runnable tasks than cores, a spinning process
+takes CPU from the very process it waits for. `CpuLoad` reads the kernel's count of runnable tasks, and
+the waiters spin long on an idle machine and only briefly on a crowded one.
+
+A ring can be missed in one interleaving (the sleeper sets its word while the ringer reads the old one:
+no fence orders a store before a later load here); the sleeper's poll has a timeout (`NAP_S`) after
+which it checks the step word again, so a missed ring costs that much once and loses nothing.
+
+The pipes live next to their buffer in the session's 0700 ipc folder (0600), are made by the buffer's
+owner and removed with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+NAP_S = 0.002
+"""The longest a sleeper blocks before it looks at the step word again (a missed ring costs this)."""
+LOAD_REFRESH_S = 0.002
+"""How long CpuLoad trusts its last reading of /proc/loadavg."""
+
+
+class CpuLoad:
+    """Tell whether this machine has more runnable tasks than cores now (then spinning steals CPU)."""
+
+    def __init__(self, path: str = "/proc/loadavg") -> None:
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            self._fd = -1  # no /proc: count the machine as crowded and spin briefly
+        affinity = getattr(os, "sched_getaffinity", None)
+        self.cpus = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+        self._checked = -1.0
+        self._crowded = True
+
+    def crowded(self) -> bool:
+        """Return True while the runnable tasks (this one included) outnumber the cores."""
+        now = time.perf_counter()
+        if now - self._checked > LOAD_REFRESH_S and self._fd >= 0:
+            self._checked = now
+            try:
+                running = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
+            except (OSError, ValueError, IndexError):
+                running = self.cpus + 1
+            self._crowded = running > self.cpus
+        return self._crowded
+
+    def close(self) -> None:
+        """Close /proc/loadavg."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Doorbell:
+    """One direction of wake-ups: a named pipe, and the header word that says the other side sleeps."""
+
+    def __init__(self, path: Path, words: memoryview, slot: int) -> None:
+        """Open the pipe at path (made by `make`); `words[slot]` is 1 while a process sleeps on it."""
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError(f"{path.name} refused: not a named pipe")
+        self.path = path
+        self._fd = fd
+        self._words = words
+        self._slot = slot
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+
+    @staticmethod
+    def make(path: Path) -> None:
+        """Create the named pipe (0600) for a new buffer; an old one of that name is replaced."""
+        path.unlink(missing_ok=True)
+        os.mkfifo(path, 0o600)
+
+    def ring(self) -> None:
+        """Wake the process sleeping on this bell, if one does (no system call otherwise)."""
+        if self._words[self._slot]:
+            # A full pipe (BlockingIOError) holds rings enough: the sleeper wakes anyway.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._fd, b"\x01")
+
+    def wait(self, ready: Callable[[], bool], spin_s: float, deadline: float) -> bool:
+        """Return True once ready() holds; spin spin_s, then sleep on the bell; False at deadline.
+
+        Args:
+            ready: the condition, read from the shared buffer (cheap, no side effects).
+            spin_s: seconds to spin before sleeping.
+            deadline: time.perf_counter() value after which to give up.
+        """
+        if ready():
+            return True
+        clock = time.perf_counter
+        spin_until = min(clock() + spin_s, deadline)
+        while clock() < spin_until:
+            if ready():
+                return True
+        words, slot = self._words, self._slot
+        while True:
+            remaining = deadline - clock()
+            if remaining <= 0:
+                return ready()
+            words[slot] = 1
+            try:
+                if ready():
+                    return True
+                if self._poll.poll(max(1, int(min(remaining, NAP_S) * 1000))):
+                    self._drain()
+            finally:
+                words[slot] = 0
+            if ready():
+                return True
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._fd, 4096)
+
+    def close(self) -> None:
+        """Close this process's end of the pipe."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
