@@ -18,7 +18,8 @@ from actors.environment import EnvActor
 from actors.ports import Ports
 from messages import AttachShared, DataBlock, DataComplete, DataInstalled, SharedAttached
 from services.env.factory import VecEnvFactory
-from services.env.options import EnvOptions
+from services.env.options import EnvOptions, PortfolioOptions
+from services.env.portfolio import VecPortfolioEnv
 from services.env.vec_env import VecTradingEnv
 from services.model.remote_vec_env import RemoteBackend, RemoteVecEnv
 from services.runtime import PsutilProbe, SystemClock
@@ -28,7 +29,7 @@ from tests.integration.signing import KEY
 
 MAX_BYTES = 64 << 20
 WAIT_S = 30.0
-BARS, N_ENVS, SEED = 160, 5, 11
+BARS, N_ENVS, SEED, ASSETS = 160, 5, 11, 3
 
 # Every action, reward and fill; leverage and borrow vary with them so that ruin and borrow are exercised.
 EVERY_OPTION = [
@@ -67,24 +68,55 @@ class Served:
         self.ref.stop(block=True, timeout=WAIT_S)
 
 
-def serve(options: EnvOptions, endpoint: str, folder: Path, *, shared: bool) -> Served:
+def serve(
+    options: EnvOptions,
+    endpoint: str,
+    folder: Path,
+    *,
+    shared: bool,
+    portfolio: PortfolioOptions | None = None,
+) -> Served:
     """Start the real env actor on endpoint and install the train split the way the data actor does."""
     ports = Ports(server=lambda: Server(endpoint, max_bytes=MAX_BYTES, name="env", key=KEY))
+    symbols = tuple(f"S{i}" for i in range(ASSETS)) if portfolio else ()
     ref = EnvActor.start(
-        factory=VecEnvFactory(options, seed=SEED),
+        factory=VecEnvFactory(options, seed=SEED, portfolio=portfolio, symbols=symbols),
         shared=SharedFolder(folder) if shared else None,
         ports=ports,
         clock=SystemClock(),
         probe=PsutilProbe(),
     )
     client = Client(endpoint, max_bytes=MAX_BYTES, timeout_s=WAIT_S, sender="model", key=KEY)
-    features, open_, close = market()
     stamps = np.arange(BARS, dtype=np.int64) * 86_400_000_000_000
-    arrays = {"features": features, "open": open_, "close": close, "timestamp": stamps}
+    if portfolio is None:
+        features, open_, close = market()
+        arrays = {"features": features, "open": open_, "close": close, "timestamp": stamps}
+    else:
+        features, open_, close, tradable = universe()
+        arrays = {
+            "features": features,
+            "open": open_,
+            "close": close,
+            "timestamp": stamps,
+            "tradable": tradable,
+        }
     client.request(DataBlock(split="train", offset=0, total_rows=BARS, **arrays))
     done = client.request(DataComplete(split="train", total_rows=BARS, bars_per_year=252.0, episode=1))
     assert isinstance(done, DataInstalled) and done.rows == BARS, done
     return Served(ref, client, folder)
+
+
+def universe(seed: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Bars of ASSETS symbols; the last one lists 40 bars late (no bar, not tradable before)."""
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, (BARS, ASSETS)), axis=0))
+    open_ = close * np.exp(rng.normal(0, 0.005, (BARS, ASSETS)))
+    tradable = np.ones((BARS, ASSETS), dtype=bool)
+    tradable[:40, -1] = False
+    close[:40, -1] = open_[:40, -1] = np.nan
+    features = rng.normal(size=(BARS, ASSETS, 2)).astype(np.float32)
+    features[:40, -1] = 0.0
+    return features, open_, close, tradable
 
 
 @pytest.fixture(params=["ipc", "tcp"])
@@ -148,6 +180,42 @@ def test_the_env_actor_steps_like_the_same_envs_in_process_over_both_paths(
     finally:
         served.close()
     assert not any(folder.glob(f"*{SUFFIX}*")), "the env actor removes its buffers and bells when it stops"
+
+
+@pytest.mark.parametrize("weights", ["long_only", "long_short"])
+def test_portfolio_envs_step_through_both_paths_like_the_same_envs_in_process(
+    transport: tuple[str, Path], weights: str
+) -> None:
+    endpoint, folder = transport
+    options = EnvOptions(
+        n_envs=N_ENVS, window=4, episode_length=15, max_leverage=1.5, borrow_bps_per_year=200.0
+    )
+    portfolio = PortfolioOptions(weights=weights)
+    served = serve(options, endpoint, folder, shared=True, portfolio=portfolio)
+    twin = VecPortfolioEnv(options, portfolio, seed=SEED)
+    twin.update_data(*universe())
+    try:
+        backend = RemoteBackend(served.client, "train")
+        remote = RemoteVecEnv(backend)
+        remote.seed(SEED)
+        np.testing.assert_array_equal(remote.reset(), twin.reset(seed=SEED))
+        rng = np.random.default_rng(8)
+
+        for _ in range(60):
+            actions = rng.uniform(-1.0, 1.0, size=(N_ENVS, twin.action_size)).astype(np.float32)
+            obs, rewards, dones, infos = remote.step(actions)
+            expected = twin.step(actions)
+            np.testing.assert_array_equal(obs, expected.obs)
+            np.testing.assert_array_equal(rewards, expected.reward)
+            np.testing.assert_array_equal(dones, expected.terminated | expected.truncated)
+            for i in np.flatnonzero(dones):
+                np.testing.assert_array_equal(infos[i]["terminal_observation"], expected.terminal_obs[i])
+
+        assert backend.shared == endpoint.startswith("ipc://")
+        if backend.shared:
+            assert backend.tokens < 60, "the portfolio's rows of weights travel through the shared buffer"
+    finally:
+        served.close()
 
 
 def test_a_restarted_env_actor_is_attached_again_after_one_failed_step(tmp_path: Path) -> None:
