@@ -238,6 +238,73 @@ def test_the_portfolio_figures_follow_from_the_eval_csv(embedded: Run) -> None:
     assert bench["total_return"] == pytest.approx(equal_weight[-1] - 1, rel=1e-9)
 
 
+TINY_BOX = [
+    "--set", "env.n_envs=2",
+    "--set", "env.window=4",
+    "--set", "env.episode_length=32",
+    "--set", "model.net_arch=[8]",
+    "--set", "training.steps_per_episode=256",
+    "--set", "training.piece_steps=128",
+    "--set", "session.figures=false",
+    "--set", "session.console=off",
+]  # fmt: skip
+"""A portfolio session of 256 steps on 2 envs, small enough for every algorithm below; no figures."""
+ALGORITHMS: dict[str, list[str]] = {
+    "a2c": ["--set", "model.hyperparams.n_steps=8"],
+    "sac": [
+        "--set", "model.hyperparams.learning_starts=64",
+        "--set", "model.hyperparams.batch_size=32",
+        "--set", "model.hyperparams.buffer_size=1000",
+    ],
+    # Long-short too: TD3's deterministic actions become raw weights of M values instead of M + 1.
+    "td3": [
+        "--set", "portfolio.weights=long_short",
+        "--set", "model.hyperparams.learning_starts=64",
+        "--set", "model.hyperparams.batch_size=32",
+        "--set", "model.hyperparams.buffer_size=1000",
+    ],
+    "recurrent_ppo": [
+        "--set", "model.hyperparams.n_steps=32",
+        "--set", "model.hyperparams.batch_size=64",
+        "--set", "model.hyperparams.n_epochs=1",
+    ],
+}  # fmt: skip
+"""The Box-action algorithms besides PPO (trained by the sessions above), each with a tiny budget."""
+
+
+@pytest.fixture(scope="module")
+def box_algorithms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Run one tiny embedded-universe session per algorithm, all at once (each is mostly start-up)."""
+    runs_dir = tmp_path_factory.mktemp("algorithms")
+    procs = {
+        name: start_session(
+            [*PORTFOLIO, *TINY_BOX, "--set", f"model.algorithm={name}", *settings], runs_dir, name
+        )
+        for name, settings in ALGORITHMS.items()
+    }
+    return {name: Run(runs_dir / name, proc) for name, proc in procs.items()}
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_each_box_action_algorithm_trains_on_the_embedded_universe(
+    box_algorithms: dict[str, Run], algorithm: str
+) -> None:
+    run = box_algorithms[algorithm]
+
+    assert run.returncode == 0, run.err
+    created = [e for e in run.events if e["type"] == "ModelCreated"]
+    assert [e["algorithm"] for e in created] == [algorithm]
+    finished = [e for e in run.events if e["type"] == "EpisodeFinished"]
+    assert [e["steps"] for e in finished] == [256]
+    assert (run.run_dir / "checkpoints" / "latest.json").is_file()
+    weights = run.per_asset("weight")
+    assert weights.shape[1] == 20 and len(run.column("equity")) > 100
+    if algorithm == "td3":
+        assert (np.abs(weights).sum(axis=1) <= 1.0 + 1e-9).all() and (weights < 0).any()
+    else:
+        assert (weights >= 0).all() and (weights.sum(axis=1) <= 1.0 + 1e-9).all()
+
+
 def test_dqn_on_a_portfolio_is_refused_in_one_line_with_status_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), *PORTFOLIO, "--set", "model.algorithm=dqn", "--set",
