@@ -28,6 +28,7 @@ from launcher.supervisor import ACTOR_KINDS
 from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, Parser, project_path
 from messages.envelope import SessionKey
 from services.config import Config, config_from_dict, read_yaml
+from services.forkserver import launcher_gone
 from services.runtime import PsutilProbe, SystemClock
 from services.transport.auth import read_session_key
 from services.transport.endpoints import Endpoints
@@ -61,9 +62,9 @@ def actor_main(argv: Sequence[str]) -> int:
         deadline = min(deadline, time.monotonic() + STOP_GRACE_S)
 
     signal.signal(signal.SIGTERM, request_stop)
-    parent = os.getppid()
+    gone = launcher_gone()
     while not host.note.event.wait(1.0):
-        if os.getppid() != parent and deadline == math.inf:
+        if gone() and deadline == math.inf:
             logger.warning("%s: the launcher is gone; stopping", kind)
             request_stop()
         if time.monotonic() > deadline:

@@ -12,11 +12,13 @@ import os
 import time
 from pathlib import Path
 
+from launcher.forkserver import add_fork_argument, fork_server
 from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, UsageError, add_set_argument
 from services.config import load_config
 from services.errors import InputError
 from services.experiments import stats
 from services.experiments.runner import SessionFailed, SessionResult, run_session
+from services.forkserver import ForkClient
 
 INTERVAL_SEED = 0
 """Seed of the bootstrap resampling (the same seeds' results give the same intervals)."""
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="S: sessions, one per seed (default: 3)")
     parser.add_argument("--name", help="run name: the seeds' folders are runs/NAME/seed-<s>")
     add_set_argument(parser, "set one config key for every seed's session (repeat it)")
+    add_fork_argument(parser)
 
 
 def seeds_main(args: argparse.Namespace) -> int:
@@ -44,16 +47,31 @@ def seeds_main(args: argparse.Namespace) -> int:
     folder = (runs if runs.is_absolute() else ROOT / runs) / name
     if folder.exists():
         raise UsageError(f"run.py seeds: {folder} already exists: choose another --name")
+    with fork_server(args, lambda line: print(line, flush=True)) as fork:
+        return _run_seeds(args, config.training.seed, overrides, folder, fork)
+
+
+def _run_seeds(
+    args: argparse.Namespace,
+    base_seed: int,
+    overrides: tuple[str, ...],
+    folder: Path,
+    fork: ForkClient | None,
+) -> int:
+    """Run the seeds' sessions one after another, then print and write their summary."""
+    name = folder.name
     results: list[SessionResult] = []
     for seed in range(args.seeds):
-        value = config.training.seed + seed
+        value = base_seed + seed
         print(
             f"seed {seed} (training.seed={value}): monitor: python run.py monitor --run "
             f"{folder / f'seed-{seed}'}",
             flush=True,
         )
         try:
-            result = run_session(args.config, [*overrides, f"training.seed={value}"], folder, f"seed-{seed}")
+            result = run_session(
+                args.config, [*overrides, f"training.seed={value}"], folder, f"seed-{seed}", fork=fork
+            )
         except SessionFailed as exc:
             print(f"error: {exc}", flush=True)
             return EXIT_FAILURE

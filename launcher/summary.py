@@ -88,9 +88,15 @@ def recorded_evaluations(events_path: Path) -> list[dict[str, Any]]:
 
 
 def write_run_report(
-    run_dir: Path, *, name: str, model_id: str, evaluations: Sequence[Mapping[str, Any]]
+    run_dir: Path,
+    *,
+    name: str,
+    model_id: str,
+    evaluations: Sequence[Mapping[str, Any]],
+    figures: bool = True,
 ) -> bool:
-    """Write report.md and its plots from every evaluation of the run, one per episode (the latest wins).
+    """Write report.md and its plots (figures) from every evaluation of the run, one per episode (the
+    latest wins).
 
     Return False, having said why in one line on stderr (the traceback goes to the log file), when the
     report or a plot could not be written; True when it was written or there was nothing to report.
@@ -99,7 +105,9 @@ def write_run_report(
     if not by_episode:
         return True
     try:
-        path = write_report(run_dir, name=name, model_id=model_id, evaluations=list(by_episode.values()))
+        path = write_report(
+            run_dir, name=name, model_id=model_id, evaluations=list(by_episode.values()), figures=figures
+        )
     except Exception as exc:
         logger.info("report failed", exc_info=True)
         print(f"report: not written ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)

@@ -28,13 +28,53 @@ ACTOR_KINDS = ("monitor", "data", "env", "model")
 """Start order of the actor processes; they stop in reverse (the model first)."""
 
 
+class Process(Protocol):
+    """What the supervisor does with an actor's process (`subprocess.Popen` has it)."""
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        ...
+
+    def poll(self) -> int | None:
+        """Return the exit status if the process has ended, else None."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the end and return the status; raise subprocess.TimeoutExpired past timeout."""
+        ...
+
+    def send_signal(self, sig: int) -> None:
+        """Send a signal."""
+        ...
+
+    def kill(self) -> None:
+        """Send SIGKILL."""
+        ...
+
+
+Spawn = Callable[[list[str], dict[str, str]], Process]
+"""Starts `run.py ARGS` (the arguments after run.py) with an environment; stdin is /dev/null."""
+
+
+def popen_spawn(run_py: Path) -> Spawn:
+    """Return a spawner that starts a fresh interpreter: `python run.py ARGS` (the default)."""
+
+    def spawn(args: list[str], env: dict[str, str]) -> Process:
+        return subprocess.Popen([sys.executable, str(run_py), *args], env=env, stdin=subprocess.DEVNULL)
+
+    return spawn
+
+
 @dataclass(slots=True)
 class ActorProcess:
-    """One actor's process: started as `python run.py _actor KIND --run-dir DIR`."""
+    """One actor's process: `run.py _actor KIND --run-dir DIR`, a fresh interpreter unless a fork server
+    of a study starts it."""
 
     kind: str
-    argv: list[str]
-    proc: subprocess.Popen[bytes] | None = None
+    args: list[str]
+    spawn: Spawn
+    proc: Process | None = None
 
     @property
     def pid(self) -> int:
@@ -43,8 +83,7 @@ class ActorProcess:
 
     def start(self) -> None:
         """Start the process; it ignores SIGINT (the launcher coordinates every stop)."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL)
+        self.proc = self.spawn(self.args, dict(os.environ, PYTHONUNBUFFERED="1"))
         logger.info("%s actor process started (pid %d)", self.kind, self.proc.pid)
 
     def exit_code(self) -> int | None:
@@ -75,10 +114,16 @@ class ProcessTable(Protocol):
 class Supervisor:
     """Own the actor processes of a session."""
 
-    def __init__(self, run_py: Path, run_dir: Path, kinds: Sequence[str] = ACTOR_KINDS) -> None:
+    def __init__(
+        self,
+        run_py: Path,
+        run_dir: Path,
+        kinds: Sequence[str] = ACTOR_KINDS,
+        spawn: Spawn | None = None,
+    ) -> None:
+        starter = spawn if spawn is not None else popen_spawn(run_py)
         self.processes: dict[str, ActorProcess] = {
-            kind: ActorProcess(kind, [sys.executable, str(run_py), "_actor", kind, "--run-dir", str(run_dir)])
-            for kind in kinds
+            kind: ActorProcess(kind, ["_actor", kind, "--run-dir", str(run_dir)], starter) for kind in kinds
         }
 
     def start_all(self) -> None:

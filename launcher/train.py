@@ -21,7 +21,14 @@ from launcher.monitor import monitor_command
 from launcher.preflight import Prepared, prepare
 from launcher.signals import SignalLatch
 from launcher.summary import print_summary, recorded_evaluations, write_run_report
-from launcher.supervisor import SupervisionPolicy, SupervisionRules, Supervisor, wait_started
+from launcher.supervisor import (
+    Process,
+    Spawn,
+    SupervisionPolicy,
+    SupervisionRules,
+    Supervisor,
+    wait_started,
+)
 from launcher.usage import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -32,6 +39,7 @@ from launcher.usage import (
     project_path,
 )
 from messages import ActorRestarted, EvaluationReport, SessionStarted
+from services.forkserver import ForkClient
 from services.model.checkpoint import latest_checkpoint, write_json_atomic
 from services.runtime import SystemClock, rss_bytes
 from services.session.recorder import RunRecorder, write_eval_csv
@@ -105,6 +113,18 @@ def train(args: argparse.Namespace) -> int:
         shutil.rmtree(ipc, ignore_errors=True)
 
 
+def _fork_spawn(client: ForkClient | None) -> Spawn | None:
+    """Return a spawner of actor processes forked by the study's fork server that started this launcher
+    (None: a fresh interpreter per actor, as `python run.py` does)."""
+    if client is None:
+        return None
+
+    def spawn(args: list[str], env: dict[str, str]) -> Process:
+        return client.spawn(args, cwd=Path.cwd(), env=env, die_with_server=False, watched=True)
+
+    return spawn
+
+
 class _SessionActions:
     """What supervision does to the session: restore the model, announce restarts, give up."""
 
@@ -147,7 +167,8 @@ class _Session:
         self.earlier = earlier
         self.name = prepared.run_dir.name
         self.clock = SystemClock()
-        self.supervisor = Supervisor(RUN_PY, prepared.run_dir)
+        spawn = _fork_spawn(ForkClient.from_environment())
+        self.supervisor = Supervisor(RUN_PY, prepared.run_dir, spawn=spawn)
         self.signals = SignalLatch()
         self.reports: list[EvaluationReport] = []
         self.started = time.monotonic()
@@ -195,6 +216,7 @@ class _Session:
                 name=self.name,
                 model_id=snapshot["model"]["model_id"],
                 evaluations=[*self.earlier, *snapshot["evaluations"]],
+                figures=opts.figures,
             )
             return exit_code if reported else exit_code or EXIT_FAILURE
         except RuntimeError as exc:

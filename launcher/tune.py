@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from launcher.forkserver import add_fork_argument, fork_server
 from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, UsageError, add_set_argument
 from services.config import load_config
 from services.errors import InputError
@@ -22,6 +23,7 @@ from services.experiments import study as studies
 from services.experiments.lockbox import run_lockbox
 from services.experiments.space import read_space
 from services.experiments.study_report import write_study_report
+from services.forkserver import ForkClient
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top", type=int, default=3, help="trials evaluated on the lockbox (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler (default: 0)")
+    add_fork_argument(parser)
     add_set_argument(parser, "set one config key for every session of the study (repeat it)")
 
 
@@ -63,17 +66,29 @@ def tune_main(args: argparse.Namespace) -> int:
         f"runs in {settings.folder}"
     )
     settings.folder.mkdir(parents=True, exist_ok=True)
+    with fork_server(args, _say) as fork:
+        return _search(settings, study, shown, args.workers, fork)
+
+
+def _search(
+    settings: studies.StudySettings,
+    study: optuna.Study,
+    shown: str,
+    workers: int,
+    fork: ForkClient | None,
+) -> int:
+    """Run the workers until the study holds N trials, then the lockbox; write the report."""
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def work(index: int) -> None:
         try:
-            studies.Worker(settings, study, stop, _say, index).run()
+            studies.Worker(settings, study, stop, _say, index, fork).run()
         except Exception as exc:  # a worker's failure ends this process's search with its reason
             errors.append(exc)
             stop.set()
 
-    threads = [threading.Thread(target=work, args=(i,), name=f"tune-{i}") for i in range(args.workers)]
+    threads = [threading.Thread(target=work, args=(i,), name=f"tune-{i}") for i in range(workers)]
     try:
         for thread in threads:
             thread.start()
@@ -94,7 +109,7 @@ def tune_main(args: argparse.Namespace) -> int:
     if settings.lockbox_fraction > 0.0 and not stop.is_set():
         _wait_for_running(study, stop)
         try:
-            lockbox = run_lockbox(settings, study, _say, stop)
+            lockbox = run_lockbox(settings, study, _say, stop, fork)
         except KeyboardInterrupt:
             stop.set()
             return 130

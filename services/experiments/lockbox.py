@@ -22,6 +22,7 @@ from services.experiments.study import (
     trial_overrides,
     trial_params,
 )
+from services.forkserver import ForkClient
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +59,11 @@ def lockbox_overrides(settings: StudySettings) -> list[str]:
 
 
 def run_lockbox(
-    settings: StudySettings, study: optuna.Study, progress: Progress, stop: threading.Event
+    settings: StudySettings,
+    study: optuna.Study,
+    progress: Progress,
+    stop: threading.Event,
+    fork: ForkClient | None = None,
 ) -> list[LockboxResult] | None:
     """Train the top k complete trials on the data before the lockbox and evaluate them on it once.
 
@@ -99,6 +104,7 @@ def run_lockbox(
                 settings.folder / "lockbox" / f"trial-{trial.number}",
                 f"seed-{seed}",
                 should_stop=stop.is_set,
+                fork=fork,
             )
             sharpes.append(float(result.last.agent["sharpe"]))
             returns.append(float(result.last.agent["total_return"]))

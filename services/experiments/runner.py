@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import ctypes
 import itertools
 import json
 import math
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Protocol, TextIO
+
+from services.forkserver import ForkClient, die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_PY = ROOT / "run.py"
@@ -28,7 +28,6 @@ STOP_TIMEOUT_S = 60.0
 """How long a stopped session may take to checkpoint and exit before it is killed."""
 POLL_S = 0.25
 """How often the events file of a running session is read."""
-_PR_SET_PDEATHSIG = 1
 
 
 class SessionFailed(RuntimeError):
@@ -66,10 +65,20 @@ class SessionResult:
         return self.evaluations[-1]
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to send SIGTERM (a clean stop) to this child when its parent dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+class Process(Protocol):
+    """A session's launcher process: a `subprocess.Popen` or a child of the fork server."""
+
+    def poll(self) -> int | None:
+        """Return the exit status if the process has ended, else None."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the end and return the status; raise subprocess.TimeoutExpired past timeout."""
+        ...
+
+    def send_signal(self, sig: int) -> None:
+        """Send a signal."""
+        ...
 
 
 def run_session(
@@ -80,8 +89,12 @@ def run_session(
     *,
     on_evaluation: Callable[[Evaluation], None] = lambda _: None,
     should_stop: Callable[[], bool] = lambda: False,
+    fork: ForkClient | None = None,
 ) -> SessionResult:
     """Run one session to its end, calling on_evaluation after each episode's evaluation.
+
+    With a fork server (fork), the session's launcher and its actors are forked from it, with their
+    libraries already imported; without, each is a fresh interpreter.
 
     Raises:
         Stopped: should_stop (checked between polls) became true or on_evaluation raised Stopped; the
@@ -90,24 +103,29 @@ def run_session(
     """
     run_dir = runs_dir / name
     runs_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(RUN_PY)]
-    command += ["--config", str(config)] if config is not None else []
+    arguments = ["--config", str(config)] if config is not None else []
     for text in [*overrides, f"session.runs_dir={runs_dir}", "session.console=plain"]:
-        command += ["--set", text]
-    command += ["--name", name]
+        arguments += ["--set", text]
+    arguments += ["--name", name]
     with (
         (runs_dir / f"{name}.console.log").open("w") as console,
         (runs_dir / f"{name}.stderr.log").open("w+") as errors,
     ):
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=console,
-            stderr=errors,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
+        process: Process
+        if fork is not None:
+            process = fork.spawn(
+                arguments, cwd=ROOT, stdout=console, stderr=errors, new_session=True, die_with_server=True
+            )
+        else:
+            process = subprocess.Popen(
+                [sys.executable, str(RUN_PY), *arguments],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=errors,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         evaluations: list[Evaluation] = []
         try:
             for evaluation in _follow(run_dir / "events.jsonl", process, should_stop):
@@ -125,7 +143,7 @@ def run_session(
     return SessionResult(run_dir=run_dir, evaluations=tuple(evaluations))
 
 
-def stop_session(process: subprocess.Popen[Any], timeout_s: float = STOP_TIMEOUT_S) -> None:
+def stop_session(process: Process, timeout_s: float = STOP_TIMEOUT_S) -> None:
     """Stop a session cleanly (SIGINT, then wait), a second SIGINT and then SIGKILL past the deadline."""
     for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
         if process.poll() is not None:
@@ -136,9 +154,7 @@ def stop_session(process: subprocess.Popen[Any], timeout_s: float = STOP_TIMEOUT
             process.wait(timeout=wait_s)
 
 
-def _follow(
-    path: Path, process: subprocess.Popen[Any], should_stop: Callable[[], bool]
-) -> Iterator[Evaluation]:
+def _follow(path: Path, process: Process, should_stop: Callable[[], bool]) -> Iterator[Evaluation]:
     """Yield each EvaluationFinished of a running session's events file as it is written."""
     offset = 0
     pending = ""
@@ -159,12 +175,9 @@ def _follow(
                     yield event
         if not running:
             return
-        _sleep(POLL_S)
-
-
-def _sleep(seconds: float) -> None:
-    """Wait a little without holding anything (an Event, so a test's clock never matters)."""
-    threading.Event().wait(seconds)
+        # Waiting on the process rather than sleeping sees its exit at once.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=POLL_S)
 
 
 def _parse(line: str) -> Evaluation | None:

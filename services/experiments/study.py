@@ -37,6 +37,7 @@ from services.experiments.runner import (
 )
 from services.experiments.space import SearchSpace, choice_label, override
 from services.experiments.stats import interquartile_mean
+from services.forkserver import ForkClient
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ POLL_S = 1.0
 """How often a worker that waits for other workers' trials looks at the study."""
 CLAIM_SETTLE_S = 2.0
 """How long a worker waits after claiming the lockbox before it reads the claim back."""
+TRIAL_SESSION = "session.figures=false"
+"""What a trial's sessions leave out: the report's PNGs (report.md, the events and the CSVs stay)."""
 
 
 class StudyError(InputError, ValueError):
@@ -244,8 +247,10 @@ class Worker:
         stop: threading.Event,
         progress: Progress,
         index: int,
+        fork: ForkClient | None = None,
     ) -> None:
         self._settings = settings
+        self._fork = fork
         self._study = study
         self._stop = stop
         self._progress = progress
@@ -312,6 +317,7 @@ class Worker:
         shutil.rmtree(folder, ignore_errors=True)
         overrides = [*settings.overrides, *trial_overrides(settings.space, params)]
         overrides.append(f"data.split.lockbox_fraction={settings.lockbox_fraction}")
+        overrides.append(TRIAL_SESSION)
         sharpes, holds, curves = [], [], []
         for seed in range(settings.seeds):
             name = f"seed-{seed}"
@@ -333,6 +339,7 @@ class Worker:
                     name,
                     on_evaluation=report,
                     should_stop=self._stop.is_set,
+                    fork=self._fork,
                 )
             except Stopped as exc:
                 if self._stop.is_set():

@@ -56,6 +56,8 @@ class SessionOptions:
     """Timeout of the model actor's reset and step requests to the env actor (then it retries)."""
     max_message_bytes: int = 64 << 20
     """Largest message any socket accepts."""
+    figures: bool = True
+    """Draw the report's PNG figures; false writes report.md with its tables alone (a study's trials)."""
 
     def __post_init__(self) -> None:
         if self.console not in ("auto", "live", "plain", "off"):

@@ -299,9 +299,14 @@ def asset_table(columns: Mapping[str, list[str]]) -> list[tuple[str, float, floa
     return rows
 
 
-def _portfolio_section(figure: Any, plots: Path, episode: int, columns: Mapping[str, list[str]]) -> list[str]:
-    """Write a portfolio episode's weights-over-time PNG; return its markdown and contribution table."""
+def _portfolio_section(
+    figure: Any, plots: Path | None, episode: int, columns: Mapping[str, list[str]]
+) -> list[str]:
+    """Write a portfolio episode's weights-over-time PNG (none when plots is None); return its markdown and
+    contribution table."""
     table = asset_table(columns)
+    if plots is None:
+        return _asset_lines(table)
     series = _EpisodeSeries(episode, columns)
     fig = figure(figsize=(10, 4.5))
     ax = fig.add_subplot(1, 1, 1)
@@ -316,8 +321,12 @@ def _portfolio_section(figure: Any, plots: Path, episode: int, columns: Mapping[
     fig.tight_layout()
     name = f"{PLOTS_DIR}/weights-episode-{episode}.png"
     _save(fig, plots.parent / name)
-    lines = [f"![Episode {episode} weights]({name})", ""]
-    lines += [
+    return [f"![Episode {episode} weights]({name})", "", *_asset_lines(table)]
+
+
+def _asset_lines(table: list[tuple[str, float, float, float, float]]) -> list[str]:
+    """Return the markdown of a portfolio episode's per-asset contribution table."""
+    lines = [
         "| asset | contribution | costs | turnover | mean weight |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
@@ -339,6 +348,7 @@ def _markdown(
     latest_plot: tuple[int, str] | None,
     training_plot: str,
     asset_sections: Mapping[int, list[str]],
+    figures: bool = True,
 ) -> str:
     lines = [f"# Session {name}", ""]
     lines.append(f"Model `{model_id or '-'}`: one model trained and evaluated across every episode.")
@@ -398,6 +408,8 @@ def _markdown(
     lines += ["## Training", ""]
     if training_plot:
         lines += [f"![Training curves]({training_plot})", ""]
+    elif not figures:
+        lines += ["No figures: this session ran with `session.figures: false`.", ""]
     else:
         lines += ["No training values were recorded.", ""]
     lines += [
@@ -407,7 +419,9 @@ def _markdown(
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[dict[str, Any]]) -> Path:
+def write_report(
+    run_dir: Path, *, name: str, model_id: str, evaluations: list[dict[str, Any]], figures: bool = True
+) -> Path:
     """Write report.md and its PNGs; return its path.
 
     The PNGs: equity.png in the run folder (the equity with its position changes marked, the position
@@ -416,18 +430,13 @@ def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[d
 
     Args:
         evaluations: as in SessionState.to_dict()["evaluations"]: episode, agent and buy_and_hold metrics.
+        figures: False writes report.md alone, its tables and links without any PNG (and without
+            importing matplotlib): `session.figures: false`, as a study's trial sessions run.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    def figure(**kwargs: Any) -> Any:
-        # A bare Figure on an Agg canvas: no pyplot, so no global figure registry and no GUI backend.
-        fig = Figure(**kwargs)
-        FigureCanvasAgg(fig)
-        return fig
-
+    figure = _figure_maker() if figures else None
     plots = run_dir / PLOTS_DIR
-    plots.mkdir(exist_ok=True)
+    if figure is not None:
+        plots.mkdir(exist_ok=True)
     episode_plots: dict[int, list[str]] = {}
     asset_sections: dict[int, list[str]] = {}
     latest: _EpisodeSeries | None = None
@@ -436,13 +445,19 @@ def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[d
         columns = _read_csv(run_dir / f"eval-episode-{episode}.csv")
         if columns.get("equity") and ("buy_and_hold_equity" in columns or "equal_weight_equity" in columns):
             latest = _EpisodeSeries(episode, columns)
-            episode_plots[episode] = _plot_episode(figure, plots, latest)
+            if figure is not None:
+                episode_plots[episode] = _plot_episode(figure, plots, latest)
             if "equal_weight_equity" in columns:
-                asset_sections[episode] = _portfolio_section(figure, plots, episode, columns)
+                where = plots if figure is not None else None
+                asset_sections[episode] = _portfolio_section(figure, where, episode, columns)
         else:
             logger.warning("report: no per-bar records for episode %d; no plots", episode)
-    latest_plot = (latest.episode, _plot_latest(figure, run_dir, latest)) if latest is not None else None
-    training_plot = _plot_training(figure, plots, _read_csv(run_dir / "metrics.csv"))
+    latest_plot: tuple[int, str] | None = None
+    training_plot = ""
+    if figure is not None:
+        if latest is not None:
+            latest_plot = (latest.episode, _plot_latest(figure, run_dir, latest))
+        training_plot = _plot_training(figure, plots, _read_csv(run_dir / "metrics.csv"))
     config: Mapping[str, Any] = {}
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
@@ -458,6 +473,21 @@ def write_report(run_dir: Path, *, name: str, model_id: str, evaluations: list[d
         latest_plot=latest_plot,
         training_plot=training_plot,
         asset_sections=asset_sections,
+        figures=figure is not None,
     )
     _atomic_text(report, text)
     return report
+
+
+def _figure_maker() -> Any:
+    """Return a function that makes a bare Figure on an Agg canvas (no pyplot, so no global figure
+    registry and no GUI backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def figure(**kwargs: Any) -> Any:
+        fig = Figure(**kwargs)
+        FigureCanvasAgg(fig)
+        return fig
+
+    return figure
