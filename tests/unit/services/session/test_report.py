@@ -94,6 +94,26 @@ def test_the_report_and_its_plots_are_written_from_the_run_files(run_dir: Path) 
     assert not list(run_dir.rglob("*.tmp"))
 
 
+def test_without_figures_the_report_has_its_tables_and_no_png_and_no_matplotlib(run_dir: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; "
+        "from tests.unit.services.session.test_report import evaluation; "
+        "from services.session.report import write_report; "
+        f"write_report(Path({str(run_dir)!r}), name='demo', model_id='m-42', "
+        "evaluations=[evaluation(1), evaluation(2)], figures=False); "
+        "print('matplotlib' in sys.modules)"
+    )
+    command = [sys.executable, "-c", code]
+    loaded = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+
+    text = (run_dir / "report.md").read_text()
+    assert loaded.stdout.strip() == "False"
+    assert "| 2 | 20.00% | 5.00% | 1.200 | 0.600 | -4.00% | -12.00% | 9 |" in text
+    assert "](eval-episode-2.csv)" in text and "session.figures: false" in text
+    assert not re.findall(r"!\[", text)
+    assert not list(run_dir.rglob("*.png")) and not (run_dir / "plots").exists()
+
+
 def test_equity_png_shows_the_latest_episode_equity_over_its_drawdown(run_dir: Path) -> None:
     report = write_report(run_dir, name="demo", model_id="m-42", evaluations=[evaluation(1), evaluation(2)])
 
