@@ -8,9 +8,10 @@ a step between two spinning processes costs no system call at all. A blocked pro
 microseconds and, on a busy machine, is preferred by the scheduler over processes that kept running,
 which a process that spins or yields is not.
 
-Spinning pays only while a core is free for it: with more runnable tasks than cores, a spinning process
-takes CPU from the very process it waits for. `CpuLoad` reads the kernel's count of runnable tasks, and
-the waiters spin long on an idle machine and only briefly on a crowded one.
+Spinning pays only while a core is free for it: on a core shared with other busy processes, a spinning
+process takes CPU from the very process it waits for. `CpuLoad` reads how long the kernel kept the
+waiting thread from running, and the waiters spin long while that is near nothing and only briefly
+otherwise.
 
 A ring can be missed in one interleaving (the sleeper sets its word while the ringer reads the old one:
 no fence orders a store before a later load here); the sleeper's poll has a timeout (`NAP_S`) after
@@ -26,46 +27,66 @@ import contextlib
 import os
 import select
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 NAP_S = 0.002
 """The longest a sleeper blocks before it looks at the step word again (a missed ring costs this)."""
-LOAD_REFRESH_S = 0.002
-"""How long CpuLoad trusts its last reading of /proc/loadavg."""
+LOAD_WINDOW_S = 0.005
+"""How often CpuLoad looks at the thread's time spent waiting for a core."""
+CROWDED_SHARE = 0.1
+"""A thread that waited for a core more than this share of a window spins only briefly."""
 
 
 class CpuLoad:
-    """Tell whether this machine has more runnable tasks than cores now (then spinning steals CPU)."""
+    """Tell whether the calling thread has been kept waiting for a core lately (then spinning steals CPU).
 
-    def __init__(self, path: str = "/proc/loadavg") -> None:
-        try:
-            self._fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            self._fd = -1  # no /proc: count the machine as crowded and spin briefly
-        affinity = getattr(os, "sched_getaffinity", None)
-        self.cpus = len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-        self._checked = -1.0
-        self._crowded = True
+    The kernel counts, per thread, the time it was runnable but not running (`run_delay`, the second
+    field of /proc/self/task/TID/schedstat). A thread that spins on a free core has almost none; one that
+    shares its core with other busy processes of its priority waits for half its time slices. Processes
+    of a lower priority (nice) barely delay it, so they do not stop it from spinning.
+    """
+
+    def __init__(self, path_for: Callable[[int], str] | None = None) -> None:
+        """path_for(tid) names the thread's schedstat file (tests give another)."""
+        self._path_for = path_for or (lambda tid: f"/proc/self/task/{tid}/schedstat")
+        self._fds: dict[int, int] = {}
+        self._since = -1.0
+        self._delay = 0
+        self._crowded = False
 
     def crowded(self) -> bool:
-        """Return True while the runnable tasks (this one included) outnumber the cores."""
+        """Return True when this thread waited for a core more than CROWDED_SHARE of the last window."""
         now = time.perf_counter()
-        if now - self._checked > LOAD_REFRESH_S and self._fd >= 0:
-            self._checked = now
-            try:
-                running = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
-            except (OSError, ValueError, IndexError):
-                running = self.cpus + 1
-            self._crowded = running > self.cpus
+        elapsed = now - self._since
+        if elapsed < LOAD_WINDOW_S:
+            return self._crowded
+        delay = self._run_delay()
+        if delay < 0:
+            self._crowded = True  # no schedstat (not Linux, or hidden): spin briefly
+        elif self._since >= 0:
+            self._crowded = (delay - self._delay) / 1e9 > CROWDED_SHARE * elapsed
+        self._since, self._delay = now, delay
         return self._crowded
 
+    def _run_delay(self) -> int:
+        """Return the calling thread's run_delay in ns, or -1 where the kernel does not tell."""
+        tid = threading.get_native_id()
+        fd = self._fds.get(tid)
+        try:
+            if fd is None:
+                fd = self._fds[tid] = os.open(self._path_for(tid), os.O_RDONLY)
+            return int(os.pread(fd, 128, 0).split()[1])
+        except (OSError, ValueError, IndexError):
+            return -1
+
     def close(self) -> None:
-        """Close /proc/loadavg."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Close the schedstat files."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 class Doorbell:
@@ -83,6 +104,8 @@ class Doorbell:
         self._slot = slot
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
+        self.sleeps = 0
+        """Waits on this bell that went to sleep after their spin (the rest ended spinning)."""
 
     @staticmethod
     def make(path: Path) -> None:
@@ -113,6 +136,7 @@ class Doorbell:
             if ready():
                 return True
         words, slot = self._words, self._slot
+        self.sleeps += 1
         while True:
             remaining = deadline - clock()
             if remaining <= 0:

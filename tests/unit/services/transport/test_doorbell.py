@@ -1,5 +1,5 @@
 """Doorbells: a ring wakes a sleeper at once, costs nothing while nobody sleeps, and a missed one only
-delays; the load probe reads the kernel's runnable count."""
+delays; the load probe reads how long the thread waited for a core."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.transport.doorbell import NAP_S, CpuLoad, Doorbell
+from services.transport.doorbell import LOAD_WINDOW_S, NAP_S, CpuLoad, Doorbell
 
 
 def bell(folder: Path) -> tuple[Doorbell, Doorbell, memoryview]:
@@ -65,16 +65,31 @@ def test_a_bell_that_is_not_a_named_pipe_is_refused(tmp_path: Path) -> None:
         Doorbell(tmp_path / "x.bell", memoryview(bytearray(8)).cast("q"), 0)
 
 
-@pytest.mark.parametrize(("running", "crowded"), [(1, False), (2, False), (3, True)])
-def test_the_load_probe_counts_runnable_tasks_against_cores(
-    tmp_path: Path, running: int, crowded: bool
+def test_a_thread_kept_waiting_for_a_core_counts_as_crowded_and_one_that_runs_does_not(
+    tmp_path: Path,
 ) -> None:
-    (tmp_path / "loadavg").write_text(f"0.50 0.40 0.30 {running}/345 12345\n")
-    load = CpuLoad(str(tmp_path / "loadavg"))
-    load.cpus = 2
+    stat = tmp_path / "schedstat"
+    stat.write_text("1000 0 1\n")
+    load = CpuLoad(lambda tid: str(stat))
+    assert not load.crowded(), "no history yet: spin"
+    time.sleep(2 * LOAD_WINDOW_S)
+    stat.write_text("2000 100 2\n")  # 100 ns of waiting in a window of milliseconds
+    assert not load.crowded()
+    time.sleep(2 * LOAD_WINDOW_S)
+    stat.write_text(f"3000 {100 + 10**9} 3\n")  # a second of waiting
+    assert load.crowded()
+    load.close()
 
-    assert load.crowded() is crowded
+
+def test_the_real_probe_reads_this_threads_schedstat() -> None:
+    load = CpuLoad()
+    load.crowded()
+    time.sleep(2 * LOAD_WINDOW_S)
+    load.crowded()
+    assert load._fds, "the calling thread's schedstat was opened"
+    load.close()
 
 
-def test_without_proc_the_machine_counts_as_crowded(tmp_path: Path) -> None:
-    assert CpuLoad(str(tmp_path / "missing")).crowded()
+def test_without_schedstat_the_machine_counts_as_crowded(tmp_path: Path) -> None:
+    load = CpuLoad(lambda tid: str(tmp_path / "missing"))
+    assert load.crowded()
