@@ -336,3 +336,50 @@ def test_predict_prints_the_target_weight_of_every_symbol_as_json(embedded: Run)
     assert all(w >= 0 for w in answer["weights"].values())
     assert answer["cash"] == pytest.approx(1 - sum(answer["weights"].values()), abs=1e-12)
     assert answer["timestamp"].startswith("2022-12-28")
+
+
+def write_wide_universe(path: Path, n_symbols: int, n_bars: int) -> Path:
+    """Write a wide file of n_symbols random-walk closes over n_bars weekdays."""
+    rng = np.random.default_rng(11)
+    days = np.arange(np.datetime64("2015-01-05"), np.datetime64("2015-01-05") + 2 * n_bars)
+    days = days[np.is_busday(days)][:n_bars]
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0.0003, 0.015, (n_bars, n_symbols)), axis=0))
+    with path.open("w") as fh:
+        fh.write(",".join(["Date", *(f"S{j:03d}" for j in range(n_symbols))]) + "\n")
+        for day, row in zip(days, close, strict=True):
+            fh.write(f"{day}," + ",".join(f"{v:.4f}" for v in row) + "\n")
+    return path
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the model actor asks for eval records in pieces of max_message_bytes / 80 rows "
+    "(actors/model.py RECORD_ROW_BYTES, a single-asset row), but a portfolio row carries 41 bytes per "
+    "asset more: 180 rows x 500 assets is about 3.7 MB, so the env actor's reply exceeds the limit",
+)
+def test_the_eval_records_of_500_assets_come_in_pieces_under_a_small_message_limit(tmp_path: Path) -> None:
+    source = write_wide_universe(tmp_path / "wide.csv", 500, 300)
+
+    settings = [
+        "--set", f"data.source.path={source}",
+        "--set", "data.universe.cross_sectional=[]",
+        "--set", "data.features.names=[ret_1,ret_5]",
+        "--set", "data.cache=false",
+        "--set", "data.split.train_fraction=0.4",  # 180 eval bars, 20 kB a row
+        "--set", "env.window=2",
+        "--set", "session.max_message_bytes=1048576",
+        "--set", "session.env_timeout_s=2",
+        "--set", "session.figures=false",
+        "--set", "training.steps_per_episode=256",
+    ]  # fmt: skip
+    proc = start_session([*PORTFOLIO, *TINY, *settings], tmp_path / "runs", "wide500")
+    _, err = proc.communicate(timeout=300)
+
+    assert proc.returncode == 0, err
+    with (tmp_path / "runs" / "wide500" / "eval-episode-1.csv").open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert [name for name in rows[0] if name.startswith("weight:")] == [
+        f"weight:S{j:03d}" for j in range(500)
+    ]
+    assert len(rows) == 1 + 181
