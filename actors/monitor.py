@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Unpack
 
 from actors.base import ServiceActor, ServiceArgs
 from actors.ports import EventSubscriber
-from messages import Message, RequestSnapshot, SessionFinished, SessionStarted, Snapshot
+from messages import Message, RequestSnapshot, SessionFinished, SessionStarted, Snapshot, StudyFinished
 from services.session.state import SessionState
 
 if TYPE_CHECKING:
@@ -136,8 +136,8 @@ class MonitorActor(ServiceActor):
         if self.state.apply(seq, msg):
             self._live = True
             self._view.event(self.state, seq, msg)
-        if isinstance(msg, SessionFinished) and self._exit_when_finished:
-            self._finish(f"session {msg.status}")
+        if isinstance(msg, SessionFinished | StudyFinished) and self._exit_when_finished:
+            self._finish(f"{'study' if isinstance(msg, StudyFinished) else 'session'} {msg.status}")
 
     def _finish(self, reason: str) -> None:
         """Stop, showing nothing more: stop() only queues the stop behind this poll."""

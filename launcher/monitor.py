@@ -91,7 +91,7 @@ def _target(args: argparse.Namespace) -> tuple[str, Credentials | None]:
         key = read_session_key(args.run_dir)
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(
-            f"run.py monitor: --run {args.run_dir}: not a session's run folder ({exc})"
+            f"run.py monitor: --run {args.run_dir}: not the folder of a session or a study ({exc})"
         ) from None
     except KeyFileError as exc:
         raise UsageError(f"run.py monitor: {exc}") from None

@@ -13,13 +13,17 @@ import threading
 from pathlib import Path
 
 import optuna
+import zmq
 from optuna.trial import TrialState
 
 from launcher.forkserver import add_fork_argument, fork_server
+from launcher.monitor import monitor_command
 from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, UsageError, add_set_argument
+from messages import StudyFinished, StudyStarted
 from services.config import load_config
 from services.errors import InputError
 from services.experiments import study as studies
+from services.experiments.broadcast import StudyBroadcast
 from services.experiments.lockbox import run_lockbox
 from services.experiments.space import read_space
 from services.experiments.study_report import write_study_report
@@ -66,8 +70,53 @@ def tune_main(args: argparse.Namespace) -> int:
         f"runs in {settings.folder}"
     )
     settings.folder.mkdir(parents=True, exist_ok=True)
-    with fork_server(args, _say) as fork:
-        return _search(settings, study, shown, args.workers, fork)
+    events = StudyBroadcast(settings.name, settings.folder)
+    try:
+        events.start()
+    except (RuntimeError, zmq.ZMQError) as exc:
+        raise UsageError(f"study {settings.name}: cannot publish its events: {exc}") from None
+    _say(f"study {settings.name}: monitor: {monitor_command(settings.folder)}")
+    events.publish(
+        StudyStarted(
+            name=settings.name,
+            run_dir=str(settings.folder),
+            trials=settings.trials,
+            seeds=settings.seeds,
+            episodes=settings.episodes,
+            finished=done,
+            storage=shown,
+            sender=studies.SENDER,
+        )
+    )
+    status, reason, report = "failed", "", ""
+    try:
+        with fork_server(args, _say) as fork:
+            code, report = _search(settings, study, shown, args.workers, fork, events)
+        status = {EXIT_OK: "completed", 130: "stopped"}.get(code, "failed")
+        reason = "interrupted" if code == 130 else ""
+        return code
+    except KeyboardInterrupt:
+        status, reason = "stopped", "interrupted"
+        raise
+    except BaseException as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        number, value = studies.best_so_far(study)
+        finished = len(studies.finished(study.get_trials(deepcopy=False)))
+        events.publish(
+            StudyFinished(
+                name=settings.name,
+                status=status,
+                finished=finished,
+                best_number=number,
+                best_value=value,
+                report=report,
+                reason=reason,
+                sender=studies.SENDER,
+            )
+        )
+        events.close()
 
 
 def _search(
@@ -76,14 +125,18 @@ def _search(
     shown: str,
     workers: int,
     fork: ForkClient | None,
-) -> int:
-    """Run the workers until the study holds N trials, then the lockbox; write the report."""
+    events: StudyBroadcast,
+) -> tuple[int, str]:
+    """Run the workers until the study holds N trials, then the lockbox; write the report.
+
+    Returns the exit status and the report's path ("" when none was written).
+    """
     stop = threading.Event()
     errors: list[BaseException] = []
 
     def work(index: int) -> None:
         try:
-            studies.Worker(settings, study, stop, _say, index, fork).run()
+            studies.Worker(settings, study, stop, _say, index, fork, events).run()
         except Exception as exc:  # a worker's failure ends this process's search with its reason
             errors.append(exc)
             stop.set()
@@ -100,22 +153,23 @@ def _search(
         stop.set()
         for thread in threads:
             thread.join()
-        write_study_report(settings, study, None, shown)
-        return 130
+        return 130, str(write_study_report(settings, study, None, shown))
     if errors:
         print(f"error: study {settings.name}: {errors[0]}", file=sys.stderr)
-        return EXIT_FAILURE
+        return EXIT_FAILURE, ""
     lockbox = None
     if settings.lockbox_fraction > 0.0 and not stop.is_set():
+        events.doing("waiting for the last trials")
         _wait_for_running(study, stop)
+        events.doing("lockbox")
         try:
             lockbox = run_lockbox(settings, study, _say, stop, fork)
         except KeyboardInterrupt:
             stop.set()
-            return 130
+            return 130, ""
     report = write_study_report(settings, study, lockbox, shown)
     _say(f"study {settings.name}: report {report}")
-    return EXIT_OK
+    return EXIT_OK, str(report)
 
 
 def _wait_for_running(study: optuna.Study, stop: threading.Event) -> None:

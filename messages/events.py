@@ -208,3 +208,104 @@ class ErrorRaised(Event):
     where: str
     error: str
     fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StudyStarted(Event):
+    """A `run.py tune` process started (or resumed) a study: its plan and what it holds already."""
+
+    name: str
+    run_dir: str
+    """runs/<study>/: the trials' folders, the report and this process's events."""
+    trials: int
+    """N: the study runs until it holds N finished (complete or pruned) trials."""
+    seeds: int
+    """Sessions per trial."""
+    episodes: int
+    """Episodes per session."""
+    finished: int
+    """Trials finished before this process started."""
+    storage: str
+    """The storage URL, without its password."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialStarted(Event):
+    """A trial drew its configuration and starts its first seed's session."""
+
+    number: int
+    params: dict[str, Any]
+    """Config key -> value of each searched key."""
+    retry_of: int = -1
+    """The failed trial this one retries with the same parameters; -1: none."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeedStarted(Event):
+    """A trial's seed session starts; `run.py monitor --run RUN_DIR` attaches to it."""
+
+    number: int
+    seed: int
+    run_dir: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialReported(Event):
+    """A trial's seed session evaluated an episode; the value went to the pruner."""
+
+    number: int
+    seed: int
+    episode: int
+    sharpe: float
+    """The validation Sharpe ratio (annualised) the pruner judges."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialCompleted(Event):
+    """A trial completed every seed: its objective and the study's best so far."""
+
+    number: int
+    value: float
+    """The interquartile mean of the seeds' last validation Sharpe ratios."""
+    seed_sharpes: tuple[float, ...]
+    finished: int
+    """Finished trials of the study after this one."""
+    best_number: int
+    best_value: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialPruned(Event):
+    """The median pruner stopped a trial (its session was stopped as a user stops one)."""
+
+    number: int
+    reason: str
+    finished: int
+    best_number: int = -1
+    """-1 while no trial has completed."""
+    best_value: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrialFailed(Event):
+    """A trial's session failed; the study goes on (a trial failing N times in a row ends it)."""
+
+    number: int
+    error: str
+    finished: int
+    best_number: int = -1
+    best_value: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StudyFinished(Event):
+    """The `run.py tune` process ends: status "completed" (N trials and the lockbox), "stopped" or "failed"."""
+
+    name: str
+    status: str
+    finished: int
+    best_number: int = -1
+    best_value: float = 0.0
+    report: str = ""
+    """runs/<study>/report.md"""
+    reason: str = ""

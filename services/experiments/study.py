@@ -20,12 +20,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from messages import SeedStarted, TrialCompleted, TrialFailed, TrialPruned, TrialReported, TrialStarted
+from messages.base import Event
 from services.errors import InputError
 from services.experiments.runner import (
     Evaluation,
@@ -235,6 +237,39 @@ def finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
 
 Progress = Callable[[str], None]
 """Prints one progress line."""
+SENDER = "study"
+"""The role a study's events are signed as (services/experiments/broadcast.py)."""
+
+
+class StudyEvents(Protocol):
+    """Where a study's events go: the study's event hub, for monitors."""
+
+    def publish(self, event: Event) -> None:
+        """Publish one event (from any thread)."""
+        ...
+
+    def doing(self, text: str) -> None:
+        """Say what the study is doing now (its heartbeats carry it)."""
+        ...
+
+
+class NoEvents:
+    """A study that publishes nothing (tests, and the lockbox's own sessions)."""
+
+    def publish(self, event: Event) -> None:
+        """Drop the event."""
+
+    def doing(self, text: str) -> None:
+        """Forget the text."""
+
+
+def best_so_far(study: optuna.Study) -> tuple[int, float]:
+    """Return the best complete trial's number and value, (-1, 0.0) while none has completed."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return -1, 0.0
+    return best.number, float(best.value if best.value is not None else 0.0)
 
 
 class Worker:
@@ -248,9 +283,11 @@ class Worker:
         progress: Progress,
         index: int,
         fork: ForkClient | None = None,
+        events: StudyEvents | None = None,
     ) -> None:
         self._settings = settings
         self._fork = fork
+        self._events = events if events is not None else NoEvents()
         self._study = study
         self._stop = stop
         self._progress = progress
@@ -313,6 +350,14 @@ class Worker:
         trial.set_user_attr("worker", self._index)
         trial.set_user_attr("pid", os.getpid())
         self._progress(f"trial {trial.number} started{again}: {params_text(params)}")
+        self._events.publish(
+            TrialStarted(
+                number=trial.number,
+                params=params,
+                retry_of=retry if retry is not None else -1,
+                sender=SENDER,
+            )
+        )
         folder = settings.folder / f"trial-{trial.number}"
         shutil.rmtree(folder, ignore_errors=True)
         overrides = [*settings.overrides, *trial_overrides(settings.space, params)]
@@ -325,9 +370,24 @@ class Worker:
                 f"trial {trial.number} seed {seed}: monitor: python run.py monitor --run {folder / name}"
             )
 
+            self._events.doing(f"trial {trial.number} seed {seed}")
+            self._events.publish(
+                SeedStarted(number=trial.number, seed=seed, run_dir=str(folder / name), sender=SENDER)
+            )
+
             def report(evaluation: Evaluation, seed: int = seed) -> None:
                 step = seed * settings.episodes + evaluation.episode - 1
-                trial.report(float(evaluation.agent["sharpe"]), step)
+                sharpe = float(evaluation.agent["sharpe"])
+                trial.report(sharpe, step)
+                self._events.publish(
+                    TrialReported(
+                        number=trial.number,
+                        seed=seed,
+                        episode=evaluation.episode,
+                        sharpe=sharpe,
+                        sender=SENDER,
+                    )
+                )
                 if trial.should_prune():
                     raise Stopped(f"pruned at seed {seed} episode {evaluation.episode}")
 
@@ -375,23 +435,50 @@ class Worker:
             raise _Surplus(f"trial {trial.number}: the study already holds {self._settings.trials} trials")
 
     def _announce(self, trial: FrozenTrial) -> None:
-        """Print the trial's end and the best so far."""
+        """Print and publish the trial's end and the best so far."""
+        done = len(finished(self._study.get_trials(deepcopy=False)))
+        number, value = best_so_far(self._study)
+        event: Event
         if trial.state == TrialState.COMPLETE:
             self.ran += 1
-            seeds = len(trial.user_attrs["seed_sharpes"])
-            what = f"complete: value {trial.value:.3f} (IQM of {seeds} seeds' Sharpe)"
+            sharpes = tuple(float(s) for s in trial.user_attrs["seed_sharpes"])
+            what = f"complete: value {trial.value:.3f} (IQM of {len(sharpes)} seeds' Sharpe)"
+            objective = float(trial.value if trial.value is not None else 0.0)
+            event = TrialCompleted(
+                number=trial.number,
+                value=objective,
+                seed_sharpes=sharpes,
+                finished=done,
+                best_number=number,
+                best_value=value,
+                sender=SENDER,
+            )
         elif trial.state == TrialState.PRUNED:
             self.ran += 1
-            what = f"pruned ({trial.user_attrs.get('pruned_at', 'by the median rule')})"
+            reason = str(trial.user_attrs.get("pruned_at", "by the median rule"))
+            what = f"pruned ({reason})"
+            event = TrialPruned(
+                number=trial.number,
+                reason=reason,
+                finished=done,
+                best_number=number,
+                best_value=value,
+                sender=SENDER,
+            )
         else:
-            what = f"failed: {trial.user_attrs.get('error', 'see its stderr log')}"
-        try:
-            best = self._study.best_trial
-            best_text = f"; best so far trial {best.number} value {best.value:.3f}"
-        except ValueError:
-            best_text = ""
-        done = len(finished(self._study.get_trials(deepcopy=False)))
+            error = str(trial.user_attrs.get("error", "see its stderr log"))
+            what = f"failed: {error}"
+            event = TrialFailed(
+                number=trial.number,
+                error=error,
+                finished=done,
+                best_number=number,
+                best_value=value,
+                sender=SENDER,
+            )
+        best_text = f"; best so far trial {number} value {value:.3f}" if number >= 0 else ""
         self._progress(f"trial {trial.number} {what} [{done}/{self._settings.trials} finished{best_text}]")
+        self._events.publish(event)
 
 
 def _suggest(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:

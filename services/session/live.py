@@ -26,6 +26,7 @@ from services.session.console import (
     ViewClock,
     age_text,
     format_duration,
+    format_params,
     session_progress,
 )
 from services.session.figures import format_cell
@@ -111,6 +112,8 @@ class LiveView:
             return Text(f"console: rendering failed: {type(exc).__name__}: {exc}", style="red")
 
     def _parts(self, d: Mapping[str, Any], notices: list[str]) -> list[RenderableType]:
+        if d["session"].get("kind") == "study":
+            return [*self._study(d), *(Text(line, style="yellow") for line in notices)]
         parts: list[RenderableType] = [self._header(d), self._progress(d)]
         if d["metrics"]:
             parts.append(self._training(d["metrics"]))
@@ -124,6 +127,38 @@ class LiveView:
             )
         for line in notices:
             parts.append(Text(line, style="yellow"))
+        return parts
+
+    def _study(self, d: Mapping[str, Any]) -> list[RenderableType]:
+        """Render a study: its header, the latest trials, the tune process's heartbeat."""
+        study, status = d["study"], d["session"]["status"]
+        style = {"running": "green", "completed": "bold green", "failed": "bold red"}.get(status, "yellow")
+        header = Text.assemble(
+            ("study ", "bold"), (study["name"] or "?", "bold cyan"), "  ", (status, style),
+            f"  {study['finished']}/{study['trials']} trials finished, {study['seeds']} seed(s) each",
+        )  # fmt: skip
+        if study["best_number"] >= 0:
+            header.append(f"  best trial {study['best_number']} value {study['best_value']:.3f}")
+        table = Table(title="trials", title_justify="left")
+        for label in ("trial", "state", "value", "latest evaluation", "parameters"):
+            table.add_column(label, justify="right" if label in ("trial", "value") else "left")
+        for trial in study["recent"][-EVAL_ROWS_SHOWN:]:
+            report = trial.get("last_report")
+            latest = (
+                f"seed {report['seed']} episode {report['episode']}: Sharpe {report['sharpe']:.3f}"
+                if report
+                else ""
+            )
+            table.add_row(
+                str(trial["number"]),
+                trial["state"],
+                format_cell(trial.get("value"), "num") if trial.get("value") is not None else "",
+                latest,
+                format_params(trial["params"]),
+            )
+        parts: list[RenderableType] = [header, table]
+        if d["actors"]:
+            parts.append(self._actors(d["actors"]))
         return parts
 
     def _header(self, d: Mapping[str, Any]) -> Text:

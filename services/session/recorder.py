@@ -51,12 +51,16 @@ def _json_safe(value: Any) -> Any:
 class RunRecorder:
     """Append every event to events.jsonl and training values to metrics.csv; both files append on resume."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, metrics: bool = True) -> None:
+        """Open the files; metrics=False records the events alone (a study's, which trains nothing)."""
         self._run_dir = run_dir
         self._events: IO[str] = (run_dir / "events.jsonl").open("a", encoding="utf-8")
+        self._metrics_file: IO[str] | None = None
+        if not metrics:
+            return
         metrics_path = run_dir / "metrics.csv"
         new = not metrics_path.exists() or metrics_path.stat().st_size == 0
-        self._metrics_file: IO[str] = metrics_path.open("a", encoding="utf-8", newline="")
+        self._metrics_file = metrics_path.open("a", encoding="utf-8", newline="")
         self._metrics = csv.writer(self._metrics_file)
         if new:
             self._metrics.writerow(["ts", "episode", "total_steps", *METRIC_COLUMNS])
@@ -69,7 +73,7 @@ class RunRecorder:
         record["actor"] = record.pop("sender")
         self._events.write(json.dumps(_json_safe(record), separators=(",", ":")) + "\n")
         self._events.flush()
-        if isinstance(msg, TrainingMetrics):
+        if isinstance(msg, TrainingMetrics) and self._metrics_file is not None:
             row = [f"{msg.ts:.3f}", msg.episode, msg.total_steps]
             row += [_fmt(msg.values.get(key)) for key in METRIC_COLUMNS]
             self._metrics.writerow(row)
@@ -78,7 +82,8 @@ class RunRecorder:
     def close(self) -> None:
         """Close the files."""
         self._events.close()
-        self._metrics_file.close()
+        if self._metrics_file is not None:
+            self._metrics_file.close()
 
 
 def _fmt(value: float | None) -> str:

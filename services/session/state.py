@@ -19,17 +19,28 @@ from messages import (
     Message,
     ModelCreated,
     ModelReused,
+    SeedStarted,
     SessionFinished,
     SessionStarted,
+    StudyFinished,
+    StudyStarted,
     TrainingMetrics,
     TrainingProgress,
+    TrialCompleted,
+    TrialFailed,
+    TrialPruned,
+    TrialReported,
+    TrialStarted,
 )
 
 MAX_ERRORS = 20
+MAX_TRIALS = 50
+"""Trials a study's state keeps (the latest), so its snapshot stays small however long the study runs."""
 
 
 class SessionState:
-    """The state of a session as seen through its events; apply(seq, event) ignores events already seen."""
+    """The state of a session (or of a study: its trials) as seen through its events; apply(seq, event)
+    ignores events already seen."""
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         self._lock = threading.Lock()
@@ -63,6 +74,18 @@ class SessionState:
             "evaluations": [],
             "errors": [],
             "gaps": 0,
+            "study": {
+                "name": "",
+                "trials": 0,
+                "seeds": 0,
+                "episodes": 0,
+                "finished": 0,
+                "storage": "",
+                "best_number": -1,
+                "best_value": 0.0,
+                "report": "",
+                "recent": [],
+            },
         }
 
     @classmethod
@@ -120,6 +143,17 @@ class SessionState:
             name, {"state": "unknown", "pid": 0, "rss_bytes": 0, "cpu_percent": 0.0, "last_heartbeat": 0.0}
         )
 
+    def _trial(self, number: int) -> dict[str, Any]:
+        """Return a study's entry for a trial, made (and the oldest dropped past MAX_TRIALS) when new."""
+        recent: list[dict[str, Any]] = self._data["study"]["recent"]
+        for trial in recent:
+            if trial["number"] == number:
+                return trial
+        trial = {"number": number, "state": "running", "params": {}, "seeds": {}, "value": None}
+        recent.append(trial)
+        del recent[:-MAX_TRIALS]
+        return trial
+
     def _fold(self, msg: Message) -> None:
         d = self._data
         match msg:
@@ -173,6 +207,31 @@ class SessionState:
                         "ruined_at": msg.ruined_at,
                     }
                 )
+            case StudyStarted():
+                d["session"].update(name=msg.name, status="running", run_dir=msg.run_dir, kind="study")
+                d["study"].update(_fields(msg, "name", "trials", "seeds", "episodes", "finished", "storage"))
+            case StudyFinished():
+                d["session"].update(status=msg.status, reason=msg.reason)
+                d["study"].update(_fields(msg, "finished", "best_number", "best_value", "report"))
+            case TrialStarted():
+                self._trial(msg.number).update(
+                    state="running", params=dict(msg.params), retry_of=msg.retry_of, started=msg.ts
+                )
+            case SeedStarted():
+                self._trial(msg.number)["seeds"][str(msg.seed)] = msg.run_dir
+            case TrialReported():
+                self._trial(msg.number)["last_report"] = _fields(msg, "seed", "episode", "sharpe")
+            case TrialCompleted():
+                self._trial(msg.number).update(
+                    state="complete", value=msg.value, seed_sharpes=list(msg.seed_sharpes)
+                )
+                d["study"].update(_fields(msg, "finished", "best_number", "best_value"))
+            case TrialPruned():
+                self._trial(msg.number).update(state="pruned", reason=msg.reason)
+                d["study"].update(_fields(msg, "finished", "best_number", "best_value"))
+            case TrialFailed():
+                self._trial(msg.number).update(state="failed", reason=msg.error)
+                d["study"].update(_fields(msg, "finished", "best_number", "best_value"))
             case ErrorRaised():
                 d["errors"] = [
                     *d["errors"][-(MAX_ERRORS - 1) :],

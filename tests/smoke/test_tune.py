@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -110,3 +111,38 @@ def test_a_study_that_exists_with_another_space_is_refused_and_left_as_it_was(tm
     study = optuna.load_study(study_name="taken", storage=url)
     assert study.trials == [] and study.user_attrs == {"space": "[]"}
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_monitor_attached_to_a_running_study_sees_its_signed_trial_events_live(tmp_path: Path) -> None:
+    command = tune_command(tmp_path, "watched", "--trials", "2", "--seeds", "1", "--lockbox", "0")
+    tune = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = tmp_path / "runs" / "watched"
+    wait_for(lambda: (folder / "endpoints.json").exists() or tune.poll() is not None, 120)
+    monitor = [
+        sys.executable,
+        str(ROOT / "run.py"),
+        "monitor",
+        "--run",
+        str(folder),
+        "--json",
+        "--timeout",
+        "30",
+    ]
+
+    watched = subprocess.run(monitor, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out, err = tune.communicate(timeout=60)
+
+    assert tune.returncode == 0, err
+    assert watched.returncode == 0, watched.stderr
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert lines[0]["type"] == "Snapshot" and lines[0]["state"]["session"]["kind"] == "study"
+    live = [line for line in lines[1:] if line["type"] != "Heartbeat"]
+    assert {line["actor"] for line in live} == {"study"}
+    assert live[-1]["type"] == "StudyFinished" and live[-1]["status"] == "completed"
+    assert live[-1]["finished"] == 2 and live[-1]["report"].endswith("report.md")
+    seen = {line["type"] for line in live}
+    assert {"TrialReported"} <= seen and seen & {"TrialCompleted", "TrialPruned"}
+    recorded = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    kinds = [e["type"] for e in recorded if e["type"] != "Heartbeat"]
+    assert kinds[0] == "StudyStarted" and kinds.count("TrialStarted") == 2 and kinds[-1] == "StudyFinished"
+    assert kinds.count("SeedStarted") == 2 and "monitor --run" in out
