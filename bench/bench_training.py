@@ -133,12 +133,22 @@ def bench_setups(
 
             step_share: dict[str, list[float]] = {name: [] for name in timed}
             step_us: dict[str, list[float]] = {name: [] for name in timed}
+            step_p90_us: dict[str, list[float]] = {name: [] for name in timed}
+            # The shared path's steps: how many went by token, and how many waits of the model slept.
+            lease = {"calls": 0, "tokens": 0, "sleeps": 0}
+
+            def lease_counts() -> tuple[int, int]:
+                backend = timed["actor"]._backend if "actor" in timed else None
+                buffer = getattr(backend, "_buffer", None)
+                sleeps = buffer._model_bell.sleeps if buffer is not None else 0
+                return (backend.tokens if backend is not None else 0), sleeps
 
             def train_once(name: str) -> float:
                 model = models[name]
                 backend = timed.get(name)
                 if backend is not None:
                     backend.durations.clear()
+                tokens, sleeps = lease_counts()
                 started = time.perf_counter()
                 done = 0
                 while done < steps:
@@ -147,6 +157,12 @@ def bench_setups(
                 if backend is not None:
                     step_share[name].append(sum(backend.durations) / seconds)
                     step_us[name].append(statistics.median(backend.durations) * 1e6)
+                    step_p90_us[name].append(statistics.quantiles(backend.durations, n=10)[-1] * 1e6)
+                if name == "actor":
+                    tokens_after, sleeps_after = lease_counts()
+                    lease["calls"] += len(backend.durations) if backend is not None else 0
+                    lease["tokens"] += tokens_after - tokens
+                    lease["sleeps"] += sleeps_after - sleeps
                 return done / seconds
 
             def session_once(repeat: int) -> float:
@@ -178,7 +194,7 @@ def bench_setups(
             plain_client.close()
             plain.join(timeout=20)
     labels = {
-        "actor": "(a) env actor, shared buffers + ZeroMQ token",
+        "actor": "(a) env actor, shared buffers (lease)",
         "frames": "(af) env actor, arrays as ZeroMQ frames",
         "server": "(a2) bare Server loop + env, no actor",
         "local": "(a') VecTradingEnv in process, RemoteVecEnv",
@@ -195,7 +211,16 @@ def bench_setups(
         )
     for name in step_us:
         request_us, share = statistics.median(step_us[name]), statistics.median(step_share[name])
-        print(f"  {labels[name]:44s} step request: median {request_us:6.0f} us, {share:.0%} of the time")
+        p90 = statistics.median(step_p90_us[name])
+        print(
+            f"  {labels[name]:44s} step request: median {request_us:6.0f} us (p90 {p90:,.0f}), "
+            f"{share:.0%} of the time"
+        )
+    if lease["calls"]:
+        print(
+            f"  (a) shared steps: {lease['calls']:,} in the timed runs, {lease['tokens']:,} by token, the "
+            f"rest within leases; the model's wait slept on its bell in {lease['sleeps']:,}"
+        )
     ratios = {
         "actor_over_local": ("actor", "local", "(a)/(a'): the cost of the process boundary"),
         "frames_over_local": ("frames", "local", "(af)/(a'): the same with array frames"),
@@ -204,7 +229,7 @@ def bench_setups(
         "session_over_dummy": ("session", "dummy", "(s)/(b): the whole system against DummyVecEnv"),
         "actor_over_null": ("actor", "null", "(a)/(c)"),
     }
-    figures: dict[str, Any] = {"rates": rates, "step_us": step_us}
+    figures: dict[str, Any] = {"rates": rates, "step_us": step_us, "step_p90_us": step_p90_us, "lease": lease}
     for key, (a, b, text) in ratios.items():
         if a in rates and b in rates:
             figures[key] = median_ratio(rates[a], rates[b])
