@@ -146,3 +146,23 @@ def test_a_monitor_attached_to_a_running_study_sees_its_signed_trial_events_live
     kinds = [e["type"] for e in recorded if e["type"] != "Heartbeat"]
     assert kinds[0] == "StudyStarted" and kinds.count("TrialStarted") == 2 and kinds[-1] == "StudyFinished"
     assert kinds.count("SeedStarted") == 2 and "monitor --run" in out
+
+
+def test_sessions_forked_from_the_fork_server_compute_what_fresh_interpreters_compute(tmp_path: Path) -> None:
+    def seeds(name: str, *extra: str) -> Path:
+        command = [
+            sys.executable, str(ROOT / "run.py"), "seeds", "--seeds", "2", "--name", name, *BUDGET,
+            "--set", f"session.runs_dir={tmp_path}", *extra,
+        ]  # fmt: skip
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return tmp_path / name
+
+    forked, fresh = seeds("forked"), seeds("fresh", "--no-fork-server")
+
+    for seed in ("seed-0", "seed-1"):
+        assert (forked / seed / "eval-episode-1.csv").read_bytes() == (
+            fresh / seed / "eval-episode-1.csv"
+        ).read_bytes()
+    report = (forked / "report.md").read_text().replace(str(forked), str(fresh))
+    assert report.replace("Seeds of forked", "Seeds of fresh") == (fresh / "report.md").read_text()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+from rich.console import Console
+
 from messages import (
     Message,
     SeedStarted,
@@ -18,6 +20,7 @@ from messages import (
     encode,
 )
 from services.session.console import PlainView
+from services.session.live import LiveView
 from services.session.state import MAX_TRIALS, SessionState
 
 
@@ -155,3 +158,21 @@ def test_attaching_to_a_study_sums_up_its_trials() -> None:
         "trial 0 complete value 0.500: model.net_arch=[8], lr=0.0001235",
         "trial 1 running seed 0 episode 1 Sharpe -1.000: model.net_arch=[16], lr=0.001",
     ]
+
+
+def test_the_live_view_of_a_study_shows_its_trials_instead_of_a_session() -> None:
+    state = SessionState()
+    for seq, msg in enumerate(study_events()[:7], start=1):
+        state.apply(seq, msg)
+    view = LiveView(Console(file=io.StringIO(), force_terminal=True), auto_refresh=False)
+    view.snapshot(state)
+    console = Console(file=io.StringIO(), force_terminal=True, width=160, color_system=None)
+
+    console.print(view.render())
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    view.close()
+
+    assert "study s" in text and "1/2 trials finished" in text and "best trial 0 value 0.500" in text
+    assert "complete" in text and "0.500" in text and "lr=0.0001235" in text
+    assert "seed 0 episode 1: Sharpe -1.000" in text
+    assert "episode 0/" not in text and "steps/s" not in text
