@@ -374,7 +374,13 @@ def test_the_eval_records_of_500_assets_come_in_pieces_under_a_small_message_lim
         "--set", "training.steps_per_episode=256",
     ]  # fmt: skip
     proc = start_session([*PORTFOLIO, *TINY, *settings], tmp_path / "runs", "wide500")
-    _, err = proc.communicate(timeout=300)
+    try:
+        _, err = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # its actors stop when they find the launcher gone
+        proc.communicate()
+        log = (tmp_path / "runs" / "wide500" / "logs" / "session.log").read_text()
+        raise AssertionError(f"the session hung; its log ends:\n{log[-3000:]}") from None
 
     assert proc.returncode == 0, err
     with (tmp_path / "runs" / "wide500" / "eval-episode-1.csv").open(newline="") as fh:
