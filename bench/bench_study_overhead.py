@@ -17,8 +17,10 @@ Definitions, from the study's storage and each session's events.jsonl:
 - start-up overhead per trial = trial wall - the sum of inside over its seeds and episodes.
 The breakdown per session (means): launch (the session's stderr log created, just before its launcher is
 started) to SessionStarted; to EpisodeStarted (actors up, data loaded and streamed); to ModelCreated (the
-model built); the last EvaluationFinished to SessionFinished; SessionFinished to the next session's
-launch or the trial's end (report.md, the actors' stop, the launcher's exit, the tune worker noticing).
+model built); the last EvaluationFinished to SessionFinished; SessionFinished to the next seed's launch
+(report.md, the actors' stop, the launcher's exit, the tune worker noticing). Per trial: its start to
+its first session's launch (sampling, the trial's attributes stored) and its last SessionFinished to its
+end (that session's exit, reading the eval CSVs, the results stored).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ def measure(study_dir: Path, mode: str) -> dict[str, Any]:
     study = optuna.load_study(study_name=mode, storage=f"sqlite:///{study_dir / 'study.db'}")
     trials: list[dict[str, Any]] = []
     parts: dict[str, list[float]] = {k: [] for k in ("launch", "actors", "model", "finish", "exit")}
+    tune: dict[str, list[float]] = {"before": [], "after": []}
     for trial in study.get_trials():
         if trial.datetime_start is None or trial.datetime_complete is None:
             continue
@@ -122,7 +125,11 @@ def measure(study_dir: Path, mode: str) -> dict[str, Any]:
             parts["actors"].append(first(found, "EpisodeStarted", episode=1) - started)
             parts["model"].append(first(found, "ModelCreated") - first(found, "EpisodeStarted", episode=1))
             parts["finish"].append(finished - last_eval)
-            parts["exit"].append((launches[index + 1] if index + 1 < len(seeds) else end) - finished)
+            if index + 1 < len(seeds):
+                parts["exit"].append(launches[index + 1] - finished)
+            else:
+                tune["after"].append(end - finished)
+        tune["before"].append(launches[0] - start)
         trials.append(
             {
                 "trial": trial.number,
@@ -133,7 +140,11 @@ def measure(study_dir: Path, mode: str) -> dict[str, Any]:
                 "overhead_s": end - start - spent,
             }
         )
-    return {"trials": trials, "sessions": {k: statistics.mean(v) for k, v in parts.items() if v}}
+    return {
+        "trials": trials,
+        "sessions": {k: statistics.mean(v) for k, v in parts.items() if v},
+        "trial_bookkeeping": {k: statistics.mean(v) for k, v in tune.items() if v},
+    }
 
 
 def main() -> None:
@@ -167,6 +178,11 @@ def main() -> None:
                 )
             parts = ", ".join(f"{k} {v:.2f} s" for k, v in figures["sessions"].items())
             print(f"per session (means): {parts}")
+            tune = figures["trial_bookkeeping"]
+            print(
+                f"per trial (means): trial start to its first session's launch {tune['before']:.2f} s, "
+                f"last SessionFinished to the trial's end {tune['after']:.2f} s"
+            )
     results["load_after"] = os.getloadavg()
     print(
         "load average before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f}".format(
