@@ -1,5 +1,7 @@
 """Attach to a running session: `run.py monitor --run runs/NAME` on its host (the run folder's session key
-proves the monitor may), or `run.py monitor --connect tcp://HOST:PORT --keys DIR` with CURVE keys."""
+proves the monitor may), or `run.py monitor --connect tcp://HOST:PORT --keys DIR` with CURVE keys.
+
+A running study (`run.py tune`) has a hub of its own, so `--run runs/STUDY` attaches to its trials."""
 
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="run_dir",
         type=Path,
         metavar="RUN_DIR",
-        help="a session on this host: its run folder (runs/NAME)",
+        help="a session on this host: its run folder (runs/NAME), or a study's (runs/STUDY)",
     )
     where.add_argument(
         "--connect", metavar="tcp://HOST:PORT", help="the session's monitor endpoint (with --keys for CURVE)"
