@@ -93,8 +93,12 @@ class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         self._growths[:, 0] = 1.0 + body
         self._growths[:, 1] = self._growths[:, 0]
         self._growths[:-1, 1] *= 1.0 + gap[1:]
+        # Python lists of the per-bar rows: a list index costs a tenth of a numpy one.
+        self._column_rows = list(self._columns)
+        self._growth_rows = list(self._growths)
         self._mix = np.zeros(3)
         self._held = np.empty(m)
+        self._held_scale = np.array(1.0)  # a 0-d operand: a ufunc converts a Python float more slowly
         # The rows of one matrix, so that one matrix product serves several of them: the target's units
         # (the action's exp e over assets and cash, long-only; x, the clipped action, long-short), the
         # held units u (weights = scale * u) and u * (1 + the next gap); long-short adds |x| first. The
@@ -189,12 +193,12 @@ class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         held units and s their scale, the weights at the fill are s * u * (1 + gap) / g1.
         """
         lifted = self._lifted
-        np.multiply(action, self._logit, out=lifted)
+        np.multiply(action, self._logit, lifted)
         np.maximum(lifted, self._low, out=lifted)  # np.clip's Python wrapper costs more than these two
         np.minimum(lifted, self._high, out=lifted)
-        np.exp(lifted, out=lifted)
+        np.exp(lifted, lifted)
         # ndarray.dot allocating its result is cheaper than np.dot(..., out=) on arrays this small.
-        (assets, grown, _, total), (_, _, held_gap, _) = self._summed.dot(self._columns[t]).tolist()
+        (assets, grown, _, total), (_, _, held_gap, _) = self._summed.dot(self._column_rows[t]).tolist()
         scale = self._scale
         g1 = 1.0 + scale * held_gap
         inverse = 1.0 / total
@@ -202,7 +206,7 @@ class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         mix[0] = inverse
         mix[2] = -scale / (g1 if g1 > MIN_GROWTH else MIN_GROWTH)
         traded = mix.dot(self._mixed)  # target - weights at the fill
-        np.absolute(traded, out=traded)
+        np.absolute(traded, traded)
         g2 = 1.0 - self._cost * float(traded.dot(self._ones))
         g3 = 1.0 + grown * inverse
         growth = g1 * g2 * g3
@@ -213,7 +217,7 @@ class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             return self._wipe_out(), 1.0
         scale = inverse / (g3 if g3 > MIN_GROWTH else MIN_GROWTH)
         self._scale = scale
-        np.multiply(self._lifted_assets, self._growths[t], out=self._next_units)
+        np.multiply(self._lifted_assets, self._growth_rows[t], self._next_units)
         return growth, 1.0 - scale * (assets + grown)
 
     def _step_long_short(self, action: np.ndarray, t: int) -> tuple[float, float]:
@@ -223,11 +227,10 @@ class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         _step_long_only; sum(max(-u, 0)) = (sum |u| - sum u) / 2 gives the borrow without an array.
         """
         lifted = self._lifted
-        lifted[:] = action
-        np.maximum(lifted, self._low, out=lifted)
+        np.maximum(action, self._low, out=lifted)  # also the cast to float64
         np.minimum(lifted, self._high, out=lifted)
-        np.absolute(lifted, out=self._absolute)
-        sums = self._summed.dot(self._columns[t]).tolist()
+        np.absolute(lifted, self._absolute)
+        sums = self._summed.dot(self._column_rows[t]).tolist()
         (gross, gross_grown, _, _), (net, grown, _, _), (_, _, held_gap, _) = sums
         scale = self._scale
         g1 = 1.0 + scale * held_gap
@@ -237,7 +240,7 @@ class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         mix[0] = q
         mix[2] = -scale / (g1 if g1 > MIN_GROWTH else MIN_GROWTH)
         traded = mix.dot(self._mixed)
-        np.absolute(traded, out=traded)
+        np.absolute(traded, traded)
         g2 = 1.0 - self._cost * float(traded.dot(self._ones))
         g3 = 1.0 + q * grown
         growth = g1 * g2 * g3
@@ -252,7 +255,7 @@ class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         if growth < MIN_GROWTH:
             return self._wipe_out(), 0.0
         self._scale = scale
-        np.multiply(lifted, self._growths[t], out=self._next_units)
+        np.multiply(lifted, self._growth_rows[t], self._next_units)
         return growth, 0.0
 
     def _step_general(self, action: np.ndarray, t: int) -> tuple[float, float]:
@@ -294,7 +297,8 @@ class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         width = self._width
         start = (self._t + 1) * self._bar_size - width
         obs = self._data.flat[start : start + self._size].copy()
-        obs[width : width + self._m] = np.multiply(self._units, self._scale, out=self._held)
+        self._held_scale[()] = self._scale
+        obs[width : width + self._m] = np.multiply(self._units, self._held_scale, self._held)
         if self._long_only:
             obs[-1] = cash
         return obs
