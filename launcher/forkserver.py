@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from launcher.usage import ROOT
-from services.forkserver import ForkClient, ForkServer, ForkServerError, serve
+from services.forkserver import FOLDER_PREFIX, ForkClient, ForkServer, ForkServerError, serve
 
 PRELOADED = (
     "numpy",
@@ -178,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     logger.debug("fork server ready after %.2f s", time.monotonic() - started)
     serve(args.socket, _run, _finish)
+    if args.socket.parent.name.startswith(FOLDER_PREFIX):  # a client killed with -9 leaves its folder
+        with contextlib.suppress(OSError):
+            args.socket.parent.rmdir()
     return 0
 
 

@@ -48,6 +48,8 @@ READY = "forkserver ready"
 MAX_REQUEST_BYTES = 1 << 16
 """Longest request line the server reads."""
 SOCKET_NAME = "fork.sock"
+FOLDER_PREFIX = "rlt-fork-"
+"""Name prefix of the temporary folder (mode 0700) that holds a server's socket."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -251,7 +253,7 @@ class ForkServer:
     @classmethod
     def start(cls, command: Sequence[str], *, cwd: Path, timeout_s: float = 120.0) -> ForkServer:
         """Start `command --socket PATH` and wait for its ready line; raise ForkServerError if none comes."""
-        folder = Path(tempfile.mkdtemp(prefix="rlt-fork-"))  # mode 0700: only this user may connect
+        folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))  # mode 0700: only this user may connect
         process = subprocess.Popen(
             [*command, "--socket", str(folder / SOCKET_NAME)],
             cwd=cwd,
