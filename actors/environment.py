@@ -34,14 +34,11 @@ from messages import (
     StepEnvs,
     StepShared,
 )
+from messages.commands import PORTFOLIO_ARRAYS, RECORD_ARRAYS
 
 logger = logging.getLogger(__name__)
 
 ROLES = ("train", "eval")
-RECORD_ARRAYS = ("timestamp", "close", "position", "equity", "bh_equity")
-"""The per-bar arrays of an evaluation, cut into pieces for long runs."""
-PORTFOLIO_ARRAYS = ("asset_close", "tradable", "weights", "traded", "costs", "pnl")
-"""A portfolio evaluation's per-bar, per-asset arrays, cut into pieces like the others."""
 PORTFOLIO_FIELDS = ("symbols", "portfolio")
 """A portfolio evaluation's fields sent whole with every piece."""
 
@@ -236,8 +233,12 @@ class EnvActor(ServiceActor):
         rows = len(out["close"])
         if not 0 <= msg.offset <= rows:
             raise ValueError(f"record offset {msg.offset} outside 0..{rows}")
-        end = rows if msg.limit <= 0 else min(rows, msg.offset + msg.limit)
         sliced = [name for name in RECORD_ARRAYS + PORTFOLIO_ARRAYS if name in out]
+        limit = msg.limit if msg.limit > 0 else rows
+        if msg.max_bytes > 0:
+            row_bytes = sum(out[name][:1].nbytes for name in sliced) or 1
+            limit = min(limit, max(1, msg.max_bytes // row_bytes))
+        end = min(rows, msg.offset + limit)
         piece = {name: out[name][msg.offset : end] for name in sliced}
         piece.update({name: out[name] for name in PORTFOLIO_FIELDS if name in out})
         return EvaluationComputed(

@@ -93,6 +93,8 @@ class ModelActor(ServiceActor):
         self._factory = factory
         self._piece_steps = piece_steps
         self._record_rows = max(1, max_reply_bytes // (2 * RECORD_ROW_BYTES))
+        # A portfolio's rows grow with its assets: the env actor cuts its pieces to this many bytes too.
+        self._record_bytes = max(1, max_reply_bytes // 2)
         self._progress_s = progress_s
         self._env_retries = env_retries
         self._retry_wait_s = retry_wait_s
@@ -354,7 +356,9 @@ class ModelActor(ServiceActor):
         """
         model = self._model
         assert model is not None
-        request = FinishEvaluation(episode=msg.episode, offset=msg.offset, limit=self._record_rows)
+        request = FinishEvaluation(
+            episode=msg.episode, offset=msg.offset, limit=self._record_rows, max_bytes=self._record_bytes
+        )
         computed = self.client("env").request(request)
         if not isinstance(computed, EvaluationComputed):
             raise TypeError(f"env answered FinishEvaluation with {type(computed).__name__}")

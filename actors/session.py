@@ -32,6 +32,7 @@ from messages import (
     TrainEpisode,
     new_id,
 )
+from messages.commands import PORTFOLIO_ARRAYS, RECORD_ARRAYS
 
 logger = logging.getLogger(__name__)
 
@@ -383,13 +384,6 @@ def _joined(pieces: list[EvaluationReport]) -> EvaluationReport:
     def joined(name: str) -> np.ndarray:
         return np.concatenate([getattr(piece, name) for piece in pieces])
 
-    return dataclasses.replace(
-        pieces[0],
-        timestamp=joined("timestamp"),
-        close=joined("close"),
-        position=joined("position"),
-        equity=joined("equity"),
-        bh_equity=joined("bh_equity"),
-        offset=0,
-        total_rows=0,
-    )
+    # A portfolio's per-asset arrays come in pieces like the single-asset ones; one asset's are empty.
+    arrays = [name for name in RECORD_ARRAYS + PORTFOLIO_ARRAYS if getattr(pieces[0], name).size]
+    return dataclasses.replace(pieces[0], **{name: joined(name) for name in arrays}, offset=0, total_rows=0)

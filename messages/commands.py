@@ -283,6 +283,15 @@ class FinishEvaluation(Command):
     """First record row wanted."""
     limit: int = 0
     """Most record rows wanted (0: every row from offset on)."""
+    max_bytes: int = 0
+    """Most bytes of per-bar records in the reply (0: no bound): the env actor, which knows a row's
+    size (a portfolio's grows with its assets), sends fewer rows than `limit` to stay under it."""
+
+
+RECORD_ARRAYS = ("timestamp", "close", "position", "equity", "bh_equity")
+"""The per-bar arrays of an evaluation record, cut into pieces for long runs (rows first)."""
+PORTFOLIO_ARRAYS = ("asset_close", "tradable", "weights", "traded", "costs", "pnl")
+"""A portfolio evaluation's per-bar, per-asset arrays, cut into pieces like the others."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

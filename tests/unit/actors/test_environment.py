@@ -260,6 +260,18 @@ def test_finish_evaluation_reads_the_records_of_a_long_run_in_pieces(world) -> N
     assert {p.agent["total_return"] for p in pieces} == {0.5}
 
 
+def test_finish_evaluation_cuts_its_pieces_to_the_byte_budget_it_is_given(world) -> None:
+    server, _, _ = world
+    stream(server, "eval", rows=10, block=4)
+    row_bytes = 5 * 8  # timestamp, close, position, equity, buy-and-hold: 8 bytes each
+
+    piece = server.reply_to(server.push(FinishEvaluation(episode=1, limit=8, max_bytes=3 * row_bytes + 7)))
+    tiny = server.reply_to(server.push(FinishEvaluation(episode=1, offset=3, max_bytes=1)))
+
+    assert isinstance(piece, EvaluationComputed) and (piece.offset, len(piece.close)) == (0, 3)
+    assert isinstance(tiny, EvaluationComputed) and (tiny.offset, len(tiny.close)) == (3, 1), "never 0 rows"
+
+
 def test_a_burst_of_bad_requests_is_answered_and_published_each_but_logged_once(world, caplog) -> None:
     server, publisher, _ = world
     bad = [StepEnvs(role="train", actions=np.zeros(4, np.int64)) for _ in range(20)]
