@@ -75,13 +75,13 @@ class ForkedProcess:
         self.returncode: int | None = None
         self._connection: socket.socket | None = connection
         self._pending = b""
+        self._pidfd: int | None = None
         reply = self._read_line(timeout_s=30.0)
         if reply is None or "pid" not in reply:
             self._close()
             why = reply.get("error", "no answer") if isinstance(reply, dict) else "no answer"
             raise ForkServerError(f"the fork server did not start {' '.join(self.args)}: {why}")
         self.pid = int(reply["pid"])
-        self._pidfd: int | None = None
         with contextlib.suppress(OSError):
             self._pidfd = os.pidfd_open(self.pid)
 

@@ -19,6 +19,7 @@ from services.forkserver import (
     READY,
     SERVER_ENV,
     WATCH_ENV,
+    ForkedProcess,
     ForkServer,
     ForkServerError,
     launcher_gone,
@@ -178,3 +179,12 @@ def test_a_server_that_does_not_say_ready_is_refused_in_one_line(tmp_path: Path)
     with pytest.raises(ForkServerError, match="instead of ready"):
         ForkServer.start([sys.executable, "-c", "print('hello')"], cwd=tmp_path, timeout_s=30)
     assert READY != "hello"
+
+
+def test_a_refusal_from_the_server_is_one_error_naming_the_command() -> None:
+    ours, theirs = socket.socketpair()
+    theirs.sendall(b'{"error": "bad request: argv must be a list of strings"}\n')
+
+    with pytest.raises(ForkServerError, match=r"did not start run.py x: bad request: argv must be"):
+        ForkedProcess(["run.py", "x"], ours)
+    theirs.close()
