@@ -10,8 +10,14 @@ Four round trips are timed in the same run, interleaved in a rotating order over
   codec    the project's transport Client -> Server in a child process that answers every request
            with a prebuilt EnvsStepped (codec and transport, no env, no actor);
   actor    StepEnvs to the real env actor (`run.py _actor env`, the default config's train split):
-           the whole hot path the model actor sees;
+           the array-frame path (tcp's) the model actor sees;
+  shared   the same env actor through its shared step buffer (`RemoteBackend`, the ipc path): the first
+           step by token, the rest within the env actor's lease;
 and, in this process, one VecTradingEnv.step and one encode + decode of StepEnvs and EnvsStepped.
+
+With --work-us W (default 100) each call is followed by W microseconds of busy work, as the learner's
+forward pass follows a step in training (the env actor then waits between steps as it does there); the
+round trips are timed call by call without the work, and their median and p90 printed.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from training_setups import EnvActorProcess  # noqa: E402
 from messages import EnvsStepped, Ping, StepEnvs, Stop, decode, encode  # noqa: E402
 from services.config import load_config  # noqa: E402
 from services.env.factory import VecEnvFactory  # noqa: E402
+from services.model.remote_vec_env import RemoteBackend  # noqa: E402
 from services.transport.sockets import Client, Server  # noqa: E402
 
 MAX_BYTES = 64 << 20
@@ -89,6 +96,21 @@ def per_call_us(call: Callable[[], Any], count: int) -> float:
     return (time.perf_counter() - started) / count * 1e6
 
 
+def timed_calls(call: Callable[[], Any], count: int, work_us: float) -> list[float]:
+    """Return the duration of each of `count` calls in microseconds, each followed by work_us of work."""
+    clock = time.perf_counter
+    durations = []
+    for _ in range(count):
+        started = clock()
+        call()
+        ended = clock()
+        durations.append((ended - started) * 1e6)
+        until = ended + work_us / 1e6
+        while clock() < until:
+            pass
+    return durations
+
+
 def main() -> int:
     """Start the three servers, time the round trips interleaved and print the medians."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,6 +118,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--calls", type=int, default=3000, help="round trips per run")
     parser.add_argument("--n-envs", type=int, default=16)
+    parser.add_argument("--work-us", type=float, default=100.0, help="busy work after each call")
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.calls = 2, 500
@@ -144,19 +167,25 @@ def main() -> int:
                 raw.send_multipart(request_bytes)
                 raw.recv_multipart(copy=False)
 
+            shared = RemoteBackend(actor.client("model"), "train")
             trips: dict[str, Callable[[], Any]] = {
                 "raw": raw_trip,
                 "codec": lambda: codec.request(StepEnvs(role="train", actions=actions)),
                 "actor": lambda: steps.request(StepEnvs(role="train", actions=actions)),
+                "shared": lambda: shared.step(actions),
             }
             for trip in trips.values():
-                per_call_us(trip, 300)
+                timed_calls(trip, 300, args.work_us)
             times: dict[str, list[float]] = {name: [] for name in trips}
+            p90s: dict[str, list[float]] = {name: [] for name in trips}
             names = list(trips)
             for repeat in range(args.repeats):
                 shift = repeat % len(names)
                 for name in names[shift:] + names[:shift]:
-                    times[name].append(per_call_us(trips[name], args.calls))
+                    durations = timed_calls(trips[name], args.calls, args.work_us)
+                    times[name].append(statistics.median(durations))
+                    p90s[name].append(statistics.quantiles(durations, n=10)[-1])
+            tokens = shared.tokens
             steps.close()
         finally:
             raw.send_multipart([b"stop"])
@@ -168,7 +197,8 @@ def main() -> int:
                 child.join(timeout=20)
 
     print(
-        f"n_envs {args.n_envs}, observation {obs_size} float32; {args.repeats} repeats of {args.calls} calls"
+        f"n_envs {args.n_envs}, observation {obs_size} float32; {args.repeats} repeats of {args.calls} "
+        f"calls, {args.work_us:.0f} us of work after each; medians of the repeats' per-call medians and p90s"
     )
     for name, value in in_process.items():
         print(f"  in process: {name:32s} {value:8.1f} us")
@@ -176,16 +206,23 @@ def main() -> int:
         "raw": "raw pyzmq, same bytes",
         "codec": "transport Client/Server + codec",
         "actor": "StepEnvs to the env actor",
+        "shared": "shared buffer of the env actor",
     }
     for name, label in labels.items():
         values = times[name]
         print(
             f"  round trip: {label:32s} median {statistics.median(values):8.1f} us "
-            f"(min {min(values):.1f}, max {max(values):.1f})"
+            f"(min {min(values):.1f}, max {max(values):.1f}; p90 {statistics.median(p90s[name]):.1f})"
         )
+    total = (args.repeats * args.calls) + 300
+    print(f"  shared steps by token: {tokens} of {total} (the rest within the env actor's lease)")
     codec_raw = statistics.median(c / r for c, r in zip(times["codec"], times["raw"], strict=True))
     actor_raw = statistics.median(a / r for a, r in zip(times["actor"], times["raw"], strict=True))
-    print(f"  same-run ratios: codec/raw {codec_raw:.2f}, actor/raw {actor_raw:.2f}")
+    shared_raw = statistics.median(a / r for a, r in zip(times["shared"], times["raw"], strict=True))
+    print(
+        f"  same-run ratios: codec/raw {codec_raw:.2f}, actor/raw {actor_raw:.2f}, "
+        f"shared/raw {shared_raw:.2f}"
+    )
     return 0
 
 
