@@ -127,6 +127,21 @@ def transport(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
     yield endpoint, folder
 
 
+def step_both(remote: RemoteVecEnv, twin: Any, actions: np.ndarray) -> int:
+    """Step the remote envs and their in-process twin alike, check they agree; return envs finished."""
+    obs, rewards, dones, infos = remote.step(actions)
+    expected = twin.step(actions)
+    np.testing.assert_array_equal(obs, expected.obs)
+    np.testing.assert_array_equal(rewards, expected.reward)
+    np.testing.assert_array_equal(dones, expected.terminated | expected.truncated)
+    for i in np.flatnonzero(dones):
+        np.testing.assert_array_equal(infos[i]["terminal_observation"], expected.terminal_obs[i])
+        assert infos[i]["TimeLimit.truncated"] == bool(expected.truncated[i])
+        assert infos[i]["episode"]["r"] == pytest.approx(float(expected.episode_return[i]))
+        assert infos[i]["episode"]["l"] == int(expected.episode_length[i])
+    return int(dones.sum())
+
+
 @pytest.mark.parametrize(("action", "reward", "fill", "leverage", "borrow"), EVERY_OPTION)
 def test_the_env_actor_steps_like_the_same_envs_in_process_over_both_paths(
     transport: tuple[str, Path], action: str, reward: str, fill: str, leverage: float, borrow: float
@@ -159,17 +174,7 @@ def test_the_env_actor_steps_like_the_same_envs_in_process_over_both_paths(
                 actions: np.ndarray = rng.uniform(-1.5, 1.5, size=N_ENVS).astype(np.float32)
             else:
                 actions = rng.integers(0, 3 if action == "discrete3" else 2, size=N_ENVS)
-            obs, rewards, dones, infos = remote.step(actions)
-            expected = twin.step(actions)
-            np.testing.assert_array_equal(obs, expected.obs)
-            np.testing.assert_array_equal(rewards, expected.reward)
-            np.testing.assert_array_equal(dones, expected.terminated | expected.truncated)
-            for i in np.flatnonzero(dones):
-                np.testing.assert_array_equal(infos[i]["terminal_observation"], expected.terminal_obs[i])
-                assert infos[i]["TimeLimit.truncated"] == bool(expected.truncated[i])
-                assert infos[i]["episode"]["r"] == pytest.approx(float(expected.episode_return[i]))
-                assert infos[i]["episode"]["l"] == int(expected.episode_length[i])
-                finished += 1
+            finished += step_both(remote, twin, actions)
 
         assert backend.shared == endpoint.startswith("ipc://")
         assert any(folder.glob(f"*{SUFFIX}")) == backend.shared
@@ -200,17 +205,13 @@ def test_portfolio_envs_step_through_both_paths_like_the_same_envs_in_process(
         remote.seed(SEED)
         np.testing.assert_array_equal(remote.reset(), twin.reset(seed=SEED))
         rng = np.random.default_rng(8)
+        finished = 0
 
         for _ in range(60):
             actions = rng.uniform(-1.0, 1.0, size=(N_ENVS, twin.action_size)).astype(np.float32)
-            obs, rewards, dones, infos = remote.step(actions)
-            expected = twin.step(actions)
-            np.testing.assert_array_equal(obs, expected.obs)
-            np.testing.assert_array_equal(rewards, expected.reward)
-            np.testing.assert_array_equal(dones, expected.terminated | expected.truncated)
-            for i in np.flatnonzero(dones):
-                np.testing.assert_array_equal(infos[i]["terminal_observation"], expected.terminal_obs[i])
+            finished += step_both(remote, twin, actions)
 
+        assert finished >= N_ENVS, "every env finished at least once"
         assert backend.shared == endpoint.startswith("ipc://")
         if backend.shared:
             assert backend.tokens < 60, "the portfolio's rows of weights travel through the shared buffer"
