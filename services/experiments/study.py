@@ -53,6 +53,8 @@ POLL_S = 1.0
 """How often a worker that waits for other workers' trials looks at the study."""
 CLAIM_SETTLE_S = 2.0
 """How long a worker waits after claiming the lockbox before it reads the claim back."""
+SCHEMA_ATTEMPTS = 4
+"""Times a worker opens a new storage whose tables another worker is creating at the same moment."""
 TRIAL_SESSION = "session.figures=false"
 """What a trial's sessions leave out: the report's PNGs (report.md, the events and the CSVs stay)."""
 
@@ -108,26 +110,40 @@ def driver_url(url: str) -> str:
     return url
 
 
-def storage_for(url: str) -> RDBStorage:
-    """Open an RDB storage with heartbeats and the retry of stale trials, or raise StudyError."""
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+def storage_for(url: str, attempts: int = SCHEMA_ATTEMPTS) -> RDBStorage:
+    """Open an RDB storage with heartbeats and the retry of stale trials, or raise StudyError.
+
+    Workers started together on a new database race to create its tables; the one that loses (an
+    integrity error from the catalogue) opens it again once the other has made them.
+    """
+    from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
     url = driver_url(url)
     engine: dict[str, Any] = {}
     if url.startswith("postgresql"):
         engine["connect_args"] = {"connect_timeout": 5}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=HEARTBEAT_S,
-                grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
-            )
-    except (SQLAlchemyError, ArgumentError, ValueError, ImportError) as exc:
-        raise StudyError(f"--storage {redacted(url)}: cannot open the storage: {_first_line(exc)}") from None
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=HEARTBEAT_S,
+                    grace_period=GRACE_S,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+                )
+        except IntegrityError as exc:
+            if attempt + 1 == attempts:
+                raise StudyError(
+                    f"--storage {redacted(url)}: cannot open the storage: {_first_line(exc)}"
+                ) from None
+            threading.Event().wait(0.5 * (attempt + 1))
+        except (SQLAlchemyError, ArgumentError, ValueError, ImportError) as exc:
+            raise StudyError(
+                f"--storage {redacted(url)}: cannot open the storage: {_first_line(exc)}"
+            ) from None
+    raise StudyError(f"--storage {redacted(url)}: cannot open the storage")
 
 
 def redacted(url: str) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from services.data.options import SplitOptions
 from services.data.splits import lockbox_start, split_ranges
 from services.experiments import stats
+from services.experiments import study as study_module
 from services.experiments.study import counted, finished, retried_numbers
 from services.experiments.study_report import compute_statistics
 
@@ -102,3 +104,34 @@ def test_optuna_stores_a_categorical_list_choice_as_its_json_text() -> None:
     chosen = study.ask().suggest_categorical("model.net_arch", ["[8]", "[16]"])
 
     assert chosen == "[8]"
+
+
+def test_a_worker_that_loses_the_race_to_create_the_tables_opens_the_storage_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    calls: list[str] = []
+
+    def storage(url: str, **kwargs: object) -> str:
+        calls.append(url)
+        if len(calls) == 1:
+            raise IntegrityError("CREATE TABLE studies", {}, Exception("duplicate key value"))
+        return "opened"
+
+    monkeypatch.setattr(study_module, "RDBStorage", storage)
+
+    assert study_module.storage_for("sqlite:///x.db") == "opened"
+    assert len(calls) == 2
+
+
+def test_a_storage_that_keeps_failing_its_tables_is_one_error() -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    def storage(url: str, **kwargs: object) -> str:
+        raise IntegrityError("CREATE TABLE studies", {}, Exception("duplicate key value"))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(study_module, "RDBStorage", storage)
+        with pytest.raises(study_module.StudyError, match=r"cannot open the storage: .*duplicate key value"):
+            study_module.storage_for("sqlite:///x.db", attempts=2)
