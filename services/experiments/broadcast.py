@@ -87,6 +87,8 @@ class StudyBroadcast:
         self._recorder.close()
         with contextlib.suppress(OSError):
             Path(self._events_in.removeprefix("ipc://")).unlink()
+        with contextlib.suppress(OSError):  # left while another tune process of the study uses it
+            self._ipc.rmdir()
 
     def _run(self) -> None:
         """Own the publisher: pass on queued events, and a heartbeat every heartbeat_s."""

@@ -146,6 +146,7 @@ def test_a_monitor_attached_to_a_running_study_sees_its_signed_trial_events_live
     kinds = [e["type"] for e in recorded if e["type"] != "Heartbeat"]
     assert kinds[0] == "StudyStarted" and kinds.count("TrialStarted") == 2 and kinds[-1] == "StudyFinished"
     assert kinds.count("SeedStarted") == 2 and "monitor --run" in out
+    assert not (folder / "ipc").exists()
 
 
 def test_sessions_forked_from_the_fork_server_compute_what_fresh_interpreters_compute(tmp_path: Path) -> None:
