@@ -299,7 +299,7 @@ class TrialFailed(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StudyFinished(Event):
-    """The `run.py tune` process ends: status "completed" (N trials and the lockbox), "stopped" or "failed"."""
+    """The `run.py tune` process ends: status "completed" (trials and lockbox done), "stopped" or "failed"."""
 
     name: str
     status: str
