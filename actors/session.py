@@ -386,4 +386,5 @@ def _joined(pieces: list[EvaluationReport]) -> EvaluationReport:
 
     # A portfolio's per-asset arrays come in pieces like the single-asset ones; one asset's are empty.
     arrays = [name for name in RECORD_ARRAYS + PORTFOLIO_ARRAYS if getattr(pieces[0], name).size]
-    return dataclasses.replace(pieces[0], **{name: joined(name) for name in arrays}, offset=0, total_rows=0)
+    fields: dict[str, Any] = {name: joined(name) for name in arrays}
+    return dataclasses.replace(pieces[0], **fields, offset=0, total_rows=0)
