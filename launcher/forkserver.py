@@ -176,6 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.active_count() != 1:
         print(f"forkserver: importing started {threading.active_count() - 1} thread(s)", file=sys.stderr)
         return 1
+    import pykka
+    import zmq
+
+    if zmq.Context._instance is not None or pykka.ActorRegistry.get_all():
+        print("forkserver: importing made a ZeroMQ context or started an actor", file=sys.stderr)
+        return 1
     logger.debug("fork server ready after %.2f s", time.monotonic() - started)
     serve(args.socket, _run, _finish)
     if args.socket.parent.name.startswith(FOLDER_PREFIX):  # a client killed with -9 leaves its folder
