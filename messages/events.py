@@ -250,6 +250,20 @@ class SeedStarted(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TrialProgressed(Event):
+    """How far a trial's running seed session has trained (at most one a second per trial)."""
+
+    number: int
+    seed: int
+    episode: int
+    steps: int
+    """Steps done in this episode."""
+    steps_total: int
+    """Steps budgeted for this episode."""
+    steps_per_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TrialReported(Event):
     """A trial's seed session evaluated an episode; the value went to the pruner."""
 

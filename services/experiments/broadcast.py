@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from pathlib import Path
 
 from messages import Heartbeat
@@ -94,17 +95,20 @@ class StudyBroadcast:
         """Own the publisher: pass on queued events, and a heartbeat every heartbeat_s."""
         publisher = Publisher(self._events_in, sender=SENDER, key=self._key)
         probe = PsutilProbe()
+        next_beat = time.monotonic()
         try:
             while True:
                 try:
-                    item = self._queue.get(timeout=self._heartbeat_s)
+                    item = self._queue.get(timeout=max(0.0, next_beat - time.monotonic()))
                 except queue.Empty:
                     item = None
                 if item is _CLOSE:
                     return
                 if isinstance(item, Event):
                     publisher.publish(item)
-                    continue
+                if time.monotonic() < next_beat:
+                    continue  # events however frequent never hold the heartbeat back
+                next_beat = time.monotonic() + self._heartbeat_s
                 rss, cpu = probe.sample()
                 beat = Heartbeat(
                     pid=os.getpid(), rss_bytes=rss, cpu_percent=cpu, state=self._state_text, sender=SENDER

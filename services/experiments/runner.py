@@ -51,6 +51,18 @@ class Evaluation:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionProgress:
+    """How far a running session's training is: its latest TrainingProgress."""
+
+    episode: int
+    steps: int
+    """Steps done in this episode."""
+    steps_total: int
+    """Steps budgeted for this episode."""
+    steps_per_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionResult:
     """A completed session: its run folder and every episode's evaluation."""
 
@@ -90,8 +102,10 @@ def run_session(
     on_evaluation: Callable[[Evaluation], None] = lambda _: None,
     should_stop: Callable[[], bool] = lambda: False,
     fork: ForkClient | None = None,
+    on_progress: Callable[[SessionProgress], None] = lambda _: None,
 ) -> SessionResult:
-    """Run one session to its end, calling on_evaluation after each episode's evaluation.
+    """Run one session to its end, calling on_evaluation after each episode's evaluation (and
+    on_progress with its latest training progress, at most once per look at its events).
 
     With a fork server (fork), the session's launcher and its actors are forked from it, with their
     libraries already imported; without, each is a fresh interpreter.
@@ -128,9 +142,12 @@ def run_session(
             )
         evaluations: list[Evaluation] = []
         try:
-            for evaluation in _follow(run_dir / "events.jsonl", process, should_stop):
-                evaluations.append(evaluation)
-                on_evaluation(evaluation)
+            for event in _follow(run_dir / "events.jsonl", process, should_stop):
+                if isinstance(event, SessionProgress):
+                    on_progress(event)
+                    continue
+                evaluations.append(event)
+                on_evaluation(event)
         except BaseException:
             stop_session(process)
             raise
@@ -154,8 +171,11 @@ def stop_session(process: Process, timeout_s: float = STOP_TIMEOUT_S) -> None:
             process.wait(timeout=wait_s)
 
 
-def _follow(path: Path, process: Process, should_stop: Callable[[], bool]) -> Iterator[Evaluation]:
-    """Yield each EvaluationFinished of a running session's events file as it is written."""
+def _follow(
+    path: Path, process: Process, should_stop: Callable[[], bool]
+) -> Iterator[Evaluation | SessionProgress]:
+    """Yield each EvaluationFinished of a running session's events file as it is written, and the last
+    TrainingProgress of each new stretch of the file."""
     offset = 0
     pending = ""
     while True:
@@ -173,6 +193,9 @@ def _follow(path: Path, process: Process, should_stop: Callable[[], bool]) -> It
                 event = _parse(line)
                 if event is not None:
                     yield event
+            latest = next((p for p in map(_progress, reversed(lines)) if p is not None), None)
+            if latest is not None:
+                yield latest
         if not running:
             return
         # Waiting on the process rather than sleeping sees its exit at once.
@@ -191,6 +214,22 @@ def _parse(line: str) -> Evaluation | None:
     return Evaluation(
         episode=int(event["episode"]), agent=dict(event["agent"]), buy_and_hold=dict(event["buy_and_hold"])
     )
+
+
+def _progress(line: str) -> SessionProgress | None:
+    """Return the training progress an events.jsonl line holds, or None for any other line."""
+    if '"TrainingProgress"' not in line:
+        return None
+    try:
+        event = json.loads(line)
+        return SessionProgress(
+            episode=int(event["episode"]),
+            steps=int(event["steps"]),
+            steps_total=int(event["steps_total"]),
+            steps_per_s=float(event["steps_per_s"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _evaluations(path: Path) -> list[Evaluation]:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import socket
 import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,12 +28,21 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from messages import SeedStarted, TrialCompleted, TrialFailed, TrialPruned, TrialReported, TrialStarted
+from messages import (
+    SeedStarted,
+    TrialCompleted,
+    TrialFailed,
+    TrialProgressed,
+    TrialPruned,
+    TrialReported,
+    TrialStarted,
+)
 from messages.base import Event
 from services.errors import InputError
 from services.experiments.runner import (
     Evaluation,
     SessionFailed,
+    SessionProgress,
     Stopped,
     mean_returns,
     read_equity,
@@ -55,6 +66,8 @@ CLAIM_SETTLE_S = 2.0
 """How long a worker waits after claiming the lockbox before it reads the claim back."""
 SCHEMA_ATTEMPTS = 4
 """Times a worker opens a new storage whose tables another worker is creating at the same moment."""
+PROGRESS_EVERY_S = 1.0
+"""Least interval between two TrialProgressed events of a trial."""
 TRIAL_SESSION = "session.figures=false"
 """What a trial's sessions leave out: the report's PNGs (report.md, the events and the CSVs stay)."""
 
@@ -380,6 +393,7 @@ class Worker:
         overrides.append(f"data.split.lockbox_fraction={settings.lockbox_fraction}")
         overrides.append(TRIAL_SESSION)
         sharpes, holds, curves = [], [], []
+        shown = [-math.inf]  # when the trial's progress was last published
         for seed in range(settings.seeds):
             name = f"seed-{seed}"
             self._progress(
@@ -407,6 +421,23 @@ class Worker:
                 if trial.should_prune():
                     raise Stopped(f"pruned at seed {seed} episode {evaluation.episode}")
 
+            def progressed(progress: SessionProgress, seed: int = seed) -> None:
+                now = time.monotonic()
+                if now - shown[0] < PROGRESS_EVERY_S:
+                    return
+                shown[0] = now
+                self._events.publish(
+                    TrialProgressed(
+                        number=trial.number,
+                        seed=seed,
+                        episode=progress.episode,
+                        steps=progress.steps,
+                        steps_total=progress.steps_total,
+                        steps_per_s=progress.steps_per_s,
+                        sender=SENDER,
+                    )
+                )
+
             try:
                 result = run_session(
                     settings.config,
@@ -416,6 +447,7 @@ class Worker:
                     on_evaluation=report,
                     should_stop=self._stop.is_set,
                     fork=self._fork,
+                    on_progress=progressed,
                 )
             except Stopped as exc:
                 if self._stop.is_set():

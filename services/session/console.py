@@ -30,6 +30,7 @@ from messages import (
     TrainingProgress,
     TrialCompleted,
     TrialFailed,
+    TrialProgressed,
     TrialPruned,
     TrialReported,
     TrialStarted,
@@ -172,6 +173,8 @@ def format_study_event(msg: Message, trials: int) -> str | None:
             return f"trial {msg.number} started{again}: {format_params(msg.params)}"
         case SeedStarted():
             return f"trial {msg.number} seed {msg.seed}: monitor: python run.py monitor --run {msg.run_dir}"
+        case TrialProgressed():
+            return f"trial {msg.number} seed {msg.seed}: {format_trial_progress(_fields_of(msg))}"
         case TrialReported():
             where = f"trial {msg.number} seed {msg.seed} episode {msg.episode}"
             return f"{where}: validation Sharpe {msg.sharpe:.3f}"
@@ -192,6 +195,19 @@ def format_study_event(msg: Message, trials: int) -> str | None:
             report = f"; report {msg.report}" if msg.report else ""
             return f"study {msg.name} {msg.status}{why}: {msg.finished} trial(s) finished{best}{report}"
     return None
+
+
+def _fields_of(msg: TrialProgressed) -> dict[str, Any]:
+    return {name: getattr(msg, name) for name in ("episode", "steps", "steps_total", "steps_per_s")}
+
+
+def format_trial_progress(progress: Mapping[str, Any]) -> str:
+    """Return how far a trial's running session is: episode, steps and steps/s."""
+    total = max(int(progress["steps_total"]), 1)
+    return (
+        f"episode {progress['episode']} {progress['steps']:,}/{progress['steps_total']:,} steps "
+        f"({min(100.0, 100.0 * progress['steps'] / total):.0f}%), {progress['steps_per_s']:,.0f} steps/s"
+    )
 
 
 def format_duration(seconds: float) -> str:
@@ -242,8 +258,10 @@ def study_lines(d: Mapping[str, Any]) -> list[str]:
     ]
     for trial in study["recent"][-EVAL_ROWS_SHOWN:]:
         value = f"value {trial['value']:.3f}" if trial.get("value") is not None else ""
-        report = trial.get("last_report")
-        if not value and report:
+        report, progress = trial.get("last_report"), trial.get("progress")
+        if not value and progress:
+            value = f"seed {progress['seed']} {format_trial_progress(progress)}"
+        elif not value and report:
             value = f"seed {report['seed']} episode {report['episode']} Sharpe {report['sharpe']:.3f}"
         lines.append(
             f"trial {trial['number']} {trial['state']} {value}".rstrip()
@@ -357,6 +375,11 @@ class PlainView:
         """Print the events that matter; progress at most every progress_every_s."""
         self._watch.saw(msg)
         line = format_study_event(msg, int(state.to_dict()["study"]["trials"]))
+        if isinstance(msg, TrialProgressed):
+            now = self._clock.monotonic()
+            line = line if now >= self._next else None
+            if line is not None:
+                self._next = now + self._every
         if line is not None:
             self._say(line)
         match msg:

@@ -27,6 +27,7 @@ from services.session.console import (
     age_text,
     format_duration,
     format_params,
+    format_trial_progress,
     session_progress,
 )
 from services.session.figures import format_cell
@@ -140,10 +141,10 @@ class LiveView:
         if study["best_number"] >= 0:
             header.append(f"  best trial {study['best_number']} value {study['best_value']:.3f}")
         table = Table(title="trials", title_justify="left")
-        for label in ("trial", "state", "value", "latest evaluation", "parameters"):
+        for label in ("trial", "state", "value", "training", "latest evaluation", "parameters"):
             table.add_column(label, justify="right" if label in ("trial", "value") else "left")
         for trial in study["recent"][-EVAL_ROWS_SHOWN:]:
-            report = trial.get("last_report")
+            report, progress = trial.get("last_report"), trial.get("progress")
             latest = (
                 f"seed {report['seed']} episode {report['episode']}: Sharpe {report['sharpe']:.3f}"
                 if report
@@ -153,6 +154,7 @@ class LiveView:
                 str(trial["number"]),
                 trial["state"],
                 format_cell(trial.get("value"), "num") if trial.get("value") is not None else "",
+                f"seed {progress['seed']} {format_trial_progress(progress)}" if progress else "",
                 latest,
                 format_params(trial["params"]),
             )

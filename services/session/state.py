@@ -28,6 +28,7 @@ from messages import (
     TrainingProgress,
     TrialCompleted,
     TrialFailed,
+    TrialProgressed,
     TrialPruned,
     TrialReported,
     TrialStarted,
@@ -219,18 +220,22 @@ class SessionState:
                 )
             case SeedStarted():
                 self._trial(msg.number)["seeds"][str(msg.seed)] = msg.run_dir
+            case TrialProgressed():
+                self._trial(msg.number)["progress"] = _fields(
+                    msg, "seed", "episode", "steps", "steps_total", "steps_per_s"
+                )
             case TrialReported():
                 self._trial(msg.number)["last_report"] = _fields(msg, "seed", "episode", "sharpe")
             case TrialCompleted():
                 self._trial(msg.number).update(
-                    state="complete", value=msg.value, seed_sharpes=list(msg.seed_sharpes)
+                    state="complete", value=msg.value, seed_sharpes=list(msg.seed_sharpes), progress=None
                 )
                 d["study"].update(_fields(msg, "finished", "best_number", "best_value"))
             case TrialPruned():
-                self._trial(msg.number).update(state="pruned", reason=msg.reason)
+                self._trial(msg.number).update(state="pruned", reason=msg.reason, progress=None)
                 d["study"].update(_fields(msg, "finished", "best_number", "best_value"))
             case TrialFailed():
-                self._trial(msg.number).update(state="failed", reason=msg.error)
+                self._trial(msg.number).update(state="failed", reason=msg.error, progress=None)
                 d["study"].update(_fields(msg, "finished", "best_number", "best_value"))
             case ErrorRaised():
                 d["errors"] = [

@@ -81,6 +81,7 @@ ROUTES: dict[str, str] = {
     "StudyStarted": f"study → {HUB}",
     "TrialStarted": f"study → {HUB}",
     "SeedStarted": f"study → {HUB}",
+    "TrialProgressed": f"study → {HUB}",
     "TrialReported": f"study → {HUB}",
     "TrialCompleted": f"study → {HUB}",
     "TrialPruned": f"study → {HUB}",

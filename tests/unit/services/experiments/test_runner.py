@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.experiments.runner import _evaluations, mean_returns, read_equity
+from services.experiments.runner import SessionProgress, _evaluations, _follow, mean_returns, read_equity
 
 
 def test_evaluations_are_read_from_the_events_file_skipping_other_events_and_a_torn_line(
@@ -45,3 +45,33 @@ def test_equity_becomes_bar_returns_and_seeds_are_averaged_bar_by_bar(tmp_path: 
     assert stamps == ("2020-01-02", "2020-01-03")
     assert agent == pytest.approx([0.0, 0.05])
     assert held == pytest.approx([0.1, 0.1 / 1.1])
+
+
+class _Ended:
+    """A session process that has already exited."""
+
+    def poll(self) -> int:
+        return 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        return 0
+
+    def send_signal(self, sig: int) -> None:
+        raise AssertionError("an ended session is not signalled")
+
+
+def test_following_a_session_gives_its_evaluations_and_only_its_latest_training_progress(
+    tmp_path: Path,
+) -> None:
+    events = tmp_path / "events.jsonl"
+    progress = [
+        {"type": "TrainingProgress", "episode": 1, "steps": s, "steps_total": 1024, "steps_per_s": 9.0}
+        for s in (256, 512, 768)
+    ]
+    finished = {"type": "EvaluationFinished", "episode": 1, "agent": {"sharpe": 1.0}, "buy_and_hold": {}}
+    events.write_text("".join(json.dumps(e) + "\n" for e in [progress[0], finished, *progress[1:]]))
+
+    seen = list(_follow(events, _Ended(), lambda: False))
+
+    assert [type(e).__name__ for e in seen] == ["Evaluation", "SessionProgress"]
+    assert seen[1] == SessionProgress(episode=1, steps=768, steps_total=1024, steps_per_s=9.0)

@@ -13,6 +13,7 @@ from messages import (
     StudyFinished,
     StudyStarted,
     TrialCompleted,
+    TrialProgressed,
     TrialPruned,
     TrialReported,
     TrialStarted,
@@ -50,6 +51,9 @@ def study_events() -> list[Message]:
             sender="study",
         ),
         TrialStarted(number=1, params={"model.net_arch": [16], "lr": 0.001}, retry_of=0, sender="study"),
+        TrialProgressed(
+            number=1, seed=0, episode=1, steps=512, steps_total=1024, steps_per_s=2000.0, sender="study"
+        ),
         TrialReported(number=1, seed=0, episode=1, sharpe=-1.0, sender="study"),
         TrialPruned(
             number=1,
@@ -139,6 +143,7 @@ def test_the_plain_view_says_each_trial_event_in_one_line() -> None:
         "trial 0 seed 0 episode 1: validation Sharpe 0.500",
         "trial 0 complete: value 0.500 (2 seeds) [1/2 finished; best so far trial 0 value 0.500]",
         "trial 1 started (retry of trial 0): model.net_arch=[16], lr=0.001",
+        "trial 1 seed 0: episode 1 512/1,024 steps (50%), 2,000 steps/s",
         "trial 1 seed 0 episode 1: validation Sharpe -1.000",
         "trial 1 pruned (pruned at seed 0 episode 1) [2/2 finished; best so far trial 0 value 0.500]",
         "study s completed: 2 trial(s) finished; best trial 0 value 0.500; report r.md",
@@ -156,13 +161,14 @@ def test_attaching_to_a_study_sums_up_its_trials() -> None:
     assert out.getvalue().splitlines() == [
         "attached to study s (running) at event 7: 1/2 trials finished; best trial 0 value 0.500",
         "trial 0 complete value 0.500: model.net_arch=[8], lr=0.0001235",
-        "trial 1 running seed 0 episode 1 Sharpe -1.000: model.net_arch=[16], lr=0.001",
+        "trial 1 running seed 0 episode 1 512/1,024 steps (50%), 2,000 steps/s: "
+        "model.net_arch=[16], lr=0.001",
     ]
 
 
 def test_the_live_view_of_a_study_shows_its_trials_instead_of_a_session() -> None:
     state = SessionState()
-    for seq, msg in enumerate(study_events()[:7], start=1):
+    for seq, msg in enumerate(study_events()[:8], start=1):
         state.apply(seq, msg)
     view = LiveView(Console(file=io.StringIO(), force_terminal=True), auto_refresh=False)
     view.snapshot(state)
@@ -174,5 +180,5 @@ def test_the_live_view_of_a_study_shows_its_trials_instead_of_a_session() -> Non
 
     assert "study s" in text and "1/2 trials finished" in text and "best trial 0 value 0.500" in text
     assert "complete" in text and "0.500" in text and "lr=0.0001235" in text
-    assert "seed 0 episode 1: Sharpe -1.000" in text
-    assert "episode 0/" not in text and "steps/s" not in text
+    assert "seed 0 episode 1: Sharpe -1.000" in text and "512/1,024 steps (50%)" in text
+    assert "episode 0/" not in text and "ETA" not in text  # no session progress bars
