@@ -10,8 +10,10 @@ It prints
      (its module loaded alone, as bench/bench_env_compare.py does) with the same 30 synthetic symbols
      and the same features as its indicators; the runs are interleaved over several repeats, and the
      median of the same-repeat ratios is quoted;
-  2. VecPortfolioEnv env-steps/s at 64 envs x 20 assets, all observations written every call;
-  3. the RSS of a fresh process stepping VecPortfolioEnv(64 x 20) after 10,000 and after --memory-steps
+  2. the cost of one single-env step: the fastest of --cost-runs runs of 2,000 steps, the long-only and
+     long-short envs interleaved (a quiet machine's figure even on a loaded one);
+  3. VecPortfolioEnv env-steps/s at 64 envs x 20 assets, all observations written every call;
+  4. the RSS of a fresh process stepping VecPortfolioEnv(64 x 20) after 10,000 and after --memory-steps
      env-steps.
 """
 
@@ -124,9 +126,11 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     options = EnvOptions()
     runs: dict[str, Callable[[int], float]] = {}
+    singles: dict[str, tuple[PortfolioEnv, np.ndarray]] = {}
     for mode in ("long_only", "long_short"):
         env = PortfolioEnv(features, open_, close, tradable, options, PortfolioOptions(weights=mode))
         actions = rng.uniform(-1, 1, (N_ACTIONS, env.action_space.shape[0])).astype(np.float32)
+        singles[mode] = (env, actions)
         runs[mode] = lambda r, env=env, actions=actions: step_rate(env, actions, args.single_steps, r)
     finrl = make_finrl(times, features, close)
     if finrl is not None:
@@ -166,7 +170,19 @@ def bench_speed(args: argparse.Namespace) -> dict[str, Any]:
             same_run = [a / b for a, b in zip(rates[mode], rates["finrl"], strict=True)]
             ratios[mode] = statistics.median(same_run)
             print(f"  ours ({mode}) / FinRL: median same-run ratio {ratios[mode]:.0f}x")
-    return {"rates": rates, "ratios": ratios}
+    costs: dict[str, list[float]] = {mode: [] for mode in singles}
+    for _ in range(args.cost_runs):
+        for mode, (env, actions) in singles.items():
+            costs[mode].append(1e6 / step_rate(env, actions, 2_000, 0))
+    step_us = {mode: min(values) for mode, values in costs.items()}
+    for mode, us in step_us.items():
+        print(f"  PortfolioEnv(30), {mode}: fastest of {args.cost_runs} runs {us:.2f} us a step")
+    if "finrl" in rates:
+        step_us["finrl"] = finrl_us = 1e6 / max(rates["finrl"])
+        print(f"  FinRL StockTradingEnv(30): fastest of {args.repeats} runs {finrl_us:,.0f} us a step")
+        for mode in ("long_only", "long_short"):
+            print(f"  FinRL / ours ({mode}), fastest runs: {finrl_us / step_us[mode]:.0f}x")
+    return {"rates": rates, "ratios": ratios, "step_us": step_us}
 
 
 def rss_mib() -> float:
@@ -201,6 +217,7 @@ def main() -> int:
     parser.add_argument("--finrl-steps", type=int, default=1_000)
     parser.add_argument("--vector-calls", type=int, default=2_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cost-runs", type=int, default=40, help="short runs for the cost of one step")
     parser.add_argument("--memory-steps", type=int, default=1_000_000, help="env-steps of the RSS run")
     parser.add_argument("--quick", action="store_true", help="a smoke pass; its figures mean nothing")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
@@ -208,6 +225,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.single_steps, args.finrl_steps, args.vector_calls, args.repeats = 2_000, 100, 200, 1
+        args.cost_runs = 2
         args.memory_steps = 50_000
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_steps, args.bars)))
