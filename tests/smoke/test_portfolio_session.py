@@ -37,9 +37,12 @@ class Run:
         self.returncode = proc.returncode
         self.run_dir = run_dir
         self.events = events(run_dir)
-        with (run_dir / "eval-episode-1.csv").open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        self.csv = {name: [row[name] for row in rows] for name in rows[0]}
+        self.csv: dict[str, list[str]] = {}
+        path = run_dir / "eval-episode-1.csv"
+        if path.is_file():  # a failed session has none: its test reports the status and stderr
+            with path.open(newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            self.csv = {name: [row[name] for row in rows] for name in rows[0]}
 
     def column(self, name: str) -> np.ndarray:
         """Return one numeric column of the eval CSV."""
