@@ -1,4 +1,5 @@
-"""Shared fixtures: every test ends with no pykka actor left running; --file-progress prints per file."""
+"""Shared fixtures: every test ends with no pykka actor left running; the test run's fork server
+(tests/sessions.py) stops at its end; --file-progress prints per file."""
 
 from __future__ import annotations
 
@@ -10,11 +11,18 @@ from typing import Any
 import pykka
 import pytest
 
+from tests.sessions import close_fork_server
+
 
 @pytest.fixture(autouse=True)
 def _stop_all_actors() -> Iterator[None]:
     yield
     pykka.ActorRegistry.stop_all(block=True, timeout=10)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the fork server the sessions of this test run were forked from, if one was started."""
+    close_fork_server()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

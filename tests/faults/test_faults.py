@@ -1,5 +1,9 @@
 """Fault injection: kill -9 and SIGSTOP of actor processes, SIGINT and resume, garbage on every socket,
-and a file-size limit while checkpointing. Marked `faults`; part of the README's test command."""
+and a file-size limit while checkpointing. Marked `faults`; part of the README's test command.
+
+Sessions are forked from the test run's fork server (tests/sessions.py), except the hung env actor's and
+the file-size limit's, which start as fresh interpreters as a user's `python run.py` does (so the
+supervisor replaces the hung actor with a fresh `run.py _actor` process)."""
 
 from __future__ import annotations
 
@@ -9,11 +13,10 @@ import os
 import random
 import resource
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -25,7 +28,7 @@ from messages import DecodeError, decode
 from services.model.checkpoint import latest_checkpoint
 from services.transport.auth import read_session_key
 from services.transport.credentials import PlainClient
-from tests.sessions import ROOT, TINY_MODEL, events, start_session
+from tests.sessions import TINY_MODEL, Session, events, run_py, start_session
 
 TINY = [
     *TINY_MODEL,
@@ -38,19 +41,15 @@ TINY = [
 pytestmark = pytest.mark.faults
 
 
-def start(tmp_path: Path, name: str, *extra: str, **popen: object) -> subprocess.Popen[str]:
+def start(tmp_path: Path, name: str, *extra: str, **popen: Any) -> Session:
     return start_session(TINY, tmp_path, name, *extra, **popen)
 
 
-def wait_for(
-    predicate: Callable[[], bool], timeout_s: float = 60, proc: subprocess.Popen[str] | None = None
-) -> None:
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 60, proc: Session | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(
-                f"session ended early ({proc.returncode}): {proc.stderr.read() if proc.stderr else ''}"
-            )
+            raise AssertionError(f"session ended early ({proc.returncode}): {proc.output()[1]}")
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.1)
@@ -69,8 +68,9 @@ def training_progress(run_dir: Path) -> int:
 
 def test_kill_9_of_every_actor_mid_training_loses_no_episode_and_keeps_the_model(tmp_path: Path) -> None:
     run_dir = tmp_path / "k"
-    # Two epochs per update slow training enough that all four kills land in the first episode.
-    budget = ["--set", "training.episodes=2", "--set", "training.steps_per_episode=50000"]
+    # Two epochs per update slow training enough that all four kills land while it trains (a forked
+    # actor is back within a second or two; 50,000 steps an episode were sized for fresh restarts).
+    budget = ["--set", "training.episodes=2", "--set", "training.steps_per_episode=25000"]
     proc = start(tmp_path, "k", *budget, "--set", "model.hyperparams.n_epochs=2")
     for kind in ("env", "data", "monitor", "model"):
         seen = training_progress(run_dir)
@@ -94,7 +94,7 @@ def test_kill_9_of_every_actor_mid_training_loses_no_episode_and_keeps_the_model
 
 def test_a_stopped_env_actor_is_detected_as_hung_and_replaced(tmp_path: Path) -> None:
     run_dir = tmp_path / "h"
-    proc = start(tmp_path, "h", "--set", "training.steps_per_episode=40000")
+    proc = start(tmp_path, "h", "--set", "training.steps_per_episode=20000", fresh=True)
     wait_for(lambda: training_progress(run_dir) > 2, proc=proc)
 
     os.kill(actor_pid(run_dir, "env"), signal.SIGSTOP)
@@ -123,28 +123,12 @@ def test_sigint_stops_cleanly_and_resume_continues_the_step_counter(tmp_path: Pa
     assert info is not None and info.meta["complete"] is False and info.meta["num_timesteps"] > 0
     stopped_at = info.meta["num_timesteps"]
 
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            "--resume",
-            str(run_dir),
-            "--set",
-            "training.steps_per_episode=2048",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    resumed = run_py("--resume", str(run_dir), "--set", "training.steps_per_episode=2048", timeout=180)
 
     assert resumed.returncode == 2 and "config differs" in resumed.stderr  # the budget is part of the config
-    forced = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--resume", str(run_dir), "--force",
-         "--set", "training.steps_per_episode=2048"],
-        cwd=ROOT, capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+    forced = run_py(
+        "--resume", str(run_dir), "--force", "--set", "training.steps_per_episode=2048", timeout=180
+    )
     assert forced.returncode == 0, forced.stderr
     created = [e for e in events(run_dir) if e["type"] == "ModelCreated"]
     assert created[-1]["restored_from"] and created[-1]["total_steps"] == stopped_at

@@ -1,4 +1,7 @@
-"""Fault injection: when the launcher dies with kill -9, no actor process outlives it."""
+"""Fault injection: when the launcher dies with kill -9, no actor process outlives it.
+
+The session starts as a fresh interpreter, as a user's `python run.py` does: its actors are the launcher's
+children and go when their parent does (tests/faults/test_forked_sessions.py has the forked case)."""
 
 from __future__ import annotations
 
@@ -29,7 +32,9 @@ def alive(pid: int) -> bool:
 def test_every_actor_process_exits_after_the_launcher_and_the_env_are_killed(tmp_path: Path) -> None:
     run_dir = tmp_path / "orphans"
     # A long budget: the model is in the middle of training when the launcher dies.
-    proc = start_session(TINY_MODEL, tmp_path, "orphans", "--set", "training.steps_per_episode=10000000")
+    proc = start_session(
+        TINY_MODEL, tmp_path, "orphans", "--set", "training.steps_per_episode=10000000", fresh=True
+    )
     deadline = time.monotonic() + 120
     while not any(e["type"] == "EpisodeStarted" for e in events(run_dir)):
         assert proc.poll() is None, "the session ended before training started"

@@ -54,7 +54,7 @@ def test_a_fault_scenario_passes_on_the_shared_path_and_leaves_no_buffer(
 
 def test_training_steps_through_shared_buffers_and_a_killed_env_actor_leaves_none(tmp_path: Path) -> None:
     run_dir = tmp_path / "s"
-    proc = scenarios.start(tmp_path, "s", "--set", "training.steps_per_episode=40000")
+    proc = scenarios.start(tmp_path, "s", "--set", "training.steps_per_episode=20000")
     scenarios.wait_for(lambda: scenarios.training_progress(run_dir) > 2, proc=proc)
     folder = ipc_dir(run_dir)
     first = sorted(p.name for p in folder.glob(f"*{SUFFIX}"))

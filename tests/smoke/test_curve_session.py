@@ -1,12 +1,14 @@
 """Smoke test of a CURVE-guarded session: real processes, keys made by `run.py keys`, monitors attaching.
 
 One session runs for the whole module; while it trains, a listed monitor follows it to the end and
-monitors without keys, with another keys folder's kit and with an unlisted key are turned away.
+monitors without keys, with another keys folder's kit and with an unlisted key are turned away. The
+session and its monitors are forked from the test run's fork server (tests/sessions.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 import subprocess
@@ -20,10 +22,10 @@ from pathlib import Path
 import pytest
 import zmq.auth
 
-from tests.sessions import ROOT, TINY
+from tests.sessions import ROOT, TINY, fork_server
 
-STEPS = "training.steps_per_episode=30000"
-"""Long enough (about ten seconds of training) for every monitor to attach while the session runs."""
+STEPS = "training.steps_per_episode=15000"
+"""Long enough (about five seconds of training) for every forked monitor to attach while the session runs."""
 SESSION_S = 120.0
 MONITOR_S = 60.0
 
@@ -44,18 +46,16 @@ class Finished:
 
 
 class Process:
-    """A run.py process whose stdout is read line by line as it comes; stderr goes to a file."""
+    """A forked run.py process whose stdout is read line by line as it comes; stderr goes to a file."""
 
     def __init__(self, folder: Path, name: str, *args: str | Path) -> None:
         self._stderr_path = folder / f"{name}.stderr"
-        with self._stderr_path.open("w") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "run.py"), *map(str, args)],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
+        read_end, write_end = os.pipe()
+        with self._stderr_path.open("w") as stderr, os.fdopen(write_end, "wb") as stdout:
+            self.proc = fork_server().client.spawn(
+                [str(a) for a in args], cwd=ROOT, stdout=stdout, stderr=stderr
             )
+        self._stdout_pipe = os.fdopen(read_end, "r")
         self.command = " ".join(map(str, args))
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stdout: list[str] = []
@@ -63,10 +63,10 @@ class Process:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._stdout.append(line)
-            self._lines.put(line)
+        with self._stdout_pipe:
+            for line in self._stdout_pipe:
+                self._stdout.append(line)
+                self._lines.put(line)
         self._lines.put(None)
 
     def wait_for_line(self, prefix: str, timeout_s: float) -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests import sessions
 from tests.sessions import ROOT, events
 
 pytestmark = pytest.mark.smoke
@@ -32,14 +32,9 @@ TINY_KEEPING_DEFAULT_WINDOWS = [
 """A tiny PPO that keeps the default env.window (32) and env.episode_length (256)."""
 
 
-def run_py(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def run_py(*args: str, timeout: float = 240, fresh: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run run.py forked from the test run's fork server, or as a fresh interpreter (tests/sessions.py)."""
+    return sessions.run_py(*args, timeout=timeout, fresh=fresh)
 
 
 def googl_rows(count: int) -> list[dict[str, str]]:
@@ -50,7 +45,8 @@ def googl_rows(count: int) -> list[dict[str, str]]:
 def refused(tmp_path: Path, *args: str) -> str:
     """Run a launch that must be refused: exit 2, one stderr line, nothing on stdout, no run folder."""
     started = time.monotonic()
-    result = run_py(*args, "--set", f"session.runs_dir={tmp_path / 'runs'}", "--name", "refused")
+    # Fresh, as a user starts it: the time bound says the refusal comes before any actor starts.
+    result = run_py(*args, "--set", f"session.runs_dir={tmp_path / 'runs'}", "--name", "refused", fresh=True)
 
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr

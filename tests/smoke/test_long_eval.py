@@ -8,13 +8,11 @@ come back in pieces.
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.sessions import ROOT, TINY_MODEL, events, start_session
+from tests.sessions import TINY_MODEL, events, run_py, start_session
 
 pytestmark = pytest.mark.smoke
 
@@ -37,13 +35,7 @@ SETTINGS = [
 
 def test_an_eval_window_of_over_100k_bars_is_evaluated_to_its_last_bar(tmp_path: Path) -> None:
     data = tmp_path / "minutes.csv"
-    made = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "generate-data", *GENERATE, "--out", str(data)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    made = run_py("generate-data", *GENERATE, "--out", str(data), timeout=120)
     assert made.returncode == 0, made.stderr
 
     proc = start_session(SETTINGS, tmp_path, "long", "--data", str(data))

@@ -10,14 +10,13 @@ import csv
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.sessions import ROOT, TINY, events, start_session
+from tests.sessions import ROOT, TINY, Session, events, run_py, start_session
 
 pytestmark = pytest.mark.smoke
 
@@ -32,7 +31,7 @@ LATE_START = 60
 class Run:
     """A finished portfolio session: its status, console, events and eval CSV."""
 
-    def __init__(self, run_dir: Path, proc: subprocess.Popen[str]) -> None:
+    def __init__(self, run_dir: Path, proc: Session) -> None:
         self.out, self.err = proc.communicate(timeout=300)
         self.returncode = proc.returncode
         self.run_dir = run_dir
@@ -179,20 +178,7 @@ def test_the_embedded_universe_trains_checkpoints_and_writes_the_portfolio_outpu
 
 
 def test_a_resumed_portfolio_session_reuses_its_model_for_the_next_episode(embedded: Run) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "run.py"),
-            "--resume",
-            str(embedded.run_dir),
-            "--set",
-            "training.episodes=2",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_py("--resume", str(embedded.run_dir), "--set", "training.episodes=2", timeout=300)
 
     assert proc.returncode == 0, proc.stderr
     assert (embedded.run_dir / "eval-episode-2.csv").is_file()
@@ -309,14 +295,9 @@ def test_each_box_action_algorithm_trains_on_the_embedded_universe(
 
 
 def test_dqn_on_a_portfolio_is_refused_in_one_line_with_status_2(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *PORTFOLIO, "--set", "model.algorithm=dqn", "--set",
-         f"session.runs_dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # fmt: skip
+    proc = run_py(
+        *PORTFOLIO, "--set", "model.algorithm=dqn", "--set", f"session.runs_dir={tmp_path}", timeout=120
+    )
 
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -325,13 +306,7 @@ def test_dqn_on_a_portfolio_is_refused_in_one_line_with_status_2(tmp_path: Path)
 
 
 def test_predict_prints_the_target_weight_of_every_symbol_as_json(embedded: Run) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "predict", "--run", str(embedded.run_dir), "--json"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_py("predict", "--run", str(embedded.run_dir), "--json", timeout=120)
 
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout)

@@ -10,8 +10,6 @@ import csv
 import math
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ import pytest
 import yaml
 
 from services.session.figures import TABLE_ROWS, format_cell
-from tests.sessions import ROOT, TINY, events, start_session
+from tests.sessions import ROOT, TINY, events, run_py, start_session
 
 pytestmark = pytest.mark.smoke
 
@@ -153,13 +151,7 @@ def test_a_session_whose_plots_cannot_be_written_says_so_in_one_line_and_exits_1
     shutil.rmtree(resumed / "plots")
     (resumed / "plots").write_text("a file where the plots folder goes")
 
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--resume", str(resumed), "--set", "training.episodes=2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = run_py("--resume", str(resumed), "--set", "training.episodes=2", timeout=240)
 
     assert proc.returncode == 1, proc.stderr
     said = [line for line in proc.stderr.splitlines() if "report" in line]

@@ -1,4 +1,8 @@
-"""Smoke tests: run.py end to end with a tiny budget and a tiny network, plus monitors attaching."""
+"""Smoke tests: run.py end to end with a tiny budget and a tiny network, plus monitors attaching.
+
+What a user's first hour does starts as fresh interpreters (`python run.py`): the two-episode session with
+its monitors, `--default`, and every refusal. The seed and resume tests fork their sessions from the test
+run's fork server (tests/sessions.py); a forked session is the same processes, started faster."""
 
 from __future__ import annotations
 
@@ -21,37 +25,34 @@ from tests.sessions import ROOT, TINY, events
 pytestmark = pytest.mark.smoke
 
 
-def run_py(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def run_py(*args: str, timeout: float = 180, fresh: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run run.py as a fresh interpreter, or forked from the test run's fork server (fresh=False)."""
+    return sessions.run_py(*args, timeout=timeout, fresh=fresh)
 
 
-def start_session(tmp_path: Path, name: str, *extra: str) -> subprocess.Popen[str]:
-    return sessions.start_session(TINY, tmp_path, name, *extra)
-
-
-def monitor_command(proc: subprocess.Popen[str]) -> list[str]:
+def monitor_command(proc: sessions.Session, timeout_s: float = 120) -> list[str]:
     """Return the monitor command line the session printed, to run as printed (from the repository root)."""
-    assert proc.stdout is not None
-    for _ in range(20):
-        line = proc.stdout.readline()
-        if line.startswith("monitor: "):
-            return shlex.split(line.removeprefix("monitor: "))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lines = proc.output()[0].splitlines(keepends=True)
+        for line in lines[:20]:
+            if line.startswith("monitor: ") and line.endswith("\n"):
+                return shlex.split(line.removeprefix("monitor: "))
+        if len(lines) >= 20 or proc.poll() is not None:
+            break
+        time.sleep(0.05)
     raise AssertionError("the session did not print its monitor command")
 
 
 def test_two_episodes_train_one_model_and_write_the_run_folder(tmp_path: Path) -> None:
     # Quick heartbeats: a false alarm (an actor called stale while it works) shows within a second.
-    proc = start_session(
+    proc = sessions.start_session(
+        TINY,
         tmp_path,
         "two",
         *("--set", "training.episodes=2", "--set", "training.steps_per_episode=2048"),
         *("--set", "session.heartbeat_s=0.25"),
+        fresh=True,
     )
     command = monitor_command(proc)
     attached = subprocess.Popen(
@@ -118,8 +119,8 @@ def test_two_episodes_train_one_model_and_write_the_run_folder(tmp_path: Path) -
 
 
 def test_the_same_seed_gives_the_same_trades_and_metrics(tmp_path: Path) -> None:
-    first = run_py(*TINY, "--set", f"session.runs_dir={tmp_path}", "--name", "a")
-    second = run_py(*TINY, "--set", f"session.runs_dir={tmp_path}", "--name", "b")
+    first = run_py(*TINY, "--set", f"session.runs_dir={tmp_path}", "--name", "a", fresh=False)
+    second = run_py(*TINY, "--set", f"session.runs_dir={tmp_path}", "--name", "b", fresh=False)
 
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
@@ -164,16 +165,18 @@ def test_default_is_accepted_as_the_name_of_the_default_config(tmp_path: Path) -
 
 def test_resume_continues_the_same_model_and_step_counter_and_predict_uses_it(tmp_path: Path) -> None:
     runs = f"session.runs_dir={tmp_path}"
-    first = run_py(*TINY, "--set", runs, "--name", "r", "--set", "training.episodes=2")
+    first = run_py(*TINY, "--set", runs, "--name", "r", "--set", "training.episodes=2", fresh=False)
     assert first.returncode == 0, first.stderr
     run_dir = tmp_path / "r"
     before = events(run_dir)
     trained = [e for e in before if e["type"] == "EpisodeFinished"]
 
-    done = run_py("--resume", str(run_dir))
-    mismatch = run_py("--resume", str(run_dir), "--set", "training.episodes=3", "--set", "env.window=9")
-    resumed = run_py("--resume", str(run_dir), "--set", "training.episodes=3")
-    predicted = run_py("predict", "--run", str(run_dir), "--json")
+    done = run_py("--resume", str(run_dir), fresh=False)
+    mismatch = run_py(
+        "--resume", str(run_dir), "--set", "training.episodes=3", "--set", "env.window=9", fresh=False
+    )
+    resumed = run_py("--resume", str(run_dir), "--set", "training.episodes=3", fresh=False)
+    predicted = run_py("predict", "--run", str(run_dir), "--json", fresh=False)
 
     assert done.returncode == 2 and "all 2 episodes are done" in done.stderr
     assert mismatch.returncode == 2 and "config differs" in mismatch.stderr
