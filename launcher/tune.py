@@ -22,6 +22,7 @@ from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, UsageError, add_set_argu
 from messages import StudyFinished, StudyStarted
 from services.config import load_config
 from services.errors import InputError
+from services.experiments import storage as stores
 from services.experiments import study as studies
 from services.experiments.broadcast import StudyBroadcast
 from services.experiments.lockbox import run_lockbox
@@ -56,14 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def tune_main(args: argparse.Namespace) -> int:
     """Check the inputs, open the study, run the workers, then the lockbox, and write the report."""
     settings = _settings(args)
-    url = args.storage or studies.default_storage(settings.folder)
+    url = args.storage or stores.default_storage(settings.folder)
     if args.storage is None:
         settings.folder.mkdir(parents=True, exist_ok=True)
     try:
-        study = studies.open_study(settings, studies.storage_for(url))
+        study = stores.open_study(settings, stores.storage_for(url))
     except InputError as exc:
         raise UsageError(str(exc)) from None
-    shown = studies.redacted(url)
+    shown = stores.redacted(url)
     done = len(studies.finished(study.get_trials(deepcopy=False)))
     _say(
         f"study {settings.name}: {done}/{settings.trials} trials finished; storage {shown}; "
@@ -120,7 +121,7 @@ def tune_main(args: argparse.Namespace) -> int:
 
 
 def _search(
-    settings: studies.StudySettings,
+    settings: stores.StudySettings,
     study: optuna.Study,
     shown: str,
     workers: int,
@@ -179,7 +180,7 @@ def _wait_for_running(study: optuna.Study, stop: threading.Event) -> None:
         stop.wait(studies.POLL_S)
 
 
-def _settings(args: argparse.Namespace) -> studies.StudySettings:
+def _settings(args: argparse.Namespace) -> stores.StudySettings:
     """Return the study's settings from the command line, or raise UsageError in one line."""
     limits = (("--trials", args.trials, 1), ("--workers", args.workers, 1), ("--seeds", args.seeds, 1))
     for flag, value, low in (*limits, ("--top", args.top, 0)):
@@ -197,7 +198,7 @@ def _settings(args: argparse.Namespace) -> studies.StudySettings:
         raise UsageError(str(exc)) from None
     runs = Path(config.session.runs_dir)
     runs = runs if runs.is_absolute() else ROOT / runs
-    return studies.StudySettings(
+    return stores.StudySettings(
         name=args.study,
         config=args.config,
         overrides=overrides,

@@ -14,10 +14,10 @@ from optuna.trial import TrialState
 
 from services.experiments.runner import run_session
 from services.experiments.stats import interquartile_mean
+from services.experiments.storage import StudySettings
 from services.experiments.study import (
     CLAIM_SETTLE_S,
     Progress,
-    StudySettings,
     params_text,
     trial_overrides,
     trial_params,

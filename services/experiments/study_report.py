@@ -20,7 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from services.experiments import stats
 from services.experiments.lockbox import LockboxResult
-from services.experiments.study import StudySettings, counted, trial_params
+from services.experiments.storage import StudySettings
+from services.experiments.study import counted, trial_params
 
 SEED_INTERVAL_SEED = 0
 """Seed of the bootstrap resampling of the seed intervals (the same study gives the same report)."""

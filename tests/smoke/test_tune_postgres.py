@@ -22,7 +22,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from services.experiments.study import driver_url
+from services.experiments.storage import driver_url
 from tests.sessions import ROOT, TINY_MODEL
 
 pytestmark = pytest.mark.smoke

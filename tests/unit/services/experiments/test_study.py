@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from services.data.options import SplitOptions
 from services.data.splits import lockbox_start, split_ranges
 from services.experiments import stats
-from services.experiments import study as study_module
+from services.experiments import storage as storage_module
 from services.experiments.study import counted, finished, retried_numbers
 from services.experiments.study_report import compute_statistics
 
@@ -119,9 +119,9 @@ def test_a_worker_that_loses_the_race_to_create_the_tables_opens_the_storage_aga
             raise IntegrityError("CREATE TABLE studies", {}, Exception("duplicate key value"))
         return "opened"
 
-    monkeypatch.setattr(study_module, "RDBStorage", storage)
+    monkeypatch.setattr(storage_module, "RDBStorage", storage)
 
-    assert study_module.storage_for("sqlite:///x.db") == "opened"
+    assert storage_module.storage_for("sqlite:///x.db") == "opened"
     assert len(calls) == 2
 
 
@@ -132,6 +132,6 @@ def test_a_storage_that_keeps_failing_its_tables_is_one_error() -> None:
         raise IntegrityError("CREATE TABLE studies", {}, Exception("duplicate key value"))
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(study_module, "RDBStorage", storage)
-        with pytest.raises(study_module.StudyError, match=r"cannot open the storage: .*duplicate key value"):
-            study_module.storage_for("sqlite:///x.db", attempts=2)
+        patch.setattr(storage_module, "RDBStorage", storage)
+        with pytest.raises(storage_module.StudyError, match=r"cannot open the storage: .*duplicate key"):
+            storage_module.storage_for("sqlite:///x.db", attempts=2)
