@@ -154,6 +154,14 @@ class SessionActor(pykka.ThreadingActor):
             self._publisher.close()
         self.outcome.done.set()
 
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        """A crash of this actor fails the session: the launcher, waiting on `done`, then stops the rest."""
+        logger.error("session actor crashed: %s: %s", exception_type.__name__, exception_value)
+        if self.outcome.status == "running":
+            self.outcome.status = "failed"
+            self.outcome.reason = f"the session actor crashed: {exception_type.__name__}: {exception_value}"
+        self.on_stop()
+
     def on_receive(self, message: Any) -> Any:
         """Handle waits and aborts."""
         match message:
@@ -232,6 +240,15 @@ class SessionActor(pykka.ThreadingActor):
                 self._script = self._shutdown()
                 reply = None
                 continue
+            except Exception as exc:
+                # The script's own work failed (writing a report, say): the session fails, and its actors
+                # are still stopped in order.
+                logger.exception("session: episode %d failed in the session itself", self._episode)
+                if self._stopping:
+                    self._finish()
+                    return
+                self._fail(f"episode {self._episode}: {type(exc).__name__}: {exc}")
+                return
             self._call = call
             self._restarted.clear()
             self._retries = 0

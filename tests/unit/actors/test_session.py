@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,13 @@ class Script:
         return FakeClient(handle)
 
 
-def run(script: Script, episodes: int = 2, heartbeat_age: float = 0.0, abort_when_training: bool = False):
+def run(
+    script: Script,
+    episodes: int = 2,
+    heartbeat_age: float = 0.0,
+    abort_when_training: bool = False,
+    on_report: Any = None,
+):
     publisher = FakePublisher()
     clients = {name: script.actor(name) for name in ("data", "env", "model")}
     ports = Ports(publisher=lambda: publisher, clients={k: (lambda c=c: c) for k, c in clients.items()})
@@ -103,7 +110,7 @@ def run(script: Script, episodes: int = 2, heartbeat_age: float = 0.0, abort_whe
         request_timeout_s=5.0,
         hang_timeout_s=3.0,
         heartbeat_age=lambda actor: heartbeat_age,
-        on_report=reports.append,
+        on_report=on_report or reports.append,
         stop_timeout_s=1.0,
     )
     if abort_when_training:
@@ -144,6 +151,57 @@ def test_a_failed_request_fails_the_session_and_still_stops_every_actor() -> Non
     assert script.log[-3:] == [("model", "Stop"), ("env", "Stop"), ("data", "Stop")]
     assert reports == []
     assert publisher.of(SessionFinished)[0].status == "failed"
+
+
+def test_a_report_that_cannot_be_written_fails_the_session_and_still_stops_every_actor() -> None:
+    script = Script()
+
+    def broken(report: EvaluationReport) -> None:
+        raise IndexError("index 25 is out of bounds for axis 0 with size 25")
+
+    outcome, publisher, _ = run(script, on_report=broken)
+
+    assert outcome.status == "failed"
+    assert outcome.reason == "episode 1: IndexError: index 25 is out of bounds for axis 0 with size 25"
+    assert script.log[-3:] == [("model", "Stop"), ("env", "Stop"), ("data", "Stop")]
+    assert publisher.of(SessionFinished)[0].status == "failed"
+
+
+def test_a_crash_of_the_session_actor_itself_fails_the_session_instead_of_hanging_the_launcher() -> None:
+    class BrokenClient:
+        """A client whose socket fails under the actor (outside any request's handling)."""
+
+        def send(self, msg: Any) -> None:
+            pass
+
+        def receive(self, timeout_ms: int) -> Any:
+            raise RuntimeError("socket closed under the session")
+
+        def close(self) -> None:
+            pass
+
+    publisher = FakePublisher()
+    clients = {name: BrokenClient() for name in ("data", "env", "model")}
+    ports = Ports(publisher=lambda: publisher, clients={k: (lambda c=c: c) for k, c in clients.items()})
+    outcome = Outcome()
+
+    SessionActor.start(
+        outcome=outcome,
+        session_name="s1",
+        episodes=1,
+        steps_per_episode=100,
+        ports=ports,
+        clock=FakeClock(),
+        request_timeout_s=5.0,
+        hang_timeout_s=3.0,
+        heartbeat_age=lambda actor: 0.0,
+        on_report=lambda report: None,
+        stop_timeout_s=1.0,
+    )
+
+    assert outcome.done.wait(10), "the launcher waits on done: a crash must set it"
+    assert outcome.status == "failed"
+    assert outcome.reason == "the session actor crashed: RuntimeError: socket closed under the session"
 
 
 def test_a_request_failed_on_the_users_input_fails_the_session_with_that_line_alone() -> None:
