@@ -26,12 +26,11 @@ from services.session.console import (
     ViewClock,
     age_text,
     format_duration,
-    format_params,
-    format_trial_progress,
     session_progress,
 )
 from services.session.figures import format_cell
 from services.session.state import SessionState
+from services.session.study_console import format_params, format_trial_progress
 
 logger = logging.getLogger(__name__)
 
