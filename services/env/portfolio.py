@@ -42,7 +42,7 @@ from services.env.options import (
 )
 from services.env.portfolio_data import PortfolioData
 from services.env.records import StepResult
-from services.env.vec_env import draw_start
+from services.env.vec_env import EpisodeClock
 
 if TYPE_CHECKING:
     from gymnasium import spaces
@@ -152,11 +152,9 @@ class VecPortfolioEnv:
         self.sequential = sequential
         self._acc = Accounting(options, bars_per_year)
         self._data = PortfolioData(options, sequential=sequential)
-        self._rngs = [np.random.default_rng(seed + i) for i in range(n)]
+        self._clock = EpisodeClock(n, seed, sequential=sequential, episode_length=options.episode_length)
         self._has_data = False
-        self._t = np.zeros(n, dtype=np.int64)
-        self._start = np.zeros(n, dtype=np.int64)
-        self._end = np.zeros(n, dtype=np.int64)
+        self._t, self._start, self._end = self._clock.t, self._clock.start, self._clock.end
         self._equity = np.ones(n)
         self._reward_state = (np.zeros(n), np.zeros(n))
         self._ep_return = np.zeros(n)
@@ -259,20 +257,14 @@ class VecPortfolioEnv:
         """Start a new episode in every env and return their first observations [N, D]."""
         self._require_data()
         if seed is not None:
-            self._rngs = [np.random.default_rng(seed + i) for i in range(self.n_envs)]
+            self._clock.reseed(seed)
         self._start_episodes(np.arange(self.n_envs))
         if self.sequential:
             self._begin_run()
         return self._obs
 
     def _start_episodes(self, envs: np.ndarray) -> None:
-        bounds = self._data.start_bounds()
-        for i in envs.tolist():
-            self._start[i] = draw_start(self._rngs[i], bounds)
-        self._t[envs] = self._start[envs]
-        self._end[envs] = (
-            self._data.n_bars - 1 if self.sequential else self._start[envs] + self.options.episode_length
-        )
+        self._clock.begin(envs, self._data.start_bounds(), self._data.n_bars)
         self._weights[envs] = 0.0
         self._equity[envs] = 1.0
         self._ep_return[envs] = 0.0
@@ -394,7 +386,7 @@ class VecPortfolioEnv:
     def _finish(self, envs: np.ndarray) -> None:
         self._terminal_obs[envs] = self._obs[envs]
         self._out_return[envs] = self._ep_return[envs]
-        self._out_length[envs] = self._t[envs] - self._start[envs]
+        self._out_length[envs] = self._clock.lengths(envs)
         if self.sequential:
             self._run_done = True
         self._start_episodes(envs)

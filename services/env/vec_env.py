@@ -153,6 +153,43 @@ def draw_start(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
     return int(rng.integers(low, high + 1))
 
 
+class EpisodeClock:
+    """Where each of N envs is in its episode, and how episodes are drawn: the rule both vectorized envs
+    (VecTradingEnv, VecPortfolioEnv) step on.
+
+    Env i draws its start bars from np.random.default_rng(seed + i); a training episode is truncated
+    `episode_length` steps after its start, a sequential one runs to the last bar. `t`, `start` and `end`
+    are the envs' arrays themselves (the envs step `t` in place).
+    """
+
+    def __init__(self, n_envs: int, seed: int, *, sequential: bool, episode_length: int) -> None:
+        self.n_envs = n_envs
+        self.sequential = sequential
+        self.episode_length = episode_length
+        self.rngs = [np.random.default_rng(seed + i) for i in range(n_envs)]
+        self.t = np.zeros(n_envs, dtype=np.int64)
+        """The bar each env's last observation ends at."""
+        self.start = np.zeros(n_envs, dtype=np.int64)
+        """Each env's episode start bar (its first decision bar)."""
+        self.end = np.zeros(n_envs, dtype=np.int64)
+        """Each env's last bar of the episode: truncated on reaching it."""
+
+    def reseed(self, seed: int) -> None:
+        """Make env i draw from np.random.default_rng(seed + i) from now on."""
+        self.rngs = [np.random.default_rng(seed + i) for i in range(self.n_envs)]
+
+    def begin(self, envs: np.ndarray, bounds: tuple[int, int], n_bars: int) -> None:
+        """Start the given envs' next episodes: draw their starts within bounds, set their bars."""
+        for i in envs.tolist():
+            self.start[i] = draw_start(self.rngs[i], bounds)
+        self.t[envs] = self.start[envs]
+        self.end[envs] = n_bars - 1 if self.sequential else self.start[envs] + self.episode_length
+
+    def lengths(self, envs: np.ndarray) -> np.ndarray:
+        """Return the given envs' steps in their episodes so far."""
+        return self.t[envs] - self.start[envs]
+
+
 class VecTradingEnv:
     """Step N trading envs at once with numpy; also the sequential evaluation env (N = 1)."""
 
@@ -182,14 +219,11 @@ class VecTradingEnv:
         self._acc = Accounting(options, bars_per_year)
         self._data = MarketData(options, sequential=sequential)
         self._table = np.array(options.positions)
-        self._rngs = [np.random.default_rng(seed + i) for i in range(n)]
+        self._clock = EpisodeClock(n, seed, sequential=sequential, episode_length=options.episode_length)
         self._has_data = False
         self._width = 0
-        # Per-env state.
-        self._t = np.zeros(n, dtype=np.int64)
-        self._start = np.zeros(n, dtype=np.int64)
-        # Last bar of each env's episode: truncated on reaching it.
-        self._end = np.zeros(n, dtype=np.int64)
+        # Per-env state (the clock's arrays, stepped in place).
+        self._t, self._start, self._end = self._clock.t, self._clock.start, self._clock.end
         self._position = np.zeros(n)
         self._new = np.zeros(n)
         self._entry = np.zeros(n)
@@ -303,7 +337,7 @@ class VecTradingEnv:
         """
         self._require_data()
         if seed is not None:
-            self._rngs = [np.random.default_rng(seed + i) for i in range(self.n_envs)]
+            self._clock.reseed(seed)
         self._start_episodes(np.arange(self.n_envs))
         if self.sequential:
             self._begin_run()
@@ -311,14 +345,7 @@ class VecTradingEnv:
 
     def _start_episodes(self, envs: np.ndarray) -> None:
         """Put the given envs at the start of a new episode and write their observation rows."""
-        bounds = self._data.start_bounds()
-        for i in envs.tolist():
-            self._start[i] = draw_start(self._rngs[i], bounds)
-        self._t[envs] = self._start[envs]
-        if self.sequential:
-            self._end[envs] = self._data.n_bars - 1
-        else:
-            self._end[envs] = self._start[envs] + self.options.episode_length
+        self._clock.begin(envs, self._data.start_bounds(), self._data.n_bars)
         self._position[envs] = 0.0
         self._entry[envs] = 0.0
         self._unrealised[envs] = 0.0
@@ -423,7 +450,7 @@ class VecTradingEnv:
         """Report the finished envs' episodes and start their next ones."""
         self._terminal_obs[envs] = self._obs[envs]
         self._out_return[envs] = self._ep_return[envs]
-        self._out_length[envs] = self._t[envs] - self._start[envs]
+        self._out_length[envs] = self._clock.lengths(envs)
         if self.sequential:
             # The records stay readable until the next step starts a new run.
             self._run_done = True
