@@ -8,6 +8,7 @@ supervisor replaces the hung actor with a fresh `run.py _actor` process)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -41,6 +42,21 @@ TINY = [
 pytestmark = pytest.mark.faults
 
 
+PASSED: dict[str, Path] = {}
+"""The folder of each scenario test (marked @scenario) that passed in this test run, by test name."""
+
+
+def scenario(test: Callable[[Path], None]) -> Callable[[Path], None]:
+    """Note where a fault scenario ran once it passes: test_shm_faults.py checks that run's step buffers."""
+
+    @functools.wraps(test)
+    def run(tmp_path: Path) -> None:
+        test(tmp_path)
+        PASSED[test.__name__] = tmp_path
+
+    return run
+
+
 def start(tmp_path: Path, name: str, *extra: str, **popen: Any) -> Session:
     return start_session(TINY, tmp_path, name, *extra, **popen)
 
@@ -66,6 +82,7 @@ def training_progress(run_dir: Path) -> int:
     return sum(1 for e in events(run_dir) if e["type"] == "TrainingProgress")
 
 
+@scenario
 def test_kill_9_of_every_actor_mid_training_loses_no_episode_and_keeps_the_model(tmp_path: Path) -> None:
     run_dir = tmp_path / "k"
     # Two epochs per update slow training enough that all four kills land while it trains (a forked
@@ -92,6 +109,7 @@ def test_kill_9_of_every_actor_mid_training_loses_no_episode_and_keeps_the_model
     assert (run_dir / "eval-episode-2.csv").is_file()
 
 
+@scenario
 def test_a_stopped_env_actor_is_detected_as_hung_and_replaced(tmp_path: Path) -> None:
     run_dir = tmp_path / "h"
     proc = start(tmp_path, "h", "--set", "training.steps_per_episode=20000", fresh=True)
@@ -108,6 +126,7 @@ def test_a_stopped_env_actor_is_detected_as_hung_and_replaced(tmp_path: Path) ->
     assert "signal 9" in restarted[0]["reason"]
 
 
+@scenario
 def test_sigint_stops_cleanly_and_resume_continues_the_step_counter(tmp_path: Path) -> None:
     run_dir = tmp_path / "i"
     proc = start(tmp_path, "i", "--set", "training.steps_per_episode=10000000")

@@ -53,7 +53,7 @@ def test_forked_actors_killed_mid_training_are_restarted_and_the_model_kept(
     server: ForkServer, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "k"
-    budget = ["--set", "training.episodes=2", "--set", "training.steps_per_episode=30000"]
+    budget = ["--set", "training.episodes=2", "--set", "training.steps_per_episode=15000"]
     session = forked_session(server, tmp_path, "k", *budget, "--set", "model.hyperparams.n_epochs=2")
     for kind in ("env", "model"):
         seen = training_progress(run_dir)
