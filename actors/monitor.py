@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+JOIN_WAIT_S = 2.0
+"""How long an attaching monitor waits for its first event before it asks for the snapshot anyway
+(a running session sends heartbeats every second)."""
+
 
 class MonitorActor(ServiceActor):
     """Subscribes to every event; sends no command (its only request is the snapshot on attach)."""
@@ -50,17 +54,38 @@ class MonitorActor(ServiceActor):
         self.resyncs = 0
 
     def started(self) -> None:
-        """Subscribe, then ask for the snapshot and apply only newer events (Clone pattern)."""
+        """Subscribe, wait for the first event, then ask for the snapshot and apply only newer events.
+
+        A subscription reaches the publisher some time after it is made; a snapshot taken before then
+        would miss the events published in between (the monitor would report them lost). Once the first
+        event has arrived the subscription is in place, so a snapshot taken after it misses nothing.
+        """
         if self._ports.subscriber is not None:
             self._subscriber = self._ports.subscriber()
         self._last_event = self._clock.monotonic()
+        early = self._first_events() if "session" in self._clients and not self._once else []
         if "session" in self._clients:
             self._request_snapshot("attaching", timeout_s=None)
+        for seq, msg in early:
+            if seq > self.state.seq:
+                self._take(seq, msg)
         status = self.state.to_dict()["session"]["status"]
         if self._once:
             self._finish("snapshot printed")
         elif self._exit_when_finished and status not in ("unknown", "running"):
             self._finish(f"session {status}")
+
+    def _first_events(self) -> list[tuple[int, Message]]:
+        """Return the events that arrive until the first one has (JOIN_WAIT_S at most), and any queued."""
+        if self._subscriber is None:
+            return []
+        first = self._subscriber.receive(int(JOIN_WAIT_S * 1000))
+        if first is None:
+            return []  # an idle or finished session: the snapshot alone tells its state
+        events = [first]
+        while (item := self._subscriber.receive(0)) is not None:
+            events.append(item)
+        return events
 
     def _request_snapshot(self, why: str, timeout_s: float | None) -> bool:
         """Replace the state by the session's snapshot; False (with a notice) when none came."""

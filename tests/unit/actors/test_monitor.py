@@ -143,6 +143,78 @@ def test_a_sequence_gap_is_reported_as_lost_events() -> None:
     assert any("lost 3 event(s)" in n for n in view.notices)
 
 
+class LateSubscription:
+    """Events of a running session, and a subscription that reaches the publisher only when it is first
+    read: what is published before then never arrives (a ZeroMQ subscription is not instant)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.published = 0
+        self.active = False
+        self.events: queue.Queue[tuple[int, Message]] = queue.Queue()
+
+    def publish(self, msg: Message) -> None:
+        with self.lock:
+            self.published += 1
+            if self.active:
+                self.events.put((self.published, msg))
+
+    def receive(self, timeout_ms: int) -> tuple[int, Message] | None:
+        with self.lock:
+            self.active = True
+        try:
+            return self.events.get(timeout=max(timeout_ms, 1) / 1000)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_attaching_to_a_busy_session_loses_no_event_between_the_snapshot_and_the_subscription() -> None:
+    hub, view, note = LateSubscription(), RecordingView(), ActorExit()
+    beat = Heartbeat(pid=1, rss_bytes=5, cpu_percent=1.0, state="busy", sender="env")
+
+    def session(msg: Message) -> Message | None:
+        if isinstance(msg, RequestSnapshot):
+            state = SessionState()
+            with hub.lock:
+                seq = hub.published
+            for k in range(1, seq + 1):
+                state.apply(k, beat)
+            reply = Snapshot(correlation_id=msg.msg_id, seq=seq, state=state.to_dict())
+            hub.publish(beat)  # one more event while the reply is on its way
+            return reply
+        return None
+
+    stop = threading.Event()
+
+    def running_session() -> None:
+        while not stop.wait(0.02):
+            hub.publish(beat)
+
+    publisher = threading.Thread(target=running_session, daemon=True)
+    publisher.start()
+    wait_until(lambda: hub.published >= 3)  # the session is running when the monitor attaches
+    session_client = FakeClient(session)
+    MonitorActor.start(
+        view=view,
+        ports=Ports(subscriber=lambda: hub, clients={"session": lambda: session_client}),
+        clock=FakeClock(),
+        probe=FakeProbe(),
+        exit_note=note,
+        exit_when_finished=True,
+    )
+    wait_until(lambda: len(view.shown) >= 5, timeout_s=10)
+    stop.set()
+    publisher.join()
+    hub.publish(SessionFinished(name="s", status="completed"))
+
+    assert note.event.wait(10)
+    assert not [n for n in view.notices if "lost" in n], view.notices
+    assert view.shown[-1][1] == "SessionFinished"
+
+
 def test_silence_is_reported_once_and_the_return_of_events_too() -> None:
     clock = FakeClock()
     subscriber, view, note, _ = start(clock=clock, silence_s=5.0)
