@@ -326,6 +326,19 @@ def sma_ratio(ctx: FeatureContext) -> np.ndarray:
     return ctx.close / mean - 1.0
 
 
+def _register_ema_ratio(span: int) -> None:
+    description = f"Close relative to its exponential average of span {span}: close / ema{span} - 1."
+
+    # The average's seed (the first close) still weighs (1 - alpha)^span = about e^-2 after the warm-up.
+    @register_feature(f"ema_ratio_{span}", warmup=span, lookback=0, description=description, uses=("close",))
+    def ema_ratio(ctx: FeatureContext) -> np.ndarray:
+        return ctx.close / ctx.ema(f"close_ema{span}", ctx.close, 2 / (span + 1)) - 1.0
+
+
+for _span in (50, 100, 200):
+    _register_ema_ratio(_span)
+
+
 @register_feature("rsi_14", warmup=14, lookback=1, uses=("close",))
 def rsi(ctx: FeatureContext) -> np.ndarray:
     """Wilder's RSI(14) rescaled to [-1, 1]: (RSI - 50) / 50, averages seeded with the first change."""

@@ -22,7 +22,7 @@ from services.data.reader import read_bars
 from services.data.synthetic import generate_bars, write_csv
 
 ALL = FeatureOptions(names=available_features())
-ALL_WARMUP = 60  # ret_60 and vol_60 set the warm-up of the full set.
+ALL_WARMUP = 200  # ema_ratio_200 sets the warm-up of the full set.
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,18 @@ def test_macd_histogram_matches_pandas_exponential_averages(frame: pd.DataFrame)
     np.testing.assert_allclose(
         column(table, "macd_hist")[ALL_WARMUP:], expected[ALL_WARMUP:], rtol=1e-5, atol=1e-8
     )
+
+
+def test_ema_ratios_compare_the_close_with_pandas_exponential_averages(frame: pd.DataFrame) -> None:
+    close = frame["close"]
+
+    table = compute_features(frame, ALL)
+
+    for span in (50, 100, 200):
+        expected = close / close.ewm(span=span, adjust=False).mean() - 1
+        np.testing.assert_allclose(
+            column(table, f"ema_ratio_{span}")[ALL_WARMUP:], expected[ALL_WARMUP:], rtol=1e-5, atol=1e-7
+        )
 
 
 def test_features_from_1000_row_chunks_equal_those_from_one_read(tmp_path: Path) -> None:
