@@ -159,7 +159,7 @@ def test_the_example_shows_a_whole_default_session_up_to_its_evaluation() -> Non
     lines = read_block(README.read_text())
 
     assert lines[0].startswith("session readme-demo: run folder ")
-    assert any(line.startswith("data: 2,335 bars, 8 features") for line in lines)
+    assert any(line.startswith("data: 2,335 bars, 4 features") for line in lines)
     assert any(" created (ppo, " in line for line in lines)
     assert re.fullmatch(r"episode 1 trained: 503,808 steps in .+", lines[-3])
     assert lines[-2].startswith("episode 1 evaluated: agent ")
