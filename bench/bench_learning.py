@@ -19,11 +19,12 @@ its position. It runs through the same sequential eval env (costs, fills, record
 window as the session, so both Sharpe ratios come from the same code on the same bars.
 
 The agent is `python run.py --data FILE` with the default config and its default budget
-(`--steps N` sets training.steps_per_episode for a quicker run); its out-of-sample Sharpe is read from
+(`--steps N` sets training.steps_per_episode for a quicker run; `--set KEY=VALUE`, repeatable, goes to
+run.py and to the oracle's config, to compare other settings); its out-of-sample Sharpe is read from
 its eval-episode-1.csv, whose bars are checked against the oracle's.
 
     .venv/bin/python bench/bench_learning.py [--kinds momentum,mean_reversion,regime] [--seeds 0,1,2]
-        [--bars 10000] [--steps N] [--json FILE]
+        [--bars 10000] [--steps N] [--set KEY=VALUE ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,7 +62,10 @@ PHI = 0.15
 REGIME_DRIFT = 0.001
 REGIME_STAY = 0.99
 
-HEADER = "| seed | eval bars | agent Sharpe | oracle Sharpe | agent / oracle | buy-and-hold Sharpe | run s |"
+HEADER = (
+    "| seed | eval bars | agent Sharpe | oracle Sharpe | agent / oracle | same position | expected share "
+    "| buy-and-hold Sharpe | run s |"
+)
 
 Series = tuple[np.ndarray, np.ndarray]
 """Log returns r[0..n) and E[r[t+1] | r[..t]] for every t."""
@@ -124,10 +130,32 @@ def bars_frame(returns: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
     )
 
 
-def oracle_run(
-    config: Config, frame: pd.DataFrame, expected: np.ndarray
-) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Run the oracle through the sequential eval env; return its Sharpe, buy-and-hold's, bars and closes."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvalRun:
+    """One side's eval run: its Sharpe and its per-bar records (row 0 is the start bar, flat)."""
+
+    sharpe: float
+    """Annualised out-of-sample Sharpe ratio."""
+    bars: np.ndarray
+    """Index of each row's bar in the series."""
+    stamps: np.ndarray
+    """Timestamp of each row's bar (ns)."""
+    position: np.ndarray
+    """Position held at each row's close, decided at the previous row's close."""
+
+
+def expected_gain(run: EvalRun, expected: np.ndarray, cost: float) -> float:
+    """Return the run's return as the planted model expects it: sum of position x E, less trading costs.
+
+    The realised returns' noise is left out, so two runs on the same bars compare by their decisions alone.
+    """
+    held = run.position[1:]
+    traded = np.abs(np.diff(run.position))
+    return float(np.sum(held * expected[run.bars[:-1]]) - cost * np.sum(traded))
+
+
+def oracle_run(config: Config, frame: pd.DataFrame, expected: np.ndarray) -> tuple[EvalRun, float]:
+    """Run the oracle through the sequential eval env; return its run and buy-and-hold's Sharpe."""
     env_options = config.env
     timestamps = pd.to_datetime(frame["Date"]).to_numpy().astype("datetime64[ns]").astype(np.int64)
     n = len(frame)
@@ -160,17 +188,18 @@ def oracle_run(
     held_bh = np.ones_like(rec.buy_and_hold)
     held_bh[0] = 0.0
     hold = compute_metrics(rec.buy_and_hold, held_bh, np.zeros_like(held_bh), bars_per_year).sharpe
-    return oracle, hold, timestamps[rec.bar + context], rec.close
+    bars = rec.bar + context
+    return EvalRun(sharpe=oracle, bars=bars, stamps=timestamps[bars], position=rec.position), hold
 
 
 def agent_run(
-    data: Path, runs: Path, name: str, steps: int | None, timeout: float
-) -> tuple[float, np.ndarray, float]:
-    """Train the default agent on the file; return its eval Sharpe, its eval bar times and its wall time."""
+    data: Path, runs: Path, name: str, overrides: list[str], timeout: float
+) -> tuple[float, np.ndarray, np.ndarray, float]:
+    """Train the default agent on the file; return its eval Sharpe, bar times, positions and wall time."""
     command = [sys.executable, str(ROOT / "run.py"), "--data", str(data), "--name", name]
     command += ["--set", f"session.runs_dir={runs}", "--set", "session.console=off"]
-    if steps is not None:
-        command += ["--set", f"training.steps_per_episode={steps}"]
+    for override in overrides:
+        command += ["--set", override]
     started = time.monotonic()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - started
@@ -183,7 +212,59 @@ def agent_run(
     stamps = np.array([np.datetime64(row["timestamp"], "ns").astype(np.int64) for row in rows])
     per_year = infer_bars_per_year(stamps)
     sharpe = compute_metrics(equity, position, np.zeros_like(equity), per_year).sharpe
-    return sharpe, stamps, wall
+    return sharpe, stamps, position, wall
+
+
+def measure(
+    kind: str, seed: int, args: argparse.Namespace, overrides: list[str], config: Config, folder: Path
+) -> dict[str, object]:
+    """Write one series, run the oracle and the agent on it; return the row of figures."""
+    rng = np.random.default_rng([seed, list(KINDS).index(kind)])
+    returns, expected = KINDS[kind](args.bars, rng)
+    frame = bars_frame(returns, rng)
+    data = folder / f"{kind}-{seed}.csv"
+    frame.to_csv(data, index=False)
+    oracle, hold = oracle_run(config, frame, expected)
+    sharpe, stamps, position, wall = agent_run(
+        data, folder / "runs", f"{kind}-{seed}", overrides, args.timeout
+    )
+    if not np.array_equal(oracle.stamps, stamps):
+        raise RuntimeError(f"{kind} seed {seed}: the agent's eval bars are not the oracle's")
+    agent = EvalRun(sharpe=sharpe, bars=oracle.bars, stamps=stamps, position=position)
+    cost = (config.env.commission_bps + config.env.slippage_bps) / 1e4
+    return {
+        "kind": kind,
+        "seed": seed,
+        "eval_bars": len(stamps) - 1,
+        "agent_sharpe": sharpe,
+        "oracle_sharpe": oracle.sharpe,
+        "buy_and_hold_sharpe": hold,
+        "share": sharpe / oracle.sharpe if oracle.sharpe > 0 else None,
+        "same_position": float(np.mean(position[1:] == oracle.position[1:])),
+        "expected_share": expected_gain(agent, expected, cost) / expected_gain(oracle, expected, cost),
+        "train_seconds": wall,
+    }
+
+
+def print_table(kind: str, rows: list[dict[str, Any]]) -> None:
+    """Print one kind's markdown table: a row per seed, then the median and the ratio of the means."""
+    print(f"\n{kind}\n")
+    print(HEADER)
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        share = "n/a" if r["share"] is None else f"{r['share']:.2f}"
+        print(
+            f"| {r['seed']} | {r['eval_bars']} | {r['agent_sharpe']:.2f} | {r['oracle_sharpe']:.2f} | "
+            f"{share} | {r['same_position']:.2f} | {r['expected_share']:.2f} | "
+            f"{r['buy_and_hold_sharpe']:.2f} | {r['train_seconds']:.0f} |"
+        )
+    shares = [r["share"] for r in rows if r["share"] is not None]
+    median = f"{statistics.median(shares):.2f}" if shares else "n/a"
+    expected = statistics.median(r["expected_share"] for r in rows)
+    print(f"| median | | | | {median} | | {expected:.2f} | | |")
+    agent, oracle = (statistics.fmean(r[key] for r in rows) for key in ("agent_sharpe", "oracle_sharpe"))
+    pooled = f"{agent / oracle:.2f}" if oracle > 0 else "n/a"
+    print(f"| mean | | {agent:.2f} | {oracle:.2f} | {pooled} | | | | |")
 
 
 def main() -> int:
@@ -193,49 +274,31 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
     parser.add_argument("--bars", type=int, default=10_000, help="bars per series (default: 10000)")
     parser.add_argument("--steps", type=int, help="training.steps_per_episode (default: the config's)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for run.py and the oracle (repeatable)",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per training run")
     parser.add_argument("--json", type=Path, help="write every result here")
     args = parser.parse_args()
-    config = load_config()
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"training.steps_per_episode={args.steps}")
+    config = load_config(overrides=overrides)
+    kinds = args.kinds.split(",")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as scratch:
-        folder = Path(scratch)
-        for kind in args.kinds.split(","):
+        for kind in kinds:
             for seed in (int(s) for s in args.seeds.split(",")):
-                rng = np.random.default_rng([seed, list(KINDS).index(kind)])
-                returns, expected = KINDS[kind](args.bars, rng)
-                frame = bars_frame(returns, rng)
-                data = folder / f"{kind}-{seed}.csv"
-                frame.to_csv(data, index=False)
-                oracle, hold, bars, _ = oracle_run(config, frame, expected)
-                agent, agent_bars, wall = agent_run(
-                    data, folder / "runs", f"{kind}-{seed}", args.steps, args.timeout
-                )
-                if not np.array_equal(bars, agent_bars):
-                    raise RuntimeError(f"{kind} seed {seed}: the agent's eval bars are not the oracle's")
-                row = {
-                    "kind": kind,
-                    "seed": seed,
-                    "eval_bars": len(bars) - 1,
-                    "agent_sharpe": agent,
-                    "oracle_sharpe": oracle,
-                    "buy_and_hold_sharpe": hold,
-                    "share": agent / oracle if oracle > 0 else float("nan"),
-                    "train_seconds": wall,
-                }
+                row = measure(kind, seed, args, overrides, config, Path(scratch))
                 results.append(row)
                 print(json.dumps(row), flush=True)
-    for kind in args.kinds.split(","):
-        rows = [r for r in results if r["kind"] == kind]
-        print(f"\n{kind}\n")
-        print(HEADER)
-        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for r in rows:
-            print(
-                f"| {r['seed']} | {r['eval_bars']} | {r['agent_sharpe']:.2f} | {r['oracle_sharpe']:.2f} | "
-                f"{r['share']:.2f} | {r['buy_and_hold_sharpe']:.2f} | {r['train_seconds']:.0f} |"
-            )
-        print(f"| median | | | | {statistics.median(r['share'] for r in rows):.2f} | | |")
+    for kind in kinds:
+        print_table(kind, [r for r in results if r["kind"] == kind])
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
