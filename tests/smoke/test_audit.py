@@ -54,12 +54,12 @@ def test_audit_passes_the_built_in_features_and_names_a_feature_that_peeks_ahead
 
     assert clean.returncode == 0, clean.stderr
     assert len(clean.stdout.strip().splitlines()) == 1
-    assert clean.stdout.startswith("no look-ahead found (3 cuts, 8 features, ")
+    assert clean.stdout.startswith("no look-ahead found (3 cuts, 4 features, ")
     assert leaking.returncode == 1, leaking.stderr
     lines = leaking.stdout.strip().splitlines()
     assert lines[0].startswith("look-ahead: feature 'tomorrow_close_ratio' at bar ")
     assert lines[1].startswith("look-ahead: observation 'tomorrow_close_ratio' (t-0 in the window) at bar ")
-    assert lines[-1].startswith("look-ahead found: 2 leaking items (3 cuts, 9 features")
+    assert lines[-1].startswith("look-ahead found: 2 leaking items (3 cuts, 5 features")
 
 
 def test_audit_refuses_a_custom_feature_it_cannot_import_in_one_line(tmp_path: Path) -> None:
