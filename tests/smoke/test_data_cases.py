@@ -29,7 +29,7 @@ TINY_KEEPING_DEFAULT_WINDOWS = [
     "--set", "model.hyperparams.batch_size=64",
     "--set", "model.hyperparams.n_epochs=1",
 ]  # fmt: skip
-"""A tiny PPO that keeps the default env.window (32) and env.episode_length (256)."""
+"""A tiny PPO that keeps the default env.window (1) and env.episode_length (256)."""
 
 
 def run_py(*args: str, timeout: float = 240, fresh: bool = False) -> subprocess.CompletedProcess[str]:
@@ -75,7 +75,7 @@ def test_five_years_of_closes_train_with_the_defaults_and_resume_after_touch(tmp
     assert "note: close-only data: env.fill=close" in first.stdout
     data_line = next(line for line in first.stdout.splitlines() if line.startswith("data: "))
     assert data_line == (
-        "data: 1,299 bars, 6 features; close prices only: every fill is at the next bar's close; "
+        "data: 1,299 bars, 4 features; close prices only: every fill is at the next bar's close; "
         "dropped 1 row (1 missing close, data.source.nan_policy=drop)"
     )
     assert resumed.returncode == 0, resumed.stderr
