@@ -119,5 +119,5 @@ def test_a_walk_forward_plan_longer_than_the_data_is_refused_before_it_starts(tm
 
     message = refused(tmp_path, *plan)
 
-    assert "walk-forward episode 5 needs bars up to 2533" in message
+    assert "walk-forward episode 5 needs bars up to 2600" in message  # 100 warm-up + 1,000 + 5 x 300
     assert "only 4 episodes fit" in message and "training.episodes" in message
