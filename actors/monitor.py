@@ -66,6 +66,8 @@ class MonitorActor(ServiceActor):
         early = self._first_events() if "session" in self._clients and not self._once else []
         if "session" in self._clients:
             self._request_snapshot("attaching", timeout_s=None)
+        # Silence counts from here: waiting for the first event and the snapshot is not the session's.
+        self._last_event = self._clock.monotonic()
         for seq, msg in early:
             if seq > self.state.seq:
                 self._take(seq, msg)
@@ -110,6 +112,11 @@ class MonitorActor(ServiceActor):
         if not self._request_snapshot(why, self._snapshot_timeout_s):
             return False
         self._view.notice(f"resynchronised with the session at event {self.state.seq} ({why})")
+        status = self.state.to_dict()["session"]["status"]
+        if self._exit_when_finished and status not in ("unknown", "running"):
+            # The session ended while this monitor was resynchronising: its SessionFinished is in the
+            # snapshot and will not come again.
+            self._finish(f"session {status}")
         return True
 
     def poll_timeout_ms(self) -> int:

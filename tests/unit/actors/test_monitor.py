@@ -230,6 +230,40 @@ def test_silence_is_reported_once_and_the_return_of_events_too() -> None:
     assert sum("may be gone" in n for n in view.notices) == 1
 
 
+def test_a_session_that_finished_while_the_monitor_resynchronised_ends_the_monitor() -> None:
+    clock, subscriber, view, note = FakeClock(), FakeSubscriber(), RecordingView(), ActorExit()
+    first_seq, first = snapshot_state()
+    done = SessionState()
+    done.apply(1, ModelCreated(model_id="m1", algorithm="ppo", device="cpu", parameters=10, episode=1))
+    done.apply(5, SessionFinished(name="s", status="completed"))
+    answers = iter([(first_seq, first), (5, done.to_dict())])
+
+    def session(msg: Message) -> Message | None:
+        if isinstance(msg, RequestSnapshot):
+            seq, state = next(answers)
+            return Snapshot(correlation_id=msg.msg_id, seq=seq, state=state)
+        return None
+
+    session_client = FakeClient(session)
+    MonitorActor.start(
+        view=view,
+        ports=Ports(subscriber=lambda: subscriber, clients={"session": lambda: session_client}),
+        clock=clock,
+        probe=FakeProbe(),
+        exit_note=note,
+        exit_when_finished=True,
+        silence_s=5.0,
+    )
+    wait_until(lambda: bool(view.snapshots))
+    clock.advance(6.0)
+    wait_until(lambda: any("may be gone" in n for n in view.notices))
+
+    subscriber.events.put((3, progress(30)))  # the session is back; its SessionFinished (5) was missed
+
+    assert note.event.wait(10), "the resynchronised snapshot says the session finished"
+    assert note.reason == "session completed"
+
+
 def test_the_monitor_sends_no_command_only_the_snapshot_request() -> None:
     subscriber, _, note, session_client = start()
 
