@@ -88,6 +88,27 @@ class Script:
         return FakeClient(handle)
 
 
+def start_actor(clients: dict[str, Any], **overrides: Any) -> tuple[Any, Outcome, FakePublisher]:
+    """Start a SessionActor over fake clients (one episode, short timeouts unless overridden)."""
+    publisher, outcome = FakePublisher(), Outcome()
+    ports = Ports(publisher=lambda: publisher, clients={k: (lambda c=c: c) for k, c in clients.items()})
+    args: dict[str, Any] = {
+        "outcome": outcome,
+        "session_name": "s1",
+        "episodes": 1,
+        "steps_per_episode": 100,
+        "ports": ports,
+        "clock": FakeClock(),
+        "request_timeout_s": 5.0,
+        "hang_timeout_s": 3.0,
+        "heartbeat_age": lambda actor: 0.0,
+        "on_report": lambda report: None,
+        "stop_timeout_s": 1.0,
+    }
+    args.update(overrides)
+    return SessionActor.start(**args), outcome, publisher
+
+
 def run(
     script: Script,
     episodes: int = 2,
@@ -95,23 +116,13 @@ def run(
     abort_when_training: bool = False,
     on_report: Any = None,
 ):
-    publisher = FakePublisher()
-    clients = {name: script.actor(name) for name in ("data", "env", "model")}
-    ports = Ports(publisher=lambda: publisher, clients={k: (lambda c=c: c) for k, c in clients.items()})
     reports: list[EvaluationReport] = []
-    outcome = Outcome()
-    ref = SessionActor.start(
-        outcome=outcome,
-        session_name="s1",
+    clients = {name: script.actor(name) for name in ("data", "env", "model")}
+    ref, outcome, publisher = start_actor(
+        clients,
         episodes=episodes,
-        steps_per_episode=100,
-        ports=ports,
-        clock=FakeClock(),
-        request_timeout_s=5.0,
-        hang_timeout_s=3.0,
         heartbeat_age=lambda actor: heartbeat_age,
         on_report=on_report or reports.append,
-        stop_timeout_s=1.0,
     )
     if abort_when_training:
         assert script.training.wait(10)
@@ -180,24 +191,7 @@ def test_a_crash_of_the_session_actor_itself_fails_the_session_instead_of_hangin
         def close(self) -> None:
             pass
 
-    publisher = FakePublisher()
-    clients = {name: BrokenClient() for name in ("data", "env", "model")}
-    ports = Ports(publisher=lambda: publisher, clients={k: (lambda c=c: c) for k, c in clients.items()})
-    outcome = Outcome()
-
-    SessionActor.start(
-        outcome=outcome,
-        session_name="s1",
-        episodes=1,
-        steps_per_episode=100,
-        ports=ports,
-        clock=FakeClock(),
-        request_timeout_s=5.0,
-        hang_timeout_s=3.0,
-        heartbeat_age=lambda actor: 0.0,
-        on_report=lambda report: None,
-        stop_timeout_s=1.0,
-    )
+    _, outcome, _ = start_actor({name: BrokenClient() for name in ("data", "env", "model")})
 
     assert outcome.done.wait(10), "the launcher waits on done: a crash must set it"
     assert outcome.status == "failed"
@@ -265,23 +259,8 @@ class RestartScript(Script):
 
 
 def start_restart_case(script: RestartScript, restarted: str):
-    publisher = FakePublisher()
     clients = {name: script.actor(name) for name in ("data", "env", "model")}
-    ports = Ports(publisher=lambda: publisher, clients={k: (lambda c=c: c) for k, c in clients.items()})
-    outcome = Outcome()
-    ref = SessionActor.start(
-        outcome=outcome,
-        session_name="s1",
-        episodes=1,
-        steps_per_episode=100,
-        ports=ports,
-        clock=FakeClock(),
-        request_timeout_s=5.0,
-        hang_timeout_s=30.0,
-        heartbeat_age=lambda actor: 0.0,
-        on_report=lambda report: None,
-        stop_timeout_s=1.0,
-    )
+    ref, outcome, _ = start_actor(clients, hang_timeout_s=30.0)
     assert script.training.wait(10)
     ref.tell(Restarted(restarted))
     return outcome
