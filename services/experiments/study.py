@@ -328,43 +328,29 @@ class Worker:
         done = len(finished(self._study.get_trials(deepcopy=False)))
         number, value = best_so_far(self._study)
         event: Event
+        # What every trial-end event carries: the trial, the study's count and the best so far.
+        common: dict[str, Any] = {
+            "number": trial.number,
+            "finished": done,
+            "best_number": number,
+            "best_value": value,
+            "sender": SENDER,
+        }
         if trial.state == TrialState.COMPLETE:
             self.ran += 1
             sharpes = tuple(float(s) for s in trial.user_attrs["seed_sharpes"])
             what = f"complete: value {trial.value:.3f} (IQM of {len(sharpes)} seeds' Sharpe)"
             objective = float(trial.value if trial.value is not None else 0.0)
-            event = TrialCompleted(
-                number=trial.number,
-                value=objective,
-                seed_sharpes=sharpes,
-                finished=done,
-                best_number=number,
-                best_value=value,
-                sender=SENDER,
-            )
+            event = TrialCompleted(value=objective, seed_sharpes=sharpes, **common)
         elif trial.state == TrialState.PRUNED:
             self.ran += 1
             reason = str(trial.user_attrs.get("pruned_at", "by the median rule"))
             what = f"pruned ({reason})"
-            event = TrialPruned(
-                number=trial.number,
-                reason=reason,
-                finished=done,
-                best_number=number,
-                best_value=value,
-                sender=SENDER,
-            )
+            event = TrialPruned(reason=reason, **common)
         else:
             error = str(trial.user_attrs.get("error", "see its stderr log"))
             what = f"failed: {error}"
-            event = TrialFailed(
-                number=trial.number,
-                error=error,
-                finished=done,
-                best_number=number,
-                best_value=value,
-                sender=SENDER,
-            )
+            event = TrialFailed(error=error, **common)
         best_text = f"; best so far trial {number} value {value:.3f}" if number >= 0 else ""
         self._progress(f"trial {trial.number} {what} [{done}/{self._settings.trials} finished{best_text}]")
         self._events.publish(event)
