@@ -66,7 +66,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     symbols: tuple[str, ...] = ()
     built = False
     if config.data.universe is not None:
-        config, symbols = check_universe(config)
+        config, symbols, built = check_universe(config, data_hash)
     else:
         config, built = check_data(config, data_hash)
     fingerprint = {"data_hash": data_hash, "config_hash": config_fingerprint(config)}
@@ -200,19 +200,24 @@ def check_data(config: Config, data_hash: str) -> tuple[Config, bool]:
     return config, built
 
 
-def check_universe(config: Config) -> tuple[Config, tuple[str, ...]]:
+def check_universe(config: Config, data_hash: str) -> tuple[Config, tuple[str, ...], bool]:
     """Read and validate every symbol of a multi-symbol source and check every episode's split.
 
-    Returns the config (env.fill=close becomes next_open on close-only data, as for one series) and the
-    universe's symbols, in column order.
+    With data.cache on, the aligned universe is kept in the feature cache, where the data actor then
+    opens it (one of an earlier session is only opened). Returns the config (env.fill=close becomes
+    next_open on close-only data, as for one series), the universe's symbols, in column order, and
+    whether the universe was read from the source now.
     """
-    from services.data.universe import read_universe
+    from services.data.universe_cache import cached_universe, universe_key
 
     opts = config.data
     assert opts.universe is not None
     logging.getLogger("services.data").addHandler(logging.NullHandler())
+    folder = None
+    if opts.cache:
+        folder = store_folder(opts.cache_dir, universe_key(data_hash, opts.universe), root=ROOT)
     try:
-        universe = read_universe(opts.source, opts.features, opts.universe)
+        universe, built = cached_universe(opts.source, opts.features, opts.universe, folder)
     except DataError as exc:
         raise UsageError(str(exc)) from None
     except ValueError as exc:
@@ -231,7 +236,7 @@ def check_universe(config: Config) -> tuple[Config, tuple[str, ...]]:
             flush=True,
         )
         config = dataclasses.replace(config, env=dataclasses.replace(config.env, fill="next_open"))
-    return config, universe.symbols
+    return config, universe.symbols, built
 
 
 def check_episode_plan(config: Config, store: FeatureStore) -> None:

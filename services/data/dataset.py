@@ -219,12 +219,17 @@ class DatasetService:
         )
 
     def _load_universe(self, started: float) -> DataLoaded:
-        """Read every symbol of a multi-symbol source into memory (no feature store: it is read once)."""
-        from services.data.universe import read_universe
+        """Open the universe the launcher's checks kept in the feature cache, or read the source."""
+        from services.data.universe_cache import cached_universe, universe_key
 
         opts = self.options
         assert opts.universe is not None
-        universe = read_universe(opts.source, opts.features, opts.universe)
+        folder = None
+        if opts.cache:
+            folder = store_folder(
+                opts.cache_dir, universe_key(self.data_hash, opts.universe), root=self.cache_root
+            )
+        universe, built = cached_universe(opts.source, opts.features, opts.universe, folder)
         self._universe = universe
         return DataLoaded(
             source=opts.source.path,
@@ -232,7 +237,7 @@ class DatasetService:
             features=universe.feature_names,
             bars_per_year=infer_bars_per_year(universe.timestamp),
             data_hash=self.data_hash,
-            cached=False,
+            cached=folder is not None and not built and not self.built_for_this_run,
             seconds=time.perf_counter() - started,
             close_only=universe.close_only,
         )
