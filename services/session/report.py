@@ -60,6 +60,8 @@ CONFIG_SUMMARY = (
 """Keys of config.yaml summarised in the report."""
 MAX_MARKERS = 300
 """Most position changes marked on an equity curve; with more, only the position panel shows them."""
+MAX_WEIGHT_BANDS = 12
+"""Most bands of a weights-over-time plot: with more assets, the largest holdings and one band of the rest."""
 MARKERS = (
     ("long", "^", "tab:green", "to long"),
     ("short", "v", "tab:red", "to short"),
@@ -75,16 +77,21 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def _read_csv(path: Path) -> dict[str, list[str]]:
-    """Return the columns of a CSV file as lists of strings (empty when the file is missing)."""
+    """Return the columns of a CSV file as lists of strings (empty when the file is missing).
+
+    A short row's missing cells read as empty strings, as csv.DictReader gives them.
+    """
     if not path.is_file():
         return {}
     with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns: dict[str, list[str]] = {name: [] for name in reader.fieldnames or ()}
-        for row in reader:
-            for name in columns:
-                columns[name].append(row.get(name) or "")
-    return columns
+        reader = csv.reader(fh)
+        names = next(reader, [])
+        width = len(names)
+        rows = [row if len(row) == width else (row + [""] * width)[:width] for row in reader]
+    # zip(*rows) turns the rows into columns in C; one dict per row (csv.DictReader) costs seconds on
+    # the eval CSV of a universe of hundreds of assets.
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+    return {name: list(values) for name, values in zip(names, columns, strict=True)}
 
 
 def _float(text: str) -> float:
@@ -95,7 +102,10 @@ def _float(text: str) -> float:
 
 
 def _floats(values: Sequence[str]) -> np.ndarray:
-    return np.array([_float(v) for v in values], dtype=np.float64)
+    try:
+        return np.array(values, dtype=np.float64)
+    except ValueError:  # an empty cell among them
+        return np.array([_float(v) for v in values], dtype=np.float64)
 
 
 def drawdown(equity: np.ndarray) -> np.ndarray:
@@ -299,6 +309,24 @@ def asset_table(columns: Mapping[str, list[str]]) -> list[tuple[str, float, floa
     return rows
 
 
+def weight_bands(weights: np.ndarray, symbols: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Return the long and short bands [bands, rows] of a weights-over-time plot and their labels.
+
+    With at most MAX_WEIGHT_BANDS assets each has its band; with more, the MAX_WEIGHT_BANDS - 1 largest
+    holdings by mean absolute weight (over rows 1..n, after the first trade) have theirs and the other
+    assets share the last one, so every row's bands still add up to the weights held.
+    """
+    longs, shorts, labels = weights.clip(0.0, None), weights.clip(None, 0.0), list(symbols)
+    if len(labels) <= MAX_WEIGHT_BANDS:
+        return longs, shorts, labels
+    order = np.argsort(-np.abs(weights[:, 1:]).mean(axis=1), kind="stable")
+    shown, rest = order[: MAX_WEIGHT_BANDS - 1], order[MAX_WEIGHT_BANDS - 1 :]
+    labels = [labels[i] for i in shown] + [f"the other {len(rest)} assets"]
+    longs = np.vstack([longs[shown], longs[rest].sum(axis=0)])
+    shorts = np.vstack([shorts[shown], shorts[rest].sum(axis=0)])
+    return longs, shorts, labels
+
+
 def _portfolio_section(
     figure: Any, plots: Path | None, episode: int, columns: Mapping[str, list[str]]
 ) -> list[str]:
@@ -311,13 +339,18 @@ def _portfolio_section(
     fig = figure(figsize=(10, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     weights = np.vstack([_floats(columns[f"weight:{row[0]}"]) for row in table])
-    ax.stackplot(series.x, np.clip(weights, 0.0, None), labels=[row[0] for row in table], linewidth=0)
-    if (weights < 0).any():
-        ax.stackplot(series.x, np.clip(weights, None, 0.0), linewidth=0)
-    ax.set_title(f"Episode {episode}: weights held at each close (the rest is cash)")
+    longs, shorts, labels = weight_bands(weights, [row[0] for row in table])
+    title = f"Episode {episode}: weights held at each close (the rest is cash)"
+    if len(labels) < len(table):
+        shown = len(labels) - 1
+        title += f";\nthe {shown} largest holdings, the other {len(table) - shown} assets as one band"
+    ax.stackplot(series.x, longs, labels=labels, linewidth=0)
+    if (shorts < 0).any():
+        ax.stackplot(series.x, shorts, linewidth=0)
+    ax.set_title(title)
     ax.set_xlabel(series.xlabel)
     ax.set_ylabel("weight")
-    ax.legend(loc="upper left", fontsize=6, ncol=max(1, len(table) // 10), bbox_to_anchor=(1.0, 1.0))
+    ax.legend(loc="upper left", fontsize=6, ncol=max(1, len(labels) // 10), bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     name = f"{PLOTS_DIR}/weights-episode-{episode}.png"
     _save(fig, plots.parent / name)

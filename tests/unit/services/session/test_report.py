@@ -14,7 +14,15 @@ import pytest
 import yaml
 
 from services.session.recorder import METRIC_COLUMNS
-from services.session.report import _EpisodeSeries, drawdown, position_changes, write_report
+from services.session.report import (
+    MAX_WEIGHT_BANDS,
+    _EpisodeSeries,
+    _read_csv,
+    drawdown,
+    position_changes,
+    weight_bands,
+    write_report,
+)
 
 ROOT = Path(__file__).resolve().parents[4]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -233,3 +241,43 @@ def test_importing_the_report_module_does_not_import_matplotlib() -> None:
     )
 
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_the_csv_reader_gives_every_column_and_pads_short_rows(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("a,b,c\n1,2,3\n4,,6\n7,8\n")
+
+    assert _read_csv(path) == {"a": ["1", "4", "7"], "b": ["2", "", "8"], "c": ["3", "6", ""]}
+    path.write_text("a,b\n")
+    assert _read_csv(path) == {"a": [], "b": []}
+    assert _read_csv(tmp_path / "missing.csv") == {}
+
+
+def test_a_few_assets_get_a_weight_band_each() -> None:
+    weights = np.array([[0.0, 0.5, -0.2], [0.0, 0.3, 0.4]])
+
+    longs, shorts, labels = weight_bands(weights, ["A", "B"])
+
+    assert labels == ["A", "B"]
+    np.testing.assert_array_equal(longs, [[0.0, 0.5, 0.0], [0.0, 0.3, 0.4]])
+    np.testing.assert_array_equal(shorts, [[0.0, 0.0, -0.2], [0.0, 0.0, 0.0]])
+
+
+def test_with_many_assets_the_largest_holdings_get_bands_and_the_rest_one_that_adds_up() -> None:
+    rng = np.random.default_rng(3)
+    n_assets = MAX_WEIGHT_BANDS + 18
+    weights = rng.uniform(-0.01, 0.01, (n_assets, 50))
+    big = [4, 17, 29]
+    weights[big, 1:] += [[0.3], [-0.25], [0.2]]  # held from row 1 on
+    weights[7, 0] = 5.0  # row 0 is before the first trade: not counted in the ranking
+    symbols = [f"S{i}" for i in range(n_assets)]
+
+    longs, shorts, labels = weight_bands(weights, symbols)
+
+    assert len(labels) == MAX_WEIGHT_BANDS == len(longs) == len(shorts)
+    assert labels[:3] == ["S4", "S17", "S29"]
+    assert "S7" not in labels[:3]
+    assert labels[-1] == f"the other {n_assets - MAX_WEIGHT_BANDS + 1} assets"
+    np.testing.assert_allclose(longs.sum(axis=0), weights.clip(0.0, None).sum(axis=0))
+    np.testing.assert_allclose(shorts.sum(axis=0), weights.clip(None, 0.0).sum(axis=0))
+    assert (longs >= 0).all() and (shorts <= 0).all()
