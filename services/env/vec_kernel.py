@@ -5,8 +5,8 @@ the bar's equity growth and, for a sequential run, its costs), takes the log of 
 and calls `settle` (entry price, unrealised PnL, equity, reward, episode return, observation and the
 episode ends), each over all N envs in one call. The log is numpy's on purpose: on CPUs with AVX-512,
 numpy's vectorized log differs from the C library's log, which a compiled kernel calls, in the last bit
-for about one value in a hundred; numpy's keeps the rewards equal to the numpy formulas the kernels
-replace (Accounting in services.env.accounting), bit for bit.
+for one or two growth factors in a hundred; numpy's keeps the rewards equal to the numpy formulas the
+kernels replace (Accounting in services.env.accounting), bit for bit, on any CPU.
 
 Every formula keeps the operation order of those formulas, and numba reorders no float arithmetic
 without fastmath, so tests compare the two with exact equality. The kernels are compiled by
