@@ -35,12 +35,12 @@ from services.env.options import EnvOptions, check_bars_per_year
 MIN_GROWTH = 1e-9
 """Lowest growth factor of one bar: keeps equity positive and its log finite."""
 # The differential Sharpe ratio is 0 while the moving variance is below this (the first step of an
-# episode, and while every return so far was the same), and clipped to +-_DSR_CLIP afterwards,
+# episode, and while every return so far was the same), and clipped to +-DSR_CLIP afterwards,
 # because right after a flat stretch the variance estimate is tiny and the ratio explodes.
-_DSR_MIN_VARIANCE = 1e-12
-_DSR_CLIP = 10.0
-# Guards a division by |position| that np.where evaluates even where the position is 0.
-_TINY = 1e-12
+DSR_MIN_VARIANCE = 1e-12
+DSR_CLIP = 10.0
+TINY = 1e-12
+"""Guards a division by |position| that np.where evaluates even where the position is 0."""
 
 
 class ScalarOps:
@@ -56,16 +56,18 @@ class ScalarOps:
         return if_true if condition else if_false
 
 
-# The vectorized env runs the kernel below on numpy arrays. Its reward is written with operators and the
-# few functions of xp only, so that the single env runs it on Python floats too (xp = ScalarOps) for the
-# dsr and drawdown rewards; the single env's growth, entry and unrealised PnL are written out on floats in
-# TradingEnv.step, which is twice as fast, and a test checks the two agree for every option combination.
+# The formulas below, on numpy arrays, are the reference of VecTradingEnv's step, which runs them in the
+# compiled kernels of services.env.vec_kernel (a test checks the two agree bit for bit); the portfolio env
+# uses the reward on arrays. The reward is written with operators and the few functions of xp only, so
+# that the single env runs it on Python floats too (xp = ScalarOps) for the dsr and drawdown rewards; the
+# single env's growth, entry and unrealised PnL are written out on floats in TradingEnv.step, which is
+# twice as fast, and a test checks the two agree for every option combination.
 _Num = Any
 """A numpy array or a Python float: the reward kernel takes either."""
 
 
 class Accounting:
-    """Compute fills, costs, equity growth and rewards (the vectorized kernel; both envs' rewards)."""
+    """Compute fills, costs, equity growth and rewards (the reference of the compiled step; rewards)."""
 
     __slots__ = ("_discrete", "_eta", "_penalty", "_reward", "borrow", "cost")
 
@@ -101,7 +103,7 @@ class Accounting:
             # which the general rule below reduces to.
             return np.where(new != old, fill, entry)
         added = np.maximum(abs(new) - abs(old), 0.0)
-        share_new = np.where(old * new > 0.0, added / np.maximum(abs(new), _TINY), 1.0)
+        share_new = np.where(old * new > 0.0, added / np.maximum(abs(new), TINY), 1.0)
         return entry + share_new * (fill - entry)
 
     @staticmethod
@@ -131,10 +133,10 @@ class Accounting:
         d_mean = ret - mean
         d_sq = ret * ret - mean_sq
         variance = mean_sq - mean * mean
-        floored = xp.maximum(variance, _DSR_MIN_VARIANCE)
+        floored = xp.maximum(variance, DSR_MIN_VARIANCE)
         dsr = (mean_sq * d_mean - 0.5 * mean * d_sq) / (floored * xp.sqrt(floored))
-        dsr = xp.where(variance > _DSR_MIN_VARIANCE, dsr, 0.0)
-        dsr = xp.minimum(xp.maximum(dsr, -_DSR_CLIP), _DSR_CLIP)
+        dsr = xp.where(variance > DSR_MIN_VARIANCE, dsr, 0.0)
+        dsr = xp.minimum(xp.maximum(dsr, -DSR_CLIP), DSR_CLIP)
         return dsr, (mean + self._eta * d_mean, mean_sq + self._eta * d_sq)
 
     def initial_reward_state(self) -> tuple[float, float]:

@@ -1,6 +1,9 @@
-"""Step N trading envs at once with numpy; also the sequential evaluation env (N = 1).
+"""Step N trading envs at once with compiled kernels; also the sequential evaluation env (N = 1).
 
-The accounting (fills, costs, equity growth, rewards) is in services.env.accounting.
+The accounting (fills, costs, equity growth, rewards) is described in services.env.accounting; a step
+runs it for all N envs in the numba kernels of services.env.vec_kernel, which give the numbers of
+Accounting's numpy formulas exactly, with the Python side left what is rare (episode starts and ends,
+the sequential run's records).
 
 Observation at bar t (float32, length ``window * n_features + 2``): the features of bars
 ``t - window + 1 .. t`` flattened row after row (bar-major: all features of the oldest bar first), then
@@ -23,10 +26,11 @@ Imports numpy only (no gymnasium), so the env actor's process can hold StepResul
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
+from services.env import vec_kernel
 from services.env.accounting import Accounting
 from services.env.options import (
     DEFAULT_BARS_PER_YEAR,
@@ -64,6 +68,8 @@ class MarketData:
         self.n_features = 0
         self.capacity = 0
         self._features = np.empty(0, dtype=np.float32)
+        self.features = self._features
+        """The current data's features flattened row after row: the part of the buffer in use."""
         # Rows: gap return, drift return, log fill price, log close; column t1 serves the step into t1.
         self.bars = np.empty((4, 0))
         self.close = np.empty(0)
@@ -83,6 +89,7 @@ class MarketData:
         self.n_bars, self.n_features = n_bars, n_features
         flat = self._features[: n_bars * n_features]
         np.copyto(flat.reshape(n_bars, n_features), features)
+        self.features = flat
         width = self._options.window * n_features
         self.windows = np.lib.stride_tricks.sliding_window_view(flat, width)[::n_features]
         self._fill_bars(open_, close)
@@ -191,7 +198,7 @@ class EpisodeClock:
 
 
 class VecTradingEnv:
-    """Step N trading envs at once with numpy; also the sequential evaluation env (N = 1)."""
+    """Step N trading envs at once with compiled kernels; also the sequential evaluation env (N = 1)."""
 
     def __init__(
         self,
@@ -215,29 +222,51 @@ class VecTradingEnv:
             raise ValueError(f"VecTradingEnv: n_envs must be >= 1, got {n}")
         self.options = options
         self.n_envs = n
-        self.sequential = sequential
+        self.sequential = bool(sequential)
         self._acc = Accounting(options, bars_per_year)
         self._data = MarketData(options, sequential=sequential)
-        self._table = np.array(options.positions)
+        self._table = np.array(options.positions, dtype=np.float64)
+        self._params = np.zeros(vec_kernel.N_PARAMS)
+        self._params[vec_kernel.P_COST] = self._acc.cost
+        self._params[vec_kernel.P_BORROW] = self._acc.borrow
+        self._params[vec_kernel.P_HALF_BORROW] = 0.5 * self._acc.borrow
+        self._params[vec_kernel.P_MAX_LEVERAGE] = options.max_leverage
+        self._params[vec_kernel.P_PENALTY] = options.drawdown_penalty
+        self._params[vec_kernel.P_ETA] = options.dsr_eta
+        self._params[vec_kernel.P_RUIN] = options.ruin_equity
+        self._reward_kind = vec_kernel.REWARD_KINDS[options.reward]
+        # A discrete step takes int64 actions, a continuous one float32 or float64 (the kernels compiled
+        # by warm_up); other dtypes, and read-only or strided arrays, are copied into this buffer first.
+        self._discrete = bool(self._table.size)
+        self._action_dtypes = (
+            (np.dtype(np.int64),) if self._discrete else (np.dtype(np.float32), np.dtype(np.float64))
+        )
+        self._actions = np.zeros(n, dtype=self._action_dtypes[-1])
+        # Compile the kernels (or load them from numba's disk cache) now rather than in the first step.
+        vec_kernel.warm_up()
         self._clock = EpisodeClock(n, seed, sequential=sequential, episode_length=options.episode_length)
         self._has_data = False
         self._width = 0
-        # Per-env state (the clock's arrays, stepped in place).
+        # Per-env state (the clock's arrays, stepped in place; the rows of one array the kernels step).
         self._t, self._start, self._end = self._clock.t, self._clock.start, self._clock.end
-        self._position = np.zeros(n)
-        self._new = np.zeros(n)
-        self._entry = np.zeros(n)
-        self._unrealised = np.zeros(n)
-        self._equity = np.ones(n)
-        self._reward_state = (np.zeros(n), np.zeros(n))
-        self._ep_return = np.zeros(n)
+        self._state = np.zeros((vec_kernel.N_ROWS, n))
+        self._position = self._state[vec_kernel.POSITION]
+        self._new = self._state[vec_kernel.TARGET]
+        self._entry = self._state[vec_kernel.ENTRY]
+        self._unrealised = self._state[vec_kernel.UNREALISED]
+        self._equity = self._state[vec_kernel.EQUITY]
+        self._equity[:] = 1.0
+        self._reward_state = (self._state[vec_kernel.REWARD_A], self._state[vec_kernel.REWARD_B])
+        self._ep_return = self._state[vec_kernel.EPISODE_RETURN]
+        self._growth = self._state[vec_kernel.GROWTH]
+        self._log_growth = self._state[vec_kernel.LOG_GROWTH]
+        self._cost = self._state[vec_kernel.COST]
         # Outputs, allocated once the observation size is known.
         self._obs = np.zeros((n, 0), dtype=np.float32)
         self._terminal_obs = np.zeros((n, 0), dtype=np.float32)
         self._reward = np.zeros(n, dtype=np.float32)
-        self._terminated = np.zeros(n, dtype=bool)
-        self._truncated = np.zeros(n, dtype=bool)
-        self._done = np.zeros(n, dtype=bool)
+        self._flags = np.zeros((3, n), dtype=bool)
+        self._terminated, self._truncated, self._done = self._flags
         self._out_return = np.zeros(n)
         self._out_length = np.zeros(n, dtype=np.int64)
         # Sequential records.
@@ -363,30 +392,24 @@ class VecTradingEnv:
         self._run_done = False
         self._record(int(self._start[0]), 0.0, 1.0, 0.0)
 
-    def _targets(self, actions: np.ndarray) -> np.ndarray:
-        """Write the target positions of the actions into the preallocated buffer and return it."""
+    def _kernel_actions(self, actions: Any) -> np.ndarray:
+        """Return the actions as a flat array a compiled step takes; raise ValueError for wrong ones."""
         actions = np.asarray(actions)
         if actions.size != self.n_envs:
             raise ValueError(f"step: expected {self.n_envs} actions, got shape {actions.shape}")
         if actions.ndim != 1:
             actions = actions.reshape(self.n_envs)
-        if self._table.size:
-            kind = actions.dtype.kind
-            if kind not in "iu":
-                raise ValueError(f"step: discrete actions must be integers, got {actions.dtype}")
-            try:
-                if kind == "i" and actions.min() < 0:
-                    raise IndexError
-                # Fancy indexing raises IndexError above the table and is faster than np.take here.
-                np.copyto(self._new, self._table[actions])
-            except IndexError:
-                raise ValueError(f"step: actions must be in [0, {self._table.size}), got {actions}") from None
-        else:
-            if actions.dtype.kind != "f" or not np.isfinite(actions).all():
-                raise ValueError("step: continuous actions must be finite floats")
-            np.clip(actions, -1.0, 1.0, out=self._new)
-            self._new *= self.options.max_leverage
-        return self._new
+        kind = actions.dtype.kind
+        if self._discrete and kind not in "iu":
+            raise ValueError(f"step: discrete actions must be integers, got {actions.dtype}")
+        if not self._discrete and kind != "f":
+            raise ValueError("step: continuous actions must be finite floats")
+        flags = actions.flags
+        if actions.dtype in self._action_dtypes and flags.c_contiguous and flags.writeable:
+            return actions
+        # Out-of-range integers wrap to negative ones here, which the kernel refuses all the same.
+        np.copyto(self._actions, actions, casting="unsafe")
+        return self._actions
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Advance every env by one bar; finished envs start their next episode at once.
@@ -396,55 +419,64 @@ class VecTradingEnv:
         self._require_data()
         if self.sequential and self._run_done:
             self._begin_run()
-        acc = self._acc
-        old = self._position
-        new = self._targets(actions)
-        if self._ruined_at >= 0:
-            new[:] = 0.0  # a ruined eval run is flattened at this decision and stays flat
-        self._t += 1
-        gap, drift, fill, log_close = self._data.bars.take(self._t, axis=1)
-        growth = acc.growth(old, new, gap, drift)
-        log_growth = np.log(growth)
+        given = self._kernel_actions(actions)
+        # A ruined eval run is flattened at this decision and stays flat.
+        flatten = self._ruined_at >= 0
+        if self._discrete:
+            refused = vec_kernel.advance_discrete(
+                given,
+                self._table,
+                self._state,
+                self._t,
+                self._data.bars,
+                self._params,
+                flatten,
+                self.sequential,
+            )
+        else:
+            refused = vec_kernel.advance_continuous(
+                given, self._state, self._t, self._data.bars, self._params, flatten, self.sequential
+            )
+        if refused:
+            self._refuse(refused, actions)
+        # numpy's log, not the compiled one: see services.env.vec_kernel.
+        np.log(self._growth, out=self._log_growth)
+        finished = vec_kernel.settle(
+            self._state,
+            self._t,
+            self._end,
+            self._data.bars,
+            self._data.features,
+            self._obs,
+            self._reward,
+            self._flags,
+            self._params,
+            self._discrete,
+            self._reward_kind,
+            self.options.window,
+            self.sequential,
+        )
         if self.sequential:
-            cost = float(acc.costs(self._equity, old, new, gap, drift)[0])
-        np.copyto(self._entry, acc.entry(old, new, self._entry, fill))
-        np.copyto(self._unrealised, acc.unrealised(new, self._entry, log_close))
-        np.copyto(old, new)
-        self._equity *= growth
-        reward, state = acc.reward(np, growth, log_growth, self._equity, self._reward_state)
-        if state is not self._reward_state:
-            for column, value in zip(self._reward_state, state, strict=True):
-                np.copyto(column, value)
-        np.copyto(self._reward, reward, casting="same_kind")
-        self._ep_return += reward
-        if self.sequential:
-            self._record(int(self._t[0]), float(new[0]), float(self._equity[0]), cost)
-        self._write_obs()
-        np.less_equal(self._equity, self.options.ruin_equity, out=self._terminated)
-        if self.sequential:
+            self._record(
+                int(self._t[0]), float(self._position[0]), float(self._equity[0]), float(self._cost[0])
+            )
             self._note_ruin()
-        np.greater_equal(self._t, self._end, out=self._truncated)
-        np.logical_or(self._terminated, self._truncated, out=self._done)
-        if self._done.any():
-            # A ruined env is terminated, not truncated, even on its last bar.
-            self._truncated &= ~self._terminated
+        if finished:
             self._finish(np.flatnonzero(self._done))
         return self._result
 
+    def _refuse(self, code: int, actions: Any) -> NoReturn:
+        """Raise the ValueError that says why the kernel refused the actions (it changed nothing)."""
+        if code == vec_kernel.ACTION_OUT_OF_RANGE:
+            shown = np.asarray(actions).reshape(self.n_envs)
+            raise ValueError(f"step: actions must be in [0, {self._table.size}), got {shown}")
+        raise ValueError("step: continuous actions must be finite floats")
+
     def _note_ruin(self) -> None:
         """Record the first ruin of a sequential run, which goes on to the last bar instead of ending."""
-        if self._terminated[0] and self._ruined_at < 0:
+        if self._ruined_at < 0 and self._equity[0] <= self.options.ruin_equity:
             self._ruined_at = self._recorded - 1
             logger.debug("sequential run ruined at row %d; flat from here on", self._ruined_at)
-        self._terminated[0] = False
-
-    def _write_obs(self) -> None:
-        """Write every env's observation at its current bar into the observation buffer."""
-        # Fancy indexing, then one copy: np.take on the overlapping window view would first copy the
-        # whole view into a contiguous array, which costs far more than the gather.
-        self._obs[:, : self._width] = self._data.windows[self._t - (self.options.window - 1)]
-        self._obs[:, self._width] = self._position
-        self._obs[:, self._width + 1] = self._unrealised
 
     def _finish(self, envs: np.ndarray) -> None:
         """Report the finished envs' episodes and start their next ones."""
