@@ -1,4 +1,4 @@
-"""Step one portfolio env in compiled code: the weight mapping, fills, costs, borrow, growth and observation.
+"""Compile the portfolio envs' hot loops: the single env's whole step and the vec env's window gather.
 
 PortfolioEnv.step's arithmetic (docs/PORTFOLIO.md section 4) as one numba kernel per weight mapping, so
 a step costs one call instead of a dozen numpy calls on a few dozen values each. A kernel runs the
@@ -24,6 +24,9 @@ Both kernels take the same arguments:
 and return the growth factor of the equity. A NaN in the action makes it NaN and leaves the weights as
 they were; a growth below MIN_GROWTH (the equity wiped out) empties the weights and is returned as
 MIN_GROWTH.
+
+`gather_windows` copies the feature windows of VecPortfolioEnv's observations straight from the flat
+features, one pass instead of numpy's gather into a temporary and copy into the buffer.
 """
 
 from __future__ import annotations
@@ -207,11 +210,28 @@ def step_long_short(
     return _finish(obs, t, moves, flat, state, share, g1, cost, borrow, width, bar_size, False)
 
 
-def compile_steps() -> None:
-    """Compile (or load from numba's disk cache) both kernels for float32 and float64 actions.
+@kernel
+def gather_windows(
+    obs: np.ndarray, flat: np.ndarray, bars: np.ndarray, envs: np.ndarray, bar_size: int, width: int
+) -> None:
+    """Copy into obs[i, :width] the feature window ending at bar bars[i], for every env i in envs.
 
-    Runs them on scratch data; an env calls this when it is built, so that its first step does not pay
-    the compilation. After the first call in a process it costs a few microseconds.
+    The window of bar t is flat[(t + 1) * bar_size - width : (t + 1) * bar_size], as PortfolioData.windows
+    row t - window + 1.
+    """
+    for i in envs:
+        end = (bars[i] + 1) * bar_size
+        window = flat[end - width : end]
+        row = obs[i]
+        for k in range(width):
+            row[k] = window[k]
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's disk cache) every kernel of this module, on scratch data.
+
+    The steps for float32 and float64 actions. The envs call this when they are built, so that their first
+    step does not pay the compilation; after the first call in a process it costs a few microseconds.
     """
     moves = np.zeros((2, 3))
     flat = np.zeros(3, dtype=np.float32)
@@ -219,3 +239,11 @@ def compile_steps() -> None:
         for step, outputs in ((step_long_only, 2), (step_long_short, 1)):
             obs = np.empty(1 + outputs, dtype=np.float32)
             step(np.zeros(outputs, dtype=dtype), obs, 1, moves, flat, np.zeros((3, 1)), 1.0, 0.0, 0.0, 1, 1)
+    gather_windows(
+        np.empty((1, 1), dtype=np.float32),
+        flat,
+        np.ones(1, dtype=np.int64),
+        np.zeros(1, dtype=np.int64),
+        1,
+        1,
+    )

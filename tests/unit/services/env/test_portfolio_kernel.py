@@ -1,6 +1,9 @@
-"""Tests of the compiled portfolio step against the numpy step it replaced (PortfolioEnv at 263628d).
+"""Tests of the compiled portfolio kernels against the numpy code they replaced (at commit 263628d).
 
-What is compared how: the feature window of every observation must be equal, since both copy the same
+The single env's step is stepped beside a transcription of PortfolioEnv's numpy step; the vec env's
+observations are checked against numpy's gather of PortfolioData.windows, which must be equal bit for bit.
+
+For the single env, the feature window of every observation must be equal, since both copy the same
 float32 values. Everything else is compared to 1e-12 relative (weights, equity, rewards; the float32
 weights and cash of the observation to one unit in the last place): every figure of the numpy step comes
 out of matrix products and dots (BLAS, whose summation order and fused multiply-adds are its own) or
@@ -17,7 +20,7 @@ import pytest
 
 from services.env.accounting import MIN_GROWTH, ScalarOps
 from services.env.options import EnvOptions, PortfolioOptions
-from services.env.portfolio import target_weights
+from services.env.portfolio import VecPortfolioEnv, target_weights
 from services.env.portfolio_gym import PortfolioEnv
 from services.env.portfolio_kernel import step_long_only, step_long_short
 from tests.unit.services.env.test_portfolio import market
@@ -292,3 +295,27 @@ def test_the_first_step_of_a_new_env_does_not_compile() -> None:
     # Built for float32 and float64 actions when the env was: a step would not add a signature.
     for step in (step_long_only, step_long_short):
         assert {sig[0].dtype.name for sig in step.signatures} >= {"float32", "float64"}
+
+
+@pytest.mark.parametrize("weights", ["long_only", "long_short"])
+def test_the_vec_env_observations_hold_the_numpy_gather_of_the_windows_bit_for_bit(weights: str) -> None:
+    features, open_, close, tradable = market(200, 5, seed=13, holes=True)
+    options = EnvOptions(window=6, episode_length=7, n_envs=5, ruin_equity=0.0)
+    env = VecPortfolioEnv(options, PortfolioOptions(weights=weights), seed=4)
+    env.update_data(features, open_, close, tradable)
+    windows, width = env._data.windows, env._width
+    rng = np.random.default_rng(14)
+    finished = 0
+
+    obs = env.reset()
+    np.testing.assert_array_equal(obs[:, :width], windows[env._t - 5])
+    for _ in range(30):
+        before = env._t.copy()
+        result = env.step(rng.uniform(-1, 1, (5, env.action_size)))
+        done = result.terminated | result.truncated
+        finished += int(done.sum())
+
+        # Envs that finished are at a new start; their last observation is in terminal_obs.
+        np.testing.assert_array_equal(result.obs[:, :width], windows[env._t - 5])
+        np.testing.assert_array_equal(result.terminal_obs[done, :width], windows[before[done] + 1 - 5])
+    assert finished > 0
