@@ -54,7 +54,7 @@ def _gap(state: np.ndarray, gap: np.ndarray) -> tuple[float, float]:
 
 
 @kernel
-def _finish(
+def _trade(
     obs: np.ndarray,
     t: int,
     moves: np.ndarray,
@@ -166,7 +166,7 @@ def step_long_only(
         total += e
     total += math.exp(_clip_logit(action[m], limit))
     share = (1.0 - frozen) / total
-    return _finish(obs, t, moves, flat, state, share, g1, cost, borrow, width, bar_size, True)
+    return _trade(obs, t, moves, flat, state, share, g1, cost, borrow, width, bar_size, True)
 
 
 @kernel
@@ -207,7 +207,7 @@ def step_long_short(
     if budget < 0.0:
         budget = 0.0
     share = budget / (gross if gross > _TINY else _TINY) if gross > budget else 1.0
-    return _finish(obs, t, moves, flat, state, share, g1, cost, borrow, width, bar_size, False)
+    return _trade(obs, t, moves, flat, state, share, g1, cost, borrow, width, bar_size, False)
 
 
 @kernel
