@@ -4,6 +4,7 @@
 #
 #     bash bench/setup_compare_env.sh
 #
+# requirements.txt brings the env kernels' numba and llvmlite pins; rerun this script after it changes.
 # The project's own .venv never gets gym-anytrading. torch is pinned to 2.13.0 first: that version
 # resolves to the local CPU build; any other pulls gigabytes of CUDA packages. FinRL's wheel is installed
 # without dependencies: `import finrl` would pull in data downloaders and brokers' SDKs, so the benchmark
@@ -25,9 +26,10 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "${PIP[@]}" --no-deps "$FINRL"
 "$VENV/bin/python" - <<'EOF'
 import gym_anytrading
+import numba
 import stable_baselines3
 import torch
 
 print(f"compare venv ready: torch {torch.__version__}, stable-baselines3 {stable_baselines3.__version__}, "
-      f"gym-anytrading from {gym_anytrading.__file__}")
+      f"numba {numba.__version__}, gym-anytrading from {gym_anytrading.__file__}")
 EOF

@@ -41,6 +41,7 @@ from services.env.options import (
     build_observation_space,
 )
 from services.env.portfolio_data import PortfolioData
+from services.env.portfolio_kernel import compile_kernels, gather_windows
 from services.env.records import StepResult
 from services.env.vec_env import EpisodeClock
 
@@ -172,6 +173,8 @@ class VecPortfolioEnv:
         self._ruined_at = -1
         self._run_done = False
         self._records: dict[str, np.ndarray] = {}
+        self._all_envs = np.arange(n)
+        compile_kernels()
 
     @property
     def n_assets(self) -> int:
@@ -270,7 +273,8 @@ class VecPortfolioEnv:
         self._ep_return[envs] = 0.0
         for column, value in zip(self._reward_state, self._acc.initial_reward_state(), strict=True):
             column[envs] = value
-        self._obs[envs, : self._width] = self._data.windows[self._t[envs] - (self.options.window - 1)]
+        data = self._data
+        gather_windows(self._obs, data.flat, self._t, envs, data.n_assets * data.n_features, self._width)
         self._obs[envs, self._width :] = 0.0
         if self.portfolio.weights == "long_only":
             self._obs[envs, -1] = 1.0
@@ -376,9 +380,11 @@ class VecPortfolioEnv:
         return costs, pnl
 
     def _write_obs(self) -> None:
+        """Write every env's observation: its feature window (compiled gather), weights and cash."""
         width = self._width
         m = self._data.n_assets
-        self._obs[:, :width] = self._data.windows[self._t - (self.options.window - 1)]
+        bar_size = m * self._data.n_features
+        gather_windows(self._obs, self._data.flat, self._t, self._all_envs, bar_size, width)
         self._obs[:, width : width + m] = self._weights
         if self.portfolio.weights == "long_only":
             self._obs[:, -1] = 1.0 - self._weights.sum(axis=1)

@@ -369,7 +369,7 @@ def test_the_single_env_steps_as_the_formulas_say(weights: str, fill: str, holes
             # Beyond [-1, 1] too (clipped), float32 and float64, as SB3 and a person pass them.
             dtype = np.float32 if rng.random() < 0.5 else np.float64
             action = rng.uniform(-1.3, 1.3, env.action_space.shape).astype(dtype)
-            paths[env._all_fill[reference.t + 1]] += 1
+            paths[bool(env._data.all_fill[reference.t + 1])] += 1
             obs, reward, terminated, truncated, info = env.step(action)
             expected = reference.step(action.astype(np.float64))
             over = terminated or truncated
