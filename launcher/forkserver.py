@@ -62,7 +62,8 @@ logger = logging.getLogger(__name__)
 
 def _warm_up() -> None:
     """Train a tiny PPO for two rollouts, so that the first use of torch's and SB3's code (kernels
-    paged in, lazy set-up: over a second) is paid here once instead of in every model process.
+    paged in, lazy set-up: over a second) is paid here once instead of in every model process; load the
+    envs' compiled step kernels (numba) here too, so an env actor child steps at once.
 
     One torch thread and no logger outputs, so the warm-up starts no thread; the model actor sets its
     own thread count, seed and everything else random.
@@ -98,6 +99,11 @@ def _warm_up() -> None:
     )
     model.learn(128)
     model.policy.predict(np.zeros((1, 8), np.float32), deterministic=True)
+
+    from services.env import portfolio_kernel, vec_kernel
+
+    vec_kernel.compile_kernels()
+    portfolio_kernel.compile_kernels()
 
 
 def _run(argv: list[str]) -> int:

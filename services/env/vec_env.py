@@ -235,15 +235,16 @@ class VecTradingEnv:
         self._params[vec_kernel.P_ETA] = options.dsr_eta
         self._params[vec_kernel.P_RUIN] = options.ruin_equity
         self._reward_kind = vec_kernel.REWARD_KINDS[options.reward]
-        # A discrete step takes int64 actions, a continuous one float32 or float64 (the kernels compiled
-        # by warm_up); other dtypes, and read-only or strided arrays, are copied into this buffer first.
+        # A discrete step takes int64 actions, a continuous one float32 or float64 (the kernels
+        # compile_kernels compiles); other dtypes, and read-only or strided arrays, are copied into this
+        # buffer first.
         self._discrete = bool(self._table.size)
         self._action_dtypes = (
             (np.dtype(np.int64),) if self._discrete else (np.dtype(np.float32), np.dtype(np.float64))
         )
         self._actions = np.zeros(n, dtype=self._action_dtypes[-1])
         # Compile the kernels (or load them from numba's disk cache) now rather than in the first step.
-        vec_kernel.warm_up()
+        vec_kernel.compile_kernels()
         self._clock = EpisodeClock(n, seed, sequential=sequential, episode_length=options.episode_length)
         self._has_data = False
         self._width = 0

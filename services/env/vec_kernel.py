@@ -10,7 +10,7 @@ kernels replace (Accounting in services.env.accounting), bit for bit, on any CPU
 
 Every formula keeps the operation order of those formulas, and numba reorders no float arithmetic
 without fastmath, so tests compare the two with exact equality. The kernels are compiled by
-services.env.jit (cached on disk); `warm_up` compiles or loads them before an env's first step.
+services.env.jit (cached on disk); `compile_kernels` compiles or loads them before an env's first step.
 
 The per-env float64 state is one [N_ROWS, N] array whose rows the env also holds as named views.
 """
@@ -275,7 +275,7 @@ def settle(
     return finished
 
 
-def warm_up() -> None:
+def compile_kernels() -> None:
     """Compile the kernels for the array types VecTradingEnv passes, or load them from numba's cache.
 
     Runs them once on scratch buffers of one env, so that no step of a session pays the compilation.
