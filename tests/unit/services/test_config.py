@@ -219,6 +219,14 @@ def test_a_top_level_that_is_not_a_mapping_names_the_file(tmp_path: Path) -> Non
         ("model:\n  device: CPU\n", ["device", "'CPU'"]),
         ("model:\n  net_arch: [64, 0]\n", ["net_arch"]),
         ("model:\n  torch_threads: 0\n", ["torch_threads"]),
+        (
+            "model:\n  learning_rate_schedule: cosine\n",
+            ["model.learning_rate_schedule must be constant or linear", "'cosine'"],
+        ),
+        (
+            "model:\n  learning_rate_schedule: linear\n  hyperparams:\n    learning_rate: 0\n",
+            ["model.learning_rate_schedule linear needs a positive number", "learning_rate"],
+        ),
         ("session:\n  heartbeat_s: 0\n", ["heartbeat_s"]),
         ("session:\n  heartbeat_s: 5\n  hang_timeout_s: 10\n", ["hang_timeout_s"]),
         ("session:\n  events_port: 70000\n", ["events_port"]),
