@@ -129,7 +129,8 @@ class ModelOptions:
     """Put the replay buffer of off-policy algorithms into checkpoints (it can be large)."""
     learning_rate_schedule: str = "constant"
     """constant, or linear: the learning rate falls in a straight line from hyperparams.learning_rate to 0
-    over the session's training budget (training.episodes x training.steps_per_episode steps)."""
+    over the session's training budget (training.episodes x training.steps_per_episode steps, counted on
+    the model's step counter, so a resume with more episodes goes on along the longer budget)."""
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHM_HYPERPARAMS:

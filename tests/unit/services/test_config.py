@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import textwrap
 from pathlib import Path
@@ -478,3 +479,20 @@ def test_the_config_fingerprint_ignores_where_the_data_lies_but_not_what_trains(
 
     assert config_fingerprint(moved) == config_fingerprint(base)
     assert config_fingerprint(other_model) != config_fingerprint(base)
+
+
+def test_the_learning_rate_schedule_changes_the_fingerprint_and_constant_hashes_as_before_the_key() -> None:
+    constant = load_config(None, ["model.learning_rate_schedule=constant"])
+    linear = load_config(None, ["model.learning_rate_schedule=linear"])
+    data = config_to_dict(constant)
+    del data["model"]["learning_rate_schedule"]
+    for key in ("name", "session"):
+        data.pop(key)
+    data["training"].pop("episodes")
+    data["data"]["source"].pop("path")
+    data.pop("portfolio")
+    data["data"].pop("universe")
+    before = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    assert config_fingerprint(linear) != config_fingerprint(constant)
+    assert config_fingerprint(constant) == before
