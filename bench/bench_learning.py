@@ -34,8 +34,10 @@ eval-episode-1.csv has them) and the Sharpe ratio of that one series, computed b
 compute_metrics, over the oracle's pooled the same way; its expected share is the sum of the agent's
 expected gains over all seeds over the sum of the oracle's. Each seed counts by its bars (all have the
 same number), so no single seed's ratio, large or small, decides it; seeds whose oracle Sharpe is not
-positive are pooled too. The median of the per-seed shares and the ratio of the mean Sharpe ratios are
-printed as well.
+positive are pooled too. Beside it, in brackets, the 5th and 95th percentiles of that ratio over 2,000
+moving-block bootstrap resamples of the pooled bars (blocks of 20 bars, the agent's and the oracle's
+returns of a bar drawn together): how far the realised returns alone move it. The median of the per-seed
+shares and the ratio of the mean Sharpe ratios are printed as well.
 
     .venv/bin/python bench/bench_learning.py [--kinds momentum,mean_reversion,regime] [--seeds 0,1,2,3,4]
         [--bars 10000] [--steps N] [--set KEY=VALUE ...] [--json FILE]
@@ -281,7 +283,22 @@ def pooled_sharpe(rows: list[dict[str, Any]], side: str) -> float:
     return compute_metrics(equity, flat, flat, statistics.fmean(r["bars_per_year"] for r in rows)).sharpe
 
 
-def pooled(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+def bootstrap_share(
+    rows: list[dict[str, Any]], resamples: int = 2000, block: int = 20
+) -> tuple[float, float]:
+    """Return the 5th and 95th percentiles of the pooled Sharpe ratio share over moving-block resamples."""
+    sides = [np.concatenate([np.asarray(r[f"{side}_returns"]) for r in rows]) for side in ("agent", "oracle")]
+    n = len(sides[0])
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, n - block + 1, (resamples, -(-n // block)))
+    index = (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :n]
+    agent, oracle = (side[index] for side in sides)
+    ratio = (agent.mean(1) / agent.std(1, ddof=1)) / (oracle.mean(1) / oracle.std(1, ddof=1))
+    low, high = np.percentile(ratio, [5.0, 95.0])
+    return float(low), float(high)
+
+
+def pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Return a kind's pooled figures: Sharpe ratios of the end-to-end eval returns, their ratio, shares."""
     agent, oracle = pooled_sharpe(rows, "agent"), pooled_sharpe(rows, "oracle")
     weights = [r["eval_bars"] for r in rows]
@@ -289,6 +306,7 @@ def pooled(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         "agent_sharpe": agent,
         "oracle_sharpe": oracle,
         "share": agent / oracle if oracle > 0 else None,
+        "share_interval": bootstrap_share(rows) if oracle > 0 else None,
         "same_position": float(np.average([r["same_position"] for r in rows], weights=weights)),
         "expected_share": sum(r["agent_expected_gain"] for r in rows)
         / sum(r["oracle_expected_gain"] for r in rows),
@@ -315,7 +333,10 @@ def print_table(kind: str, rows: list[dict[str, Any]]) -> None:
     means = f"{agent / oracle:.2f}" if oracle > 0 else "n/a"
     print(f"| mean | | {agent:.2f} | {oracle:.2f} | {means} | | | | |")
     pool = pooled(rows)
-    share = "n/a" if pool["share"] is None else f"{pool['share']:.2f}"
+    share = "n/a"
+    if pool["share"] is not None:
+        low, high = pool["share_interval"]
+        share = f"{pool['share']:.2f} ({low:.2f} to {high:.2f})"
     print(
         f"| pooled | {sum(r['eval_bars'] for r in rows)} | {pool['agent_sharpe']:.2f} | "
         f"{pool['oracle_sharpe']:.2f} | {share} | {pool['same_position']:.2f} | "
