@@ -52,6 +52,7 @@ def test_the_default_config_loads() -> None:
     assert config.model.algorithm == "ppo"
     assert config.model.net_arch == (64, 64)
     assert config.model.hyperparams["n_steps"] == 64
+    assert config.model.learning_rate_schedule == "linear"
     assert config.env.n_envs == 64
     assert config.data.source.path == "data/STOCKS_GOOGL.csv"
     assert config.session.monitor_host == "127.0.0.1"
