@@ -28,7 +28,18 @@ row has two figures of the decisions alone: the share of bars where the agent ho
 position, and the expected-return share, the agent's positions valued at the planted E (less the costs
 of its trades) over the oracle's valued the same way, which leaves out the noise of the realised returns.
 
-    .venv/bin/python bench/bench_learning.py [--kinds momentum,mean_reversion,regime] [--seeds 0,1,2]
+Each kind's table ends with a pooled row, the figure the per-kind target is judged on: the agent's eval
+returns of all the kind's seeds put end to end (seed after seed, each seed's per-bar returns as its
+eval-episode-1.csv has them) and the Sharpe ratio of that one series, computed by the same
+compute_metrics, over the oracle's pooled the same way; its expected share is the sum of the agent's
+expected gains over all seeds over the sum of the oracle's. Each seed counts by its bars (all have the
+same number), so no single seed's ratio, large or small, decides it; seeds whose oracle Sharpe is not
+positive are pooled too. Beside it, in brackets, the 5th and 95th percentiles of that ratio over 2,000
+moving-block bootstrap resamples of the pooled bars (blocks of 20 bars, the agent's and the oracle's
+returns of a bar drawn together): how far the realised returns alone move it. The median of the per-seed
+shares and the ratio of the mean Sharpe ratios are printed as well.
+
+    .venv/bin/python bench/bench_learning.py [--kinds momentum,mean_reversion,regime] [--seeds 0,1,2,3,4]
         [--bars 10000] [--steps N] [--set KEY=VALUE ...] [--json FILE]
 """
 
@@ -147,6 +158,8 @@ class EvalRun:
     """Timestamp of each row's bar (ns)."""
     position: np.ndarray
     """Position held at each row's close, decided at the previous row's close."""
+    returns: np.ndarray
+    """Return of the equity over each bar (one fewer than the rows), after costs."""
 
 
 def expected_gain(run: EvalRun, expected: np.ndarray, cost: float) -> float:
@@ -194,13 +207,15 @@ def oracle_run(config: Config, frame: pd.DataFrame, expected: np.ndarray) -> tup
     held_bh[0] = 0.0
     hold = compute_metrics(rec.buy_and_hold, held_bh, np.zeros_like(held_bh), bars_per_year).sharpe
     bars = rec.bar + context
-    return EvalRun(sharpe=oracle, bars=bars, stamps=timestamps[bars], position=rec.position), hold
+    returns = rec.equity[1:] / rec.equity[:-1] - 1.0
+    run = EvalRun(sharpe=oracle, bars=bars, stamps=timestamps[bars], position=rec.position, returns=returns)
+    return run, hold
 
 
 def agent_run(
     data: Path, runs: Path, name: str, overrides: list[str], timeout: float
-) -> tuple[float, np.ndarray, np.ndarray, float]:
-    """Train the default agent on the file; return its eval Sharpe, bar times, positions and wall time."""
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Train the default agent on the file; return its eval Sharpe, times, positions, equity, wall time."""
     command = [sys.executable, str(ROOT / "run.py"), "--data", str(data), "--name", name]
     command += ["--set", f"session.runs_dir={runs}", "--set", "session.console=off"]
     for override in overrides:
@@ -217,7 +232,7 @@ def agent_run(
     stamps = np.array([np.datetime64(row["timestamp"], "ns").astype(np.int64) for row in rows])
     per_year = infer_bars_per_year(stamps)
     sharpe = compute_metrics(equity, position, np.zeros_like(equity), per_year).sharpe
-    return sharpe, stamps, position, wall
+    return sharpe, stamps, position, equity, wall
 
 
 def measure(
@@ -230,13 +245,15 @@ def measure(
     data = folder / f"{kind}-{seed}.csv"
     frame.to_csv(data, index=False)
     oracle, hold = oracle_run(config, frame, expected)
-    sharpe, stamps, position, wall = agent_run(
+    sharpe, stamps, position, equity, wall = agent_run(
         data, folder / "runs", f"{kind}-{seed}", overrides, args.timeout
     )
     if not np.array_equal(oracle.stamps, stamps):
         raise RuntimeError(f"{kind} seed {seed}: the agent's eval bars are not the oracle's")
-    agent = EvalRun(sharpe=sharpe, bars=oracle.bars, stamps=stamps, position=position)
+    returns = equity[1:] / equity[:-1] - 1.0
+    agent = EvalRun(sharpe=sharpe, bars=oracle.bars, stamps=stamps, position=position, returns=returns)
     cost = (config.env.commission_bps + config.env.slippage_bps) / 1e4
+    agent_gain, oracle_gain = expected_gain(agent, expected, cost), expected_gain(oracle, expected, cost)
     return {
         "kind": kind,
         "seed": seed,
@@ -246,13 +263,58 @@ def measure(
         "buy_and_hold_sharpe": hold,
         "share": sharpe / oracle.sharpe if oracle.sharpe > 0 else None,
         "same_position": float(np.mean(position[1:] == oracle.position[1:])),
-        "expected_share": expected_gain(agent, expected, cost) / expected_gain(oracle, expected, cost),
+        "expected_share": agent_gain / oracle_gain,
         "train_seconds": wall,
+        "bars_per_year": infer_bars_per_year(stamps),
+        "agent_expected_gain": agent_gain,
+        "oracle_expected_gain": oracle_gain,
+        "agent_returns": agent.returns.tolist(),
+        "oracle_returns": oracle.returns.tolist(),
+        "agent_position": position.tolist(),
+    }
+
+
+def pooled_sharpe(rows: list[dict[str, Any]], side: str) -> float:
+    """Return the Sharpe ratio of one side's eval returns of all the rows put end to end."""
+    returns = np.concatenate([np.asarray(r[f"{side}_returns"], dtype=np.float64) for r in rows])
+    equity = np.concatenate(([1.0], np.cumprod(1.0 + returns)))
+    # Positions and costs do not enter the Sharpe ratio; compute_metrics only needs their shape.
+    flat = np.zeros_like(equity)
+    return compute_metrics(equity, flat, flat, statistics.fmean(r["bars_per_year"] for r in rows)).sharpe
+
+
+def bootstrap_share(
+    rows: list[dict[str, Any]], resamples: int = 2000, block: int = 20
+) -> tuple[float, float]:
+    """Return the 5th and 95th percentiles of the pooled Sharpe ratio share over moving-block resamples."""
+    sides = [np.concatenate([np.asarray(r[f"{side}_returns"]) for r in rows]) for side in ("agent", "oracle")]
+    n = len(sides[0])
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, n - block + 1, (resamples, -(-n // block)))
+    index = (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :n]
+    agent, oracle = (side[index] for side in sides)
+    ratio = (agent.mean(1) / agent.std(1, ddof=1)) / (oracle.mean(1) / oracle.std(1, ddof=1))
+    low, high = np.percentile(ratio, [5.0, 95.0])
+    return float(low), float(high)
+
+
+def pooled(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return a kind's pooled figures: Sharpe ratios of the end-to-end eval returns, their ratio, shares."""
+    agent, oracle = pooled_sharpe(rows, "agent"), pooled_sharpe(rows, "oracle")
+    weights = [r["eval_bars"] for r in rows]
+    return {
+        "agent_sharpe": agent,
+        "oracle_sharpe": oracle,
+        "share": agent / oracle if oracle > 0 else None,
+        "share_interval": bootstrap_share(rows) if oracle > 0 else None,
+        "same_position": float(np.average([r["same_position"] for r in rows], weights=weights)),
+        "expected_share": sum(r["agent_expected_gain"] for r in rows)
+        / sum(r["oracle_expected_gain"] for r in rows),
     }
 
 
 def print_table(kind: str, rows: list[dict[str, Any]]) -> None:
-    """Print one kind's markdown table: a row per seed, then the median and the ratio of the means."""
+    """Print one kind's markdown table: a row per seed, the median, the ratio of the means, the pooled row."""
     print(f"\n{kind}\n")
     print(HEADER)
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -268,15 +330,25 @@ def print_table(kind: str, rows: list[dict[str, Any]]) -> None:
     expected = statistics.median(r["expected_share"] for r in rows)
     print(f"| median | | | | {median} | | {expected:.2f} | | |")
     agent, oracle = (statistics.fmean(r[key] for r in rows) for key in ("agent_sharpe", "oracle_sharpe"))
-    pooled = f"{agent / oracle:.2f}" if oracle > 0 else "n/a"
-    print(f"| mean | | {agent:.2f} | {oracle:.2f} | {pooled} | | | | |")
+    means = f"{agent / oracle:.2f}" if oracle > 0 else "n/a"
+    print(f"| mean | | {agent:.2f} | {oracle:.2f} | {means} | | | | |")
+    pool = pooled(rows)
+    share = "n/a"
+    if pool["share"] is not None:
+        low, high = pool["share_interval"]
+        share = f"{pool['share']:.2f} ({low:.2f} to {high:.2f})"
+    print(
+        f"| pooled | {sum(r['eval_bars'] for r in rows)} | {pool['agent_sharpe']:.2f} | "
+        f"{pool['oracle_sharpe']:.2f} | {share} | {pool['same_position']:.2f} | "
+        f"{pool['expected_share']:.2f} | | |"
+    )
 
 
 def main() -> int:
     """Run every kind and seed, print one markdown table per kind, optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: 0,1,2)")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds (default: 0,1,2,3,4)")
     parser.add_argument("--bars", type=int, default=10_000, help="bars per series (default: 10000)")
     parser.add_argument("--steps", type=int, help="training.steps_per_episode (default: the config's)")
     parser.add_argument(
@@ -288,8 +360,16 @@ def main() -> int:
         help="a config override for run.py and the oracle (repeatable)",
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per training run")
-    parser.add_argument("--json", type=Path, help="write every result here")
+    parser.add_argument("--json", type=Path, help="write every result (with per-bar returns) here")
+    parser.add_argument(
+        "--from-json", type=Path, help="print the tables of a file --json wrote instead of running"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        for kind in dict.fromkeys(r["kind"] for r in results):
+            print_table(kind, [r for r in results if r["kind"] == kind])
+        return 0
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"training.steps_per_episode={args.steps}")
@@ -301,7 +381,8 @@ def main() -> int:
             for seed in (int(s) for s in args.seeds.split(",")):
                 row = measure(kind, seed, args, overrides, config, Path(scratch))
                 results.append(row)
-                print(json.dumps(row), flush=True)
+                brief = {k: v for k, v in row.items() if not isinstance(v, list)}
+                print(json.dumps(brief), flush=True)
     for kind in kinds:
         print_table(kind, [r for r in results if r["kind"] == kind])
     if args.json:

@@ -124,6 +124,7 @@ def bench_setups(
                     env,
                     eval_env=env,
                     seed=config.training.seed,
+                    budget=config.training.episodes * config.training.steps_per_episode,
                     tensorboard_dir=None,
                     on_values=lambda steps, values: None,
                 )

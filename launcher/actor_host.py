@@ -171,6 +171,7 @@ def build_model(host: ActorHost) -> pykka.ActorRef[Any]:
     factory = RemoteModelFactory(
         config.model,
         seed=config.training.seed,
+        budget=config.training.episodes * config.training.steps_per_episode,
         tensorboard_dir=run_dir / "tensorboard",
         checkpoint_root=run_dir / "checkpoints",
         fingerprint={k: session[k] for k in ("data_hash", "config_hash")},

@@ -324,6 +324,9 @@ def config_fingerprint(config: Config) -> str:
         data.pop(key, None)
     data["training"].pop("episodes", None)
     data["data"]["source"].pop("path", None)
+    # A constant learning rate hashes as before the schedule key existed, so those checkpoints still resume.
+    if config.model.learning_rate_schedule == "constant":
+        data["model"].pop("learning_rate_schedule")
     # A single-asset config hashes as it did before portfolios existed, so its checkpoints still resume.
     if config.portfolio is None:
         data.pop("portfolio")

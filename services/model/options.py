@@ -10,6 +10,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.model.schedule import LEARNING_RATE_SCHEDULES
+
 # Hyperparameters each algorithm accepts from the config (SB3's constructor arguments).
 _COMMON = {"learning_rate", "gamma", "verbose", "stats_window_size"}
 _ON_POLICY = _COMMON | {
@@ -125,6 +127,10 @@ class ModelOptions:
     the algorithm's known arguments."""
     save_replay_buffer: bool = False
     """Put the replay buffer of off-policy algorithms into checkpoints (it can be large)."""
+    learning_rate_schedule: str = "constant"
+    """constant, or linear: the learning rate falls in a straight line from hyperparams.learning_rate to 0
+    over the session's training budget (training.episodes x training.steps_per_episode steps, counted on
+    the model's step counter, so a resume with more episodes goes on along the longer budget)."""
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHM_HYPERPARAMS:
@@ -136,6 +142,17 @@ class ModelOptions:
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {dev!r}")
+        if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
+            known = " or ".join(LEARNING_RATE_SCHEDULES)
+            raise ValueError(f"learning_rate_schedule must be {known}, got {self.learning_rate_schedule!r}")
+        rate = self.hyperparams.get("learning_rate", 0.0)
+        if self.learning_rate_schedule != "constant" and not (
+            isinstance(rate, int | float) and not isinstance(rate, bool) and rate > 0
+        ):
+            raise ValueError(
+                f"learning_rate_schedule {self.learning_rate_schedule} needs a positive number for "
+                f"hyperparams.learning_rate, got {rate!r}"
+            )
         if self.torch_threads < 1:
             raise ValueError(f"torch_threads must be at least 1, got {self.torch_threads}")
         if not self.net_arch or any(n < 1 for n in self.net_arch):

@@ -26,6 +26,7 @@ from services.errors import InputError
 from services.model.checkpoint import CheckpointInfo, save_checkpoint
 from services.model.deterministic import DeterministicPolicy
 from services.model.options import ModelOptions, algorithm_class
+from services.model.schedule import BudgetSchedule
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +88,18 @@ class _ForwardValues(KVWriter):
 
 
 class _Tick(BaseCallback):
-    def __init__(self, tick: StepTick) -> None:
+    def __init__(self, tick: StepTick, schedule: BudgetSchedule | None) -> None:
         super().__init__()
         self._tick = tick
+        self._schedule = schedule
 
     def _on_step(self) -> bool:
         return self._tick(self.num_timesteps)
+
+    def _on_rollout_end(self) -> None:
+        # The update that follows a rollout reads the schedule; it is measured on the model's counter.
+        if self._schedule is not None:
+            self._schedule.steps = self.num_timesteps
 
 
 class SequentialPass:
@@ -151,12 +158,14 @@ class TradingModel:
         model_id: str,
         options: ModelOptions,
         eval_env: VecEnv,
+        schedule: BudgetSchedule | None = None,
         token: object = None,
     ) -> None:
         if token is not _CREATE:
             raise TypeError("build the session's model only through TradingModel.create")
         self.algorithm = algorithm
         self.eval_env = eval_env
+        self.schedule = schedule
         self.restored_from = ""
         self._evaluation: SequentialPass | None = None
         self.model_id = model_id
@@ -172,6 +181,7 @@ class TradingModel:
         *,
         eval_env: VecEnv,
         seed: int,
+        budget: int,
         tensorboard_dir: Path | None,
         on_values: ValuesSink,
         checkpoint: CheckpointInfo | None = None,
@@ -180,13 +190,22 @@ class TradingModel:
 
         This is the only way to obtain a TradingModel. A restored model keeps its id, weights, optimiser
         state, step counter and RNG states.
+
+        Args:
+            budget: the session's training steps (all episodes), over which a learning-rate schedule
+                other than constant runs.
         """
         torch.set_num_threads(options.torch_threads)
         device = resolve_device(options.device)
         algo_cls: type[BaseAlgorithm] = algorithm_class(options.algorithm)
+        schedule = None
+        rates: dict[str, Any] = {}
+        if options.learning_rate_schedule == "linear":
+            schedule = BudgetSchedule(start=float(options.hyperparams["learning_rate"]), budget=budget)
+            rates["learning_rate"] = schedule
         if checkpoint is None:
             policy = "MlpLstmPolicy" if options.algorithm == "recurrent_ppo" else options.policy
-            kwargs: dict[str, Any] = {"verbose": 0, **options.hyperparams}
+            kwargs: dict[str, Any] = {"verbose": 0, **options.hyperparams, **rates}
             algorithm = algo_cls(
                 policy,
                 env,
@@ -198,13 +217,18 @@ class TradingModel:
             model_id, restored = uuid.uuid4().hex[:12], ""
         else:
             folder = checkpoint.path
-            algorithm = algo_cls.load(folder / MODEL_FILE, env=env, device=device)
+            # The saved schedule's step count is stale: the restored model runs on this session's own.
+            algorithm = algo_cls.load(folder / MODEL_FILE, env=env, device=device, custom_objects=rates)
+            if schedule is not None:
+                schedule.steps = int(algorithm.num_timesteps)
             replay = folder / REPLAY_FILE
             if replay.is_file() and hasattr(algorithm, "load_replay_buffer"):
                 algorithm.load_replay_buffer(replay)
             _restore_rng(folder)
             model_id, restored = str(checkpoint.meta["model_id"]), str(folder)
-        model = cls(algorithm, model_id=model_id, options=options, eval_env=eval_env, token=_CREATE)
+        model = cls(
+            algorithm, model_id=model_id, options=options, eval_env=eval_env, schedule=schedule, token=_CREATE
+        )
         model.restored_from = restored
         formats: list[KVWriter] = [_ForwardValues(on_values, lambda: model.num_timesteps)]
         folder_name = ""
@@ -246,7 +270,10 @@ class TradingModel:
         """Train for at least `steps` more steps (whole rollouts); return the steps actually trained."""
         before = self.num_timesteps
         self.algorithm.learn(
-            total_timesteps=steps, reset_num_timesteps=False, callback=_Tick(tick), progress_bar=False
+            total_timesteps=steps,
+            reset_num_timesteps=False,
+            callback=_Tick(tick, self.schedule),
+            progress_bar=False,
         )
         return self.num_timesteps - before
 
@@ -287,6 +314,7 @@ class RemoteModelFactory:
         options: ModelOptions,
         *,
         seed: int,
+        budget: int,
         tensorboard_dir: Path | None,
         checkpoint_root: Path,
         fingerprint: dict[str, str],
@@ -295,6 +323,7 @@ class RemoteModelFactory:
         self.algorithm = options.algorithm
         self._options = options
         self._seed = seed
+        self._budget = budget
         self._tensorboard_dir = tensorboard_dir
         self._checkpoint_root = checkpoint_root
         self._fingerprint = fingerprint
@@ -316,6 +345,7 @@ class RemoteModelFactory:
             train_env,
             eval_env=eval_env,
             seed=self._seed,
+            budget=self._budget,
             tensorboard_dir=self._tensorboard_dir,
             on_values=on_values,
             checkpoint=self._resume,

@@ -178,7 +178,13 @@ def sb3_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFram
         )
     )
     model = TradingModel.create(
-        config.model, vec, eval_env=vec, seed=3, tensorboard_dir=None, on_values=lambda steps, values: None
+        config.model,
+        vec,
+        eval_env=vec,
+        seed=3,
+        budget=1024,
+        tensorboard_dir=None,
+        on_values=lambda steps, values: None,
     )
     write_checkpoint(run_dir, lambda folder: model.save(folder, replay_buffer=False))
     _, action = model.run_sequential(vec)

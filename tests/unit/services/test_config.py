@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import textwrap
 from pathlib import Path
@@ -51,6 +52,7 @@ def test_the_default_config_loads() -> None:
     assert config.model.algorithm == "ppo"
     assert config.model.net_arch == (64, 64)
     assert config.model.hyperparams["n_steps"] == 64
+    assert config.model.learning_rate_schedule == "linear"
     assert config.env.n_envs == 64
     assert config.data.source.path == "data/STOCKS_GOOGL.csv"
     assert config.session.monitor_host == "127.0.0.1"
@@ -219,6 +221,14 @@ def test_a_top_level_that_is_not_a_mapping_names_the_file(tmp_path: Path) -> Non
         ("model:\n  device: CPU\n", ["device", "'CPU'"]),
         ("model:\n  net_arch: [64, 0]\n", ["net_arch"]),
         ("model:\n  torch_threads: 0\n", ["torch_threads"]),
+        (
+            "model:\n  learning_rate_schedule: cosine\n",
+            ["model.learning_rate_schedule must be constant or linear", "'cosine'"],
+        ),
+        (
+            "model:\n  learning_rate_schedule: linear\n  hyperparams:\n    learning_rate: 0\n",
+            ["model.learning_rate_schedule linear needs a positive number", "learning_rate"],
+        ),
         ("session:\n  heartbeat_s: 0\n", ["heartbeat_s"]),
         ("session:\n  heartbeat_s: 5\n  hang_timeout_s: 10\n", ["hang_timeout_s"]),
         ("session:\n  events_port: 70000\n", ["events_port"]),
@@ -470,3 +480,20 @@ def test_the_config_fingerprint_ignores_where_the_data_lies_but_not_what_trains(
 
     assert config_fingerprint(moved) == config_fingerprint(base)
     assert config_fingerprint(other_model) != config_fingerprint(base)
+
+
+def test_the_learning_rate_schedule_changes_the_fingerprint_and_constant_hashes_as_before_the_key() -> None:
+    constant = load_config(None, ["model.learning_rate_schedule=constant"])
+    linear = load_config(None, ["model.learning_rate_schedule=linear"])
+    data = config_to_dict(constant)
+    del data["model"]["learning_rate_schedule"]
+    for key in ("name", "session"):
+        data.pop(key)
+    data["training"].pop("episodes")
+    data["data"]["source"].pop("path")
+    data.pop("portfolio")
+    data["data"].pop("universe")
+    before = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    assert config_fingerprint(linear) != config_fingerprint(constant)
+    assert config_fingerprint(constant) == before

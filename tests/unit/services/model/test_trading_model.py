@@ -39,7 +39,7 @@ TINY = ModelOptions(net_arch=(8,), hyperparams={"n_steps": 32, "batch_size": 32,
 
 
 def make_model(options: ModelOptions = TINY, env: EnvOptions = ENV, **kwargs: object) -> TradingModel:
-    arguments: dict[str, object] = {"tensorboard_dir": None, **kwargs}
+    arguments: dict[str, object] = {"tensorboard_dir": None, "budget": 1024, **kwargs}
     return TradingModel.create(
         options,
         vec_env(env),
@@ -55,6 +55,7 @@ def checkpointer(root: Path, options: ModelOptions = TINY) -> RemoteModelFactory
     return RemoteModelFactory(
         options,
         seed=3,
+        budget=1024,
         tensorboard_dir=None,
         checkpoint_root=root,
         fingerprint={"data_hash": "d", "config_hash": "c"},
@@ -95,6 +96,51 @@ def test_learn_trains_whole_rollouts_and_the_counter_continues() -> None:
     assert model.num_timesteps == 192
 
 
+LINEAR = dataclasses.replace(
+    TINY, hyperparams={**TINY.hyperparams, "learning_rate": 0.001}, learning_rate_schedule="linear"
+)
+
+
+def learning_rate(model: TradingModel) -> float:
+    return float(model.algorithm.policy.optimizer.param_groups[0]["lr"])
+
+
+def test_a_constant_schedule_passes_the_rate_to_sb3_as_a_number() -> None:
+    model = make_model(dataclasses.replace(TINY, hyperparams={**TINY.hyperparams, "learning_rate": 0.001}))
+
+    model.learn(128, lambda steps: True)
+
+    assert model.schedule is None
+    assert model.algorithm.learning_rate == 0.001
+    assert learning_rate(model) == pytest.approx(0.001)
+
+
+def test_a_linear_schedule_falls_to_zero_over_the_budget_across_pieces() -> None:
+    model = make_model(LINEAR, budget=256)
+
+    model.learn(128, lambda steps: True)
+    halfway = learning_rate(model)
+    model.learn(128, lambda steps: True)
+
+    # The update after each 64-step rollout reads the rate at the model's step counter: at 128 of 256
+    # steps it is half the start (SB3's own progress, measured per learn call, would be 0 there).
+    assert model.algorithm.learning_rate is model.schedule
+    assert halfway == pytest.approx(0.0005)
+    assert learning_rate(model) == 0.0
+
+
+def test_a_resumed_model_continues_its_linear_schedule_from_the_checkpoints_step(tmp_path: Path) -> None:
+    first = make_model(LINEAR, budget=256)
+    first.learn(128, lambda steps: True)
+    checkpointer(tmp_path, LINEAR).checkpoint(first, 1, True)
+
+    second = make_model(LINEAR, budget=256, checkpoint=latest_checkpoint(tmp_path))
+    second.learn(64, lambda steps: True)
+
+    assert second.schedule is not None and second.algorithm.learning_rate is second.schedule
+    assert learning_rate(second) == pytest.approx(0.001 * (1 - 192 / 256))
+
+
 def test_values_of_the_sb3_logger_reach_the_sink() -> None:
     seen: list[tuple[int, dict[str, float]]] = []
     model = TradingModel.create(
@@ -102,6 +148,7 @@ def test_values_of_the_sb3_logger_reach_the_sink() -> None:
         vec_env(ENV),
         eval_env=vec_env(ENV, sequential=True),
         seed=3,
+        budget=1024,
         tensorboard_dir=None,
         on_values=lambda steps, values: seen.append((steps, values)),
     )
@@ -210,7 +257,12 @@ def test_tensorboard_steps_continue_across_a_resume_in_one_folder(tmp_path: Path
 
     board = tmp_path / "tensorboard"
     factory = RemoteModelFactory(
-        TINY, seed=3, tensorboard_dir=board, checkpoint_root=tmp_path / "ck", fingerprint={"data_hash": "d"}
+        TINY,
+        seed=3,
+        budget=1024,
+        tensorboard_dir=board,
+        checkpoint_root=tmp_path / "ck",
+        fingerprint={"data_hash": "d"},
     )
     first = make_model(tensorboard_dir=board)
     first.learn(128, lambda steps: True)
