@@ -90,9 +90,11 @@ ENV_SPIN_S = (0.002, 0.00002)
 """How long the env actor spins for the next actions before it sleeps on its bell, on an idle and on a
 crowded machine (services.transport.doorbell.CpuLoad): the learner's forward pass and bookkeeping
 between two steps take 0.1-0.5 ms, which a spinning env actor covers on a free core."""
-MODEL_SPIN_S = (0.002, 0.0002)
+MODEL_SPIN_S = (0.002, 0.00002)
 """How long the model spins for a step's results before it sleeps on its bell, on an idle and on a
-crowded machine: a step of 16 to 64 single-asset envs takes 30-50 us."""
+crowded machine: a compiled step of 16 to 64 single-asset envs takes 5-15 us; on a crowded core a
+longer spin keeps the env actor from the core it needs (200 us gave 0.52 of the in-process rate beside
+a CPU hog at 16 envs, 20 us 0.60: docs/BENCHMARKS.md, section 14)."""
 
 
 class TornBuffer(TransportError):
