@@ -13,8 +13,8 @@ It prints
   2. the cost of one single-env step: the fastest of --cost-runs runs of 2,000 steps, the long-only and
      long-short envs interleaved (a quiet machine's figure even on a loaded one);
   3. VecPortfolioEnv env-steps/s at 64 envs x 20 assets, all observations written every call;
-  4. the RSS of a fresh process stepping VecPortfolioEnv(64 x 20) after 10,000 and after --memory-steps
-     env-steps.
+  4. the RSS of a fresh process stepping VecPortfolioEnv(64 x 20) after two episodes of every env
+     (32,768 env-steps) and after --memory-steps env-steps.
 """
 
 from __future__ import annotations
@@ -190,16 +190,23 @@ def rss_mib() -> float:
     return float(psutil.Process().memory_info().rss) / 2**20
 
 
+def first_memory_mark(options: EnvOptions) -> int:
+    """Return the env-steps after which the RSS baseline is read: two whole episodes of every env, so that
+    the buffers first used when episodes end (the terminal observations) are already in it."""
+    return 2 * options.episode_length * options.n_envs
+
+
 def memory_child(env_steps: int, bars: int) -> dict[str, float]:
-    """Step VecPortfolioEnv(64 x 20) in this (fresh) process; return the RSS after 10,000 and all steps."""
+    """Step VecPortfolioEnv(64 x 20) in a fresh process; return the RSS after two episodes and all steps."""
     _, features, open_, close, tradable = synthetic_universe(20, bars)
-    env = VecPortfolioEnv(EnvOptions(n_envs=64), PortfolioOptions())
+    options = EnvOptions(n_envs=64)
+    env = VecPortfolioEnv(options, PortfolioOptions())
     env.update_data(features, open_, close, tradable)
     actions = np.random.default_rng(0).uniform(-1, 1, (64, 64, 21))
     env.reset(seed=0)
     out = {}
     done = 0
-    for mark in (10_000, env_steps):
+    for mark in (first_memory_mark(options), env_steps):
         while done < mark:
             env.step(actions[(done // 64) % 64])
             done += 64
@@ -234,9 +241,10 @@ def main() -> int:
     command = [sys.executable, __file__, "--memory-child", "--memory-steps", str(args.memory_steps)]
     output = subprocess.run([*command, "--bars", str(args.bars)], check=True, capture_output=True, text=True)
     memory = json.loads(output.stdout.strip().splitlines()[-1])
-    first, last = memory["10000"], memory[str(args.memory_steps)]
+    mark = first_memory_mark(EnvOptions(n_envs=64))
+    first, last = memory[str(mark)], memory[str(args.memory_steps)]
     print(
-        f"  RSS of VecPortfolioEnv(64 x 20): after 10,000 env-steps {first:.1f} MiB, after "
+        f"  RSS of VecPortfolioEnv(64 x 20): after {mark:,} env-steps (two episodes) {first:.1f} MiB, after "
         f"{args.memory_steps:,} {last:.1f} MiB (growth {last - first:+.2f} MiB)"
     )
     figures["rss_mib"] = memory
