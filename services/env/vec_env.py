@@ -20,7 +20,7 @@ always runs to the last bar, recording per-bar position, equity, buy-and-hold eq
 not end it: from the decision at the ruin bar on, the agent is flattened (closing costs charged) and
 kept flat whatever its actions, and the records say at which row that happened.
 
-Imports numpy only (no gymnasium), so the env actor's process can hold StepResult cheaply.
+Imports numpy and the compiled kernels (numba), not gymnasium.
 """
 
 from __future__ import annotations
