@@ -6,10 +6,8 @@ is imported only while plotting, so importing this module stays cheap.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ import numpy as np
 import yaml
 
 from services.session.figures import TABLE_ROWS, format_cell
+from services.session.portfolio_report import portfolio_section
+from services.session.report_files import atomic_text, floats, read_csv, save_png
 
 logger = logging.getLogger(__name__)
 
@@ -60,52 +60,12 @@ CONFIG_SUMMARY = (
 """Keys of config.yaml summarised in the report."""
 MAX_MARKERS = 300
 """Most position changes marked on an equity curve; with more, only the position panel shows them."""
-MAX_WEIGHT_BANDS = 12
-"""Most bands of a weights-over-time plot: with more assets, the largest holdings and one band of the rest."""
 MARKERS = (
     ("long", "^", "tab:green", "to long"),
     ("short", "v", "tab:red", "to short"),
     ("flat", "o", "grey", "to flat"),
 )
 """How a change of position is marked on the equity curve: the side it changes to, marker, colour, label."""
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _read_csv(path: Path) -> dict[str, list[str]]:
-    """Return the columns of a CSV file as lists of strings (empty when the file is missing).
-
-    A short row's missing cells read as empty strings, as csv.DictReader gives them.
-    """
-    if not path.is_file():
-        return {}
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        names = next(reader, [])
-        width = len(names)
-        rows = [row if len(row) == width else (row + [""] * width)[:width] for row in reader]
-    # zip(*rows) turns the rows into columns in C; one dict per row (csv.DictReader) costs seconds on
-    # the eval CSV of a universe of hundreds of assets.
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
-    return {name: list(values) for name, values in zip(names, columns, strict=True)}
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:  # an empty cell: SB3 did not log this value on that update
-        return math.nan
-
-
-def _floats(values: Sequence[str]) -> np.ndarray:
-    try:
-        return np.array(values, dtype=np.float64)
-    except ValueError:  # an empty cell among them
-        return np.array([_float(v) for v in values], dtype=np.float64)
 
 
 def drawdown(equity: np.ndarray) -> np.ndarray:
@@ -138,21 +98,15 @@ def position_changes(position: np.ndarray) -> dict[str, np.ndarray]:
     return {"long": rows[side > 0], "short": rows[side < 0], "flat": rows[side == 0]}
 
 
-def _save(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    os.replace(tmp, path)
-
-
 class _EpisodeSeries:
     """The equity curves of one evaluated episode, with the x axis to draw them on."""
 
     def __init__(self, episode: int, columns: Mapping[str, list[str]]) -> None:
         self.episode = episode
-        self.equity = _floats(columns["equity"])
+        self.equity = floats(columns["equity"])
         # A portfolio's CSV names its benchmark and exposure for what they are (equal weight, sum |w|).
-        self.bench = _floats(columns.get("buy_and_hold_equity") or columns["equal_weight_equity"])
-        position = _floats(columns.get("position") or columns.get("gross_exposure", []))
+        self.bench = floats(columns.get("buy_and_hold_equity") or columns["equal_weight_equity"])
+        position = floats(columns.get("position") or columns.get("gross_exposure", []))
         self.position = position if len(position) == len(self.equity) else None
         stamps = columns.get("timestamp", [])
         self.x: Any = np.arange(len(self.equity))
@@ -231,7 +185,7 @@ def _plot_episode(figure: Any, plots: Path, series: _EpisodeSeries) -> list[str]
             figure(figsize=(9, 4 + 1.5 * (len(panels) - 1)), layout="constrained"), series, panels
         )
         name = f"{panels[0]}-episode-{series.episode}.png"
-        _save(fig, plots / name)
+        save_png(fig, plots / name)
         names.append(f"{PLOTS_DIR}/{name}")
     return names
 
@@ -251,7 +205,7 @@ def _plot_latest(figure: Any, run_dir: Path, series: _EpisodeSeries) -> str:
     """Write equity.png: an episode's equity (with its trades), position and drawdown; return its name."""
     panels = (*series.panels, "drawdown")
     fig = _draw_panels(figure(figsize=(9, 7 + 1.5 * (len(panels) - 2)), layout="constrained"), series, panels)
-    _save(fig, run_dir / LATEST_PLOT)
+    save_png(fig, run_dir / LATEST_PLOT)
     return LATEST_PLOT
 
 
@@ -259,15 +213,15 @@ def _plot_training(figure: Any, plots: Path, columns: Mapping[str, list[str]]) -
     """Write training.png from metrics.csv; return its name, or "" when there is nothing to plot."""
     if not columns.get("total_steps"):
         return ""
-    steps = _floats(columns["total_steps"])
+    steps = floats(columns["total_steps"])
     curves = []
     for key, label in TRAINING_CURVES:
-        values = _floats(columns.get(key, []))
+        values = floats(columns.get(key, []))
         if len(values) == len(steps) and np.isfinite(values).any():
             curves.append((label, values))
     if not curves:
         return ""
-    episodes = _floats(columns.get("episode", []))
+    episodes = floats(columns.get("episode", []))
     starts = [steps[i] for i in range(1, len(episodes)) if episodes[i] != episodes[i - 1]]
     ncols = 2 if len(curves) > 1 else 1
     nrows = math.ceil(len(curves) / ncols)
@@ -283,92 +237,8 @@ def _plot_training(figure: Any, plots: Path, columns: Mapping[str, list[str]]) -
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     name = "training.png"
-    _save(fig, plots / name)
+    save_png(fig, plots / name)
     return f"{PLOTS_DIR}/{name}"
-
-
-def asset_table(columns: Mapping[str, list[str]]) -> list[tuple[str, float, float, float, float]]:
-    """Return each asset's (symbol, contribution, costs, turnover, mean weight) from a portfolio eval CSV.
-
-    Contribution is the sum of the asset's profits before costs, costs and turnover sums over the rows,
-    the mean weight over rows 1..n (docs/PORTFOLIO.md, section 5); all from the CSV's own columns.
-    """
-    symbols = [name.split(":", 1)[1] for name in columns if name.startswith("weight:")]
-    rows = []
-    for symbol in symbols:
-        weights = _floats(columns[f"weight:{symbol}"])
-        rows.append(
-            (
-                symbol,
-                float(_floats(columns[f"pnl:{symbol}"]).sum()),
-                float(_floats(columns[f"cost:{symbol}"]).sum()),
-                float(_floats(columns[f"traded:{symbol}"]).sum()),
-                float(weights[1:].mean()) if len(weights) > 1 else 0.0,
-            )
-        )
-    return rows
-
-
-def weight_bands(weights: np.ndarray, symbols: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Return the long and short bands [bands, rows] of a weights-over-time plot and their labels.
-
-    With at most MAX_WEIGHT_BANDS assets each has its band; with more, the MAX_WEIGHT_BANDS - 1 largest
-    holdings by mean absolute weight (over rows 1..n, after the first trade) have theirs and the other
-    assets share the last one, so every row's bands still add up to the weights held.
-    """
-    longs, shorts, labels = weights.clip(0.0, None), weights.clip(None, 0.0), list(symbols)
-    if len(labels) <= MAX_WEIGHT_BANDS:
-        return longs, shorts, labels
-    order = np.argsort(-np.abs(weights[:, 1:]).mean(axis=1), kind="stable")
-    shown, rest = order[: MAX_WEIGHT_BANDS - 1], order[MAX_WEIGHT_BANDS - 1 :]
-    labels = [labels[i] for i in shown] + [f"the other {len(rest)} assets"]
-    longs = np.vstack([longs[shown], longs[rest].sum(axis=0)])
-    shorts = np.vstack([shorts[shown], shorts[rest].sum(axis=0)])
-    return longs, shorts, labels
-
-
-def _portfolio_section(
-    figure: Any, plots: Path | None, episode: int, columns: Mapping[str, list[str]]
-) -> list[str]:
-    """Write a portfolio episode's weights-over-time PNG (none when plots is None); return its markdown and
-    contribution table."""
-    table = asset_table(columns)
-    if plots is None:
-        return _asset_lines(table)
-    series = _EpisodeSeries(episode, columns)
-    fig = figure(figsize=(10, 4.5))
-    ax = fig.add_subplot(1, 1, 1)
-    weights = np.vstack([_floats(columns[f"weight:{row[0]}"]) for row in table])
-    longs, shorts, labels = weight_bands(weights, [row[0] for row in table])
-    title = f"Episode {episode}: weights held at each close (the rest is cash)"
-    if len(labels) < len(table):
-        shown = len(labels) - 1
-        title += f";\nthe {shown} largest holdings, the other {len(table) - shown} assets as one band"
-    ax.stackplot(series.x, longs, labels=labels, linewidth=0)
-    if (shorts < 0).any():
-        ax.stackplot(series.x, shorts, linewidth=0)
-    ax.set_title(title)
-    ax.set_xlabel(series.xlabel)
-    ax.set_ylabel("weight")
-    ax.legend(loc="upper left", fontsize=6, ncol=max(1, len(labels) // 10), bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    name = f"{PLOTS_DIR}/weights-episode-{episode}.png"
-    _save(fig, plots.parent / name)
-    return [f"![Episode {episode} weights]({name})", "", *_asset_lines(table)]
-
-
-def _asset_lines(table: list[tuple[str, float, float, float, float]]) -> list[str]:
-    """Return the markdown of a portfolio episode's per-asset contribution table."""
-    lines = [
-        "| asset | contribution | costs | turnover | mean weight |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for symbol, contribution, costs, turnover, mean_weight in sorted(table, key=lambda row: -row[1]):
-        lines.append(
-            f"| {symbol} | {format_cell(contribution, 'pct')} | {format_cell(costs, 'pct')} "
-            f"| {format_cell(turnover, 'num')} | {format_cell(mean_weight, 'pct')} |"
-        )
-    return [*lines, ""]
 
 
 def _markdown(
@@ -475,14 +345,16 @@ def write_report(
     latest: _EpisodeSeries | None = None
     for ev in evaluations:
         episode = int(ev["episode"])
-        columns = _read_csv(run_dir / f"eval-episode-{episode}.csv")
+        columns = read_csv(run_dir / f"eval-episode-{episode}.csv")
         if columns.get("equity") and ("buy_and_hold_equity" in columns or "equal_weight_equity" in columns):
             latest = _EpisodeSeries(episode, columns)
             if figure is not None:
                 episode_plots[episode] = _plot_episode(figure, plots, latest)
             if "equal_weight_equity" in columns:
                 where = plots if figure is not None else None
-                asset_sections[episode] = _portfolio_section(figure, where, episode, columns)
+                asset_sections[episode] = portfolio_section(
+                    figure, where, episode, columns, latest.x, latest.xlabel
+                )
         else:
             logger.warning("report: no per-bar records for episode %d; no plots", episode)
     latest_plot: tuple[int, str] | None = None
@@ -490,7 +362,7 @@ def write_report(
     if figure is not None:
         if latest is not None:
             latest_plot = (latest.episode, _plot_latest(figure, run_dir, latest))
-        training_plot = _plot_training(figure, plots, _read_csv(run_dir / "metrics.csv"))
+        training_plot = _plot_training(figure, plots, read_csv(run_dir / "metrics.csv"))
     config: Mapping[str, Any] = {}
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
@@ -508,7 +380,7 @@ def write_report(
         asset_sections=asset_sections,
         figures=figure is not None,
     )
-    _atomic_text(report, text)
+    atomic_text(report, text)
     return report
 
 

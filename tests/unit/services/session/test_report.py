@@ -13,16 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
+from services.session.portfolio_report import MAX_WEIGHT_BANDS, weight_bands
 from services.session.recorder import METRIC_COLUMNS
-from services.session.report import (
-    MAX_WEIGHT_BANDS,
-    _EpisodeSeries,
-    _read_csv,
-    drawdown,
-    position_changes,
-    weight_bands,
-    write_report,
-)
+from services.session.report import _EpisodeSeries, drawdown, position_changes, write_report
+from services.session.report_files import read_csv
 
 ROOT = Path(__file__).resolve().parents[4]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -247,10 +241,10 @@ def test_the_csv_reader_gives_every_column_and_pads_short_rows(tmp_path: Path) -
     path = tmp_path / "x.csv"
     path.write_text("a,b,c\n1,2,3\n4,,6\n7,8\n")
 
-    assert _read_csv(path) == {"a": ["1", "4", "7"], "b": ["2", "", "8"], "c": ["3", "6", ""]}
+    assert read_csv(path) == {"a": ["1", "4", "7"], "b": ["2", "", "8"], "c": ["3", "6", ""]}
     path.write_text("a,b\n")
-    assert _read_csv(path) == {"a": [], "b": []}
-    assert _read_csv(tmp_path / "missing.csv") == {}
+    assert read_csv(path) == {"a": [], "b": []}
+    assert read_csv(tmp_path / "missing.csv") == {}
 
 
 def test_a_few_assets_get_a_weight_band_each() -> None:
