@@ -13,13 +13,14 @@ import gymnasium
 import numpy as np
 
 from services.env.accounting import MIN_GROWTH, Accounting, ScalarOps
+from services.env.episodes import draw_start
 from services.env.options import (
     DEFAULT_BARS_PER_YEAR,
     EnvOptions,
     build_action_space,
     build_observation_space,
 )
-from services.env.vec_env import N_STATE, MarketData, draw_start
+from services.env.vec_env import N_STATE, MarketData
 
 if TYPE_CHECKING:
     import pandas as pd

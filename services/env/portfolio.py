@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from services.env.accounting import MIN_GROWTH, Accounting
+from services.env.episodes import EpisodeClock
 from services.env.options import (
     DEFAULT_BARS_PER_YEAR,
     EnvOptions,
@@ -43,7 +44,6 @@ from services.env.options import (
 from services.env.portfolio_data import PortfolioData
 from services.env.portfolio_kernel import compile_kernels, gather_windows
 from services.env.records import StepResult
-from services.env.vec_env import EpisodeClock
 
 if TYPE_CHECKING:
     from gymnasium import spaces

@@ -17,11 +17,11 @@ import gymnasium
 import numpy as np
 
 from services.env.accounting import Accounting, ScalarOps
+from services.env.episodes import draw_start
 from services.env.options import DEFAULT_BARS_PER_YEAR, EnvOptions, PortfolioOptions, build_observation_space
 from services.env.portfolio import n_outputs, observation_size
 from services.env.portfolio_data import PortfolioData
 from services.env.portfolio_kernel import compile_kernels, step_long_only, step_long_short
-from services.env.vec_env import draw_start
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 """Action dtypes passed to the kernel as they are (compiled when the env is built); others become float64."""
