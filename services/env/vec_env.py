@@ -202,7 +202,7 @@ class VecTradingEnv:
         )
         self._actions = np.zeros(n, dtype=self._action_dtypes[-1])
         # Compile the kernels (or load them from numba's disk cache) now rather than in the first step.
-        vec_kernel.compile_kernels()
+        vec_kernel.compile_kernels(self._discrete)
         self._clock = EpisodeClock(n, seed, sequential=sequential, episode_length=options.episode_length)
         self._has_data = False
         self._width = 0

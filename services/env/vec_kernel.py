@@ -275,10 +275,14 @@ def settle(
     return finished
 
 
-def compile_kernels() -> None:
+def compile_kernels(discrete: bool | None = None) -> None:
     """Compile the kernels for the array types VecTradingEnv passes, or load them from numba's cache.
 
     Runs them once on scratch buffers of one env, so that no step of a session pays the compilation.
+
+    Args:
+        discrete: the kind of actions of the env about to step (True: the table lookup; False: continuous
+            float32 and float64 actions); None compiles both kinds (the fork server, before it forks).
     """
     state = np.zeros((N_ROWS, 1))
     state[EQUITY] = 1.0
@@ -287,10 +291,12 @@ def compile_kernels() -> None:
     bars = np.zeros((4, 2))
     params = np.zeros(N_PARAMS)
     table = np.zeros(1)
-    advance_discrete(np.zeros(1, dtype=np.int64), table, state, t, bars, params, False, False)
-    for dtype in (np.float32, np.float64):
-        t[0] = 0
-        advance_continuous(np.zeros(1, dtype=dtype), state, t, bars, params, False, False)
+    if discrete is None or discrete:
+        advance_discrete(np.zeros(1, dtype=np.int64), table, state, t, bars, params, False, False)
+    if discrete is None or not discrete:
+        for dtype in (np.float32, np.float64):
+            t[0] = 0
+            advance_continuous(np.zeros(1, dtype=dtype), state, t, bars, params, False, False)
     features = np.zeros(2, dtype=np.float32)
     obs = np.zeros((1, 3), dtype=np.float32)
     reward = np.zeros(1, dtype=np.float32)
