@@ -327,11 +327,15 @@ Finish = Callable[[], None]
 
 
 def serve(path: Path, run: Run, finish: Finish = lambda: None) -> None:
-    """Accept requests on a Unix socket at path and fork one child per request until SIGTERM.
+    """Accept requests on a Unix socket at path and fork one child per request until SIGTERM, or until
+    the process that started the server is gone.
 
     The server has one thread; children are reaped as they exit and their status sent to the client
-    that asked for them.
+    that asked for them. The kernel sends SIGTERM when the starting process dies (`die_with_parent`),
+    but not when that process dies between the fork and the request for it, nor when the server was
+    started without it; so the loop also stops once its parent has changed (checked every 20 ms).
     """
+    parent = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the client's to handle
     signal.signal(signal.SIGTERM, _raise_exit)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -341,7 +345,7 @@ def serve(path: Path, run: Run, finish: Finish = lambda: None) -> None:
         os.chmod(path, 0o600)
         listener.listen(64)
         print(READY, flush=True)
-        while True:
+        while os.getppid() == parent:
             if select.select([listener], [], [], 0.02)[0]:
                 connection, _ = listener.accept()
                 pid = _fork_child(connection, listener, children, run, finish)

@@ -188,3 +188,35 @@ def test_a_refusal_from_the_server_is_one_error_naming_the_command() -> None:
     with pytest.raises(ForkServerError, match=r"did not start run.py x: bad request: argv must be"):
         ForkedProcess(["run.py", "x"], ours)
     theirs.close()
+
+
+def test_a_server_whose_starter_dies_without_a_death_signal_stops_serving(tmp_path: Path) -> None:
+    # The starter runs the server without die_with_parent (as when it died between fork and prctl),
+    # prints its pid and is killed; the server must notice its new parent and stop on its own.
+    socket_path = tmp_path / "fork.sock"
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            f"p = subprocess.Popen([sys.executable, '-c', {SERVER!r}, '--socket', {str(socket_path)!r}],"
+            " stdout=subprocess.DEVNULL)\n"
+            "print(p.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert starter.stdout is not None
+    server_pid = int(starter.stdout.readline())
+    wait_until(socket_path.exists, 30)
+
+    starter.kill()
+    starter.wait(10)
+
+    def stopped() -> bool:
+        stat = Path(f"/proc/{server_pid}/stat")
+        return not stat.exists() or stat.read_text().split(") ")[1].startswith("Z")
+
+    wait_until(stopped, 10)
+    assert not socket_path.exists(), "the server removes its socket when it stops"
