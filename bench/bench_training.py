@@ -6,7 +6,11 @@ Run from the repository root with the project venv:
 
 Part 1 trains five models built by the project's one factory (`TradingModel.create`, the default
 config's PPO hyperparameters, torch threads and n_envs) on the default session's train split of
-data/STOCKS_GOOGL.csv, each for --steps per repeat, the five interleaved in a rotating order:
+data/STOCKS_GOOGL.csv, each for --steps per repeat, the five interleaved in a rotating order (with
+--rotate N, each repeat's setups other than (s) take turns of N steps, A B C A B C ..., so that the
+machine's slow spells, which last seconds here, fall on all of them alike; but the env actor of (a) and
+(af) then sleeps through the other setups' turns, so each of their turns starts with a new lease and a
+wake-up, which a session never pays):
   (a) actor: the real env actor process (`run.py _actor env` with the real VecEnvFactory), fed the
       train split over its ZeroMQ ROUTER, stepped from SB3 in this process through RemoteVecEnv; its
       ipc endpoint makes the steps go through shared buffers, only a step token travels;
@@ -68,8 +72,14 @@ def bench_setups(
     repeats: int,
     session_factor: int,
     setups: Sequence[str] = SETUPS,
+    rotate: int = 0,
 ) -> dict[str, Any]:
-    """Train the setups interleaved; print and return steps/s and ratios."""
+    """Train the setups interleaved; print and return steps/s and ratios.
+
+    Args:
+        rotate: when > 0, the setups other than (s) take turns of this many steps within each repeat
+            instead of training their whole run one after the other.
+    """
     from services.env.factory import VecEnvFactory
     from services.model.remote_vec_env import LocalBackend, RemoteBackend, RemoteVecEnv
     from services.model.trading_model import TradingModel
@@ -166,6 +176,35 @@ def bench_setups(
                     lease["sleeps"] += sleeps_after - sleeps
                 return done / seconds
 
+            def train_rotated(names: Sequence[str], rotate: int) -> dict[str, float]:
+                """Train every named setup `steps` steps in turns of `rotate` steps (A, B, C, A, B, C, ...),
+                so a slow spell of the machine falls on all of them alike; return their steps/s."""
+                seconds = dict.fromkeys(names, 0.0)
+                done = dict.fromkeys(names, 0)
+                tokens, sleeps = lease_counts()
+                for name in names:
+                    if name in timed:
+                        timed[name].durations.clear()
+                while any(done[name] < steps for name in names):
+                    for name in names:
+                        if done[name] >= steps:
+                            continue
+                        started = time.perf_counter()
+                        done[name] += models[name].learn(min(rotate, steps - done[name]), lambda n: True)
+                        seconds[name] += time.perf_counter() - started
+                for name in names:
+                    backend = timed.get(name)
+                    if backend is not None:
+                        step_share[name].append(sum(backend.durations) / seconds[name])
+                        step_us[name].append(statistics.median(backend.durations) * 1e6)
+                        step_p90_us[name].append(statistics.quantiles(backend.durations, n=10)[-1] * 1e6)
+                if "actor" in names:
+                    tokens_after, sleeps_after = lease_counts()
+                    lease["calls"] += len(timed["actor"].durations)
+                    lease["tokens"] += tokens_after - tokens
+                    lease["sleeps"] += sleeps_after - sleeps
+                return {name: done[name] / seconds[name] for name in names}
+
             def session_once(repeat: int) -> float:
                 result = run_session(
                     steps * session_factor, Path(folder), f"setup-session-{repeat}", overrides
@@ -179,8 +218,15 @@ def bench_setups(
             for repeat in range(repeats):
                 shift = repeat % len(chosen)
                 order = chosen[shift:] + chosen[:shift]
-                for name in order:
-                    rates[name].append(session_once(repeat) if name == "session" else train_once(name))
+                if rotate:
+                    trained = train_rotated([name for name in order if name != "session"], rotate)
+                    for name, rate in trained.items():
+                        rates[name].append(rate)
+                    if "session" in chosen:
+                        rates["session"].append(session_once(repeat))
+                else:
+                    for name in order:
+                        rates[name].append(session_once(repeat) if name == "session" else train_once(name))
                 print(
                     f"  repeat {repeat + 1}: "
                     + ", ".join(f"{name} {rates[name][-1]:,.0f}" for name in chosen)
@@ -203,7 +249,8 @@ def bench_setups(
         "null": "(c) null VecEnv (learner bound)",
         "session": "(s) whole system, python run.py",
     }
-    print(f"PPO training steps/s, {steps:,} steps a run, {repeats} interleaved repeats")
+    turns = f", in turns of {rotate:,} steps" if rotate else ""
+    print(f"PPO training steps/s, {steps:,} steps a run{turns}, {repeats} interleaved repeats")
     for name in chosen:
         values = rates[name]
         print(
@@ -340,6 +387,14 @@ def main() -> int:
     parser.add_argument(
         "--setups", default=",".join(SETUPS), help=f"comma-separated subset of {','.join(SETUPS)}"
     )
+    parser.add_argument(
+        "--rotate",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="the setups other than (s) take turns of this many steps within each repeat (0: each trains "
+        "its whole run in turn); turns of a rollout or two make a slow spell fall on all alike",
+    )
     parser.add_argument("--skip-session", action="store_true")
     parser.add_argument("--session-repeats", type=int, default=1)
     parser.add_argument("--baseline-steps", type=int, default=65_536, help="gym-anytrading steps trained")
@@ -365,7 +420,13 @@ def main() -> int:
     figures: dict[str, Any] = {}
     if not args.skip_setups:
         figures["setups"] = bench_setups(
-            config, args.overrides, args.steps, args.repeats, args.session_factor, args.setups.split(",")
+            config,
+            args.overrides,
+            args.steps,
+            args.repeats,
+            args.session_factor,
+            args.setups.split(","),
+            rotate=args.rotate,
         )
     if not args.skip_session:
         figures["session"] = bench_session(
