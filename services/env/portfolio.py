@@ -42,7 +42,7 @@ from services.env.options import (
     build_observation_space,
 )
 from services.env.portfolio_data import PortfolioData
-from services.env.portfolio_kernel import compile_kernels, gather_windows
+from services.env.portfolio_kernel import compile_gather, gather_windows
 from services.env.records import StepResult
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ class VecPortfolioEnv:
         self._run_done = False
         self._records: dict[str, np.ndarray] = {}
         self._all_envs = np.arange(n)
-        compile_kernels()
+        compile_gather()
 
     @property
     def n_assets(self) -> int:

@@ -21,7 +21,7 @@ from services.env.episodes import draw_start
 from services.env.options import DEFAULT_BARS_PER_YEAR, EnvOptions, PortfolioOptions, build_observation_space
 from services.env.portfolio import n_outputs, observation_size
 from services.env.portfolio_data import PortfolioData
-from services.env.portfolio_kernel import compile_kernels, step_long_only, step_long_short
+from services.env.portfolio_kernel import compile_steps, step_long_only, step_long_short
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 """Action dtypes passed to the kernel as they are (compiled when the env is built); others become float64."""
@@ -85,7 +85,7 @@ class PortfolioEnv(gymnasium.Env[np.ndarray, np.ndarray]):
             self._width,
             self._bar_size,
         )
-        compile_kernels()
+        compile_steps(self.portfolio.weights)
         self._np_random = np.random.default_rng(seed)
         self._start_episode()
 

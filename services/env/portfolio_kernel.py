@@ -227,23 +227,37 @@ def gather_windows(
             row[k] = window[k]
 
 
-def compile_kernels() -> None:
-    """Compile (or load from numba's disk cache) every kernel of this module, on scratch data.
+def compile_steps(weights: str | None = None) -> None:
+    """Compile (or load from numba's disk cache) PortfolioEnv's step for float32 and float64 actions.
 
-    The steps for float32 and float64 actions. The envs call this when they are built, so that their first
-    step does not pay the compilation; after the first call in a process it costs a few microseconds.
+    Args:
+        weights: the weight mapping of the env about to step ("long_only" or "long_short"); None
+            compiles both. PortfolioEnv calls this when it is built, so its first step does not pay the
+            compilation; after the first call in a process it costs a few microseconds.
     """
     moves = np.zeros((2, 3))
     flat = np.zeros(3, dtype=np.float32)
+    steps = ((step_long_only, 2, "long_only"), (step_long_short, 1, "long_short"))
+    chosen = [(step, outputs) for step, outputs, mapping in steps if weights in (None, mapping)]
     for dtype in (np.float32, np.float64):
-        for step, outputs in ((step_long_only, 2), (step_long_short, 1)):
+        for step, outputs in chosen:
             obs = np.empty(1 + outputs, dtype=np.float32)
             step(np.zeros(outputs, dtype=dtype), obs, 1, moves, flat, np.zeros((3, 1)), 1.0, 0.0, 0.0, 1, 1)
+
+
+def compile_gather() -> None:
+    """Compile (or load) VecPortfolioEnv's window gather, the one kernel it steps with."""
     gather_windows(
         np.empty((1, 1), dtype=np.float32),
-        flat,
+        np.zeros(3, dtype=np.float32),
         np.ones(1, dtype=np.int64),
         np.zeros(1, dtype=np.int64),
         1,
         1,
     )
+
+
+def compile_kernels() -> None:
+    """Compile (or load) every kernel of this module: the fork server, before it forks."""
+    compile_steps()
+    compile_gather()

@@ -287,14 +287,21 @@ def test_a_nan_in_the_action_raises_and_leaves_the_weights_as_they_were() -> Non
         np.testing.assert_array_equal(env.weights, held)
 
 
-def test_the_first_step_of_a_new_env_does_not_compile() -> None:
+@pytest.mark.parametrize(
+    ("weights", "kernel"), [("long_only", step_long_only), ("long_short", step_long_short)]
+)
+def test_the_first_step_of_a_new_env_does_not_compile(weights: str, kernel: object) -> None:
     data = market(100, 3, seed=1)
 
-    PortfolioEnv(*data, EnvOptions(window=2, episode_length=20))
+    env = PortfolioEnv(*data, EnvOptions(window=2, episode_length=20), PortfolioOptions(weights=weights))
+    built = list(kernel.signatures)  # type: ignore[attr-defined]
 
     # Built for float32 and float64 actions when the env was: a step would not add a signature.
-    for step in (step_long_only, step_long_short):
-        assert {sig[0].dtype.name for sig in step.signatures} >= {"float32", "float64"}
+    assert {sig[0].dtype.name for sig in built} >= {"float32", "float64"}
+    env.reset(seed=0)
+    for dtype in (np.float32, np.float64):
+        env.step(np.zeros(env.action_space.shape, dtype=dtype))
+    assert list(kernel.signatures) == built  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("weights", ["long_only", "long_short"])
