@@ -77,9 +77,17 @@ def portfolio_section(
     if len(labels) < len(table):
         shown = len(labels) - 1
         title += f";\nthe {shown} largest holdings, the other {len(table) - shown} assets as one band"
-    ax.stackplot(x, longs, labels=labels, linewidth=0)
+    # One colour a band (matplotlib's default cycle has 10, so bands 11 and 12 would repeat two); the
+    # band of the other assets, when there is one, is grey.
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"]
+    colors: list[Any] = [palette(i % palette.N) for i in range(len(labels))]
+    if len(labels) < len(table):
+        colors[-1] = (0.75, 0.75, 0.75, 1.0)
+    ax.stackplot(x, longs, labels=labels, colors=colors, linewidth=0)
     if (shorts < 0).any():
-        ax.stackplot(x, shorts, linewidth=0)
+        ax.stackplot(x, shorts, colors=colors, linewidth=0)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("weight")
