@@ -89,6 +89,18 @@ class TimedBackend:
         self.durations.append(time.perf_counter() - started)
         return result
 
+    def begin_rollout(self) -> None:
+        """Pass the rollout's start on (the shared path co-locates its steps)."""
+        begin = getattr(self._backend, "begin_rollout", None)
+        if begin is not None:
+            begin()
+
+    def end_rollout(self) -> None:
+        """Pass the rollout's end on."""
+        end = getattr(self._backend, "end_rollout", None)
+        if end is not None:
+            end()
+
 
 def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:
     """Serve the train envs from a bare transport Server loop in this (child) process, without an actor."""

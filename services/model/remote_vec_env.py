@@ -29,6 +29,7 @@ from messages import (
 )
 from services.env.options import build_action_space, build_observation_space
 from services.errors import TransportError
+from services.transport.colocate import release_thread
 from services.transport.shm import SharedResult, SharedSteps, StepLayout, shared_folder
 
 
@@ -106,6 +107,24 @@ class RemoteBackend:
             # The env actor may be gone or replaced (it forgets its buffers): attach again at the next step.
             self._buffer = None
             raise
+
+    def begin_rollout(self) -> None:
+        """Put the calling thread and the env actor's lease on one core for a rollout (shared path only)."""
+        if self._folder is None:
+            return
+        try:
+            buffer = self._buffer or self._attach(self._folder)
+        except TransportError:
+            self._buffer = None
+            return  # the rollout's first step meets the same fault and reports it
+        buffer.begin_rollout()
+
+    def end_rollout(self) -> None:
+        """Undo begin_rollout (also after the buffer was dropped for a fault)."""
+        if self._buffer is not None:
+            self._buffer.end_rollout()
+        else:
+            release_thread()
 
     def _attach(self, folder: Path) -> SharedSteps:
         """Ask the env actor for the role's shared buffer and map it; refuse one unfit for the spec."""
@@ -205,6 +224,18 @@ class RemoteVecEnv(VecEnv):
                     },
                 }
         return np.array(reply.obs, dtype=np.float32), np.array(reply.reward, dtype=np.float32), dones, infos
+
+    def begin_rollout(self) -> None:
+        """A rollout starts: the backend may put this thread and the env actor's steps on one core."""
+        begin = getattr(self._backend, "begin_rollout", None)
+        if begin is not None:
+            begin()
+
+    def end_rollout(self) -> None:
+        """The rollout ended (the update follows): undo begin_rollout."""
+        end = getattr(self._backend, "end_rollout", None)
+        if end is not None:
+            end()
 
     def close(self) -> None:
         """Nothing to close: the envs belong to the env actor."""

@@ -20,6 +20,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from services.errors import InputError
@@ -96,10 +97,28 @@ class _Tick(BaseCallback):
     def _on_step(self) -> bool:
         return self._tick(self.num_timesteps)
 
+    def _on_rollout_start(self) -> None:
+        # An on-policy rollout is a run of steps with nothing else between them: the env actor's steps
+        # and this thread then share one core (services.transport.colocate). An off-policy "rollout" is
+        # a step or a few between gradient steps, so those are left where the scheduler puts them.
+        if isinstance(self.model, OnPolicyAlgorithm):
+            _rollout_hook(self.training_env, "begin_rollout")
+
     def _on_rollout_end(self) -> None:
+        if isinstance(self.model, OnPolicyAlgorithm):
+            _rollout_hook(self.training_env, "end_rollout")
         # The update that follows a rollout reads the schedule; it is measured on the model's counter.
         if self._schedule is not None:
             self._schedule.steps = self.num_timesteps
+
+
+def _rollout_hook(env: Any, name: str) -> None:
+    """Call the env's rollout hook (RemoteVecEnv has them; SB3's wrappers pass attributes through)."""
+    try:
+        hook = getattr(env, name)
+    except AttributeError:
+        return
+    hook()
 
 
 class SequentialPass:
@@ -269,12 +288,17 @@ class TradingModel:
     def learn(self, steps: int, tick: StepTick) -> int:
         """Train for at least `steps` more steps (whole rollouts); return the steps actually trained."""
         before = self.num_timesteps
-        self.algorithm.learn(
-            total_timesteps=steps,
-            reset_num_timesteps=False,
-            callback=_Tick(tick, self.schedule),
-            progress_bar=False,
-        )
+        try:
+            self.algorithm.learn(
+                total_timesteps=steps,
+                reset_num_timesteps=False,
+                callback=_Tick(tick, self.schedule),
+                progress_bar=False,
+            )
+        finally:
+            # A rollout stopped by the tick (or a fault) ends without SB3's on_rollout_end.
+            if isinstance(self.algorithm, OnPolicyAlgorithm):
+                _rollout_hook(self.algorithm.get_env(), "end_rollout")
         return self.num_timesteps - before
 
     def start_evaluation(self) -> None:

@@ -48,6 +48,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from services.errors import TransportError
+from services.transport.colocate import (
+    SLICE_NS,
+    Placement,
+    current_cpu,
+    release_thread,
+    request_slice,
+    thread_placement,
+)
 from services.transport.doorbell import CpuLoad, Doorbell
 
 logger = logging.getLogger(__name__)
@@ -69,11 +77,12 @@ _HEADER = (
     "serving",
     "env_sleeping",
     "model_sleeping",
+    "colocate",
 )
 _SLOT = {name: i for i, name in enumerate(_HEADER)}
-_ACTION, _RESULT, _FINISHED, _SERVING, _ENV_SLEEPING, _MODEL_SLEEPING = (
-    _SLOT[k] for k in ("action_step", "result_step", "finished", "serving", "env_sleeping", "model_sleeping")
-)
+_ACTION, _RESULT, _FINISHED = (_SLOT[k] for k in ("action_step", "result_step", "finished"))
+_SERVING = _SLOT["serving"]
+_ENV_SLEEPING, _MODEL_SLEEPING, _COLOCATE = (_SLOT[k] for k in ("env_sleeping", "model_sleeping", "colocate"))
 _BELLS = (".env-bell", ".model-bell")
 """The named pipes next to a buffer file: the env actor sleeps on the first, the model on the second."""
 _WRITING = -1
@@ -95,6 +104,13 @@ MODEL_SPIN_S = (0.002, 0.00002)
 crowded machine: a compiled step of 16 to 64 single-asset envs takes 5-15 us; on a crowded core a
 longer spin keeps the env actor from the core it needs (200 us gave 0.52 of the in-process rate beside
 a CPU hog at 16 envs, 20 us 0.60: docs/BENCHMARKS.md, section 14)."""
+COLOCATE = True
+"""Pin the model's training thread and the env actor's serving thread to one core during each rollout
+(services.transport.colocate): beside other busy processes a step is then a hand-over on one core instead
+of a wake-up that waits for a core."""
+COLOCATED_SPIN_S = 0.002
+"""How long either side spins while both are on one core, crowded or not: each turn of the spin yields
+the core, and the side it waits for is the one that gets it."""
 
 
 class TornBuffer(TransportError):
@@ -215,6 +231,9 @@ class SharedSteps:
         self._env_bell = Doorbell(env_bell, self._words, _ENV_SLEEPING)
         self._model_bell = Doorbell(model_bell, self._words, _MODEL_SLEEPING)
         self._load = CpuLoad()
+        self._placement = Placement()
+        """The model's training thread's placement while a rollout is co-located, else an unpinned one."""
+        self._sliced = False
         self._out = SharedResult(
             obs=np.empty_like(self._obs),
             reward=np.empty_like(self._reward),
@@ -293,12 +312,32 @@ class SharedSteps:
         def ready() -> bool:
             return words[_RESULT] == step or not words[_SERVING]
 
-        spin = MODEL_SPIN_S[self._load.crowded()]
+        spin = COLOCATED_SPIN_S if self._placement.core >= 0 else MODEL_SPIN_S[self._load.crowded()]
         self._model_bell.wait(ready, spin, time.perf_counter() + deadline_s)
         if words[_RESULT] != step:
             return False
         self.leased += 1
         return True
+
+    def begin_rollout(self) -> bool:
+        """Pin the calling (training) thread to its core and ask the env actor's lease to join it there.
+
+        Call it from the thread that steps, before a rollout's steps; end_rollout() undoes it. Returns
+        whether the thread was pinned (not where co-location is off or impossible, see colocate).
+        """
+        placement = thread_placement()
+        if not COLOCATE or not placement.pin(current_cpu()):
+            return False
+        request_slice(SLICE_NS)
+        self._placement = placement
+        self._words[_COLOCATE] = placement.core + 1
+        return True
+
+    def end_rollout(self) -> None:
+        """Let the env actor's lease and the calling thread go back to every core they had."""
+        self._words[_COLOCATE] = 0
+        self._placement = Placement()
+        release_thread()
 
     def read(self, step: int) -> SharedResult:
         """Return copies of the results of `step`; raise TornBuffer unless the buffer holds that step."""
@@ -361,10 +400,16 @@ class SharedSteps:
         def moved() -> bool:
             return bool(words[_ACTION] != last)
 
-        load = self._load
+        load, placement = self._load, thread_placement()
+        if not self._sliced:
+            self._sliced = request_slice(SLICE_NS) or True  # asked once: the thread keeps it
         words[_SERVING] = 1
         try:
-            while self._env_bell.wait(moved, ENV_SPIN_S[load.crowded()], min(clock() + idle_s, end)):
+            while True:
+                self._follow_model(placement)
+                spin = COLOCATED_SPIN_S if placement.core >= 0 else ENV_SPIN_S[load.crowded()]
+                if not self._env_bell.wait(moved, spin, min(clock() + idle_s, end)):
+                    break
                 step = words[_ACTION]
                 if step != last + 1:
                     break  # not the next step (another model attached): the token path decides
@@ -377,6 +422,7 @@ class SharedSteps:
         finally:
             words[_SERVING] = 0
             self._model_bell.ring()
+            placement.release()
         # A step written while serving was being cleared is served here, so the model need not wait.
         if words[_ACTION] == last + 1:
             try:
@@ -386,6 +432,12 @@ class SharedSteps:
                 logger.debug("last step of the lease of %s failed: %s", self.name, exc)
             self._model_bell.ring()
         return served
+
+    def _follow_model(self, placement: Placement) -> None:
+        """Pin the serving thread to the core the model's colocate word names, or release it."""
+        wanted = int(self._words[_COLOCATE]) - 1
+        if wanted != placement.core and (wanted < 0 or not placement.pin(wanted)):
+            placement.release()
 
     def write(self, step: int, result: Any) -> int:
         """Write a step's results (a StepResult with every row), then its step number; return finished."""

@@ -96,6 +96,50 @@ def test_learn_trains_whole_rollouts_and_the_counter_continues() -> None:
     assert model.num_timesteps == 192
 
 
+class RolloutLog(LocalBackend):
+    """A LocalBackend that records the rollout hooks around its steps."""
+
+    def __init__(self, env: VecTradingEnv, options: EnvOptions) -> None:
+        super().__init__(
+            env, action=options.action, n_actions=n_actions(options.action), max_leverage=options.max_leverage
+        )
+        self.events: list[str] = []
+
+    def begin_rollout(self) -> None:
+        self.events.append("begin")
+
+    def step(self, actions: np.ndarray) -> object:
+        if self.events[-1:] != ["step"]:
+            self.events.append("step")
+        return super().step(actions)
+
+    def end_rollout(self) -> None:
+        self.events.append("end")
+
+
+def test_each_on_policy_rollout_is_framed_by_the_envs_rollout_hooks_even_when_stopped() -> None:
+    env = VecTradingEnv(ENV, seed=0)
+    env.update_data(*market())
+    backend = RolloutLog(env, ENV)
+    model = TradingModel.create(
+        TINY,
+        RemoteVecEnv(backend),
+        eval_env=vec_env(ENV, sequential=True),
+        seed=3,
+        budget=1024,
+        tensorboard_dir=None,
+        on_values=lambda steps, values: None,
+    )
+
+    model.learn(128, lambda steps: True)  # two rollouts of 2 envs x 32 steps
+    # SB3 ends each rollout; learn's own end after them is one more, which changes nothing.
+    assert backend.events == ["begin", "step", "end"] * 2 + ["end"]
+    backend.events.clear()
+    model.learn(128, lambda steps: steps < 150)  # the tick stops it within its first rollout
+
+    assert backend.events == ["begin", "step", "end"], "a stopped rollout is ended by learn itself"
+
+
 LINEAR = dataclasses.replace(
     TINY, hyperparams={**TINY.hyperparams, "learning_rate": 0.001}, learning_rate_schedule="linear"
 )

@@ -1,0 +1,236 @@
+"""Co-located rollouts: the model's thread and the env actor's lease pinned to one core, short slices."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.env.options import EnvOptions
+from services.env.vec_env import VecTradingEnv
+from services.transport import colocate
+from services.transport.colocate import (
+    SLICE_NS,
+    Placement,
+    current_cpu,
+    release_thread,
+    request_slice,
+    thread_placement,
+)
+from services.transport.shm import _SLOT, SharedSteps, StepLayout
+
+N, OBS = 4, (14,)
+CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+multi_core = pytest.mark.skipif(len(CORES) < 2 or current_cpu() < 0, reason="needs 2 cores, sched_getcpu")
+
+
+def in_thread(work: Callable[[], Any]) -> Any:
+    """Run work in a new thread (pinning changes only the calling thread) and return its result."""
+    out: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(work())
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    if errors:
+        raise errors[0]
+    return out[0]
+
+
+def runtime_ns() -> int:
+    """Read the calling thread's requested slice back with sched_getattr (-1 where unknown)."""
+    number = {"x86_64": 315, "aarch64": 275}.get(platform.machine())
+    libc = colocate._LIBC
+    if number is None or libc is None:
+        return -1
+    attr = colocate._SchedAttr()
+    if libc.syscall(number, 0, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
+        return -1
+    return int(attr.sched_runtime)
+
+
+@multi_core
+def test_a_placement_pins_the_calling_thread_and_gives_back_its_cores() -> None:
+    def work() -> tuple[set[int], set[int], int, set[int]]:
+        placement = Placement()
+        before = os.sched_getaffinity(0)
+        assert placement.pin(CORES[-1])
+        pinned, core = os.sched_getaffinity(0), placement.core
+        placement.release()
+        return before, pinned, core, os.sched_getaffinity(0)
+
+    before, pinned, core, after = in_thread(work)
+
+    assert pinned == {CORES[-1]} and core == CORES[-1]
+    assert after == before
+    assert os.sched_getaffinity(0) == set(CORES), "the test's own thread was not touched"
+
+
+@multi_core
+def test_a_placement_refuses_a_core_the_thread_may_not_use_and_a_thread_on_one_core() -> None:
+    def work() -> tuple[bool, bool, int]:
+        placement = Placement()
+        outside = placement.pin(max(CORES) + 1000)
+        os.sched_setaffinity(0, {CORES[0]})
+        alone = placement.pin(CORES[0])
+        return outside, alone, placement.core
+
+    assert in_thread(work) == (False, False, -1)
+
+
+def test_a_short_slice_is_asked_for_and_given_back_where_the_kernel_takes_it() -> None:
+    def work() -> tuple[bool, int, bool, int]:
+        asked = request_slice(SLICE_NS)
+        held = runtime_ns()
+        reset = request_slice(0)
+        return asked, held, reset, runtime_ns()
+
+    asked, held, reset, after = in_thread(work)
+
+    if not asked:
+        pytest.skip("this kernel or platform takes no slice request")
+    assert reset
+    if held >= 0:
+        assert held == SLICE_NS, "the kernel reports the slice asked for"
+        assert after != SLICE_NS, "the default slice is back"
+
+
+def vec_env() -> VecTradingEnv:
+    rng = np.random.default_rng(0)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, 300)))
+    env = VecTradingEnv(EnvOptions(window=4, episode_length=6), n_envs=N, seed=3)
+    env.update_data(rng.normal(size=(300, 3)).astype(np.float32), close.copy(), close)
+    env.reset()
+    return env
+
+
+def pair(folder: Path) -> tuple[SharedSteps, SharedSteps]:
+    layout = StepLayout.of(N, OBS, "discrete3")
+    owner = SharedSteps.create(folder, "train", layout)
+    return owner, SharedSteps.attach(folder, owner.name, layout, layout.size)
+
+
+@multi_core
+def test_a_rollout_puts_the_lease_on_the_models_core_and_the_end_lets_both_go(tmp_path: Path) -> None:
+    owner, model = pair(tmp_path)
+    env = vec_env()
+    seen: list[set[int]] = []
+
+    def step_envs(actions: np.ndarray) -> Any:
+        seen.append(os.sched_getaffinity(0))  # the serving thread's cores while it steps
+        return env.step(actions)
+
+    after_lease: list[set[int]] = []
+
+    def serve() -> None:
+        owner.serve(step_envs, idle_s=5.0)
+        after_lease.append(os.sched_getaffinity(0))
+
+    def rollout() -> tuple[int, int, set[int], set[int], int]:
+        first = model.put_actions(np.zeros(N, dtype=np.int64))
+        owner.serve_token(first, env.step)
+        lease = threading.Thread(target=serve)
+        lease.start()
+        deadline = time.monotonic() + 10
+        while not model._words[_SLOT["serving"]]:
+            assert time.monotonic() < deadline, "the lease never started"
+            time.sleep(0.001)
+        assert model.begin_rollout()
+        core = thread_placement().core
+        word = int(model._words[_SLOT["colocate"]])
+        pinned = os.sched_getaffinity(0)
+        for _ in range(20):
+            step = model.put_actions(np.ones(N, dtype=np.int64))
+            assert model.wait(step)
+            model.read(step)
+        model.end_rollout()
+        cleared = int(model._words[_SLOT["colocate"]])
+        released = os.sched_getaffinity(0)
+        owner._words[_SLOT["action_step"]] = -5  # ends the lease
+        lease.join(10)
+        return core, word - 1, pinned, released, cleared
+
+    core, word_core, pinned, released, cleared = in_thread(rollout)
+
+    assert word_core == core and pinned == {core}, "the model pins itself and names its core"
+    # The lease follows the word from its next turn on: every step after the first few ran on that core.
+    assert seen[-1] == {core} and sum(s == {core} for s in seen) >= len(seen) - 2
+    assert released == set(CORES) and cleared == 0
+    assert after_lease == [set(CORES)], "the lease gives its thread back its cores when it ends"
+
+
+@multi_core
+def test_the_lease_lets_go_of_the_core_once_the_model_clears_the_word(tmp_path: Path) -> None:
+    owner, model = pair(tmp_path)
+    env = vec_env()
+    seen: list[set[int]] = []
+
+    def step_envs(actions: np.ndarray) -> Any:
+        seen.append(os.sched_getaffinity(0))
+        return env.step(actions)
+
+    def rollout() -> None:
+        first = model.put_actions(np.zeros(N, dtype=np.int64))
+        owner.serve_token(first, env.step)
+        lease = threading.Thread(target=lambda: owner.serve(step_envs, idle_s=5.0))
+        lease.start()
+        while not model._words[_SLOT["serving"]]:
+            time.sleep(0.001)
+        model.begin_rollout()
+        for _ in range(5):
+            step = model.put_actions(np.ones(N, dtype=np.int64))
+            model.wait(step)
+        model.end_rollout()
+        for _ in range(5):  # steps of the same lease after the rollout's end (an eval, say)
+            step = model.put_actions(np.ones(N, dtype=np.int64))
+            model.wait(step)
+        owner._words[_SLOT["action_step"]] = -5
+        lease.join(10)
+
+    in_thread(rollout)
+
+    assert seen[-1] == set(CORES), "a cleared word unpins the serving thread at its next step"
+
+
+def test_colocation_off_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("services.transport.shm.COLOCATE", False)
+    _, model = pair(tmp_path)
+
+    def work() -> tuple[bool, int, set[int]]:
+        begun = model.begin_rollout()
+        model.end_rollout()
+        return begun, int(model._words[_SLOT["colocate"]]), os.sched_getaffinity(0)
+
+    begun, word, cores = in_thread(work)
+
+    assert not begun and word == 0 and cores == set(CORES)
+
+
+@multi_core
+def test_release_thread_unpins_a_thread_whose_buffer_was_dropped(tmp_path: Path) -> None:
+    _, model = pair(tmp_path)
+
+    def work() -> tuple[set[int], set[int]]:
+        model.begin_rollout()
+        pinned = os.sched_getaffinity(0)
+        model.close()  # the buffer goes (a fault); the thread is still pinned
+        release_thread()
+        return pinned, os.sched_getaffinity(0)
+
+    pinned, after = in_thread(work)
+
+    assert len(pinned) == 1 and after == set(CORES)
