@@ -401,8 +401,9 @@ class SharedSteps:
             return bool(words[_ACTION] != last)
 
         load, placement = self._load, thread_placement()
-        if not self._sliced:
-            self._sliced = request_slice(SLICE_NS) or True  # asked once: the thread keeps it
+        if not self._sliced:  # asked once: the serving thread keeps its short slice
+            request_slice(SLICE_NS)
+            self._sliced = True
         words[_SERVING] = 1
         try:
             while True:
