@@ -20,17 +20,20 @@ training seed. Its eval-episode-1.csv gives per row j (bar b[j]; row 0 all cash)
 the close, the traded notionals and costs, the equity and equal-weight buy-and-hold's equity. The
 bench steps those weights through the env's close-only formula (docs/PORTFOLIO.md, section 4: the old
 weights through the gap, then the trade at cost k = commission + slippage) and requires the CSV's equity
-back, so that the oracle, stepped by the same formula, trades exactly as the env would.
+and trades back, so that the oracle, stepped by the same formula, trades exactly as the env would.
 
 The oracle at row j holds, from row j + 1, equal weight over the symbols with F[b[j]] > k, else cash.
 Both sides get a noise-free decision figure, the expected gain: sum over rows j = 1 .. n - 1 of
 sum_i w_i[j] F_i[b[j - 1]] (the weights held at bar b[j]'s close times the expectation of the next bar's
 simple return given the bars the decision that set them had seen) less k times the notional traded in
-rows 1 .. n. Its share is the agent's over the oracle's. The oracle is a simple reference, not a ceiling:
-a policy that concentrates on the largest F expects more, at more risk.
+rows 1 .. n; the held gain is the first term alone, also for equal-weight buy-and-hold (its weights
+drift with the closes; it pays no costs, as in the session's report). The share is the agent's expected
+gain over the oracle's. The oracle is a simple reference, not a ceiling: a policy that concentrates on
+the largest F expects more, at more risk.
 
     .venv/bin/python bench/bench_portfolio_learning.py [--kinds momentum,regime] [--seeds 0,1,2]
         [--windows 1,4,8] [--bars 8000] [--steps N] [--set KEY=VALUE ...] [--json FILE]
+        [--keep DIR [--reuse]] [--label SUFFIX] [--from-json FILE]
 """
 
 from __future__ import annotations
@@ -155,14 +158,18 @@ def oracle_targets(forecast: np.ndarray, cost: float) -> np.ndarray:
 
 
 def expected_gain(holdings: Holdings, forecast: np.ndarray, cost: float) -> float:
-    """Return a run's return as the planted model expects it: held weights x F, less k x traded.
+    """Return a run's return as the planted model expects it: held weights x F, less k x traded."""
+    return held_gain(holdings, forecast) - cost * float(holdings.traded[1:].sum())
+
+
+def held_gain(holdings: Holdings, forecast: np.ndarray) -> float:
+    """Return the expected gain of a run's holdings before costs: sum of w[j] x forecast[j - 1].
 
     forecast[j] is F at row j's bar, the expectation of the simple return earned by the weights a decision
     at that row sets; those are the weights held from row j + 1, so w[j] pairs with forecast[j - 1]. The
-    last row's weights earn after the window and are left out; every row's trade is charged.
+    last row's weights earn after the window and are left out.
     """
-    held = float(np.sum(holdings.weights[1:-1] * forecast[:-2]))
-    return held - cost * float(holdings.traded[1:].sum())
+    return float(np.sum(holdings.weights[1:-1] * forecast[:-2]))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -246,10 +253,10 @@ def measure(run: AgentRun, frame: pd.DataFrame, forecast: np.ndarray, cost: floa
     invested = np.ones(len(bars))
     invested[0] = 0.0
     no_costs = np.zeros(len(bars))
-    hold = compute_metrics(run.buy_and_hold, invested, no_costs, per_year).sharpe
+    hold_sharpe = compute_metrics(run.buy_and_hold, invested, no_costs, per_year).sharpe
     agent_gain = expected_gain(run.holdings, forecast[bars], cost)
     grown = close / close[0]
-    held = Holdings(
+    buy_and_hold = Holdings(
         weights=grown / grown.sum(axis=1, keepdims=True),
         traded=np.zeros_like(close),
         costs=np.zeros_like(close),
@@ -259,7 +266,7 @@ def measure(run: AgentRun, frame: pd.DataFrame, forecast: np.ndarray, cost: floa
     return {
         "eval_bars": len(bars) - 1,
         "agent_sharpe": sharpe(run.holdings, per_year),
-        "buy_and_hold_sharpe": hold,
+        "buy_and_hold_sharpe": hold_sharpe,
         "oracle_sharpe": sharpe(oracle, per_year),
         "agent_turnover": float(run.holdings.traded.sum()),
         "oracle_turnover": float(oracle.traded.sum()),
@@ -267,7 +274,9 @@ def measure(run: AgentRun, frame: pd.DataFrame, forecast: np.ndarray, cost: floa
         "oracle_costs": float(oracle.costs.sum()),
         "agent_cash": float(1.0 - run.holdings.weights[1:].sum(axis=1).mean()),
         "agent_expected_gain": agent_gain,
-        "buy_and_hold_expected_gain": expected_gain(held, forecast[bars], cost),
+        "agent_held_gain": held_gain(run.holdings, forecast[bars]),
+        "buy_and_hold_expected_gain": held_gain(buy_and_hold, forecast[bars]),
+        "oracle_held_gain": held_gain(oracle, forecast[bars]),
         "oracle_expected_gain": oracle_gain,
         "expected_share": agent_gain / oracle_gain,
     }
@@ -286,7 +295,7 @@ class Row:
 
 HEADER = (
     "| kind | seed | window | agent Sharpe | B&H Sharpe | oracle Sharpe | turnover | costs | cash | "
-    "oracle turnover | agent E-gain | B&H E-gain | oracle E-gain | share | run s |"
+    "oracle turnover | agent held | B&H held | oracle held | agent E-gain | oracle E-gain | share | run s |"
 )
 
 
@@ -297,31 +306,38 @@ def table_row(row: Row) -> str:
         f"| {row.kind} | {row.seed} | {row.window} | {f['agent_sharpe']:.2f} | "
         f"{f['buy_and_hold_sharpe']:.2f} | {f['oracle_sharpe']:.2f} | {f['agent_turnover']:.0f} | "
         f"{100 * f['agent_costs']:.1f} % | {f['agent_cash']:.2f} | {f['oracle_turnover']:.0f} | "
-        f"{100 * f['agent_expected_gain']:.1f} % | {100 * f['buy_and_hold_expected_gain']:.1f} % | "
+        f"{100 * f['agent_held_gain']:.1f} % | {100 * f['buy_and_hold_expected_gain']:.1f} % | "
+        f"{100 * f['oracle_held_gain']:.1f} % | {100 * f['agent_expected_gain']:.1f} % | "
         f"{100 * f['oracle_expected_gain']:.1f} % | "
         f"{f['expected_share']:.2f} | {row.train_seconds:.0f} |"
     )
 
 
 def print_tables(rows: list[Row]) -> None:
-    """Print every run, then per kind and window the mean share and the mean agent Sharpe."""
+    """Print every run, then per kind and window the shares and the mean agent Sharpe and turnover.
+
+    The pooled share is the sum of the agent's expected gains over the seeds over the oracle's; the held
+    share is what the agent's holdings expect over buy-and-hold's, over the oracle's excess the same way.
+    """
     print("\n" + HEADER)
-    print(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    )
+    print("| --- |" + " ---: |" * (HEADER.count("|") - 2))
     for row in rows:
         print(table_row(row))
-    print("\n| kind | window | seeds | mean share | pooled share | mean agent Sharpe | mean turnover |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "\n| kind | window | seeds | mean share | pooled share | held share | mean agent Sharpe | "
+        "mean turnover |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for kind in dict.fromkeys(r.kind for r in rows):
         for window in dict.fromkeys(r.window for r in rows if r.kind == kind):
             group = [r.figures for r in rows if r.kind == kind and r.window == window]
-            pooled = sum(f["agent_expected_gain"] for f in group) / sum(
-                f["oracle_expected_gain"] for f in group
-            )
+            totals = {key: float(sum(f[key] for f in group)) for key in group[0]}
+            pooled = totals["agent_expected_gain"] / totals["oracle_expected_gain"]
+            bh = totals["buy_and_hold_expected_gain"]
+            held = (totals["agent_held_gain"] - bh) / (totals["oracle_held_gain"] - bh)
             print(
                 f"| {kind} | {window} | {len(group)} | "
-                f"{statistics.fmean(f['expected_share'] for f in group):.3f} | {pooled:.3f} | "
+                f"{statistics.fmean(f['expected_share'] for f in group):.3f} | {pooled:.3f} | {held:.3f} | "
                 f"{statistics.fmean(f['agent_sharpe'] for f in group):.2f} | "
                 f"{statistics.fmean(f['agent_turnover'] for f in group):.0f} |"
             )
@@ -374,7 +390,8 @@ def main() -> int:
                 returns, forecast = KINDS[kind](args.bars, N_SYMBOLS, rng)
                 frame = universe_frame(returns)
                 data = folder / f"{kind}-{seed}.csv"
-                frame.to_csv(data, index=False)
+                if not (args.reuse and data.is_file()):
+                    frame.to_csv(data, index=False)
                 for window in (int(w) for w in args.windows.split(",")):
                     name = f"{kind}-{seed}-w{window}{args.label}"
                     seconds = folder / "runs" / name / "bench-seconds.txt"

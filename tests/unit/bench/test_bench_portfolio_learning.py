@@ -12,6 +12,7 @@ from bench.bench_portfolio_learning import (
     REGIME_DRIFT,
     SIGMA,
     expected_gain,
+    held_gain,
     momentum,
     oracle_targets,
     regime,
@@ -108,6 +109,7 @@ def test_the_expected_gain_by_hand() -> None:
 
     # Row 1's weights [1, 0] were set at row 0: 0.02; row 2's [0.5, 0.5] at row 1: 0.015 + 0.005.
     # Row 3's weights earn after the window. Traded 1 + 1 + 1 at 0.01.
+    assert held_gain(run, forecast) == pytest.approx(0.02 + 0.02, abs=1e-15)
     assert gain == pytest.approx(0.02 + 0.02 - 0.03, abs=1e-15)
 
 
