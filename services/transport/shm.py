@@ -40,8 +40,7 @@ import mmap
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -57,29 +56,14 @@ from services.transport.colocate import (
     thread_placement,
 )
 from services.transport.doorbell import CpuLoad, Doorbell
+from services.transport.shm_layout import HEADER as _HEADER
+from services.transport.shm_layout import SLOT as _SLOT
+from services.transport.shm_layout import StepLayout
 
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".shm"
 """How a buffer file's name ends; anything else in the folder is not a buffer."""
-MAGIC = 0x524C_5441_5348_4D02
-"""First header word: a file that does not start with it is no step buffer of this version."""
-_ALIGN = 64
-_HEADER = (
-    "magic",
-    "n_envs",
-    "obs_size",
-    "discrete",
-    "action_size",
-    "action_step",
-    "result_step",
-    "finished",
-    "serving",
-    "env_sleeping",
-    "model_sleeping",
-    "colocate",
-)
-_SLOT = {name: i for i, name in enumerate(_HEADER)}
 _ACTION, _RESULT, _FINISHED = (_SLOT[k] for k in ("action_step", "result_step", "finished"))
 _SERVING = _SLOT["serving"]
 _ENV_SLEEPING, _MODEL_SLEEPING, _COLOCATE = (_SLOT[k] for k in ("env_sleeping", "model_sleeping", "colocate"))
@@ -128,70 +112,6 @@ class SharedResult(NamedTuple):
     """Last observations of the envs that finished on this step, in env order."""
     episode_return: np.ndarray
     episode_length: np.ndarray
-
-
-@dataclass(frozen=True, slots=True)
-class StepLayout:
-    """Where each array of a role's step buffer lives: its offsets follow from the env spec alone."""
-
-    n_envs: int
-    obs_shape: tuple[int, ...]
-    discrete: bool
-    action_size: int = 0
-    """Values per env's action: 0 for one (a single asset), the weights' width for a portfolio."""
-
-    @classmethod
-    def of(cls, n_envs: int, obs_shape: Sequence[int], action: str, action_size: int = 0) -> StepLayout:
-        """Return the layout of envs described as EnvSpec describes them."""
-        discrete = action != "continuous" and not action_size
-        return cls(int(n_envs), tuple(int(d) for d in obs_shape), discrete, int(action_size))
-
-    @property
-    def action_shape(self) -> tuple[int, ...]:
-        """Return the shape of the actions array: one per env, or a row of weights per env."""
-        return (self.n_envs, self.action_size) if self.action_size else (self.n_envs,)
-
-    def arrays(self) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]]:
-        """Return (name, dtype, shape) of every array after the header, in file order."""
-        n, obs = self.n_envs, (self.n_envs, *self.obs_shape)
-        return [
-            ("actions", np.dtype(np.int64 if self.discrete else np.float32), self.action_shape),
-            ("obs", np.dtype(np.float32), obs),
-            ("terminal_obs", np.dtype(np.float32), obs),
-            ("reward", np.dtype(np.float32), (n,)),
-            ("terminated", np.dtype(np.bool_), (n,)),
-            ("truncated", np.dtype(np.bool_), (n,)),
-            ("episode_return", np.dtype(np.float64), (n,)),
-            ("episode_length", np.dtype(np.int64), (n,)),
-        ]
-
-    def offsets(self) -> tuple[dict[str, int], int]:
-        """Return each array's byte offset and the file's size."""
-        at = _aligned(len(_HEADER) * 8)
-        offsets = {}
-        for name, dtype, shape in self.arrays():
-            offsets[name] = at
-            at = _aligned(at + dtype.itemsize * math.prod(shape))
-        return offsets, at
-
-    @property
-    def size(self) -> int:
-        """Return the file's size in bytes."""
-        return self.offsets()[1]
-
-    def describe(self) -> str:
-        """Return the layout in words, for refusals."""
-        kind = "discrete" if self.discrete else "continuous"
-        width = f" of {self.action_size} weights" if self.action_size else ""
-        return f"{self.n_envs} envs x obs {self.obs_shape} with {kind} actions{width}"
-
-    def header(self) -> tuple[int, ...]:
-        """Return the header words that describe this layout (after them come the step words)."""
-        return (MAGIC, self.n_envs, math.prod(self.obs_shape), int(self.discrete), self.action_size)
-
-
-def _aligned(at: int) -> int:
-    return -(-at // _ALIGN) * _ALIGN
 
 
 class SharedSteps:
