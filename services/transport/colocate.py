@@ -6,18 +6,25 @@ at that moment; on a machine whose cores are busy with other processes the one w
 up to a whole time slice of the process running there (p90 of a step 1.3 to 3.4 ms beside other jobs,
 against 60 us in process: docs/BENCHMARKS.md, section 14). On one core the turn is a hand-over: the
 waiting side's spin yields the core (services.transport.doorbell), and the side it waits for is the
-one that runs next. So at the start of each rollout the model pins its training thread to the core it
-is on and writes that core into the buffer's header (`SharedSteps.colocate`); the env actor's lease
-pins its serving thread to the same core while the word says so. At the end of the rollout the model
-lets its thread go back to every core it had (the update that follows runs wherever the scheduler puts
-it, and the next rollout starts on the core it is on then) and clears the word; the env actor lets its
-thread go when the lease ends or the word is cleared.
+one that runs next. So at the start of a rollout on such a machine the model pins its training thread
+to the core it is on and writes that core into the buffer's header (`SharedSteps.begin_rollout`); the
+env actor's lease pins its serving thread to the same core while the word says so. At the end of the
+rollout the model lets its thread go back to every core it had (the update that follows runs wherever
+the scheduler puts it, and the next rollout starts on the core it is on then) and clears the word; the
+env actor lets its thread go when the lease ends or the word is cleared.
+
+On a machine with a free core the two threads are faster apart: each spins on its own core and a step
+costs about 40 us, against 75 to 115 us as a hand-over on one core (section 14). So a rollout is
+co-located only while other processes keep the other cores busy (`Crowd`: the kernel's count of
+runnable tasks, less this session's own, read at the start and end of each rollout; co-located when
+the last four readings average at least one other runnable task for every other core, less a quarter:
+on two cores, three readings in four).
 
 Both threads also ask the kernel for a short time slice (`sched_setattr` with a `sched_runtime` of
 `SLICE_NS`, Linux 6.12 and later; older kernels ignore it): a thread with a short slice has an early
 deadline under the EEVDF scheduler, so when it wakes or gets a yield it runs before processes with the
-default slice instead of after their slice. The env actor's serving thread keeps it; the model's
-thread has it during rollouts only.
+default slice instead of after their slice. The env actor's serving thread asks at its first lease and
+keeps it; the model's thread has it during co-located rollouts only.
 
 Everything here is advice to the kernel: where a call is not available (another OS, a single allowed
 core, a kernel that refuses) the steps run as before, unpinned.
@@ -31,6 +38,7 @@ import ctypes.util
 import os
 import platform
 import threading
+from collections import deque
 
 SLICE_NS = 100_000
 """The time slice the two stepping threads ask for (the kernel's default is 0.75 ms times 1 + log2 of the
@@ -145,3 +153,47 @@ def release_thread() -> None:
     if placement.core >= 0:
         placement.release()
         request_slice(0)
+
+
+class Crowd:
+    """Tell whether other processes keep every core but this thread's busy (then a rollout co-locates).
+
+    Reads the number of runnable tasks from /proc/loadavg (its fourth field, `running/total`), less the
+    caller and its own others (`own`), at each sample; busy when the mean of the last `SAMPLES` is at
+    least the number of allowed cores less one, minus a quarter (three readings of four on two cores).
+    """
+
+    SAMPLES = 4
+
+    def __init__(self, path: str = "/proc/loadavg", cores: int | None = None) -> None:
+        """path: the loadavg file (tests give another); cores: the cores to count (default: allowed ones)."""
+        try:
+            self._fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            self._fd = -1
+        if cores is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        self._cores = cores
+        self._others: deque[int] = deque(maxlen=self.SAMPLES)
+
+    def sample(self, own: int = 1) -> None:
+        """Read the runnable tasks now; own is how many of them are this session's (the caller included)."""
+        if self._fd < 0:
+            return
+        try:
+            running = int(os.pread(self._fd, 128, 0).split()[3].split(b"/")[0])
+        except (OSError, ValueError, IndexError):
+            return
+        self._others.append(max(running - own, 0))
+
+    def busy(self) -> bool:
+        """Return True when the recent samples show the other cores taken by other processes."""
+        if self._cores < 2 or not self._others:
+            return False
+        return sum(self._others) / len(self._others) >= self._cores - 1.25
+
+    def close(self) -> None:
+        """Close the loadavg file."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

@@ -49,6 +49,7 @@ import numpy as np
 from services.errors import TransportError
 from services.transport.colocate import (
     SLICE_NS,
+    Crowd,
     Placement,
     current_cpu,
     release_thread,
@@ -90,8 +91,8 @@ longer spin keeps the env actor from the core it needs (200 us gave 0.52 of the 
 a CPU hog at 16 envs, 20 us 0.60: docs/BENCHMARKS.md, section 14)."""
 COLOCATE = True
 """Pin the model's training thread and the env actor's serving thread to one core during each rollout
-(services.transport.colocate): beside other busy processes a step is then a hand-over on one core instead
-of a wake-up that waits for a core."""
+while other processes keep the other cores busy (services.transport.colocate): a step is then a
+hand-over on one core instead of a wake-up that waits for a core."""
 COLOCATED_SPIN_S = 0.002
 """How long either side spins while both are on one core, crowded or not: each turn of the spin yields
 the core, and the side it waits for is the one that gets it."""
@@ -153,6 +154,8 @@ class SharedSteps:
         self._load = CpuLoad()
         self._placement = Placement()
         """The model's training thread's placement while a rollout is co-located, else an unpinned one."""
+        self._crowd = Crowd()
+        """Whether other processes keep the other cores busy (read by the model at rollout bounds)."""
         self._sliced = False
         self._out = SharedResult(
             obs=np.empty_like(self._obs),
@@ -245,8 +248,11 @@ class SharedSteps:
         Call it from the thread that steps, before a rollout's steps; end_rollout() undoes it. Returns
         whether the thread was pinned (not where co-location is off or impossible, see colocate).
         """
+        if not COLOCATE:
+            return False
+        self._crowd.sample(self._own_runnable())
         placement = thread_placement()
-        if not COLOCATE or not placement.pin(current_cpu()):
+        if not self._crowd.busy() or not placement.pin(current_cpu()):
             return False
         request_slice(SLICE_NS)
         self._placement = placement
@@ -255,9 +261,17 @@ class SharedSteps:
 
     def end_rollout(self) -> None:
         """Let the env actor's lease and the calling thread go back to every core they had."""
+        if COLOCATE:
+            self._crowd.sample(self._own_runnable())
         self._words[_COLOCATE] = 0
         self._placement = Placement()
         release_thread()
+
+    def _own_runnable(self) -> int:
+        """Return the runnable tasks that are this step's own: the caller, and the env actor's lease
+        unless it sleeps."""
+        words = self._words
+        return 1 + int(bool(words[_SERVING]) and not words[_ENV_SLEEPING])
 
     def read(self, step: int) -> SharedResult:
         """Return copies of the results of `step`; raise TornBuffer unless the buffer holds that step."""
@@ -381,6 +395,7 @@ class SharedSteps:
     def close(self) -> None:
         """Let the buffer go; the owner (the env actor) also removes its files (unmapped with the views)."""
         self._load.close()
+        self._crowd.close()
         for bell in (self._env_bell, self._model_bell):
             bell.close()
             if self.owner:

@@ -19,6 +19,7 @@ from services.env.vec_env import VecTradingEnv
 from services.transport import colocate
 from services.transport.colocate import (
     SLICE_NS,
+    Crowd,
     Placement,
     current_cpu,
     release_thread,
@@ -118,10 +119,94 @@ def vec_env() -> VecTradingEnv:
     return env
 
 
-def pair(folder: Path) -> tuple[SharedSteps, SharedSteps]:
+class Busy(Crowd):
+    """A crowd that always says the other cores are taken (or never, with busy=False)."""
+
+    def __init__(self, busy: bool = True) -> None:
+        super().__init__(path="/nonexistent")
+        self._busy = busy
+        self.samples: list[int] = []
+
+    def sample(self, own: int = 1) -> None:
+        self.samples.append(own)
+
+    def busy(self) -> bool:
+        return self._busy
+
+
+def pair(folder: Path, *, busy: bool = True) -> tuple[SharedSteps, SharedSteps]:
     layout = StepLayout.of(N, OBS, "discrete3")
     owner = SharedSteps.create(folder, "train", layout)
-    return owner, SharedSteps.attach(folder, owner.name, layout, layout.size)
+    model = SharedSteps.attach(folder, owner.name, layout, layout.size)
+    model._crowd = Busy(busy)
+    return owner, model
+
+
+def write_loadavg(path: Path, running: int) -> None:
+    path.write_text(f"0.52 0.61 0.70 {running}/311 4242\n")  # the same file, read again at each sample
+
+
+@pytest.mark.parametrize(
+    ("cores", "readings", "own", "busy"),
+    [
+        (2, [1, 1, 1, 1], 1, False),  # only the caller runs: a free core
+        (2, [2, 2, 2, 2], 1, True),  # one other runnable task for the other core
+        (2, [2, 2, 2, 1], 1, True),  # three readings of four
+        (2, [2, 2, 1, 1], 1, False),
+        (2, [2, 2, 2, 2], 2, False),  # the other runnable task is the session's own env actor
+        (4, [3, 3, 3, 3], 1, False),  # two others on four cores: a core is free
+        (4, [4, 4, 4, 4], 1, True),
+        (1, [5, 5, 5, 5], 1, False),  # one core: nothing to co-locate onto
+    ],
+)
+def test_the_crowd_counts_other_runnable_tasks_against_the_other_cores(
+    tmp_path: Path, cores: int, readings: list[int], own: int, busy: bool
+) -> None:
+    path = tmp_path / "loadavg"
+    write_loadavg(path, 0)
+    crowd = Crowd(str(path), cores=cores)
+    for running in readings:
+        write_loadavg(path, running)
+        crowd.sample(own)
+
+    assert crowd.busy() is busy
+    crowd.close()
+
+
+def test_a_crowd_without_its_file_never_says_busy(tmp_path: Path) -> None:
+    crowd = Crowd(str(tmp_path / "absent"), cores=2)
+    crowd.sample()
+
+    assert not crowd.busy()
+
+
+def test_the_last_four_readings_decide(tmp_path: Path) -> None:
+    path = tmp_path / "loadavg"
+    write_loadavg(path, 2)
+    crowd = Crowd(str(path), cores=2)
+    for _ in range(4):
+        crowd.sample()
+    assert crowd.busy()
+
+    write_loadavg(path, 1)
+    crowd.sample()
+    assert crowd.busy(), "three busy readings of the last four"
+    crowd.sample()
+    assert not crowd.busy(), "two free readings of the last four"
+    crowd.close()
+
+
+def test_a_rollout_on_a_machine_with_a_free_core_stays_unpinned(tmp_path: Path) -> None:
+    _, model = pair(tmp_path, busy=False)
+
+    def work() -> tuple[bool, int, set[int]]:
+        begun = model.begin_rollout()
+        return begun, int(model._words[_SLOT["colocate"]]), os.sched_getaffinity(0)
+
+    begun, word, cores = in_thread(work)
+
+    assert not begun and word == 0 and cores == set(CORES)
+    assert model._crowd.samples == [1], "the caller alone is the session's own (no lease runs)"
 
 
 @multi_core
