@@ -18,6 +18,7 @@ from messages import DataBlock, DataComplete, DataInstalled, Ping, Stop
 from services.config import Config, config_to_dict, load_config
 from services.data.dataset import SplitArrays
 from services.env.gym_env import TradingEnv
+from services.model.remote_vec_env import rollout_hook
 from services.transport.auth import write_session_key
 from services.transport.endpoints import Endpoints
 from services.transport.sockets import Client
@@ -91,15 +92,11 @@ class TimedBackend:
 
     def begin_rollout(self) -> None:
         """Pass the rollout's start on (the shared path co-locates its steps)."""
-        begin = getattr(self._backend, "begin_rollout", None)
-        if begin is not None:
-            begin()
+        rollout_hook(self._backend, "begin_rollout")
 
     def end_rollout(self) -> None:
         """Pass the rollout's end on."""
-        end = getattr(self._backend, "end_rollout", None)
-        if end is not None:
-            end()
+        rollout_hook(self._backend, "end_rollout")
 
 
 def serve_plain(endpoint: str, overrides: list[str], max_bytes: int) -> None:

@@ -168,6 +168,14 @@ class LocalBackend:
         return self._env.step(actions).finished_only()
 
 
+def rollout_hook(target: Any, name: str) -> None:
+    """Call target's begin_rollout or end_rollout (name) where it has one (RemoteBackend, RemoteVecEnv and
+    SB3's wrappers around it, which pass attributes through)."""
+    hook = getattr(target, name, None)
+    if hook is not None:
+        hook()
+
+
 def spaces_from_spec(spec: EnvSpec) -> tuple[spaces.Box, spaces.Space[Any]]:
     """Rebuild the observation and action spaces described by the env actor (a portfolio: Box of weights)."""
     observation = build_observation_space(tuple(spec.obs_shape))
@@ -227,15 +235,11 @@ class RemoteVecEnv(VecEnv):
 
     def begin_rollout(self) -> None:
         """A rollout starts: the backend may put this thread and the env actor's steps on one core."""
-        begin = getattr(self._backend, "begin_rollout", None)
-        if begin is not None:
-            begin()
+        rollout_hook(self._backend, "begin_rollout")
 
     def end_rollout(self) -> None:
         """The rollout ended (the update follows): undo begin_rollout."""
-        end = getattr(self._backend, "end_rollout", None)
-        if end is not None:
-            end()
+        rollout_hook(self._backend, "end_rollout")
 
     def close(self) -> None:
         """Nothing to close: the envs belong to the env actor."""

@@ -27,6 +27,7 @@ from services.errors import InputError
 from services.model.checkpoint import CheckpointInfo, save_checkpoint
 from services.model.deterministic import DeterministicPolicy
 from services.model.options import ModelOptions, algorithm_class
+from services.model.remote_vec_env import RemoteBackend, RemoteVecEnv, rollout_hook
 from services.model.schedule import BudgetSchedule
 
 logger = logging.getLogger(__name__)
@@ -102,23 +103,14 @@ class _Tick(BaseCallback):
         # and this thread then share one core (services.transport.colocate). An off-policy "rollout" is
         # a step or a few between gradient steps, so those are left where the scheduler puts them.
         if isinstance(self.model, OnPolicyAlgorithm):
-            _rollout_hook(self.training_env, "begin_rollout")
+            rollout_hook(self.training_env, "begin_rollout")
 
     def _on_rollout_end(self) -> None:
         if isinstance(self.model, OnPolicyAlgorithm):
-            _rollout_hook(self.training_env, "end_rollout")
+            rollout_hook(self.training_env, "end_rollout")
         # The update that follows a rollout reads the schedule; it is measured on the model's counter.
         if self._schedule is not None:
             self._schedule.steps = self.num_timesteps
-
-
-def _rollout_hook(env: Any, name: str) -> None:
-    """Call the env's rollout hook (RemoteVecEnv has them; SB3's wrappers pass attributes through)."""
-    try:
-        hook = getattr(env, name)
-    except AttributeError:
-        return
-    hook()
 
 
 class SequentialPass:
@@ -298,7 +290,7 @@ class TradingModel:
         finally:
             # A rollout stopped by the tick (or a fault) ends without SB3's on_rollout_end.
             if isinstance(self.algorithm, OnPolicyAlgorithm):
-                _rollout_hook(self.algorithm.get_env(), "end_rollout")
+                rollout_hook(self.algorithm.get_env(), "end_rollout")
         return self.num_timesteps - before
 
     def start_evaluation(self) -> None:
@@ -360,8 +352,6 @@ class RemoteModelFactory:
 
     def create(self, env_client: Any, on_values: ValuesSink) -> TradingModel:
         """Describe the remote envs, wrap them as VecEnvs and build (or restore) the model on them."""
-        from services.model.remote_vec_env import RemoteBackend, RemoteVecEnv
-
         train_env = RemoteVecEnv(RemoteBackend(env_client, "train"))
         eval_env = RemoteVecEnv(RemoteBackend(env_client, "eval"))
         return TradingModel.create(
