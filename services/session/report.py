@@ -6,6 +6,7 @@ is imported only while plotting, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -75,6 +76,23 @@ def drawdown(equity: np.ndarray) -> np.ndarray:
     peak = np.maximum.accumulate(equity)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(peak > 0, equity / peak - 1.0, 0.0)
+
+
+def _closes_only(run_dir: Path) -> bool:
+    """Tell whether the session's data had closes only (its DataLoaded event): fills were at next closes."""
+    path = run_dir / "events.jsonl"
+    if not path.is_file():
+        return False
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if '"DataLoaded"' in line:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    return False
+                if isinstance(event, dict) and event.get("type") == "DataLoaded":
+                    return bool(event.get("close_only"))
+    return False
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
@@ -252,6 +270,7 @@ def _markdown(
     training_plot: str,
     asset_sections: Mapping[int, list[str]],
     figures: bool = True,
+    closes_only: bool = False,
 ) -> str:
     lines = [f"# Session {name}", ""]
     lines.append(f"Model `{model_id or '-'}`: one model trained and evaluated across every episode.")
@@ -261,7 +280,8 @@ def _markdown(
         for key, label in CONFIG_SUMMARY:
             value = _lookup(config, key)
             if value is not None and value != "":
-                lines.append(f"| {label} | `{value}` |")
+                note = " (the data has closes only: each fill at the next bar's close)"
+                lines.append(f"| {label} | `{value}`{note if key == 'env.fill' and closes_only else ''} |")
         lines += ["", "The full resolved configuration is in [config.yaml](config.yaml).", ""]
     lines += ["## Evaluation on the eval window: agent vs buy & hold", ""]
     if not evaluations:
@@ -378,6 +398,7 @@ def write_report(
         latest_plot=latest_plot,
         training_plot=training_plot,
         asset_sections=asset_sections,
+        closes_only=_closes_only(run_dir),
         figures=figure is not None,
     )
     atomic_text(report, text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import struct
 import subprocess
@@ -127,6 +128,27 @@ def test_equity_png_shows_the_latest_episode_equity_over_its_drawdown(run_dir: P
     write_eval_csv(run_dir, 2, bars=30)
     write_report(run_dir, name="demo", model_id="m-42", evaluations=[evaluation(1), evaluation(2)])
     assert (run_dir / "equity.png").read_bytes() != png, "the plot follows the latest episode's records"
+
+
+@pytest.mark.parametrize("close_only", [True, False])
+def test_the_fill_row_says_when_closes_only_made_every_fill_a_next_close(
+    run_dir: Path, close_only: bool
+) -> None:
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["env"]["fill"] = "next_open"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    events = [
+        {"type": "SessionStarted", "name": "demo", "note": "DataLoaded is only named here"},
+        {"type": "DataLoaded", "rows": 60, "close_only": close_only},
+    ]
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+    report = write_report(run_dir, name="demo", model_id="m", evaluations=[evaluation(1)], figures=False)
+    text = report.read_text()
+
+    row = next(line for line in text.splitlines() if line.startswith("| fill |"))
+    assert row.startswith("| fill | `next_open`")
+    assert ("closes only: each fill at the next bar's close" in row) is close_only
 
 
 def test_an_episode_without_records_keeps_its_table_and_gets_no_plots(tmp_path: Path) -> None:
