@@ -154,8 +154,8 @@ class SharedSteps:
         self._load = CpuLoad()
         self._placement = Placement()
         """The model's training thread's placement while a rollout is co-located, else an unpinned one."""
-        self._crowd = Crowd()
-        """Whether other processes keep the other cores busy (read by the model at rollout bounds)."""
+        self._crowd: Crowd | None = None
+        """Whether other processes keep the other cores busy (the model's side, made at its first rollout)."""
         self._sliced = False
         self._out = SharedResult(
             obs=np.empty_like(self._obs),
@@ -250,9 +250,9 @@ class SharedSteps:
         """
         if not COLOCATE:
             return False
-        self._crowd.sample(self._own_runnable())
+        crowd = self._sample_crowd()
         placement = thread_placement()
-        if not self._crowd.busy() or not placement.pin(current_cpu()):
+        if not crowd.busy() or not placement.pin(current_cpu()):
             return False
         request_slice(SLICE_NS)
         self._placement = placement
@@ -262,16 +262,19 @@ class SharedSteps:
     def end_rollout(self) -> None:
         """Let the env actor's lease and the calling thread go back to every core they had."""
         if COLOCATE:
-            self._crowd.sample(self._own_runnable())
+            self._sample_crowd()
         self._words[_COLOCATE] = 0
         self._placement = Placement()
         release_thread()
 
-    def _own_runnable(self) -> int:
-        """Return the runnable tasks that are this step's own: the caller, and the env actor's lease
-        unless it sleeps."""
+    def _sample_crowd(self) -> Crowd:
+        """Read the runnable tasks now, less this step's own: the caller, and the env actor's lease unless
+        it sleeps."""
+        if self._crowd is None:
+            self._crowd = Crowd()
         words = self._words
-        return 1 + int(bool(words[_SERVING]) and not words[_ENV_SLEEPING])
+        self._crowd.sample(1 + int(bool(words[_SERVING]) and not words[_ENV_SLEEPING]))
+        return self._crowd
 
     def read(self, step: int) -> SharedResult:
         """Return copies of the results of `step`; raise TornBuffer unless the buffer holds that step."""
@@ -395,7 +398,8 @@ class SharedSteps:
     def close(self) -> None:
         """Let the buffer go; the owner (the env actor) also removes its files (unmapped with the views)."""
         self._load.close()
-        self._crowd.close()
+        if self._crowd is not None:
+            self._crowd.close()
         for bell in (self._env_bell, self._model_bell):
             bell.close()
             if self.owner:

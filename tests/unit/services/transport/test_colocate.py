@@ -206,6 +206,7 @@ def test_a_rollout_on_a_machine_with_a_free_core_stays_unpinned(tmp_path: Path) 
     begun, word, cores = in_thread(work)
 
     assert not begun and word == 0 and cores == set(CORES)
+    assert isinstance(model._crowd, Busy)
     assert model._crowd.samples == [1], "the caller alone is the session's own (no lease runs)"
 
 
