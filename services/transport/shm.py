@@ -152,8 +152,8 @@ class SharedSteps:
         self._env_bell = Doorbell(env_bell, self._words, _ENV_SLEEPING)
         self._model_bell = Doorbell(model_bell, self._words, _MODEL_SLEEPING)
         self._load = CpuLoad()
-        self._placement = Placement()
-        """The model's training thread's placement while a rollout is co-located, else an unpinned one."""
+        self._colocated = False
+        """Whether the model's rollout is co-located now (its thread pinned, the colocate word set)."""
         self._crowd: Crowd | None = None
         """Whether other processes keep the other cores busy (the model's side, made at its first rollout)."""
         self._sliced = False
@@ -235,7 +235,7 @@ class SharedSteps:
         def ready() -> bool:
             return words[_RESULT] == step or not words[_SERVING]
 
-        spin = COLOCATED_SPIN_S if self._placement.core >= 0 else MODEL_SPIN_S[self._load.crowded()]
+        spin = COLOCATED_SPIN_S if self._colocated else MODEL_SPIN_S[self._load.crowded()]
         self._model_bell.wait(ready, spin, time.perf_counter() + deadline_s)
         if words[_RESULT] != step:
             return False
@@ -255,7 +255,7 @@ class SharedSteps:
         if not crowd.busy() or not placement.pin(current_cpu()):
             return False
         request_slice(SLICE_NS)
-        self._placement = placement
+        self._colocated = True
         self._words[_COLOCATE] = placement.core + 1
         return True
 
@@ -264,7 +264,7 @@ class SharedSteps:
         if COLOCATE:
             self._sample_crowd()
         self._words[_COLOCATE] = 0
-        self._placement = Placement()
+        self._colocated = False
         release_thread()
 
     def _sample_crowd(self) -> Crowd:

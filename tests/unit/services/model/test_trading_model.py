@@ -38,11 +38,13 @@ ENV = EnvOptions(n_envs=2, window=4, episode_length=32)
 TINY = ModelOptions(net_arch=(8,), hyperparams={"n_steps": 32, "batch_size": 32, "n_epochs": 1})
 
 
-def make_model(options: ModelOptions = TINY, env: EnvOptions = ENV, **kwargs: object) -> TradingModel:
+def make_model(
+    options: ModelOptions = TINY, env: EnvOptions = ENV, train: RemoteVecEnv | None = None, **kwargs: object
+) -> TradingModel:
     arguments: dict[str, object] = {"tensorboard_dir": None, "budget": 1024, **kwargs}
     return TradingModel.create(
         options,
-        vec_env(env),
+        train or vec_env(env),
         eval_env=vec_env(env, sequential=True),
         seed=3,
         on_values=lambda steps, values: None,
@@ -121,15 +123,7 @@ def test_each_on_policy_rollout_is_framed_by_the_envs_rollout_hooks_even_when_st
     env = VecTradingEnv(ENV, seed=0)
     env.update_data(*market())
     backend = RolloutLog(env, ENV)
-    model = TradingModel.create(
-        TINY,
-        RemoteVecEnv(backend),
-        eval_env=vec_env(ENV, sequential=True),
-        seed=3,
-        budget=1024,
-        tensorboard_dir=None,
-        on_values=lambda steps, values: None,
-    )
+    model = make_model(train=RemoteVecEnv(backend))
 
     model.learn(128, lambda steps: True)  # two rollouts of 2 envs x 32 steps
     # SB3 ends each rollout; learn's own end after them is one more, which changes nothing.
