@@ -6,10 +6,8 @@ A running study (`run.py tune`) has a hub of its own, so `--run runs/STUDY` atta
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-import shlex
 import sys
 from pathlib import Path
 
@@ -18,9 +16,10 @@ from actors.monitor import MonitorActor
 from actors.ports import Ports
 from launcher.logs import configure_logging
 from launcher.signals import SignalLatch
-from launcher.usage import EXIT_FAILURE, EXIT_OK, RUN_PY, UsageError
+from launcher.usage import EXIT_FAILURE, EXIT_OK, UsageError
 from messages import DescribeSession, SessionDescription
 from services.runtime import PsutilProbe, SystemClock
+from services.session.commands import monitor_command as monitor_command
 from services.session.views import make_view
 from services.transport.auth import KeyFileError, read_session_key
 from services.transport.credentials import Credentials, PlainClient
@@ -60,22 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--console", choices=("auto", "live", "plain"), default="auto", help="view (auto: live on a terminal)"
     )
-
-
-def monitor_command(run_dir: Path, *, endpoint: str = "", kit: Path | None = None) -> str:
-    """Return the command line that attaches a monitor on this host, as a shell would take it: `--run`, or
-    for a session with CURVE keys `--connect endpoint --keys kit` (the session's own monitor's kit)."""
-    parts = [_shown_path(Path(sys.executable), absolute=False), _shown_path(RUN_PY), "monitor"]
-    if kit is not None:
-        return shlex.join([*parts, "--connect", endpoint, "--keys", _shown_path(kit)])
-    return shlex.join([*parts, "--run", _shown_path(run_dir)])
-
-
-def _shown_path(path: Path, *, absolute: bool = True) -> str:
-    """Return a path relative to the working folder when it lies below it (else as given)."""
-    with contextlib.suppress(ValueError):
-        return str(path.relative_to(Path.cwd()))
-    return str(path.resolve() if absolute else path)
 
 
 def _target(args: argparse.Namespace) -> tuple[str, Credentials | None]:

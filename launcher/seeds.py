@@ -19,6 +19,7 @@ from services.errors import InputError
 from services.experiments import stats
 from services.experiments.runner import SessionFailed, SessionResult, run_session
 from services.forkserver import ForkClient
+from services.session.commands import monitor_command
 
 INTERVAL_SEED = 0
 """Seed of the bootstrap resampling (the same seeds' results give the same intervals)."""
@@ -64,8 +65,7 @@ def _run_seeds(
     for seed in range(args.seeds):
         value = base_seed + seed
         print(
-            f"seed {seed} (training.seed={value}): monitor: python run.py monitor --run "
-            f"{folder / f'seed-{seed}'}",
+            f"seed {seed} (training.seed={value}): monitor: {monitor_command(folder / f'seed-{seed}')}",
             flush=True,
         )
         try:

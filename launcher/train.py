@@ -17,7 +17,6 @@ import zmq
 from actors.ports import Ports
 from actors.session import Abort, Outcome, Restarted, SessionActor
 from launcher.logs import configure_logging
-from launcher.monitor import monitor_command
 from launcher.preflight import Prepared, prepare
 from launcher.signals import SignalLatch
 from launcher.summary import print_summary, recorded_evaluations, write_run_report
@@ -42,6 +41,7 @@ from messages import ActorRestarted, EvaluationReport, SessionStarted
 from services.forkserver import ForkClient
 from services.model.checkpoint import latest_checkpoint, write_json_atomic
 from services.runtime import SystemClock, rss_bytes
+from services.session.commands import monitor_command
 from services.session.recorder import RunRecorder, write_eval_csv
 from services.session.state import SessionState
 from services.transport.curve import LOCAL_KIT

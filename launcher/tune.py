@@ -17,7 +17,6 @@ import zmq
 from optuna.trial import TrialState
 
 from launcher.forkserver import add_fork_argument, fork_server
-from launcher.monitor import monitor_command
 from launcher.usage import EXIT_FAILURE, EXIT_OK, ROOT, UsageError, add_set_argument
 from messages import StudyFinished, StudyStarted
 from services.config import load_config
@@ -29,6 +28,7 @@ from services.experiments.lockbox import run_lockbox
 from services.experiments.space import read_space
 from services.experiments.study_report import write_study_report
 from services.forkserver import ForkClient
+from services.session.commands import monitor_command
 
 logger = logging.getLogger(__name__)
 

@@ -52,6 +52,7 @@ from services.experiments.storage import (
     sampler,
 )
 from services.forkserver import ForkClient
+from services.session.commands import monitor_command
 
 logger = logging.getLogger(__name__)
 
@@ -237,9 +238,7 @@ class Worker:
         shown = [-math.inf]  # when the trial's progress was last published
         for seed in range(settings.seeds):
             name = f"seed-{seed}"
-            self._progress(
-                f"trial {trial.number} seed {seed}: monitor: python run.py monitor --run {folder / name}"
-            )
+            self._progress(f"trial {trial.number} seed {seed}: monitor: {monitor_command(folder / name)}")
 
             self._events.doing(f"trial {trial.number} seed {seed}")
             self._events.publish(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from messages import (
@@ -18,6 +19,7 @@ from messages import (
     TrialReported,
     TrialStarted,
 )
+from services.session.commands import monitor_command
 
 RECENT_TRIALS_SHOWN = 12
 """Trials summed up when a monitor attaches to a study."""
@@ -52,7 +54,7 @@ def format_study_event(msg: Message, trials: int) -> str | None:
             again = f" (retry of trial {msg.retry_of})" if msg.retry_of >= 0 else ""
             return f"trial {msg.number} started{again}: {format_params(msg.params)}"
         case SeedStarted():
-            return f"trial {msg.number} seed {msg.seed}: monitor: python run.py monitor --run {msg.run_dir}"
+            return f"trial {msg.number} seed {msg.seed}: monitor: {monitor_command(Path(msg.run_dir))}"
         case TrialProgressed():
             return f"trial {msg.number} seed {msg.seed}: {format_trial_progress(_fields_of(msg))}"
         case TrialReported():

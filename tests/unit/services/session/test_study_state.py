@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import shlex
+import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -23,6 +26,7 @@ from messages import (
 from services.session.console import PlainView
 from services.session.live import LiveView
 from services.session.state import MAX_TRIALS, SessionState
+from tests.sessions import ROOT
 
 
 def study_events() -> list[Message]:
@@ -136,10 +140,19 @@ def test_the_plain_view_says_each_trial_event_in_one_line() -> None:
         view.event(state, seq, msg)
 
     lines = out.getvalue().splitlines()
+    # The monitor line names the interpreter of this process (a bare `python` may lack the packages).
+    prefix = "trial 0 seed 0: monitor: "
+    shown = [line for line in lines if line.startswith(prefix)]
+    assert len(shown) == 1
+    words = shlex.split(shown[0].removeprefix(prefix))
+    assert Path(words[0]).resolve() == Path(sys.executable).resolve()
+    assert Path(words[1]).resolve() == ROOT / "run.py"
+    assert words[2:] == ["monitor", "--run", "runs/s/trial-0/seed-0"]
+    lines[lines.index(shown[0])] = prefix + "MONITOR"
     assert lines == [
         "study s: 2 trials x 2 seed(s) x 1 episode(s); 0 finished before; storage sqlite://",
         "trial 0 started: model.net_arch=[8], lr=0.0001235",
-        "trial 0 seed 0: monitor: python run.py monitor --run runs/s/trial-0/seed-0",
+        "trial 0 seed 0: monitor: MONITOR",
         "trial 0 seed 0 episode 1: validation Sharpe 0.500",
         "trial 0 complete: value 0.500 (2 seeds) [1/2 finished; best so far trial 0 value 0.500]",
         "trial 1 started (retry of trial 0): model.net_arch=[16], lr=0.001",
