@@ -15,12 +15,14 @@ Definitions, from the study's storage and each session's events.jsonl:
   (ModelCreated for the first, ModelReused for the others) to that episode's EvaluationFinished: training,
   its checkpoint and the evaluation;
 - start-up overhead per trial = trial wall - the sum of inside over its seeds and episodes.
-The breakdown per session (means): launch (the session's stderr log created, just before its launcher is
-started) to SessionStarted; to EpisodeStarted (actors up, data loaded and streamed); to ModelCreated (the
-model built); the last EvaluationFinished to SessionFinished; SessionFinished to the next seed's launch
-(report.md, the actors' stop, the launcher's exit, the tune worker noticing). Per trial: its start to
-its first session's launch (sampling, the trial's attributes stored) and its last SessionFinished to its
-end (that session's exit, reading the eval CSVs, the results stored).
+The breakdown per session (means): SessionStarted to EpisodeStarted (actors up, data loaded and
+streamed); to ModelCreated (the model built); the last EvaluationFinished to SessionFinished; and
+SessionFinished to the next seed's SessionStarted (report.md, the actors' stop, the launcher's exit, the
+tune worker noticing, the next launcher's start). Per trial: its start to its first SessionStarted
+(sampling, the trial's attributes stored, the first launcher's start) and its last SessionFinished to
+its end (that session's exit, reading the eval CSVs, the results stored). No file time is used: a
+session's stderr log, made just before its launcher starts, is written to later, so its mtime is not
+the launch (it put the launch after SessionStarted once).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def measure(study_dir: Path, mode: str) -> dict[str, Any]:
 
     study = optuna.load_study(study_name=mode, storage=f"sqlite:///{study_dir / 'study.db'}")
     trials: list[dict[str, Any]] = []
-    parts: dict[str, list[float]] = {k: [] for k in ("launch", "actors", "model", "finish", "exit")}
+    parts: dict[str, list[float]] = {k: [] for k in ("actors", "model", "finish", "between sessions")}
     tune: dict[str, list[float]] = {"before": [], "after": []}
     for trial in study.get_trials():
         if trial.datetime_start is None or trial.datetime_complete is None:
@@ -113,23 +115,20 @@ def measure(study_dir: Path, mode: str) -> dict[str, Any]:
         start, end = trial.datetime_start.timestamp(), trial.datetime_complete.timestamp()
         folder = study_dir / f"trial-{trial.number}"
         seeds = sorted(p for p in folder.glob("seed-*") if p.is_dir())
-        launches = [(folder / f"{s.name}.stderr.log").stat().st_mtime for s in seeds]
         spent = 0.0
+        previous = start
         for index, seed in enumerate(seeds):
             found = events(seed)
             spent += inside(found)
             started = first(found, "SessionStarted")
             finished = first(found, "SessionFinished")
             last_eval = max(float(e["ts"]) for e in found if e["type"] == "EvaluationFinished")
-            parts["launch"].append(started - launches[index])
+            (tune["before"] if index == 0 else parts["between sessions"]).append(started - previous)
             parts["actors"].append(first(found, "EpisodeStarted", episode=1) - started)
             parts["model"].append(first(found, "ModelCreated") - first(found, "EpisodeStarted", episode=1))
             parts["finish"].append(finished - last_eval)
-            if index + 1 < len(seeds):
-                parts["exit"].append(launches[index + 1] - finished)
-            else:
-                tune["after"].append(end - finished)
-        tune["before"].append(launches[0] - start)
+            previous = finished
+        tune["after"].append(end - previous)
         trials.append(
             {
                 "trial": trial.number,
@@ -180,7 +179,7 @@ def main() -> None:
             print(f"per session (means): {parts}")
             tune = figures["trial_bookkeeping"]
             print(
-                f"per trial (means): trial start to its first session's launch {tune['before']:.2f} s, "
+                f"per trial (means): trial start to its first SessionStarted {tune['before']:.2f} s, "
                 f"last SessionFinished to the trial's end {tune['after']:.2f} s"
             )
     results["load_after"] = os.getloadavg()
