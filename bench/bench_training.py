@@ -146,20 +146,31 @@ def bench_setups(
             step_us: dict[str, list[float]] = {name: [] for name in timed}
             step_p90_us: dict[str, list[float]] = {name: [] for name in timed}
             # The shared path's steps: how many went by token, and how many waits of the model slept.
-            lease = {"calls": 0, "tokens": 0, "sleeps": 0}
+            lease: dict[str, Any] = {"calls": 0, "tokens": 0, "sleeps": 0, "rollouts": 0, "colocated": 0}
+            lease["colocated_by_run"] = []  # per timed run of (a): co-located rollouts
 
-            def lease_counts() -> tuple[int, int]:
+            def lease_counts() -> tuple[int, int, int, int]:
+                """Return (a)'s steps by token, sleeps of the model's wait, rollouts and co-located ones."""
                 backend = timed["actor"]._backend if "actor" in timed else None
                 buffer = getattr(backend, "_buffer", None)
-                sleeps = buffer._model_bell.sleeps if buffer is not None else 0
-                return (backend.tokens if backend is not None else 0), sleeps
+                if backend is None or buffer is None:
+                    return (backend.tokens if backend is not None else 0), 0, 0, 0
+                return backend.tokens, buffer._model_bell.sleeps, buffer.rollouts, buffer.colocated_rollouts
+
+            def count_lease(before: tuple[int, int, int, int], calls: int) -> None:
+                lease["calls"] += calls
+                for key, first, last in zip(
+                    ("tokens", "sleeps", "rollouts", "colocated"), before, lease_counts(), strict=True
+                ):
+                    lease[key] += last - first
+                lease["colocated_by_run"].append(lease_counts()[3] - before[3])
 
             def train_once(name: str) -> float:
                 model = models[name]
                 backend = timed.get(name)
                 if backend is not None:
                     backend.durations.clear()
-                tokens, sleeps = lease_counts()
+                before = lease_counts()
                 started = time.perf_counter()
                 done = 0
                 while done < steps:
@@ -170,10 +181,7 @@ def bench_setups(
                     step_us[name].append(statistics.median(backend.durations) * 1e6)
                     step_p90_us[name].append(statistics.quantiles(backend.durations, n=10)[-1] * 1e6)
                 if name == "actor":
-                    tokens_after, sleeps_after = lease_counts()
-                    lease["calls"] += len(backend.durations) if backend is not None else 0
-                    lease["tokens"] += tokens_after - tokens
-                    lease["sleeps"] += sleeps_after - sleeps
+                    count_lease(before, len(backend.durations) if backend is not None else 0)
                 return done / seconds
 
             def train_rotated(names: Sequence[str], rotate: int) -> dict[str, float]:
@@ -181,7 +189,7 @@ def bench_setups(
                 so a slow spell of the machine falls on all of them alike; return their steps/s."""
                 seconds = dict.fromkeys(names, 0.0)
                 done = dict.fromkeys(names, 0)
-                tokens, sleeps = lease_counts()
+                before = lease_counts()
                 for name in names:
                     if name in timed:
                         timed[name].durations.clear()
@@ -199,10 +207,7 @@ def bench_setups(
                         step_us[name].append(statistics.median(backend.durations) * 1e6)
                         step_p90_us[name].append(statistics.quantiles(backend.durations, n=10)[-1] * 1e6)
                 if "actor" in names:
-                    tokens_after, sleeps_after = lease_counts()
-                    lease["calls"] += len(timed["actor"].durations)
-                    lease["tokens"] += tokens_after - tokens
-                    lease["sleeps"] += sleeps_after - sleeps
+                    count_lease(before, len(timed["actor"].durations))
                 return {name: done[name] / seconds[name] for name in names}
 
             def session_once(repeat: int) -> float:
@@ -267,7 +272,9 @@ def bench_setups(
     if lease["calls"]:
         print(
             f"  (a) shared steps: {lease['calls']:,} in the timed runs, {lease['tokens']:,} by token, the "
-            f"rest within leases; the model's wait slept on its bell in {lease['sleeps']:,}"
+            f"rest within leases; the model's wait slept on its bell in {lease['sleeps']:,}; "
+            f"{lease['colocated']:,} of {lease['rollouts']:,} rollouts co-located (other processes kept the "
+            "other cores busy)"
         )
     ratios = {
         "actor_over_local": ("actor", "local", "(a)/(a'): the cost of the process boundary"),

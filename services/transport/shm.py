@@ -145,6 +145,8 @@ class SharedSteps:
         self._step = int(self._header[_ACTION])
         self.leased = 0
         """Steps the env actor served within leases, without a token (the rest came by token)."""
+        self.rollouts = self.colocated_rollouts = 0
+        """Rollouts begun on this buffer (the model's side), and how many of them were co-located."""
         env_bell, model_bell = (path.with_name(path.name + bell) for bell in _BELLS)
         if owner:
             Doorbell.make(env_bell)
@@ -250,6 +252,7 @@ class SharedSteps:
         """
         if not COLOCATE:
             return False
+        self.rollouts += 1
         crowd = self._sample_crowd()
         placement = thread_placement()
         if not crowd.busy() or not placement.pin(current_cpu()):
@@ -257,6 +260,7 @@ class SharedSteps:
         request_slice(SLICE_NS)
         self._colocated = True
         self._words[_COLOCATE] = placement.core + 1
+        self.colocated_rollouts += 1
         return True
 
     def end_rollout(self) -> None:

@@ -208,6 +208,7 @@ def test_a_rollout_on_a_machine_with_a_free_core_stays_unpinned(tmp_path: Path) 
     assert not begun and word == 0 and cores == set(CORES)
     assert isinstance(model._crowd, Busy)
     assert model._crowd.samples == [1], "the caller alone is the session's own (no lease runs)"
+    assert (model.rollouts, model.colocated_rollouts) == (1, 0)
 
 
 @multi_core
@@ -253,6 +254,7 @@ def test_a_rollout_puts_the_lease_on_the_models_core_and_the_end_lets_both_go(tm
     core, word_core, pinned, released, cleared = in_thread(rollout)
 
     assert word_core == core and pinned == {core}, "the model pins itself and names its core"
+    assert (model.rollouts, model.colocated_rollouts) == (1, 1)
     # The lease follows the word from its next turn on: every step after the first few ran on that core.
     assert seen[-1] == {core} and sum(s == {core} for s in seen) >= len(seen) - 2
     assert released == set(CORES) and cleared == 0
