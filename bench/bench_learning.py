@@ -77,6 +77,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import parse_seeds  # noqa: E402
 from services.config import Config, load_config  # noqa: E402
 from services.data.bars import infer_bars_per_year  # noqa: E402
 from services.data.features import feature_warmup  # noqa: E402
@@ -361,21 +362,6 @@ def print_table(kind: str, rows: list[dict[str, Any]]) -> None:
     )
 
 
-def parse_seeds(text: str) -> list[int]:
-    """Return the seeds of a list such as "0-4,7" (ranges inclusive), in order, each once."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        try:
-            span = range(int(first), int(last or first) + 1)
-        except ValueError:
-            raise SystemExit(f"--seeds: {part!r} is not a seed or a range such as 0-4") from None
-        if not span:
-            raise SystemExit(f"--seeds: {part!r} is an empty range")
-        seeds.extend(seed for seed in span if seed not in seeds)
-    return seeds
-
-
 def main() -> int:
     """Run every kind and seed, print one markdown table per kind, optionally write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -399,6 +385,7 @@ def main() -> int:
         "--from-json", type=Path, help="print the tables of a file --json wrote instead of running"
     )
     args = parser.parse_args()
+    seeds = parse_seeds(args.seeds)
     if args.from_json:
         results = json.loads(args.from_json.read_text())
         for kind in dict.fromkeys(r["kind"] for r in results):
@@ -412,7 +399,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as scratch:
         for kind in kinds:
-            for seed in parse_seeds(args.seeds):
+            for seed in seeds:
                 row = measure(kind, seed, args, overrides, config, Path(scratch))
                 results.append(row)
                 brief = {k: v for k, v in row.items() if not isinstance(v, list)}

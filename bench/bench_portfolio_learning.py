@@ -31,7 +31,7 @@ drift with the closes; it pays no costs, as in the session's report). The share 
 gain over the oracle's. The oracle is a simple reference, not a ceiling: a policy that concentrates on
 the largest F expects more, at more risk.
 
-    .venv/bin/python bench/bench_portfolio_learning.py [--kinds momentum,regime] [--seeds 0,1,2]
+    .venv/bin/python bench/bench_portfolio_learning.py [--kinds momentum,regime] [--seeds 0-2]
         [--windows 1,4,8] [--bars 8000] [--steps N] [--set KEY=VALUE ...] [--json FILE]
         [--keep DIR [--reuse]] [--label SUFFIX] [--from-json FILE]
 """
@@ -57,6 +57,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import parse_seeds  # noqa: E402
 from services.config import load_config  # noqa: E402
 from services.data.bars import infer_bars_per_year  # noqa: E402
 from services.env.metrics import compute_metrics  # noqa: E402
@@ -347,7 +348,9 @@ def main() -> int:
     """Run every kind, seed and window, print one markdown table, optionally write JSON."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated series seeds (default: 0,1,2)")
+    parser.add_argument(
+        "--seeds", default="0-2", help="series seeds or ranges, comma-separated (default: 0-2)"
+    )
     parser.add_argument(
         "--windows", default="1,4,8", help="comma-separated env.window values (default: 1,4,8)"
     )
@@ -372,6 +375,7 @@ def main() -> int:
     parser.add_argument("--label", default="", help="a suffix of the runs' names (to keep variants apart)")
     parser.add_argument("--from-json", type=Path, help="print the tables of a file --json wrote")
     args = parser.parse_args()
+    seeds = parse_seeds(args.seeds)
     if args.from_json:
         print_tables([Row(**r) for r in json.loads(args.from_json.read_text())])
         return 0
@@ -385,7 +389,7 @@ def main() -> int:
         folder = args.keep or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
         for kind in args.kinds.split(","):
-            for seed in (int(s) for s in args.seeds.split(",")):
+            for seed in seeds:
                 rng = np.random.default_rng([seed, list(KINDS).index(kind)])
                 returns, forecast = KINDS[kind](args.bars, N_SYMBOLS, rng)
                 frame = universe_frame(returns)

@@ -59,3 +59,18 @@ def serve_until_stopped(server: Server, answer: Callable[[Message], Message]) ->
                 server.reply(item.peer, answer(msg))
     finally:
         server.close()
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Return the seeds of a list such as "0-4,7" (ranges inclusive), in order, each once."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            span = range(int(first), int(last or first) + 1)
+        except ValueError:
+            raise SystemExit(f"--seeds: {part!r} is not a seed or a range such as 0-4") from None
+        if not span:
+            raise SystemExit(f"--seeds: {part!r} is an empty range")
+        seeds.extend(seed for seed in span if seed not in seeds)
+    return seeds

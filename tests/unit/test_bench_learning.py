@@ -17,9 +17,9 @@ from bench.bench_learning import (
     SIGMA,
     bars_frame,
     oracle_run,
-    parse_seeds,
     regime,
 )
+from bench.common import parse_seeds
 from services.config import load_config
 
 
