@@ -158,12 +158,13 @@ def bench_setups(
                 return backend.tokens, buffer._model_bell.sleeps, buffer.rollouts, buffer.colocated_rollouts
 
             def count_lease(before: tuple[int, int, int, int], calls: int) -> None:
+                after = lease_counts()
                 lease["calls"] += calls
                 for key, first, last in zip(
-                    ("tokens", "sleeps", "rollouts", "colocated"), before, lease_counts(), strict=True
+                    ("tokens", "sleeps", "rollouts", "colocated"), before, after, strict=True
                 ):
                     lease[key] += last - first
-                lease["colocated_by_run"].append(lease_counts()[3] - before[3])
+                lease["colocated_by_run"].append(after[3] - before[3])
 
             def train_once(name: str) -> float:
                 model = models[name]

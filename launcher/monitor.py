@@ -19,7 +19,6 @@ from launcher.signals import SignalLatch
 from launcher.usage import EXIT_FAILURE, EXIT_OK, UsageError
 from messages import DescribeSession, SessionDescription
 from services.runtime import PsutilProbe, SystemClock
-from services.session.commands import monitor_command as monitor_command
 from services.session.views import make_view
 from services.transport.auth import KeyFileError, read_session_key
 from services.transport.credentials import Credentials, PlainClient
