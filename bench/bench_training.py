@@ -118,7 +118,7 @@ def bench_setups(
             timed = {
                 "actor": TimedBackend(RemoteBackend(actor.client("model"), "train")),
                 "frames": TimedBackend(RemoteBackend(actor.client("model"), "train", shared=False)),
-                "server": TimedBackend(RemoteBackend(plain_client, "train")),
+                "server": TimedBackend(RemoteBackend(plain_client, "train", shared=False)),
                 "local": TimedBackend(local_backend),
             }
             envs = {

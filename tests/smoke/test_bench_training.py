@@ -1,0 +1,33 @@
+"""The training benchmark runs every setup that talks to an env server: the env actor by shared buffers
+and by array frames, the bare server loop (array frames: it has no shared buffers), in process, null."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.sessions import ROOT
+
+pytestmark = pytest.mark.smoke
+
+SETUPS = ("actor", "frames", "server", "local", "null")
+
+
+def test_the_quick_pass_trains_every_server_setup_and_writes_its_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    command = [sys.executable, "bench/bench_training.py", "--quick", "--skip-session"]
+    command += ["--setups", ",".join(SETUPS), "--json", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(out.read_text())["setups"]
+    assert set(figures["rates"]) == set(SETUPS)
+    assert all(rate > 0 for rates in figures["rates"].values() for rate in rates)
+    assert figures["lease"]["calls"] > 0 and figures["lease"]["rollouts"] > 0
+    for ratio in ("actor_over_local", "frames_over_local", "server_over_local", "actor_over_null"):
+        assert figures[ratio] > 0
+    assert "(a2)/(a'): without the actor framework" in done.stdout
