@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -11,6 +10,7 @@ from typing import Any, Protocol
 
 from launcher.supervisor import ACTOR_KINDS
 from services.session.console import format_duration, format_eval_table
+from services.session.recorder import recorded_events
 from services.session.report import write_report
 
 logger = logging.getLogger(__name__)
@@ -67,24 +67,10 @@ def print_summary(
 
 def recorded_evaluations(events_path: Path) -> list[dict[str, Any]]:
     """Return the evaluations an earlier launch of this run recorded (read before a resume appends)."""
-    if not events_path.is_file():
-        return []
-    found: list[dict[str, Any]] = []
-    with events_path.open(encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash of the earlier launch
-            if isinstance(event, dict) and event.get("type") == "EvaluationFinished":
-                found.append(
-                    {
-                        "episode": event["episode"],
-                        "agent": event["agent"],
-                        "buy_and_hold": event["buy_and_hold"],
-                    }
-                )
-    return found
+    return [
+        {"episode": event["episode"], "agent": event["agent"], "buy_and_hold": event["buy_and_hold"]}
+        for event in recorded_events(events_path, "EvaluationFinished")
+    ]
 
 
 def write_run_report(

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -145,3 +146,21 @@ def _write_portfolio_csv(tmp: Path, report: EvaluationReport, stamps: np.ndarray
             for array in arrays:
                 row += [repr(v) for v in array[i].tolist()]
             writer.writerow(row)
+
+
+def recorded_events(events_path: Path, type_name: str) -> Iterator[dict[str, Any]]:
+    """Yield the events of one type that a run's events.jsonl holds, in order; a line cut short by a
+    crash, or not an event, is skipped (no file: nothing)."""
+    if not events_path.is_file():
+        return
+    marker = f'"{type_name}"'
+    with events_path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if marker not in line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("type") == type_name:
+                yield event

@@ -6,7 +6,6 @@ is imported only while plotting, so importing this module stays cheap.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ import yaml
 
 from services.session.figures import TABLE_ROWS, format_cell
 from services.session.portfolio_report import portfolio_section
+from services.session.recorder import recorded_events
 from services.session.report_files import atomic_text, floats, read_csv, save_png
 
 logger = logging.getLogger(__name__)
@@ -80,19 +80,8 @@ def drawdown(equity: np.ndarray) -> np.ndarray:
 
 def _closes_only(run_dir: Path) -> bool:
     """Tell whether the session's data had closes only (its DataLoaded event): fills were at next closes."""
-    path = run_dir / "events.jsonl"
-    if not path.is_file():
-        return False
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if '"DataLoaded"' in line:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    return False
-                if isinstance(event, dict) and event.get("type") == "DataLoaded":
-                    return bool(event.get("close_only"))
-    return False
+    loaded = next(recorded_events(run_dir / "events.jsonl", "DataLoaded"), None)
+    return bool(loaded and loaded.get("close_only"))
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> Any:

@@ -250,9 +250,9 @@ class SharedSteps:
         Call it from the thread that steps, before a rollout's steps; end_rollout() undoes it. Returns
         whether the thread was pinned (not where co-location is off or impossible, see colocate).
         """
+        self.rollouts += 1
         if not COLOCATE:
             return False
-        self.rollouts += 1
         crowd = self._sample_crowd()
         placement = thread_placement()
         if not crowd.busy() or not placement.pin(current_cpu()):

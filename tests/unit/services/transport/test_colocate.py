@@ -306,6 +306,7 @@ def test_colocation_off_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     begun, word, cores = in_thread(work)
 
     assert not begun and word == 0 and cores == set(CORES)
+    assert (model.rollouts, model.colocated_rollouts) == (1, 0), "the rollout is counted, not co-located"
 
 
 @multi_core
