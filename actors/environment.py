@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from messages import (
 )
 from messages.commands import PORTFOLIO_ARRAYS, RECORD_ARRAYS
 
+if TYPE_CHECKING:
+    from services.env.records import StepOutputs
+
 logger = logging.getLogger(__name__)
 
 ROLES = ("train", "eval")
@@ -54,6 +57,10 @@ class SharedStepBuffer(Protocol):
 
     def serve(self, step_envs: Callable[[np.ndarray], Any]) -> int:
         """Step each next step the model writes until it stops coming (a lease); return how many."""
+        ...
+
+    def outputs(self) -> StepOutputs:
+        """Return the buffer's result arrays, for the env to step into."""
         ...
 
 
@@ -222,6 +229,8 @@ class EnvActor(ServiceActor):
                 f"{have[1]} with {have[2]} of width {have[3]}"
             )
         name, size = shared.create(msg.role, *have)
+        # The env steps straight into the buffer from now on: a step then copies nothing to share.
+        env.share_outputs(shared.get(msg.role, name).outputs())
         return SharedAttached(correlation_id=msg.msg_id, role=msg.role, name=name, size=size)
 
     def _evaluation_piece(self, msg: FinishEvaluation) -> EvaluationComputed:

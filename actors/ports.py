@@ -19,7 +19,7 @@ from services.errors import TransportError
 
 if TYPE_CHECKING:
     from services.data.dataset import EpisodeSplit
-    from services.env.records import StepResult
+    from services.env.records import StepOutputs, StepResult
 
 __all__ = [
     "Clock",
@@ -160,6 +160,10 @@ class VecEnvCore(Protocol):
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Step every env with one action each."""
+        ...
+
+    def share_outputs(self, outputs: StepOutputs) -> None:
+        """Step into these arrays (a shared step buffer's) from now on; ValueError if they do not fit."""
         ...
 
 

@@ -43,7 +43,7 @@ from services.env.options import (
 )
 from services.env.portfolio_data import PortfolioData
 from services.env.portfolio_kernel import compile_gather, gather_windows
-from services.env.records import StepResult
+from services.env.records import SharesOutputs, StepResult
 
 if TYPE_CHECKING:
     from gymnasium import spaces
@@ -122,7 +122,7 @@ class PortfolioRecords(NamedTuple):
     """Row at which equity first fell to ruin_equity (flat from the next fill on); -1 when it never did."""
 
 
-class VecPortfolioEnv:
+class VecPortfolioEnv(SharesOutputs):
     """Step N portfolio envs of M assets at once with numpy; also the sequential evaluation env (N = 1)."""
 
     def __init__(

@@ -39,7 +39,7 @@ from services.env.options import (
     build_action_space,
     build_observation_space,
 )
-from services.env.records import EvaluationRecords, StepResult
+from services.env.records import EvaluationRecords, SharesOutputs, StepResult
 
 if TYPE_CHECKING:
     from gymnasium import spaces
@@ -155,7 +155,7 @@ class MarketData:
         return low, self.n_bars - 1 - self._options.episode_length
 
 
-class VecTradingEnv:
+class VecTradingEnv(SharesOutputs):
     """Step N trading envs at once with compiled kernels; also the sequential evaluation env (N = 1)."""
 
     def __init__(

@@ -231,6 +231,8 @@ class RemoteVecEnv(VecEnv):
                         "t": round(now, 6),
                     },
                 }
+        if isinstance(reply, SharedResult):  # new arrays (SharedSteps.read): SB3 may keep them as they are
+            return reply.obs, reply.reward, dones, infos
         return np.array(reply.obs, dtype=np.float32), np.array(reply.reward, dtype=np.float32), dones, infos
 
     def begin_rollout(self) -> None:

@@ -46,6 +46,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from services.env.records import StepOutputs
 from services.errors import TransportError
 from services.transport.colocate import (
     SLICE_NS,
@@ -137,11 +138,10 @@ class SharedSteps:
         self._obs = views["obs"]
         self._terminal = views["terminal_obs"]
         self._reward = views["reward"]
-        self._terminated = views["terminated"]
-        self._truncated = views["truncated"]
+        self._flags = views["flags"]
+        self._done = self._flags[2]
         self._return = views["episode_return"]
         self._length = views["episode_length"]
-        self._done = np.zeros(layout.n_envs, dtype=bool)
         self._step = int(self._header[_ACTION])
         self.leased = 0
         """Steps the env actor served within leases, without a token (the rest came by token)."""
@@ -159,15 +159,15 @@ class SharedSteps:
         self._crowd: Crowd | None = None
         """Whether other processes keep the other cores busy (the model's side, made at its first rollout)."""
         self._sliced = False
-        self._out = SharedResult(
-            obs=np.empty_like(self._obs),
-            reward=np.empty_like(self._reward),
-            terminated=np.empty_like(self._terminated),
-            truncated=np.empty_like(self._truncated),
-            terminal_obs=np.empty_like(self._terminal),
-            episode_return=np.empty_like(self._return),
-            episode_length=np.empty_like(self._length),
+        # What a step in which no env finished hands back for the finished envs' values (read-only).
+        n = layout.n_envs
+        self._none_finished = (
+            np.empty((0, *layout.obs_shape), dtype=np.float32),
+            np.zeros(n, dtype=np.float64),
+            np.zeros(n, dtype=np.int64),
         )
+        for array in self._none_finished:
+            array.flags.writeable = False
 
     @classmethod
     def create(cls, folder: Path, role: str, layout: StepLayout) -> SharedSteps:
@@ -281,22 +281,24 @@ class SharedSteps:
         return self._crowd
 
     def read(self, step: int) -> SharedResult:
-        """Return copies of the results of `step`; raise TornBuffer unless the buffer holds that step."""
+        """Return the results of `step` as new arrays the caller keeps; raise TornBuffer unless the buffer
+        holds that step.
+
+        When no env finished, terminal_obs is empty and the episodes' values are shared read-only zeros.
+        """
         self._check_results(step)
-        out = self._out
-        np.copyto(out.obs, self._obs)
-        np.copyto(out.reward, self._reward)
-        np.copyto(out.terminated, self._terminated)
-        np.copyto(out.truncated, self._truncated)
-        np.copyto(out.episode_return, self._return)
-        np.copyto(out.episode_length, self._length)
         finished = self._words[_FINISHED]
-        if not 0 <= finished <= self.layout.n_envs:
-            raise TornBuffer(f"shared buffer {self.name}: step {step} names {finished} finished envs")
-        np.copyto(out.terminal_obs[:finished], self._terminal[:finished])
+        obs, reward, flags = self._obs.copy(), self._reward.copy(), self._flags.copy()
+        if finished:
+            done = flags[2]
+            if int(np.count_nonzero(done)) != finished:
+                raise TornBuffer(f"shared buffer {self.name}: step {step} names {finished} finished envs")
+            terminal, returns, lengths = self._terminal[done], self._return.copy(), self._length.copy()
+        else:
+            terminal, returns, lengths = self._none_finished
         # Checked again after the copy: a writer that started over meanwhile makes the copy worthless.
         self._check_results(step)
-        return out._replace(terminal_obs=out.terminal_obs[:finished])
+        return SharedResult(obs, reward, flags[0], flags[1], terminal, returns, lengths)
 
     def _check_results(self, step: int) -> None:
         held = self._words[_RESULT]
@@ -313,11 +315,24 @@ class SharedSteps:
             raise TornBuffer(f"shared buffer {self.name} holds the actions of step {held}, not {step}")
         return self.actions
 
+    def outputs(self) -> StepOutputs:
+        """Return the result arrays, for an env to step into (`share_outputs`: then nothing is copied)."""
+        return StepOutputs(
+            obs=self._obs,
+            terminal_obs=self._terminal,
+            reward=self._reward,
+            flags=self._flags,
+            episode_return=self._return,
+            episode_length=self._length,
+        )
+
     def serve_token(self, step: int, step_envs: Callable[[np.ndarray], Any]) -> int:
         """Answer the token of `step`: step the envs unless a lease already did; return finished."""
         if self._words[_RESULT] == step:
             return self._words[_FINISHED]
-        return self.write(step, step_envs(self.take_actions(step)))
+        actions = self.take_actions(step)
+        self._words[_RESULT] = _WRITING  # before the step: an env may step straight into the buffer
+        return self.write(step, step_envs(actions))
 
     def serve(
         self,
@@ -355,6 +370,7 @@ class SharedSteps:
                 step = words[_ACTION]
                 if step != last + 1:
                     break  # not the next step (another model attached): the token path decides
+                words[_RESULT] = _WRITING
                 self.write(step, step_envs(self.actions))
                 self._model_bell.ring()
                 last, served = step, served + 1
@@ -368,6 +384,7 @@ class SharedSteps:
         # A step written while serving was being cleared is served here, so the model need not wait.
         if words[_ACTION] == last + 1:
             try:
+                words[_RESULT] = _WRITING
                 self.write(last + 1, step_envs(self.actions))
                 served += 1
             except Exception as exc:
@@ -382,19 +399,25 @@ class SharedSteps:
             placement.release()
 
     def write(self, step: int, result: Any) -> int:
-        """Write a step's results (a StepResult with every row), then its step number; return finished."""
+        """Write a step's results (a StepResult with every row), then its step number; return finished.
+
+        An env that steps into this buffer (`outputs`) has written them already: then only the step
+        number and the count of finished envs are written.
+        """
         words = self._words
         words[_RESULT] = _WRITING
-        np.copyto(self._obs, result.obs)
-        np.copyto(self._reward, result.reward, casting="same_kind")
-        np.copyto(self._terminated, result.terminated)
-        np.copyto(self._truncated, result.truncated)
-        np.logical_or(result.terminated, result.truncated, out=self._done)
+        if result.obs is not self._obs:
+            terminated, truncated, done = self._flags
+            np.copyto(self._obs, result.obs)
+            np.copyto(self._reward, result.reward, casting="same_kind")
+            np.copyto(terminated, result.terminated)
+            np.copyto(truncated, result.truncated)
+            np.logical_or(terminated, truncated, out=done)
+            if done.any():
+                np.copyto(self._terminal, result.terminal_obs)
+                np.copyto(self._return, result.episode_return, casting="same_kind")
+                np.copyto(self._length, result.episode_length, casting="same_kind")
         finished = int(np.count_nonzero(self._done))
-        if finished:
-            np.compress(self._done, result.terminal_obs, axis=0, out=self._terminal[:finished])
-            np.copyto(self._return, result.episode_return, casting="same_kind")
-            np.copyto(self._length, result.episode_length, casting="same_kind")
         words[_FINISHED] = finished
         words[_RESULT] = step
         return finished

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-MAGIC = 0x524C_5441_5348_4D03
+MAGIC = 0x524C_5441_5348_4D04
 """First header word: a file that does not start with it is no step buffer of this version."""
 ALIGN = 64
 HEADER = (
@@ -56,15 +56,19 @@ class StepLayout:
         return (self.n_envs, self.action_size) if self.action_size else (self.n_envs,)
 
     def arrays(self) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]]:
-        """Return (name, dtype, shape) of every array after the header, in file order."""
+        """Return (name, dtype, shape) of every array after the header, in file order.
+
+        The results are laid out as the env's own step outputs (services.env.records.StepOutputs), so an
+        env can step straight into the buffer: terminal_obs has a row per env (valid for the envs that
+        finished), flags the terminated, truncated and done rows.
+        """
         n, obs = self.n_envs, (self.n_envs, *self.obs_shape)
         return [
             ("actions", np.dtype(np.int64 if self.discrete else np.float32), self.action_shape),
             ("obs", np.dtype(np.float32), obs),
             ("terminal_obs", np.dtype(np.float32), obs),
             ("reward", np.dtype(np.float32), (n,)),
-            ("terminated", np.dtype(np.bool_), (n,)),
-            ("truncated", np.dtype(np.bool_), (n,)),
+            ("flags", np.dtype(np.bool_), (3, n)),
             ("episode_return", np.dtype(np.float64), (n,)),
             ("episode_length", np.dtype(np.int64), (n,)),
         ]

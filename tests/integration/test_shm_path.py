@@ -55,6 +55,18 @@ def market(seed: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rng.normal(size=(BARS, 2)).astype(np.float32), open_, close
 
 
+class RecordingFactory(VecEnvFactory):
+    """The env actor's factory, keeping the envs it made (by role) for the test to look at."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.made: dict[str, Any] = {}
+
+    def create(self, role: str, bars_per_year: float) -> Any:
+        self.made[role] = env = super().create(role, bars_per_year)
+        return env
+
+
 @dataclass
 class Served:
     """An env actor with the train data installed, and the model's client to it."""
@@ -62,6 +74,8 @@ class Served:
     ref: pykka.ActorRef[Any]
     client: Client
     folder: Path
+    factory: RecordingFactory
+    shared: SharedFolder | None
 
     def close(self) -> None:
         self.client.close()
@@ -79,9 +93,11 @@ def serve(
     """Start the real env actor on endpoint and install the train split the way the data actor does."""
     ports = Ports(server=lambda: Server(endpoint, max_bytes=MAX_BYTES, name="env", key=KEY))
     symbols = tuple(f"S{i}" for i in range(ASSETS)) if portfolio else ()
+    factory = RecordingFactory(options, seed=SEED, portfolio=portfolio, symbols=symbols)
+    buffers = SharedFolder(folder) if shared else None
     ref = EnvActor.start(
-        factory=VecEnvFactory(options, seed=SEED, portfolio=portfolio, symbols=symbols),
-        shared=SharedFolder(folder) if shared else None,
+        factory=factory,
+        shared=buffers,
         ports=ports,
         clock=SystemClock(),
         probe=PsutilProbe(),
@@ -103,7 +119,7 @@ def serve(
     client.request(DataBlock(split="train", offset=0, total_rows=BARS, **arrays))
     done = client.request(DataComplete(split="train", total_rows=BARS, bars_per_year=252.0, episode=1))
     assert isinstance(done, DataInstalled) and done.rows == BARS, done
-    return Served(ref, client, folder)
+    return Served(ref, client, folder, factory, buffers)
 
 
 def universe(seed: int = 6) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -184,6 +200,12 @@ def test_the_env_actor_steps_like_the_same_envs_in_process_over_both_paths(
             buffer = backend._buffer
             assert buffer is not None and backend.tokens >= 1
             assert backend.tokens + buffer.leased == 120, "every step's arrays went through the shared buffer"
+            # The env actor's envs step straight into the buffer; the model keeps copies of its own.
+            assert served.shared is not None
+            owned = served.shared.get("train", buffer.name)
+            assert served.factory.made["train"]._result.obs is owned.outputs().obs
+            obs, rewards, _, _ = remote.step(actions)
+            assert not np.shares_memory(obs, buffer.outputs().obs) and obs.flags.writeable
         assert finished >= 2 * N_ENVS, "every env finished at least twice"
     finally:
         served.close()
@@ -220,6 +242,9 @@ def test_portfolio_envs_step_through_both_paths_like_the_same_envs_in_process(
             buffer = backend._buffer
             assert buffer is not None and buffer.layout.action_shape == (N_ENVS, twin.action_size)
             assert backend.tokens + buffer.leased == 60, "the rows of weights went through the shared buffer"
+            assert served.shared is not None
+            owned = served.shared.get("train", buffer.name)
+            assert served.factory.made["train"]._result.obs is owned.outputs().obs, "stepped in the buffer"
     finally:
         served.close()
 

@@ -30,7 +30,7 @@ from messages import (
     SetSession,
     StepEnvs,
 )
-from services.env.records import StepResult
+from services.env.records import StepOutputs, StepResult
 from tests.fakes import FakeClock, FakeProbe, FakePublisher, FakeServer
 
 N_FEATURES = 3
@@ -43,6 +43,7 @@ class FakeEnv:
         self.updates: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.seeds: list[int | None] = []
         self.done = False
+        self.shared: list[StepOutputs] = []
 
     @property
     def observation_shape(self) -> tuple[int, ...]:
@@ -54,6 +55,9 @@ class FakeEnv:
     def reset(self, seed: int | None = None) -> np.ndarray:
         self.seeds.append(seed)
         return np.zeros((self.n_envs, N_FEATURES + 2), dtype=np.float32)
+
+    def share_outputs(self, outputs: StepOutputs) -> None:
+        self.shared.append(outputs)
 
     def step(self, actions: np.ndarray) -> StepResult:
         n = self.n_envs
