@@ -170,6 +170,8 @@ class ServiceActor(pykka.ThreadingActor):
         self._state = "starting"
         self._busy = False
         self._busy_since: float | None = None
+        self._queued = 0
+        """Requests of the current poll not handled yet (the one being handled excluded)."""
         self._complaints = _Complaints(clock)
         """Bad requests are answered and published one by one but logged at most once per window."""
         self.stop_reason = ""
@@ -246,13 +248,24 @@ class ServiceActor(pykka.ThreadingActor):
             return
         if self._server is not None:
             timeout = 0 if self._busy else self.poll_timeout_ms()
-            for item in self._server.poll(timeout):
+            batch = self._server.poll(timeout)
+            for index, item in enumerate(batch):
+                self._queued = len(batch) - index - 1
                 self._dispatch(item)
                 if self.actor_stopped.is_set():
                     return
+            self._queued = 0
         self.after_poll()
         if not self.actor_stopped.is_set():
             self.actor_ref.tell(_Poll())
+
+    def requests_waiting(self) -> bool:
+        """Tell, from within a handler, whether other work waits: requests polled after the one being
+        handled, one on the socket, or a message in the actor's inbox (a stop). A handler that holds on
+        (the env actor's lease) ends when this says so."""
+        if self._queued or not self.actor_inbox.empty():
+            return True
+        return self._server is not None and self._server.pending()
 
     def poll_timeout_ms(self) -> int:
         """How long an idle poll of the command socket may block."""

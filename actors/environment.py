@@ -55,8 +55,9 @@ class SharedStepBuffer(Protocol):
         """Step the envs with the step's actions unless a lease already did; return how many finished."""
         ...
 
-    def serve(self, step_envs: Callable[[np.ndarray], Any]) -> int:
-        """Step each next step the model writes until it stops coming (a lease); return how many."""
+    def serve(self, step_envs: Callable[[np.ndarray], Any], *, interrupted: Callable[[], bool]) -> int:
+        """Step each next step the model writes until it stops coming or interrupted() says other work
+        waits (a lease); return how many."""
         ...
 
     def outputs(self) -> StepOutputs:
@@ -153,7 +154,7 @@ class EnvActor(ServiceActor):
                     correlation_id=msg.msg_id, step=msg.step, finished=finished, sender=self.name
                 )
                 self.reply(peer, stepped)
-                buffer.serve(step_envs)
+                buffer.serve(step_envs, interrupted=self.requests_waiting)
             case AttachShared():
                 self.reply(peer, self._attach(msg))
             case ResetEnvs():

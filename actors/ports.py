@@ -49,6 +49,10 @@ class CommandServer(Protocol):
         """Answer one peer; False when it is gone."""
         ...
 
+    def pending(self) -> bool:
+        """Tell, without blocking, whether a request waits to be polled."""
+        ...
+
     def close(self) -> None:
         """Release the socket."""
         ...

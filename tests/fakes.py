@@ -52,6 +52,9 @@ class FakeServer:
     def push_garbage(self, error: str, peer: bytes = b"peer") -> None:
         self._inbox.put(Incoming(peer, None, error))
 
+    def pending(self) -> bool:
+        return not self._inbox.empty()
+
     def poll(self, timeout_ms: int, limit: int = 64) -> list[Incoming]:
         out: list[Incoming] = []
         try:

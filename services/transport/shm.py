@@ -75,10 +75,18 @@ _WRITING = -1
 """The results' step number while they are being written."""
 
 LEASE_IDLE_S = 0.02
-"""How long the env actor waits for the next step before it ends a lease: a rollout's steps come every
-0.1-0.5 ms, a short update phase (16 envs) takes about 10 ms; a long one ends the lease."""
+"""How long a lease without an interruption check waits for the next step before it ends: a rollout's
+steps come every 0.1-0.5 ms, a short update phase (16 envs) takes about 10 ms."""
 LEASE_MAX_S = 0.25
-"""The longest lease: the env actor's other requests (stop, data, the eval role) wait no longer."""
+"""The longest lease without an interruption check: the env actor's other requests wait no longer."""
+CHECKED_IDLE_S = 1.0
+"""How long a lease that checks for other work (`interrupted`) waits for the next step: it outlasts the
+learner's update phases, so a session's rollouts all step within one lease instead of starting each
+with a token (a signed request that must also wake the env actor's socket poll)."""
+CHECKED_MAX_S = 5.0
+"""The longest lease that checks for other work: well inside the supervisor's limit on one message."""
+CHECK_S = 0.002
+"""How often such a lease asks whether other work waits (a request, a stop); that work waits no longer."""
 SPIN_DEADLINE_S = 1.0
 """How long the model waits on a serving env actor before it sends the token instead."""
 ENV_SPIN_S = (0.002, 0.00002)
@@ -338,23 +346,49 @@ class SharedSteps:
         self,
         step_envs: Callable[[np.ndarray], Any],
         *,
-        idle_s: float = LEASE_IDLE_S,
-        max_s: float = LEASE_MAX_S,
+        interrupted: Callable[[], bool] | None = None,
+        idle_s: float | None = None,
+        max_s: float | None = None,
     ) -> int:
-        """Hold a lease: step each next step the model writes until idle_s passes without one or max_s
-        in all; return the steps served. Call it right after answering a token.
+        """Hold a lease: step each next step the model writes until idle_s passes without one, max_s in
+        all, or interrupted() says other work waits (asked every CHECK_S); return the steps served. Call it
+        right after answering a token.
 
-        A step that fails (bad actions) ends the lease unserved: the model's token for it then steps it
-        again and gets the error as a reply, as every request does.
+        idle_s and max_s default to CHECKED_IDLE_S and CHECKED_MAX_S with an interruption check, to
+        LEASE_IDLE_S and LEASE_MAX_S without one. A step that fails (bad actions) ends the lease
+        unserved: the model's token for it then steps it again and gets the error as a reply, as every
+        request does.
         """
+        checked = interrupted is not None
+        if idle_s is None:
+            idle_s = CHECKED_IDLE_S if checked else LEASE_IDLE_S
+        if max_s is None:
+            max_s = CHECKED_MAX_S if checked else LEASE_MAX_S
         words = self._words
         served = 0
         last = words[_RESULT]
         clock = time.perf_counter
         end = clock() + max_s
+        check_at = clock() + CHECK_S
 
         def moved() -> bool:
             return bool(words[_ACTION] != last)
+
+        def next_step(spin: float) -> bool:
+            """Wait for the model's next step; False after idle_s, at max_s or when other work waits."""
+            nonlocal check_at
+            idle_end = min(clock() + idle_s, end)
+            while True:
+                now = clock()
+                if interrupted is not None and now >= check_at:
+                    if interrupted():
+                        return False
+                    check_at = now + CHECK_S
+                if now >= idle_end:
+                    return False
+                if self._env_bell.wait(moved, spin, min(idle_end, check_at) if checked else idle_end):
+                    return True
+                spin = max(0.0, spin - (clock() - now))
 
         load, placement = self._load, thread_placement()
         if not self._sliced:  # asked once: the serving thread keeps its short slice
@@ -365,7 +399,7 @@ class SharedSteps:
             while True:
                 self._follow_model(placement)
                 spin = COLOCATED_SPIN_S if placement.core >= 0 else ENV_SPIN_S[load.crowded()]
-                if not self._env_bell.wait(moved, spin, min(clock() + idle_s, end)):
+                if not next_step(spin):
                     break
                 step = words[_ACTION]
                 if step != last + 1:

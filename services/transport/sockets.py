@@ -246,6 +246,10 @@ class Server:
                 out.append(item)
         return out
 
+    def pending(self) -> bool:
+        """Tell, without blocking, whether a message waits on the socket (signed or not)."""
+        return self._waiter.wait(0)
+
     def _incoming(self, taken: _Taken) -> Incoming | None:
         peer = taken.frames[0].bytes
         if taken.error:

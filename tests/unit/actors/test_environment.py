@@ -11,6 +11,7 @@ import pytest
 from actors.environment import EnvActor
 from actors.ports import Ports
 from messages import (
+    AttachShared,
     BlockAccepted,
     DataBlock,
     DataComplete,
@@ -28,9 +29,14 @@ from messages import (
     ResetEnvs,
     SessionSet,
     SetSession,
+    SharedAttached,
+    SharedStepped,
     StepEnvs,
+    StepShared,
 )
 from services.env.records import StepOutputs, StepResult
+from services.transport import shm
+from services.transport.shm import SharedFolder, SharedSteps, StepLayout
 from tests.fakes import FakeClock, FakeProbe, FakePublisher, FakeServer
 
 N_FEATURES = 3
@@ -227,6 +233,41 @@ def test_describe_reset_and_step_serve_the_train_envs_in_one_batch(world) -> Non
     assert stepped.terminal_obs.shape == (2, 5), "the reply carries the finished envs' rows alone"
     np.testing.assert_array_equal(stepped.terminal_obs, 10.0)
     assert stepped.sender == "env"
+
+
+def test_a_request_that_comes_during_a_lease_ends_it_and_is_answered(tmp_path, monkeypatch) -> None:
+    # The lease's own limits are made a minute long: only the waiting request can end it.
+    monkeypatch.setattr(shm, "CHECKED_IDLE_S", 60.0)
+    monkeypatch.setattr(shm, "CHECKED_MAX_S", 60.0)
+    server, factory = FakeServer(), FakeFactory()
+    ports = Ports(server=lambda: server, publisher=FakePublisher)
+    ref = EnvActor.start(
+        factory=factory, shared=SharedFolder(tmp_path), ports=ports, clock=FakeClock(), probe=FakeProbe()
+    )
+    try:
+        stream(server, "train", rows=10, block=10)
+        attached = server.reply_to(
+            server.push(AttachShared(role="train", n_envs=4, obs_shape=(5,), action="discrete3"))
+        )
+        assert isinstance(attached, SharedAttached)
+        assert len(factory.created[0].shared) == 1, "the envs were given the buffer's arrays to step into"
+        layout = StepLayout.of(4, (5,), "discrete3")
+        model = SharedSteps.attach(tmp_path, attached.name, layout, attached.size)
+        step = model.put_actions(np.array([0, 1, 2, 1]))
+        stepped = server.reply_to(server.push(StepShared(role="train", name=attached.name, step=step)))
+        assert isinstance(stepped, SharedStepped) and stepped.finished == 2
+        following = model.put_actions(np.array([1, 1, 1, 1]))
+        assert model.wait(following), "the actor holds a lease after the token"
+
+        spec = server.reply_to(server.push(DescribeEnvs(role="train")), timeout_s=20.0)
+
+        assert isinstance(spec, EnvSpec) and spec.n_envs == 4
+        assert not model._words[shm._SERVING], "the lease ended for the request"
+        np.testing.assert_allclose(model.read(following).reward, 0.1, rtol=1e-6)
+        model.close()
+    finally:
+        ref.stop(block=True, timeout=10)
+    assert not list(tmp_path.glob("*.shm")), "the actor removes its buffer when it stops"
 
 
 def test_steps_before_any_data_are_refused(world) -> None:

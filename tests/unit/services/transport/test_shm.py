@@ -20,6 +20,7 @@ from services.env.options import EnvOptions
 from services.env.vec_env import VecTradingEnv
 from services.transport.shm import (
     _SLOT,
+    CHECK_S,
     SUFFIX,
     SharedFolder,
     SharedSteps,
@@ -209,7 +210,7 @@ class CountingEnv:
 
 
 def lease_in_thread(
-    owner: SharedSteps, env: CountingEnv, **limits: float
+    owner: SharedSteps, env: CountingEnv, **limits: Any
 ) -> tuple[threading.Thread, list[int]]:
     served: list[int] = []
     thread = threading.Thread(target=lambda: served.append(owner.serve(env.step, **limits)), daemon=True)
@@ -261,6 +262,50 @@ def test_a_lease_ends_when_steps_stop_coming_and_the_next_goes_by_token(tmp_path
     assert not model.wait(step), "no lease: the model sends the token"
     owner.serve_token(step, env.step)
     assert env.steps == 1 and model.read(step).obs.shape == (N, *OBS)
+
+
+def test_a_lease_that_checks_for_other_work_outlasts_a_pause_and_ends_once_work_waits(tmp_path: Path) -> None:
+    owner, model = pair(tmp_path)
+    env = CountingEnv()
+    work = threading.Event()
+    asked: list[float] = []
+
+    def interrupted() -> bool:
+        asked.append(time.monotonic())
+        return work.is_set()
+
+    thread, served = lease_in_thread(owner, env, interrupted=interrupted, idle_s=60.0, max_s=60.0)
+    wait_serving(model)
+    for _ in range(3):
+        step = model.put_actions(np.ones(N, dtype=np.int64))
+        assert model.wait(step), "the lease serves the step"
+        time.sleep(0.1)  # an update phase five times LEASE_IDLE_S: the lease holds
+
+    assert model._words[_SLOT["serving"]] and thread.is_alive()
+    work.set()
+    thread.join(10)
+    assert not thread.is_alive(), "other work ends the lease (its limits were a minute)"
+    assert served == [3] and not model._words[_SLOT["serving"]]
+    gaps = np.diff(asked[:-1])
+    assert len(asked) > 20 and gaps.min() >= 0.5 * CHECK_S, "asked again and again, every CHECK_S at most"
+
+
+def test_a_step_written_as_other_work_ends_the_lease_is_served_before_the_lease_returns(
+    tmp_path: Path,
+) -> None:
+    owner, model = pair(tmp_path)
+    env = CountingEnv()
+    written: list[int] = []
+
+    def interrupted() -> bool:  # the model writes its next step just as other work arrives
+        if not written:
+            written.append(model.put_actions(np.ones(N, dtype=np.int64)))
+        return True
+
+    assert owner.serve(env.step, interrupted=interrupted) == 1
+
+    assert env.steps == 1 and owner._words[_SLOT["result_step"]] == written[0]
+    assert model.read(written[0]).obs.shape == (N, *OBS)
 
 
 def test_a_token_for_a_step_the_lease_served_does_not_step_again(tmp_path: Path) -> None:
