@@ -20,9 +20,12 @@ How the env actor learns of step 2, and the model of step 3, has two forms:
   waits on the buffer's action step number, stepping each new step as soon as it is written, while the
   model waits on the result step number. Each side spins a little, then sleeps on a named pipe the other
   side rings (services.transport.doorbell), so no system call is on the path of a step between two busy
-  processes and a waiting process costs no CPU. The lease ends after `LEASE_IDLE_S` without a new step
-  or after `LEASE_MAX_S` in all, so the actor's other requests wait no longer than that; then `serving`
-  is cleared, the action step number is checked once more, and the next step goes by token again.
+  processes and a waiting process costs no CPU. The env actor's lease asks every `CHECK_S` whether other
+  work waits (a request on its socket or already polled, a stop) and ends as soon as some does, so that
+  work waits no longer than that; otherwise it ends after `CHECKED_IDLE_S` without a new step (longer
+  than the learner's update phases, so a session's rollouts follow each other within one lease) or
+  `CHECKED_MAX_S` in all. A lease without that check (`LEASE_IDLE_S`, `LEASE_MAX_S`) ends sooner. Then
+  `serving` is cleared, the action step number is checked once more, and the next step goes by token.
 
 Either side can stop waiting at any moment and fall back to the token: a token for a step the lease
 already served is answered without stepping again, so no step is ever taken twice or lost. A writer

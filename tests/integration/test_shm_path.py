@@ -204,7 +204,7 @@ def test_the_env_actor_steps_like_the_same_envs_in_process_over_both_paths(
             assert served.shared is not None
             owned = served.shared.get("train", buffer.name)
             assert served.factory.made["train"]._result.obs is owned.outputs().obs
-            obs, rewards, _, _ = remote.step(actions)
+            obs, _, _, _ = remote.step(actions)
             assert not np.shares_memory(obs, buffer.outputs().obs) and obs.flags.writeable
         assert finished >= 2 * N_ENVS, "every env finished at least twice"
     finally:

@@ -68,7 +68,7 @@ def test_an_env_stepping_into_given_arrays_steps_as_its_twin_and_writes_only_the
         actions = actions_for(env, rng)
         got, expected = env.step(actions), twin.step(actions)
         assert got.obs is outputs.obs and got.reward is outputs.reward
-        assert np.shares_memory(got.terminated, outputs.flags) and np.shares_memory(got.truncated, outputs.flags)
+        assert all(np.shares_memory(flags, outputs.flags) for flags in (got.terminated, got.truncated))
         done = expected.terminated | expected.truncated
         np.testing.assert_array_equal(outputs.obs, expected.obs)
         np.testing.assert_array_equal(outputs.reward, expected.reward)
