@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -256,8 +257,12 @@ def test_a_request_that_comes_during_a_lease_ends_it_and_is_answered(tmp_path, m
         step = model.put_actions(np.array([0, 1, 2, 1]))
         stepped = server.reply_to(server.push(StepShared(role="train", name=attached.name, step=step)))
         assert isinstance(stepped, SharedStepped) and stepped.finished == 2
+        deadline = time.monotonic() + 10
+        while not model._words[shm._SERVING]:  # the lease starts right after the answer
+            assert time.monotonic() < deadline, "the actor holds a lease after the token"
+            time.sleep(0.001)
         following = model.put_actions(np.array([1, 1, 1, 1]))
-        assert model.wait(following), "the actor holds a lease after the token"
+        assert model.wait(following), "the lease serves the next step"
 
         spec = server.reply_to(server.push(DescribeEnvs(role="train")), timeout_s=20.0)
 
