@@ -146,7 +146,8 @@ def build_env(host: ActorHost) -> pykka.ActorRef[Any]:
     """Start the env actor over the vectorized env factory."""
     from actors.environment import EnvActor
     from services.env.factory import VecEnvFactory
-    from services.transport.shm import SharedFolder, shared_folder
+    from services.transport.shm import shared_folder
+    from services.transport.shm_folder import SharedFolder
 
     symbols: tuple[str, ...] = ()
     if host.config.portfolio is not None:  # preflight wrote the universe's symbols into session.json

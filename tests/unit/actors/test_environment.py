@@ -37,7 +37,8 @@ from messages import (
 )
 from services.env.records import StepOutputs, StepResult
 from services.transport import shm
-from services.transport.shm import SharedFolder, SharedSteps, StepLayout
+from services.transport.shm import SharedSteps, StepLayout
+from services.transport.shm_folder import SharedFolder
 from tests.fakes import FakeClock, FakeProbe, FakePublisher, FakeServer
 
 N_FEATURES = 3

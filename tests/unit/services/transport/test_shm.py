@@ -22,13 +22,13 @@ from services.transport.shm import (
     _SLOT,
     CHECK_S,
     SUFFIX,
-    SharedFolder,
     SharedSteps,
     StepLayout,
     TornBuffer,
     remove_buffers,
     shared_folder,
 )
+from services.transport.shm_folder import SharedFolder
 
 ROOT = Path(__file__).resolve().parents[4]
 N, OBS = 5, (14,)
