@@ -372,7 +372,7 @@ class SharedSteps:
         last = words[_RESULT]
         clock = time.perf_counter
         end = clock() + max_s
-        check_at = clock() + CHECK_S
+        check_at = clock() + CHECK_S if checked else math.inf
 
         def moved() -> bool:
             return bool(words[_ACTION] != last)
@@ -383,13 +383,13 @@ class SharedSteps:
             idle_end = min(clock() + idle_s, end)
             while True:
                 now = clock()
-                if interrupted is not None and now >= check_at:
+                if now >= check_at and interrupted is not None:
                     if interrupted():
                         return False
                     check_at = now + CHECK_S
                 if now >= idle_end:
                     return False
-                if self._env_bell.wait(moved, spin, min(idle_end, check_at) if checked else idle_end):
+                if self._env_bell.wait(moved, spin, min(idle_end, check_at)):
                     return True
                 spin = max(0.0, spin - (clock() - now))
 
