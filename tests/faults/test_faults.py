@@ -187,11 +187,14 @@ def malformed(frames: list[bytes]) -> bool:
 
 
 def test_garbage_on_every_socket_changes_nothing_the_session_computes(tmp_path: Path) -> None:
-    clean = start(tmp_path, "clean", "--set", "training.steps_per_episode=8192")
+    # Four episodes: the garbage must land while the session runs (one 8,192-step episode trains in
+    # about a second, and the blast takes longer than that to get going).
+    budget = ("--set", "training.steps_per_episode=8192", "--set", "training.episodes=4")
+    clean = start(tmp_path, "clean", *budget)
     clean.communicate(timeout=180)
     assert clean.returncode == 0
     run_dir = tmp_path / "fuzz"
-    proc = start(tmp_path, "fuzz", "--set", "training.steps_per_episode=8192")
+    proc = start(tmp_path, "fuzz", *budget)
     wait_for(
         lambda: (
             (run_dir / "endpoints.json").exists()
