@@ -5,13 +5,14 @@ Imported only in the model actor's process: it imports torch and stable_baseline
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import random
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,24 @@ ValuesSink = Callable[[int, dict[str, float]], None]
 """Receives SB3's logger values after each rollout/update, with the model's step counter."""
 StepTick = Callable[[int], bool]
 """Called after every vectorized env step with the step counter; False stops the current piece."""
+
+
+@contextlib.contextmanager
+def unchecked_distributions() -> Iterator[None]:
+    """Turn off torch's argument checks of distributions while SB3 trains, and back on after.
+
+    Every step of a rollout builds the policy's action distribution, and with the checks on torch
+    tests its parameters and every sampled action against the distribution's support: about a tenth
+    of PPO's training time at 16 envs (docs/BENCHMARKS.md, section 14). The checks change no value.
+    What they would catch still stops a session: a policy gone to NaN makes a categorical sample fail
+    in torch, and its NaN continuous actions are refused by the env's step.
+    """
+    checked = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(checked)
 
 
 class DeviceError(InputError):
@@ -281,12 +300,13 @@ class TradingModel:
         """Train for at least `steps` more steps (whole rollouts); return the steps actually trained."""
         before = self.num_timesteps
         try:
-            self.algorithm.learn(
-                total_timesteps=steps,
-                reset_num_timesteps=False,
-                callback=_Tick(tick, self.schedule),
-                progress_bar=False,
-            )
+            with unchecked_distributions():
+                self.algorithm.learn(
+                    total_timesteps=steps,
+                    reset_num_timesteps=False,
+                    callback=_Tick(tick, self.schedule),
+                    progress_bar=False,
+                )
         finally:
             # A rollout stopped by the tick (or a fault) ends without SB3's on_rollout_end.
             if isinstance(self.algorithm, OnPolicyAlgorithm):

@@ -98,6 +98,54 @@ def test_learn_trains_whole_rollouts_and_the_counter_continues() -> None:
     assert model.num_timesteps == 192
 
 
+def test_training_builds_distributions_unchecked_and_leaves_the_checks_as_they_were() -> None:
+    model = make_model()
+    seen: list[bool] = []
+
+    def tick(steps: int) -> bool:
+        seen.append(torch.distributions.Distribution._validate_args)
+        return True
+
+    checked = torch.distributions.Distribution._validate_args
+    model.learn(64, tick)
+
+    assert seen and not any(seen)
+    assert torch.distributions.Distribution._validate_args is checked
+
+
+def test_the_checks_come_back_when_training_fails() -> None:
+    model = make_model()
+    checked = torch.distributions.Distribution._validate_args
+
+    def tick(steps: int) -> bool:
+        raise RuntimeError("the env actor went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        model.learn(64, tick)
+
+    assert torch.distributions.Distribution._validate_args is checked
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "action", "hyperparams", "error"),
+    [
+        ("ppo", "discrete3", {"n_steps": 32, "batch_size": 32, "n_epochs": 1}, RuntimeError),
+        ("ppo", "continuous", {"n_steps": 32, "batch_size": 32, "n_epochs": 1}, ValueError),
+    ],
+)
+def test_a_policy_gone_to_nan_still_stops_training_without_the_checks(
+    algorithm: str, action: str, hyperparams: dict[str, object], error: type[Exception]
+) -> None:
+    options = ModelOptions(algorithm=algorithm, net_arch=(8,), hyperparams=hyperparams)
+    model = make_model(options, dataclasses.replace(ENV, action=action))
+    with torch.no_grad():
+        for parameter in model.algorithm.policy.parameters():
+            parameter.fill_(float("nan"))
+
+    with pytest.raises(error):
+        model.learn(64, lambda steps: True)
+
+
 class RolloutLog(LocalBackend):
     """A LocalBackend that records the rollout hooks around its steps."""
 
