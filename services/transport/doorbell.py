@@ -32,7 +32,7 @@ import select
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 NAP_S = 0.002
@@ -50,6 +50,11 @@ class CpuLoad:
     field of /proc/self/task/TID/schedstat). A thread that spins on a free core has almost none; one that
     shares its core with other busy processes of its priority waits for half its time slices. Processes
     of a lower priority (nice) barely delay it, so they do not stop it from spinning.
+
+    The wait that follows a sleep on a bell is left out (`asleep`): the ring makes the thread runnable,
+    and on a virtual machine whose idle core has halted it waits tens to hundreds of microseconds until
+    that core runs again. That says the core was free, not crowded; counted, one slow wake-up made the
+    thread spin briefly, so it slept at the next gap between steps and paid another wake-up (section 14).
     """
 
     def __init__(self, path_for: Callable[[int], str] | None = None) -> None:
@@ -58,6 +63,8 @@ class CpuLoad:
         self._fds: dict[int, int] = {}
         self._since = -1.0
         self._delay = 0
+        self._asleep_delay = 0
+        """Run delay of this thread's wake-ups from its bell, left out of every window."""
         self._crowded = False
 
     def crowded(self) -> bool:
@@ -69,10 +76,23 @@ class CpuLoad:
         delay = self._run_delay()
         if delay < 0:
             self._crowded = True  # no schedstat (not Linux, or hidden): spin briefly
-        elif self._since >= 0:
-            self._crowded = (delay - self._delay) / 1e9 > CROWDED_SHARE * elapsed
+        else:
+            delay -= self._asleep_delay
+            if self._since >= 0:
+                self._crowded = (delay - self._delay) / 1e9 > CROWDED_SHARE * elapsed
         self._since, self._delay = now, delay
         return self._crowded
+
+    @contextlib.contextmanager
+    def asleep(self) -> Iterator[None]:
+        """Leave the run delay of the sleep inside this block (and of the wake-up ending it) out."""
+        before = self._run_delay()
+        try:
+            yield
+        finally:
+            after = self._run_delay()
+            if 0 <= before <= after:
+                self._asleep_delay += after - before
 
     def _run_delay(self) -> int:
         """Return the calling thread's run_delay in ns, or -1 where the kernel does not tell."""
@@ -108,7 +128,8 @@ class Doorbell:
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
         self.sleeps = 0
-        """Waits on this bell that went to sleep after their spin (the rest ended spinning)."""
+        """Waits on this bell that went to sleep after their spin (the rest ended spinning or at their
+        deadline)."""
 
     @staticmethod
     def make(path: Path) -> None:
@@ -123,13 +144,20 @@ class Doorbell:
             with contextlib.suppress(BlockingIOError):
                 os.write(self._fd, b"\x01")
 
-    def wait(self, ready: Callable[[], bool], spin_s: float, deadline: float) -> bool:
+    def wait(
+        self,
+        ready: Callable[[], bool],
+        spin_s: float,
+        deadline: float,
+        load: CpuLoad | None = None,
+    ) -> bool:
         """Return True once ready() holds; spin spin_s, then sleep on the bell; False at deadline.
 
         Args:
             ready: the condition, read from the shared buffer (cheap, no side effects).
             spin_s: seconds to spin before sleeping.
             deadline: time.perf_counter() value after which to give up.
+            load: the waiting thread's CpuLoad, which leaves the sleeps' wake-ups out of its windows.
         """
         if ready():
             return True
@@ -140,7 +168,7 @@ class Doorbell:
                 return True
             os.sched_yield()  # a runnable process waiting for this core gets it at once
         words, slot = self._words, self._slot
-        self.sleeps += 1
+        slept = False
         while True:
             remaining = deadline - clock()
             if remaining <= 0:
@@ -149,7 +177,11 @@ class Doorbell:
             try:
                 if ready():
                     return True
-                if self._poll.poll(max(1, int(min(remaining, NAP_S) * 1000))):
+                if not slept:
+                    self.sleeps, slept = self.sleeps + 1, True
+                with load.asleep() if load is not None else contextlib.nullcontext():
+                    rung = self._poll.poll(max(1, int(min(remaining, NAP_S) * 1000)))
+                if rung:
                     self._drain()
             finally:
                 words[slot] = 0

@@ -249,7 +249,7 @@ class SharedSteps:
             return words[_RESULT] == step or not words[_SERVING]
 
         spin = COLOCATED_SPIN_S if self._colocated else MODEL_SPIN_S[self._load.crowded()]
-        self._model_bell.wait(ready, spin, time.perf_counter() + deadline_s)
+        self._model_bell.wait(ready, spin, time.perf_counter() + deadline_s, self._load)
         if words[_RESULT] != step:
             return False
         self.leased += 1
@@ -389,7 +389,7 @@ class SharedSteps:
                     check_at = now + CHECK_S
                 if now >= idle_end:
                     return False
-                if self._env_bell.wait(moved, spin, min(idle_end, check_at)):
+                if self._env_bell.wait(moved, spin, min(idle_end, check_at), load):
                     return True
                 spin = max(0.0, spin - (clock() - now))
 

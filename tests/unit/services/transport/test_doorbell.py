@@ -81,6 +81,45 @@ def test_a_thread_kept_waiting_for_a_core_counts_as_crowded_and_one_that_runs_do
     load.close()
 
 
+def test_waiting_for_a_core_after_a_sleep_is_not_a_crowded_core(tmp_path: Path) -> None:
+    stat = tmp_path / "schedstat"
+    stat.write_text("1000 0 1\n")
+    load = CpuLoad(lambda tid: str(stat))
+    load.crowded()
+    time.sleep(2 * LOAD_WINDOW_S)
+    with load.asleep():
+        stat.write_text(f"2000 {10**9} 2\n")  # a second to wake up: a halted core, not a crowd
+    assert not load.crowded(), "the wake-up's wait is left out"
+    time.sleep(2 * LOAD_WINDOW_S)
+    stat.write_text(f"3000 {2 * 10**9} 3\n")  # a second of waiting while awake
+    assert load.crowded()
+    load.close()
+
+
+class AsleepLog(CpuLoad):
+    """A CpuLoad that counts the sleeps a wait reports to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps = 0
+
+    def asleep(self):  # type: ignore[no-untyped-def]
+        self.sleeps += 1
+        return super().asleep()
+
+
+def test_a_wait_tells_its_load_about_each_sleep_and_not_about_its_spin(tmp_path: Path) -> None:
+    sleeper, _, _ = bell(tmp_path)
+    load = AsleepLog()
+
+    assert not sleeper.wait(lambda: False, spin_s=0.005, deadline=time.perf_counter() + 0.004, load=load)
+    assert load.sleeps == 0 and sleeper.sleeps == 0, "the deadline came within the spin: no sleep"
+    assert not sleeper.wait(lambda: False, spin_s=0.0, deadline=time.perf_counter() + 3 * NAP_S, load=load)
+    assert load.sleeps >= 2, "each nap of the sleep is left out"
+    assert sleeper.sleeps == 1, "one wait, one sleep"
+    load.close()
+
+
 def test_the_real_probe_reads_this_threads_schedstat() -> None:
     load = CpuLoad()
     load.crowded()
