@@ -40,7 +40,7 @@ NAP_S = 0.002
 LOAD_WINDOW_S = 0.005
 """How often CpuLoad looks at the thread's time spent waiting for a core."""
 CROWDED_SHARE = 0.1
-"""A thread that waited for a core more than this share of a window spins only briefly."""
+"""A thread that waited for a core more than this share of two windows in a row spins only briefly."""
 
 
 class CpuLoad:
@@ -55,6 +55,9 @@ class CpuLoad:
     and on a virtual machine whose idle core has halted it waits tens to hundreds of microseconds until
     that core runs again. That says the core was free, not crowded; counted, one slow wake-up made the
     thread spin briefly, so it slept at the next gap between steps and paid another wake-up (section 14).
+    And one window over the share is not enough: the session's other actors wake for a few hundred
+    microseconds at a time (an event, a heartbeat) and may run on this thread's core. A crowded core
+    keeps the thread waiting window after window, so it takes two in a row.
     """
 
     def __init__(self, path_for: Callable[[int], str] | None = None) -> None:
@@ -65,10 +68,13 @@ class CpuLoad:
         self._delay = 0
         self._asleep_delay = 0
         """Run delay of this thread's wake-ups from its bell, left out of every window."""
+        self._over = False
+        """Whether the thread waited for a core more than CROWDED_SHARE of the last window."""
         self._crowded = False
 
     def crowded(self) -> bool:
-        """Return True when this thread waited for a core more than CROWDED_SHARE of the last window."""
+        """Return True when this thread waited for a core more than CROWDED_SHARE of each of the last two
+        windows."""
         now = time.perf_counter()
         elapsed = now - self._since
         if elapsed < LOAD_WINDOW_S:
@@ -79,7 +85,8 @@ class CpuLoad:
         else:
             delay -= self._asleep_delay
             if self._since >= 0:
-                self._crowded = (delay - self._delay) / 1e9 > CROWDED_SHARE * elapsed
+                over = (delay - self._delay) / 1e9 > CROWDED_SHARE * elapsed
+                self._crowded, self._over = over and self._over, over
         self._since, self._delay = now, delay
         return self._crowded
 

@@ -153,6 +153,9 @@ def write_loadavg(path: Path, running: int) -> None:
         (2, [2, 2, 2, 2], 1, True),  # one other runnable task for the other core
         (2, [2, 2, 2, 1], 1, True),  # three readings of four
         (2, [2, 2, 1, 1], 1, False),
+        (2, [5, 1, 1, 1], 1, False),  # the session's actors woke together once: not a crowd
+        (2, [1, 1, 5, 5], 1, False),
+        (4, [4, 4, 9, 1], 1, True),
         (2, [2, 2, 2, 2], 2, False),  # the other runnable task is the session's own env actor
         (4, [3, 3, 3, 3], 1, False),  # two others on four cores: a core is free
         (4, [4, 4, 4, 4], 1, True),

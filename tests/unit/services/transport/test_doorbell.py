@@ -77,7 +77,29 @@ def test_a_thread_kept_waiting_for_a_core_counts_as_crowded_and_one_that_runs_do
     assert not load.crowded()
     time.sleep(2 * LOAD_WINDOW_S)
     stat.write_text(f"3000 {100 + 10**9} 3\n")  # a second of waiting
-    assert load.crowded()
+    assert not load.crowded(), "one window: another actor's burst, not yet a crowd"
+    time.sleep(2 * LOAD_WINDOW_S)
+    stat.write_text(f"4000 {100 + 2 * 10**9} 4\n")  # and another
+    assert load.crowded(), "two windows in a row: a crowded core"
+    time.sleep(2 * LOAD_WINDOW_S)
+    stat.write_text(f"5000 {100 + 2 * 10**9} 5\n")  # no more waiting
+    assert not load.crowded()
+    load.close()
+
+
+def test_a_burst_between_quiet_windows_is_not_a_crowd(tmp_path: Path) -> None:
+    stat = tmp_path / "schedstat"
+    delay = 0
+    stat.write_text("1000 0 1\n")
+    load = CpuLoad(lambda tid: str(stat))
+    load.crowded()
+    verdicts = []
+    for waited in (True, False, True, False, True, False):
+        time.sleep(2 * LOAD_WINDOW_S)
+        delay += 10**9 if waited else 0
+        stat.write_text(f"1000 {delay} 1\n")
+        verdicts.append(load.crowded())
+    assert not any(verdicts)
     load.close()
 
 
@@ -90,9 +112,12 @@ def test_waiting_for_a_core_after_a_sleep_is_not_a_crowded_core(tmp_path: Path) 
     with load.asleep():
         stat.write_text(f"2000 {10**9} 2\n")  # a second to wake up: a halted core, not a crowd
     assert not load.crowded(), "the wake-up's wait is left out"
-    time.sleep(2 * LOAD_WINDOW_S)
-    stat.write_text(f"3000 {2 * 10**9} 3\n")  # a second of waiting while awake
-    assert load.crowded()
+    verdicts = []
+    for window in (1, 2):  # then a second of waiting while awake in each of two windows
+        time.sleep(2 * LOAD_WINDOW_S)
+        stat.write_text(f"3000 {(1 + window) * 10**9} 3\n")
+        verdicts.append(load.crowded())
+    assert verdicts == [False, True]
     load.close()
 
 
