@@ -16,6 +16,10 @@ the waiting thread from running: the waiters spin long while that is near nothin
 otherwise. Beside a CPU hog the yield raised the env actor's training rate from 0.56-0.65 to 0.86-0.87
 of the same envs in process (docs/BENCHMARKS.md, section 14).
 
+A ring that finds the condition still false is a wake-up call: the sleeper spins again before it sleeps
+again. The model sends one at the start of each rollout, so the env actor's lease, asleep through the
+update, is spinning by the time the rollout's first actions come.
+
 A ring can be missed in one interleaving (the sleeper sets its word while the ringer reads the old one:
 no fence orders a store before a later load here); the sleeper's poll has a timeout (`NAP_S`) after
 which it checks the step word again, so a missed ring costs that much once and loses nothing.
@@ -27,6 +31,7 @@ owner and removed with it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import stat
@@ -134,6 +139,8 @@ class Doorbell:
         self._slot = slot
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
+        self.called_at = -math.inf
+        """time.perf_counter() of the last wake-up call (a ring that woke a wait before its condition)."""
         self.sleeps = 0
         """Waits on this bell that went to sleep after their spin (the rest ended spinning or at their
         deadline)."""
@@ -157,43 +164,53 @@ class Doorbell:
         spin_s: float,
         deadline: float,
         load: CpuLoad | None = None,
+        wake_spin_s: float | None = None,
     ) -> bool:
         """Return True once ready() holds; spin spin_s, then sleep on the bell; False at deadline.
+
+        A ring that wakes the sleeper before ready() holds says the condition comes soon (the model's
+        wake-up call at the start of a rollout): the wait spins again (wake_spin_s, by default spin_s)
+        before it sleeps again.
 
         Args:
             ready: the condition, read from the shared buffer (cheap, no side effects).
             spin_s: seconds to spin before sleeping.
             deadline: time.perf_counter() value after which to give up.
             load: the waiting thread's CpuLoad, which leaves the sleeps' wake-ups out of its windows.
+            wake_spin_s: seconds to spin after a wake-up call.
         """
         if ready():
             return True
         clock = time.perf_counter
-        spin_until = min(clock() + spin_s, deadline)
-        while clock() < spin_until:
-            if ready():
-                return True
-            os.sched_yield()  # a runnable process waiting for this core gets it at once
         words, slot = self._words, self._slot
         slept = False
         while True:
-            remaining = deadline - clock()
-            if remaining <= 0:
-                return ready()
-            words[slot] = 1
-            try:
+            spin_until = min(clock() + spin_s, deadline)
+            spin_s = spin_s if wake_spin_s is None else wake_spin_s
+            while clock() < spin_until:
                 if ready():
                     return True
-                if not slept:
-                    self.sleeps, slept = self.sleeps + 1, True
-                with load.asleep() if load is not None else contextlib.nullcontext():
-                    rung = self._poll.poll(max(1, int(min(remaining, NAP_S) * 1000)))
-                if rung:
-                    self._drain()
-            finally:
-                words[slot] = 0
-            if ready():
-                return True
+                os.sched_yield()  # a runnable process waiting for this core gets it at once
+            rung = False
+            while not rung:  # a ring without the condition is a wake-up call: spin again
+                remaining = deadline - clock()
+                if remaining <= 0:
+                    return ready()
+                words[slot] = 1
+                try:
+                    if ready():
+                        return True
+                    if not slept:
+                        self.sleeps, slept = self.sleeps + 1, True
+                    with load.asleep() if load is not None else contextlib.nullcontext():
+                        rung = bool(self._poll.poll(max(1, int(min(remaining, NAP_S) * 1000))))
+                    if rung:
+                        self._drain()
+                finally:
+                    words[slot] = 0
+                if ready():
+                    return True
+            self.called_at = clock()
 
     def _drain(self) -> None:
         with contextlib.suppress(BlockingIOError):

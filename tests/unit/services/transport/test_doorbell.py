@@ -39,6 +39,31 @@ def test_a_ring_wakes_a_sleeper_long_before_its_deadline(tmp_path: Path) -> None
     assert words[0] == 0, "the sleeping word is cleared on waking"
 
 
+def test_a_ring_before_the_condition_is_a_wake_up_call_and_the_sleeper_spins_again(tmp_path: Path) -> None:
+    sleeper, ringer, words = bell(tmp_path)
+    called = threading.Event()
+    awake_reads = []
+
+    def ready() -> bool:  # true once read 2,000 times awake after the call: only a spin gets there
+        if called.is_set() and not words[0]:
+            awake_reads.append(1)
+        return len(awake_reads) >= 2000
+
+    def call() -> None:
+        while not words[0]:  # the sleeper sleeps: ring without making the condition true
+            time.sleep(0.0005)
+        called.set()
+        ringer.ring()
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    before = time.perf_counter()
+    assert sleeper.wait(ready, spin_s=0.0, deadline=before + 2.0, wake_spin_s=5.0)
+    thread.join()
+    assert sleeper.called_at > before, "the call is on record"
+    assert sleeper.sleeps == 1, "woken once, it did not sleep again"
+
+
 def test_no_ring_goes_out_while_nobody_sleeps(tmp_path: Path) -> None:
     sleeper, ringer, _ = bell(tmp_path)
 

@@ -18,6 +18,7 @@ import pytest
 
 from services.env.options import EnvOptions
 from services.env.vec_env import VecTradingEnv
+from services.transport import shm
 from services.transport.shm import (
     _SLOT,
     CHECK_S,
@@ -288,6 +289,38 @@ def test_a_lease_that_checks_for_other_work_outlasts_a_pause_and_ends_once_work_
     assert served == [3] and not model._words[_SLOT["serving"]]
     gaps = np.diff(asked[:-1])
     assert len(asked) > 20 and gaps.min() >= 0.5 * CHECK_S, "asked again and again, every CHECK_S at most"
+
+
+def test_the_start_of_a_rollout_wakes_a_sleeping_lease_and_it_spins_for_the_first_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shm, "ENV_SPIN_S", (0.2, 0.2))  # spun out before the update ends, then asleep
+    monkeypatch.setattr(shm, "COLOCATE", False)
+    owner, model = pair(tmp_path)
+    env = CountingEnv()
+    thread, served = lease_in_thread(owner, env, interrupted=lambda: False, idle_s=60.0, max_s=60.0)
+    wait_serving(model)
+    deadline = time.monotonic() + 10
+    while not model._words[_SLOT["env_sleeping"]]:  # the update phase: the lease sleeps
+        assert time.monotonic() < deadline, "the lease never slept"
+        time.sleep(0.001)
+    sleeps = owner._env_bell.sleeps
+
+    model.begin_rollout()
+    while model._words[_SLOT["env_sleeping"]]:
+        assert time.monotonic() < deadline, "the wake-up call did not wake the lease"
+        time.sleep(0.001)
+    awake = []
+    for _ in range(25):  # the first forward pass, across a dozen of the lease's checks (CHECK_S)
+        time.sleep(0.002)
+        awake.append(not model._words[_SLOT["env_sleeping"]])
+    step = model.put_actions(np.ones(N, dtype=np.int64))
+
+    assert model.wait(step)
+    assert all(awake) and owner._env_bell.sleeps == sleeps, "the first step found the lease spinning"
+    owner._words[_SLOT["action_step"]] = -5
+    thread.join(10)
+    assert served == [1]
 
 
 def test_a_step_written_as_other_work_ends_the_lease_is_served_before_the_lease_returns(
