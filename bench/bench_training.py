@@ -49,7 +49,7 @@ for _path in (ROOT, ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from common import BENCH_KEY, machine, train_data  # noqa: E402
+from common import BENCH_KEY, cpu_ticks, machine, steal_share, train_data  # noqa: E402
 from training_setups import EnvActorProcess, TimedBackend, dummy_vec_env, null_vec_env, serve_plain  # noqa: E402
 
 from messages import Stop  # noqa: E402
@@ -221,7 +221,9 @@ def bench_setups(
                 models[name].learn(models[name].rollout_steps, lambda n: True)
             chosen = tuple(name for name in SETUPS if name in setups)
             rates: dict[str, list[float]] = {name: [] for name in chosen}
+            steals: list[float] = []
             for repeat in range(repeats):
+                ticks = cpu_ticks()
                 shift = repeat % len(chosen)
                 order = chosen[shift:] + chosen[:shift]
                 if rotate:
@@ -233,10 +235,11 @@ def bench_setups(
                 else:
                     for name in order:
                         rates[name].append(session_once(repeat) if name == "session" else train_once(name))
+                steals.append(steal_share(ticks, cpu_ticks()))
                 print(
                     f"  repeat {repeat + 1}: "
                     + ", ".join(f"{name} {rates[name][-1]:,.0f}" for name in chosen)
-                    + " steps/s",
+                    + f" steps/s; the host stole {steals[-1]:.1%} of the CPU time",
                     flush=True,
                 )
             for env in envs.values():
@@ -285,7 +288,13 @@ def bench_setups(
         "session_over_dummy": ("session", "dummy", "(s)/(b): the whole system against DummyVecEnv"),
         "actor_over_null": ("actor", "null", "(a)/(c)"),
     }
-    figures: dict[str, Any] = {"rates": rates, "step_us": step_us, "step_p90_us": step_p90_us, "lease": lease}
+    figures: dict[str, Any] = {
+        "rates": rates,
+        "step_us": step_us,
+        "step_p90_us": step_p90_us,
+        "lease": lease,
+        "steal": steals,
+    }
     for key, (a, b, text) in ratios.items():
         if a in rates and b in rates:
             figures[key] = median_ratio(rates[a], rates[b])

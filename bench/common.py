@@ -27,6 +27,26 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, {cpu}"
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """Return the machine's CPU time so far and the part the host stole from it, in clock ticks.
+
+    A virtual machine's `steal` (the eighth value of /proc/stat's cpu line) is time its cores were ready
+    to run and the host ran something else: a run that had much of it ran on a slower machine.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        ticks = [int(value) for value in fields[:8]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(ticks), ticks[7] if len(ticks) > 7 else 0
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Return the share of the CPU time between two cpu_ticks() readings that the host stole."""
+    total = after[0] - before[0]
+    return (after[1] - before[1]) / total if total > 0 else 0.0
+
+
 def whole_split(split: Any) -> SplitArrays:
     """Return every row of an episode split as arrays (a split may be arrays or a reader of blocks)."""
     return split.block(0, len(split)) if hasattr(split, "block") else split
