@@ -28,6 +28,22 @@ def test_the_quick_pass_trains_every_server_setup_and_writes_its_ratios(tmp_path
     assert set(figures["rates"]) == set(SETUPS)
     assert all(rate > 0 for rates in figures["rates"].values() for rate in rates)
     assert figures["lease"]["calls"] > 0 and figures["lease"]["rollouts"] > 0
+    assert len(figures["steal"]) == 1 and 0.0 <= figures["steal"][0] <= 1.0
+    assert "the host stole" in done.stdout
     for ratio in ("actor_over_local", "frames_over_local", "server_over_local", "actor_over_null"):
         assert figures[ratio] > 0
     assert "(a2)/(a'): without the actor framework" in done.stdout
+
+
+def test_the_distribution_checks_benchmark_trains_both_setups_with_and_without_them() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/bench_unchecked.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if "checks on" in line and "off/on" in line]
+    assert [line.split()[0] for line in lines] == ["null", "dummy"]
