@@ -20,9 +20,11 @@ import numpy as np
 import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.logger import KVWriter, Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
+from tensorboard.compat.proto.summary_pb2 import Summary
+from torch.utils.tensorboard.writer import FileWriter
 
 from services.errors import InputError
 from services.model.checkpoint import CheckpointInfo, save_checkpoint
@@ -106,6 +108,37 @@ class _ForwardValues(KVWriter):
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class _TensorBoardScalars(KVWriter):
+    """Write the numeric values SB3 dumps to TensorBoard: one event a dump, the file flushed by `flush`.
+
+    SB3's own TensorBoardOutputFormat writes an event per value and flushes the file at every dump,
+    about 1.2 ms a rollout here, 2 % of a 16-env session's training (docs/BENCHMARKS.md, section 14).
+    TradingModel.learn flushes at the end of each piece, and closing the logger flushes too: a model
+    actor killed mid-piece loses that piece's points here (the session's events.jsonl has them).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._writer = FileWriter(str(folder))
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        values = [
+            Summary.Value(tag=key, simple_value=float(value))
+            for key, value in sorted(key_values.items())
+            if isinstance(value, int | float | np.number | np.bool_)
+            and "tensorboard" not in (key_excluded.get(key) or ())
+        ]
+        if values:
+            self._writer.add_summary(Summary(value=values), step)
+
+    def flush(self) -> None:
+        """Write what was dumped so far to the event file."""
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self._writer.close()
 
 
 class _Tick(BaseCallback):
@@ -198,6 +231,7 @@ class TradingModel:
         self.schedule = schedule
         self.restored_from = ""
         self._evaluation: SequentialPass | None = None
+        self._board: _TensorBoardScalars | None = None
         self.model_id = model_id
         self.options = options
         # What the algorithm really runs on (e.g. "cuda:0" for "cuda"), as events report it.
@@ -264,7 +298,8 @@ class TradingModel:
         folder_name = ""
         if tensorboard_dir is not None:
             tensorboard_dir.mkdir(parents=True, exist_ok=True)
-            formats.append(TensorBoardOutputFormat(str(tensorboard_dir)))
+            model._board = _TensorBoardScalars(tensorboard_dir)
+            formats.append(model._board)
             folder_name = str(tensorboard_dir)
         algorithm.set_logger(Logger(folder=folder_name or None, output_formats=formats))
         return model
@@ -311,6 +346,8 @@ class TradingModel:
             # A rollout stopped by the tick (or a fault) ends without SB3's on_rollout_end.
             if isinstance(self.algorithm, OnPolicyAlgorithm):
                 rollout_hook(self.algorithm.get_env(), "end_rollout")
+            if self._board is not None:
+                self._board.flush()
         return self.num_timesteps - before
 
     def start_evaluation(self) -> None:

@@ -35,9 +35,9 @@ def test_the_quick_pass_trains_every_server_setup_and_writes_its_ratios(tmp_path
     assert "(a2)/(a'): without the actor framework" in done.stdout
 
 
-def test_the_distribution_checks_benchmark_trains_both_setups_with_and_without_them() -> None:
+def test_the_learner_costs_benchmark_trains_with_and_without_checks_and_times_both_writers() -> None:
     done = subprocess.run(
-        [sys.executable, "bench/bench_unchecked.py", "--quick"],
+        [sys.executable, "bench/bench_learner_costs.py", "--quick"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -47,3 +47,4 @@ def test_the_distribution_checks_benchmark_trains_both_setups_with_and_without_t
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if "checks on" in line and "off/on" in line]
     assert [line.split()[0] for line in lines] == ["null", "dummy"]
+    assert "SB3 TensorBoardOutputFormat" in done.stdout and "the model's writer" in done.stdout

@@ -369,6 +369,24 @@ def test_tensorboard_steps_continue_across_a_resume_in_one_folder(tmp_path: Path
     assert steps[-1] == 256
 
 
+def test_each_piece_leaves_its_tensorboard_points_on_disk_one_event_a_dump(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    board = tmp_path / "tensorboard"
+    model = make_model(tensorboard_dir=board)
+    model.learn(128, lambda steps: True)  # two rollouts of 64 steps; the logger is not closed
+
+    [path] = board.iterdir()
+    dumps = [event for event in EventFileLoader(str(path)).Load() if event.HasField("summary")]
+    assert [event.step for event in dumps] == [64, 128]
+    tags = [{value.tag for value in event.summary.value} for event in dumps]
+    assert "time/fps" in tags[0]
+    assert {"time/fps", "train/loss", "train/entropy_loss"} <= tags[1], "the update's values come with it"
+    assert not any("time/iterations" in names for names in tags), "SB3 keeps it out of tensorboard"
+    assert all(len(event.summary.value) == len(names) for event, names in zip(dumps, tags, strict=True))
+    model.algorithm.logger.close()
+
+
 # Devices.
 
 
