@@ -48,3 +48,19 @@ def test_the_learner_costs_benchmark_trains_with_and_without_checks_and_times_bo
     lines = [line for line in done.stdout.splitlines() if "checks on" in line and "off/on" in line]
     assert [line.split()[0] for line in lines] == ["null", "dummy"]
     assert "SB3 TensorBoardOutputFormat" in done.stdout and "the model's writer" in done.stdout
+
+
+def test_the_neighbour_benchmark_trains_beside_each_neighbour_and_leaves_none_running() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/bench_neighbour.py", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("  beside ")]
+    assert len(lines) == 4 and "ratio to none 1.000" in lines[0]
+    leftover = subprocess.run(["pgrep", "-f", "while True: os.sched_yield"], capture_output=True)
+    assert leftover.returncode != 0, "a neighbour was left running"
