@@ -8,9 +8,9 @@ Trains one model built by the project's factory (`TradingModel.create`, the defa
 hyperparameters) on a null VecEnv (the learner alone), --steps per run, beside each of four neighbours
 in turn, the order reversed every other repeat: none; a process that spins yielding the core
 (`sched_yield`, as the step buffers' waits do); one that busy-loops; one that sleeps 100 us at a time
-(10,000 wake-ups a second). On a virtual machine a neighbour that sleeps and wakes often can cost the
-learner more than one that spins, as every wake-up of an idle virtual core goes through the host.
-Prints each neighbour's median steps/s and the median of its same-repeat ratios to no neighbour.
+(10,000 wake-ups a second). It asks whether the step buffers' waits, which spin while a core is free,
+cost the learner on the other core more or less than waits that sleep and wake. Prints each
+neighbour's median steps/s and the median of its same-repeat ratios to no neighbour.
 """
 
 from __future__ import annotations
