@@ -32,12 +32,12 @@ for _path in (ROOT, ROOT / "bench"):
         sys.path.insert(0, str(_path))
 
 import torch  # noqa: E402
-from common import machine, train_data  # noqa: E402
+from common import bench_model, machine, train_data  # noqa: E402
 from stable_baselines3.common.logger import TensorBoardOutputFormat  # noqa: E402
 from training_setups import dummy_vec_env, null_vec_env  # noqa: E402
 
 from services.config import load_config  # noqa: E402
-from services.model.trading_model import TradingModel, _TensorBoardScalars  # noqa: E402
+from services.model.trading_model import _TensorBoardScalars  # noqa: E402
 
 
 def time_tensorboard(dumps: int, piece_dumps: int = 16) -> tuple[list[float], list[float]]:
@@ -81,18 +81,7 @@ def main() -> int:
         "null": null_vec_env(args.n_envs, obs_size, 3),
         "dummy": dummy_vec_env(config, train, summary.bars_per_year),
     }
-    models = {
-        name: TradingModel.create(
-            config.model,
-            env,
-            eval_env=env,
-            seed=config.training.seed,
-            budget=config.training.episodes * config.training.steps_per_episode,
-            tensorboard_dir=None,
-            on_values=lambda steps, values: None,
-        )
-        for name, env in envs.items()
-    }
+    models = {name: bench_model(config, env) for name, env in envs.items()}
     algorithms = {name: model.algorithm for name, model in models.items()}
     for algorithm in algorithms.values():  # warm-up: first rollout, first update
         algorithm.learn(models["null"].rollout_steps, reset_num_timesteps=False)

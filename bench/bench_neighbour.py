@@ -27,11 +27,10 @@ for _path in (ROOT, ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from common import machine, train_data  # noqa: E402
+from common import bench_model, machine, train_data  # noqa: E402
 from training_setups import null_vec_env  # noqa: E402
 
 from services.config import load_config  # noqa: E402
-from services.model.trading_model import TradingModel  # noqa: E402
 
 NEIGHBOURS = {
     "none": "",
@@ -54,15 +53,7 @@ def main() -> int:
     config = load_config(None, [f"env.n_envs={args.n_envs}"])
     _, train = train_data(config)
     env = null_vec_env(args.n_envs, config.env.window * train.features.shape[1] + 2, 3)
-    model = TradingModel.create(
-        config.model,
-        env,
-        eval_env=env,
-        seed=config.training.seed,
-        budget=config.training.episodes * config.training.steps_per_episode,
-        tensorboard_dir=None,
-        on_values=lambda steps, values: None,
-    )
+    model = bench_model(config, env)
     model.learn(model.rollout_steps, lambda steps: True)  # warm-up: first rollout, first update
     rates: dict[str, list[float]] = {name: [] for name in NEIGHBOURS}
     names = list(NEIGHBOURS)

@@ -49,7 +49,7 @@ for _path in (ROOT, ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from common import BENCH_KEY, cpu_ticks, machine, steal_share, train_data  # noqa: E402
+from common import BENCH_KEY, bench_model, cpu_ticks, machine, steal_share, train_data  # noqa: E402
 from training_setups import EnvActorProcess, TimedBackend, dummy_vec_env, null_vec_env, serve_plain  # noqa: E402
 
 from messages import Stop  # noqa: E402
@@ -82,7 +82,6 @@ def bench_setups(
     """
     from services.env.factory import VecEnvFactory
     from services.model.remote_vec_env import LocalBackend, RemoteBackend, RemoteVecEnv
-    from services.model.trading_model import TradingModel
 
     summary, train = train_data(config)
     n_features = train.features.shape[1]
@@ -128,18 +127,7 @@ def bench_setups(
             }
             envs = {name: env for name, env in envs.items() if name in setups}
             timed = {name: backend for name, backend in timed.items() if name in setups}
-            models = {
-                name: TradingModel.create(
-                    config.model,
-                    env,
-                    eval_env=env,
-                    seed=config.training.seed,
-                    budget=config.training.episodes * config.training.steps_per_episode,
-                    tensorboard_dir=None,
-                    on_values=lambda steps, values: None,
-                )
-                for name, env in envs.items()
-            }
+            models = {name: bench_model(config, env) for name, env in envs.items()}
             piece = config.training.piece_steps
 
             step_share: dict[str, list[float]] = {name: [] for name in timed}

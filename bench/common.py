@@ -27,6 +27,24 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, {cpu}"
 
 
+def bench_model(config: Config, env: Any) -> Any:
+    """Build a TradingModel on env by the project's one factory, as the benchmarks train it.
+
+    The config's model options, seed and budget; no tensorboard, values dropped, env its own eval env.
+    """
+    from services.model.trading_model import TradingModel  # imports torch: only the training benches
+
+    return TradingModel.create(
+        config.model,
+        env,
+        eval_env=env,
+        seed=config.training.seed,
+        budget=config.training.episodes * config.training.steps_per_episode,
+        tensorboard_dir=None,
+        on_values=lambda steps, values: None,
+    )
+
+
 def cpu_ticks() -> tuple[int, int]:
     """Return the machine's CPU time so far and the part the host stole from it, in clock ticks.
 

@@ -262,9 +262,7 @@ class SharedSteps:
         whether the thread was pinned (not where co-location is off or impossible, see colocate).
         """
         self.rollouts += 1
-        # A wake-up call: a lease asleep through the update is up and spinning by the rollout's first
-        # actions, which the forward pass takes 0.1-0.3 ms to compute, instead of waking for them.
-        self._env_bell.ring()
+        self._env_bell.ring()  # a wake-up call: a lease asleep through the update spins for the first step
         if not COLOCATE:
             return False
         crowd = self._sample_crowd()

@@ -35,32 +35,27 @@ def test_the_quick_pass_trains_every_server_setup_and_writes_its_ratios(tmp_path
     assert "(a2)/(a'): without the actor framework" in done.stdout
 
 
-def test_the_learner_costs_benchmark_trains_with_and_without_checks_and_times_both_writers() -> None:
+def quick_pass(script: str) -> str:
+    """Run a benchmark's --quick pass; return its output after checking that it exited 0."""
     done = subprocess.run(
-        [sys.executable, "bench/bench_learner_costs.py", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
+        [sys.executable, script, "--quick"], cwd=ROOT, capture_output=True, text=True, timeout=240
     )
-
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = [line for line in done.stdout.splitlines() if "checks on" in line and "off/on" in line]
+    return done.stdout
+
+
+def test_the_learner_costs_benchmark_trains_with_and_without_checks_and_times_both_writers() -> None:
+    stdout = quick_pass("bench/bench_learner_costs.py")
+
+    lines = [line for line in stdout.splitlines() if "checks on" in line and "off/on" in line]
     assert [line.split()[0] for line in lines] == ["null", "dummy"]
-    assert "SB3 TensorBoardOutputFormat" in done.stdout and "the model's writer" in done.stdout
+    assert "SB3 TensorBoardOutputFormat" in stdout and "the model's writer" in stdout
 
 
 def test_the_neighbour_benchmark_trains_beside_each_neighbour_and_leaves_none_running() -> None:
-    done = subprocess.run(
-        [sys.executable, "bench/bench_neighbour.py", "--quick"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    stdout = quick_pass("bench/bench_neighbour.py")
 
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = [line for line in done.stdout.splitlines() if line.startswith("  beside ")]
+    lines = [line for line in stdout.splitlines() if line.startswith("  beside ")]
     assert len(lines) == 4 and "ratio to none 1.000" in lines[0]
     leftover = subprocess.run(["pgrep", "-f", "while True: os.sched_yield"], capture_output=True)
     assert leftover.returncode != 0, "a neighbour was left running"
