@@ -24,6 +24,8 @@ wake-up, which a session never pays):
   (s) session: the whole system, `python run.py` with the same config and --session-factor times the
       steps (model actor training in pieces, hub, monitor, heartbeats and events all running); its
       training steps/s from its EpisodeFinished event (model creation and start-up excluded).
+Without --rotate, each repeat runs (s) between two runs of (b), and a repeat's (b) is the two together
+(steps over time): (s) is compared with the machine of its own moment, not of a run ten seconds away.
 Part 2 times the whole default session (`python run.py`, 500,000 steps) and, in the compare venv,
 SB3 PPO with its defaults on gym-anytrading's stocks-v0 (bench/bench_anytrading_ppo.py) for
 --baseline-steps, extrapolated to the same 500,000 steps; the two alternate over --session-repeats.
@@ -63,6 +65,31 @@ SETUPS = ("actor", "frames", "server", "local", "dummy", "null", "session")
 def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     """Return the median of the same-repeat ratios a[i] / b[i]."""
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def repeat_order(chosen: Sequence[str], repeat: int) -> list[str]:
+    """Return the runs of one repeat: the setups rotated by the repeat's number, and (s) between two
+    runs of (b) when both are chosen.
+
+    A session is one run of 10 to 20 s in a fresh set of processes, the others 3 to 5 s each; with (b)
+    just before and just after it, the (b) that (s) is divided by ran on the machine of the same moment
+    (the mean of the two: an ABA pair), whatever the machine's drift over the repeat. The pair moves
+    through the rotation as one unit.
+    """
+    sandwich = "session" in chosen and "dummy" in chosen
+    units: list[list[str]] = [
+        [name] for name in chosen if not (sandwich and name in ("session", "dummy"))
+    ]
+    if sandwich:
+        units.append(["dummy", "session", "dummy"])
+    shift = repeat % len(units)
+    return [name for unit in units[shift:] + units[:shift] for name in unit]
+
+
+def pooled_rate(rates: Sequence[float]) -> float:
+    """Return the rate of equal-length runs taken together (their harmonic mean: total steps over total
+    time)."""
+    return len(rates) / sum(1.0 / rate for rate in rates)
 
 
 def bench_setups(
@@ -210,23 +237,30 @@ def bench_setups(
             chosen = tuple(name for name in SETUPS if name in setups)
             rates: dict[str, list[float]] = {name: [] for name in chosen}
             steals: list[float] = []
+            dummy_runs: list[list[float]] = []  # each repeat's runs of (b), two around (s) when both run
             for repeat in range(repeats):
                 ticks = cpu_ticks()
-                shift = repeat % len(chosen)
-                order = chosen[shift:] + chosen[:shift]
                 if rotate:
+                    shift = repeat % len(chosen)
+                    order = chosen[shift:] + chosen[:shift]
                     trained = train_rotated([name for name in order if name != "session"], rotate)
                     for name, rate in trained.items():
                         rates[name].append(rate)
                     if "session" in chosen:
                         rates["session"].append(session_once(repeat))
+                    runs = {name: [rates[name][-1]] for name in chosen}
                 else:
-                    for name in order:
-                        rates[name].append(session_once(repeat) if name == "session" else train_once(name))
+                    runs = {name: [] for name in chosen}
+                    for name in repeat_order(chosen, repeat):
+                        runs[name].append(session_once(repeat) if name == "session" else train_once(name))
+                    for name in chosen:
+                        rates[name].append(pooled_rate(runs[name]))
+                if "dummy" in runs:
+                    dummy_runs.append(runs["dummy"])
                 steals.append(steal_share(ticks, cpu_ticks()))
                 print(
                     f"  repeat {repeat + 1}: "
-                    + ", ".join(f"{name} {rates[name][-1]:,.0f}" for name in chosen)
+                    + ", ".join(f"{name} {' and '.join(f'{r:,.0f}' for r in runs[name])}" for name in chosen)
                     + f" steps/s; the host stole {steals[-1]:.1%} of the CPU time",
                     flush=True,
                 )
@@ -273,7 +307,12 @@ def bench_setups(
         "frames_over_local": ("frames", "local", "(af)/(a'): the same with array frames"),
         "server_over_local": ("server", "local", "(a2)/(a'): without the actor framework"),
         "actor_over_dummy": ("actor", "dummy", "(a)/(b)"),
-        "session_over_dummy": ("session", "dummy", "(s)/(b): the whole system against DummyVecEnv"),
+        "session_over_dummy": (
+            "session",
+            "dummy",
+            "(s)/(b): the whole system against DummyVecEnv"
+            + ("" if rotate else " run just before and after it"),
+        ),
         "actor_over_null": ("actor", "null", "(a)/(c)"),
     }
     figures: dict[str, Any] = {
@@ -282,6 +321,7 @@ def bench_setups(
         "step_p90_us": step_p90_us,
         "lease": lease,
         "steal": steals,
+        "dummy_runs": dummy_runs,
     }
     for key, (a, b, text) in ratios.items():
         if a in rates and b in rates:
