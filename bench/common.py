@@ -83,10 +83,17 @@ def train_data(config: Config) -> tuple[DataLoaded, SplitArrays]:
     return summary, whole_split(service.episode(1).train)
 
 
-def serve_until_stopped(server: Server, answer: Callable[[Message], Message]) -> None:
-    """Answer every request on a bare transport server with `answer` until a Stop comes, then close it."""
+def serve_until_stopped(
+    server: Server, answer: Callable[[Message], Message], parent: int | None = None
+) -> None:
+    """Answer every request on a bare transport server with `answer` until a Stop comes, then close it.
+
+    It also stops when the process that started it (`parent`, by default this process's parent now) is
+    gone: a benchmark killed mid-run leaves no server polling beside the next one's measurements.
+    """
+    parent = os.getppid() if parent is None else parent
     try:
-        while True:
+        while os.getppid() == parent:
             for item in server.poll(50):
                 msg = item.message
                 if msg is None:
