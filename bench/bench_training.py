@@ -73,7 +73,7 @@ def repeat_order(chosen: Sequence[str], repeat: int) -> list[str]:
 
     A session is one run of 10 to 20 s in a fresh set of processes, the others 3 to 5 s each; with (b)
     just before and just after it, the (b) that (s) is divided by ran on the machine of the same moment
-    (the mean of the two: an ABA pair), whatever the machine's drift over the repeat. The pair moves
+    (the two taken together: an ABA pair), whatever the machine's drift over the repeat. The pair moves
     through the rotation as one unit.
     """
     sandwich = "session" in chosen and "dummy" in chosen
