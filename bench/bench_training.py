@@ -77,9 +77,7 @@ def repeat_order(chosen: Sequence[str], repeat: int) -> list[str]:
     through the rotation as one unit.
     """
     sandwich = "session" in chosen and "dummy" in chosen
-    units: list[list[str]] = [
-        [name] for name in chosen if not (sandwich and name in ("session", "dummy"))
-    ]
+    units: list[list[str]] = [[name] for name in chosen if not (sandwich and name in ("session", "dummy"))]
     if sandwich:
         units.append(["dummy", "session", "dummy"])
     shift = repeat % len(units)
@@ -161,25 +159,33 @@ def bench_setups(
             step_us: dict[str, list[float]] = {name: [] for name in timed}
             step_p90_us: dict[str, list[float]] = {name: [] for name in timed}
             # The shared path's steps: how many went by token, and how many waits of the model slept.
-            lease: dict[str, Any] = {"calls": 0, "tokens": 0, "sleeps": 0, "rollouts": 0, "colocated": 0}
-            lease["colocated_by_run"] = []  # per timed run of (a): co-located rollouts
+            counted = ("tokens", "sleeps", "rollouts", "colocated", "split")
+            lease: dict[str, Any] = {"calls": 0, **dict.fromkeys(counted, 0)}
+            lease["colocated_by_run"] = []  # per timed run of (a): rollouts on one core
+            lease["split_by_run"] = []  # and split ones
 
-            def lease_counts() -> tuple[int, int, int, int]:
-                """Return (a)'s steps by token, sleeps of the model's wait, rollouts and co-located ones."""
+            def lease_counts() -> tuple[int, ...]:
+                """Return (a)'s steps by token, sleeps of the model's wait, rollouts, and the rollouts on
+                one core and split."""
                 backend = timed["actor"]._backend if "actor" in timed else None
                 buffer = getattr(backend, "_buffer", None)
                 if backend is None or buffer is None:
-                    return (backend.tokens if backend is not None else 0), 0, 0, 0
-                return backend.tokens, buffer._model_bell.sleeps, buffer.rollouts, buffer.colocated_rollouts
+                    return (backend.tokens if backend is not None else 0), 0, 0, 0, 0
+                return (
+                    backend.tokens,
+                    buffer._model_bell.sleeps,
+                    buffer.rollouts,
+                    buffer.colocated_rollouts,
+                    buffer.split_rollouts,
+                )
 
-            def count_lease(before: tuple[int, int, int, int], calls: int) -> None:
+            def count_lease(before: tuple[int, ...], calls: int) -> None:
                 after = lease_counts()
                 lease["calls"] += calls
-                for key, first, last in zip(
-                    ("tokens", "sleeps", "rollouts", "colocated"), before, after, strict=True
-                ):
+                for key, first, last in zip(counted, before, after, strict=True):
                     lease[key] += last - first
                 lease["colocated_by_run"].append(after[3] - before[3])
+                lease["split_by_run"].append(after[4] - before[4])
 
             def train_once(name: str) -> float:
                 model = models[name]
@@ -299,8 +305,8 @@ def bench_setups(
         print(
             f"  (a) shared steps: {lease['calls']:,} in the timed runs, {lease['tokens']:,} by token, the "
             f"rest within leases; the model's wait slept on its bell in {lease['sleeps']:,}; "
-            f"{lease['colocated']:,} of {lease['rollouts']:,} rollouts co-located (other processes kept the "
-            "other cores busy)"
+            f"of {lease['rollouts']:,} rollouts {lease['split']:,} split (other processes kept the other "
+            f"cores busy) and {lease['colocated']:,} on one core (every core busy)"
         )
     ratios = {
         "actor_over_local": ("actor", "local", "(a)/(a'): the cost of the process boundary"),

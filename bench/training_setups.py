@@ -91,7 +91,7 @@ class TimedBackend:
         return result
 
     def begin_rollout(self) -> None:
-        """Pass the rollout's start on (the shared path co-locates its steps)."""
+        """Pass the rollout's start on (the shared path places its steps on a busy machine)."""
         rollout_hook(self._backend, "begin_rollout")
 
     def end_rollout(self) -> None:

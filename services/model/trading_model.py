@@ -151,9 +151,10 @@ class _Tick(BaseCallback):
         return self._tick(self.num_timesteps)
 
     def _on_rollout_start(self) -> None:
-        # An on-policy rollout is a run of steps with nothing else between them: the env actor's steps
-        # and this thread then share one core (services.transport.colocate). An off-policy "rollout" is
-        # a step or a few between gradient steps, so those are left where the scheduler puts them.
+        # An on-policy rollout is a run of steps with nothing else between them: on a busy machine the
+        # env actor's lease and this thread are then placed (services.transport.colocate). An
+        # off-policy "rollout" is a step or a few between gradient steps, so those are left where the
+        # scheduler puts them.
         if isinstance(self.model, OnPolicyAlgorithm):
             rollout_hook(self.training_env, "begin_rollout")
 

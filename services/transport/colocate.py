@@ -1,30 +1,39 @@
-"""Put the two ends of a shared step buffer on one core while a rollout runs, and ask for short slices.
+"""Place the two ends of a shared step buffer while a rollout runs: apart, split, or on one core.
 
 During a rollout the model's training thread and the env actor's serving thread take turns: neither
-has anything to do while the other works. On separate cores each turn needs the other core to be free
-at that moment; on a machine whose cores are busy with other processes the one woken waits for a core,
-up to a whole time slice of the process running there (p90 of a step 1.3 to 3.4 ms beside other jobs,
-against 60 us in process: docs/BENCHMARKS.md, section 14). On one core the turn is a hand-over: the
-waiting side's spin yields the core (services.transport.doorbell), and the side it waits for is the
-one that runs next. So at the start of a rollout on such a machine the model pins its training thread
-to the core it is on and writes that core into the buffer's header (`SharedSteps.begin_rollout`); the
-env actor's lease pins its serving thread to the same core while the word says so. At the end of the
-rollout the model lets its thread go back to every core it had (the update that follows runs wherever
-the scheduler puts it, and the next rollout starts on the core it is on then) and clears the word; the
-env actor lets its thread go when the lease ends or the word is cleared.
+has anything to do while the other works. Where they run decides what a turn costs, and the right
+place depends on how many cores other processes keep busy (`Crowd`: the kernel's count of runnable
+tasks, less this session's own, read at the start and end of each rollout; the last four readings
+decide, three of four needed, so that the session's own actors waking together once decide nothing):
 
-On a machine with a free core the two threads are faster apart: each spins on its own core and a step
-costs about 40 us, against 75 to 115 us as a hand-over on one core (section 14). So a rollout is
-co-located only while other processes keep the other cores busy (`Crowd`: the kernel's count of
-runnable tasks, less this session's own, read at the start and end of each rollout; co-located when
-the last four readings average at least one other runnable task for every other core, less a quarter:
-on two cores, three readings in four).
+- **Apart, unpinned** (a core is free besides the model's): each side spins on its own core and a step
+  costs about 40 us at 16 envs (docs/BENCHMARKS.md, section 14). Nothing is pinned.
+- **Split** (other processes keep every other core busy, but not the model's: one CPU hog on two cores).
+  The model pins its training thread to the core it is on, where it spins alone; the env actor's lease
+  pins its serving thread to every other core and sleeps on its bell between steps, where the ring
+  wakes it ahead of the busy process (a short slice, below). A lease that spun there instead would
+  yield its core to that process for the process's whole slice, up to 3 ms a step; one that was not
+  pinned would be woken onto the model's core (the pipe's wake-up is a "sync" one, which pulls the
+  woken thread to the waker's core) and wait there for the model's spin to yield. Beside one hog at 16
+  envs a step took 49 to 51 us split against 67 to 101 us on one core, and the learner keeps its core
+  and its caches to itself (section 14, session 11).
+- **On one core** (other processes keep every core busy, the model's too: three hogs on two cores):
+  the model pins its training thread to its core and the lease pins its serving thread to the same
+  core; each side's spin yields the core, and the side it waits for is the one that runs next. Split
+  there, the model's own core is crowded and each of its yields hands that core to a busy process for
+  a slice: a step took about 3 ms (section 14, session 11).
+
+The model writes the placement into the buffer's header (`SharedSteps.begin_rollout`): the core plus
+one for one core, minus that for split, 0 for apart; the env actor's lease follows the word at each
+step. At the end of the rollout the model lets its thread go back to every core it had (the update
+that follows runs wherever the scheduler puts it, and the next rollout starts on the core it is on
+then) and clears the word; the env actor lets its thread go when the lease ends or the word is cleared.
 
 Both threads also ask the kernel for a short time slice (`sched_setattr` with a `sched_runtime` of
 `SLICE_NS`, Linux 6.12 and later; older kernels ignore it): a thread with a short slice has an early
 deadline under the EEVDF scheduler, so when it wakes or gets a yield it runs before processes with the
 default slice instead of after their slice. The env actor's serving thread asks at its first lease and
-keeps it; the model's thread has it during co-located rollouts only.
+keeps it; the model's thread has it during pinned rollouts only.
 
 Everything here is advice to the kernel: where a call is not available (another OS, a single allowed
 core, a kernel that refuses) the steps run as before, unpinned.
@@ -105,35 +114,55 @@ def request_slice(slice_ns: int) -> bool:
 
 
 class Placement:
-    """Pin the calling thread to one core and later give it back the cores it had (use one thread only)."""
+    """Pin the calling thread to one core, or to every core but one, and later give it back the cores it
+    had (use one thread only)."""
 
     def __init__(self) -> None:
         self._cores: set[int] | None = None
         self.core = -1
-        """The core the thread is pinned to, -1 when it is not."""
+        """The core the thread is pinned to, -1 when it is not pinned to one."""
+        self.avoided = -1
+        """The core the thread is kept off (pinned to every other), -1 when it is not."""
+
+    @property
+    def pinned(self) -> bool:
+        """Whether pin() or avoid() holds the thread now."""
+        return self._cores is not None
 
     def pin(self, core: int) -> bool:
         """Pin the calling thread to core; False (nothing changed) if it may not run there or only there."""
         if core == self.core:
             return True
-        if _LIBC is None or core < 0:
+        return core >= 0 and self._set(core, {core})
+
+    def avoid(self, core: int) -> bool:
+        """Pin the calling thread to every core it may use but core; False (nothing changed) if it may not
+        use core or no other."""
+        if core == self.avoided:
+            return True
+        return core >= 0 and self._set(core, None)
+
+    def _set(self, core: int, only: set[int] | None) -> bool:
+        """Pin to `only`, or (None) to every allowed core but `core`; record which."""
+        if _LIBC is None:
             return False
         cores = self._cores if self._cores is not None else os.sched_getaffinity(0)
         if core not in cores or len(cores) < 2:
             return False
         try:
-            os.sched_setaffinity(0, {core})
+            os.sched_setaffinity(0, only if only is not None else cores - {core})
         except OSError:
             return False
-        self._cores, self.core = cores, core
+        self._cores = cores
+        self.core, self.avoided = (core, -1) if only is not None else (-1, core)
         return True
 
     def release(self) -> None:
-        """Let the thread run on every core it could before pin()."""
+        """Let the thread run on every core it could before pin() or avoid()."""
         if self._cores is not None:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, self._cores)
-        self._cores, self.core = None, -1
+        self._cores, self.core, self.avoided = None, -1, -1
 
 
 _THREADS = threading.local()
@@ -150,19 +179,21 @@ def thread_placement() -> Placement:
 def release_thread() -> None:
     """Give the calling thread back every core it had and the default slice, if a rollout pinned it."""
     placement = thread_placement()
-    if placement.core >= 0:
+    if placement.pinned:
         placement.release()
         request_slice(0)
 
 
 class Crowd:
-    """Tell whether other processes keep every core but this thread's busy (then a rollout co-locates).
+    """Tell whether other processes keep every core but this thread's busy (`busy`: a rollout is split),
+    or every core (`full`: a rollout runs on one core).
 
     Reads the number of runnable tasks from /proc/loadavg (its fourth field, `running/total`), less the
     caller and its own others (`own`), at each sample; busy when at least three of the last `SAMPLES`
-    readings each show as many others as there are other cores. A count, not a mean: the session's
-    other actors sometimes wake together (a heartbeat, an event), and one reading of four others on a
-    quiet machine co-located a 16-env session's next rollouts, 5 to 14 % of its steps (section 14).
+    readings each show as many others as there are other cores, full when three show as many as there
+    are cores. A count, not a mean: the session's other actors sometimes wake together (a heartbeat, an
+    event), and one reading of four others on a quiet machine pinned a 16-env session's next rollouts,
+    5 to 14 % of its steps (section 14).
     """
 
     SAMPLES = 4
@@ -190,9 +221,17 @@ class Crowd:
 
     def busy(self) -> bool:
         """Return True when the recent samples show the other cores taken by other processes."""
+        return self._taken(self._cores - 1)
+
+    def full(self) -> bool:
+        """Return True when the recent samples show every core taken by other processes, this one's too."""
+        return self._taken(self._cores)
+
+    def _taken(self, others_needed: int) -> bool:
+        """Whether three of four recent samples show at least others_needed other runnable tasks."""
         if self._cores < 2 or not self._others:
             return False
-        taken = sum(1 for others in self._others if others >= self._cores - 1)
+        taken = sum(1 for others in self._others if others >= others_needed)
         return 4 * taken >= 3 * len(self._others)
 
     def close(self) -> None:

@@ -71,7 +71,9 @@ SUFFIX = ".shm"
 """How a buffer file's name ends; anything else in the folder is not a buffer."""
 _ACTION, _RESULT, _FINISHED = (_SLOT[k] for k in ("action_step", "result_step", "finished"))
 _SERVING = _SLOT["serving"]
-_ENV_SLEEPING, _MODEL_SLEEPING, _COLOCATE = (_SLOT[k] for k in ("env_sleeping", "model_sleeping", "colocate"))
+_ENV_SLEEPING, _MODEL_SLEEPING, _PLACEMENT = (
+    _SLOT[k] for k in ("env_sleeping", "model_sleeping", "placement")
+)
 _BELLS = (".env-bell", ".model-bell")
 """The named pipes next to a buffer file: the env actor sleeps on the first, the model on the second."""
 _WRITING = -1
@@ -102,12 +104,14 @@ crowded machine: a compiled step of 16 to 64 single-asset envs takes 5-15 us; on
 longer spin keeps the env actor from the core it needs (200 us gave 0.52 of the in-process rate beside
 a CPU hog at 16 envs, 20 us 0.60: docs/BENCHMARKS.md, section 14)."""
 COLOCATE = True
-"""Pin the model's training thread and the env actor's serving thread to one core during each rollout
-while other processes keep the other cores busy (services.transport.colocate): a step is then a
-hand-over on one core instead of a wake-up that waits for a core."""
+"""Place the model's training thread and the env actor's serving thread during each rollout while other
+processes keep the other cores busy (services.transport.colocate): split (the model alone on its core,
+the lease on the others, asleep between steps) while the model's core is free of them, on one core (a
+hand-over) while every core is taken."""
 COLOCATED_SPIN_S = 0.002
-"""How long either side spins while both are on one core, crowded or not: each turn of the spin yields
-the core, and the side it waits for is the one that gets it."""
+"""How long either side spins while both are on one core, crowded or not, and the model while it has its
+core alone (split): each turn of the spin yields the core, and the side it waits for is the one that
+gets it."""
 
 
 class TornBuffer(TransportError):
@@ -156,8 +160,9 @@ class SharedSteps:
         self._step = int(self._header[_ACTION])
         self.leased = 0
         """Steps the env actor served within leases, without a token (the rest came by token)."""
-        self.rollouts = self.colocated_rollouts = 0
-        """Rollouts begun on this buffer (the model's side), and how many of them were co-located."""
+        self.rollouts = self.colocated_rollouts = self.split_rollouts = 0
+        """Rollouts begun on this buffer (the model's side), and how many of them ran on one core, and
+        split (services.transport.colocate)."""
         env_bell, model_bell = (path.with_name(path.name + bell) for bell in _BELLS)
         if owner:
             Doorbell.make(env_bell)
@@ -165,8 +170,8 @@ class SharedSteps:
         self._env_bell = Doorbell(env_bell, self._words, _ENV_SLEEPING)
         self._model_bell = Doorbell(model_bell, self._words, _MODEL_SLEEPING)
         self._load = CpuLoad()
-        self._colocated = False
-        """Whether the model's rollout is co-located now (its thread pinned, the colocate word set)."""
+        self._pinned = False
+        """Whether the model's rollout is placed now (its thread pinned, the placement word set)."""
         self._crowd: Crowd | None = None
         """Whether other processes keep the other cores busy (the model's side, made at its first rollout)."""
         self._sliced = False
@@ -248,7 +253,7 @@ class SharedSteps:
         def ready() -> bool:
             return words[_RESULT] == step or not words[_SERVING]
 
-        spin = COLOCATED_SPIN_S if self._colocated else MODEL_SPIN_S[self._load.crowded()]
+        spin = COLOCATED_SPIN_S if self._pinned else MODEL_SPIN_S[self._load.crowded()]
         self._model_bell.wait(ready, spin, time.perf_counter() + deadline_s, self._load)
         if words[_RESULT] != step:
             return False
@@ -256,10 +261,13 @@ class SharedSteps:
         return True
 
     def begin_rollout(self) -> bool:
-        """Pin the calling (training) thread to its core and ask the env actor's lease to join it there.
+        """Pin the calling (training) thread to its core while other processes keep the other cores busy,
+        and ask the env actor's lease to take the other cores (split) or, while every core is taken,
+        to join it on its core (services.transport.colocate).
 
         Call it from the thread that steps, before a rollout's steps; end_rollout() undoes it. Returns
-        whether the thread was pinned (not where co-location is off or impossible, see colocate).
+        whether the thread was pinned (not on a machine with a free core, nor where placement is off or
+        impossible).
         """
         self.rollouts += 1
         self._env_bell.ring()  # a wake-up call: a lease asleep through the update spins for the first step
@@ -270,17 +278,21 @@ class SharedSteps:
         if not crowd.busy() or not placement.pin(current_cpu()):
             return False
         request_slice(SLICE_NS)
-        self._colocated = True
-        self._words[_COLOCATE] = placement.core + 1
-        self.colocated_rollouts += 1
+        self._pinned = True
+        if crowd.full():
+            self._words[_PLACEMENT] = placement.core + 1
+            self.colocated_rollouts += 1
+        else:
+            self._words[_PLACEMENT] = -(placement.core + 1)
+            self.split_rollouts += 1
         return True
 
     def end_rollout(self) -> None:
         """Let the env actor's lease and the calling thread go back to every core they had."""
         if COLOCATE:
             self._sample_crowd()
-        self._words[_COLOCATE] = 0
-        self._colocated = False
+        self._words[_PLACEMENT] = 0
+        self._pinned = False
         release_thread()
 
     def _sample_crowd(self) -> Crowd:
@@ -408,8 +420,11 @@ class SharedSteps:
         words[_SERVING] = 1
         try:
             while True:
-                self._follow_model(placement)
-                spin = COLOCATED_SPIN_S if placement.core >= 0 else ENV_SPIN_S[load.crowded()]
+                split = self._follow_model(placement)
+                if split:  # on a core a busy process holds: only a sleeper is woken ahead of it
+                    spin = 0.0
+                else:
+                    spin = COLOCATED_SPIN_S if placement.core >= 0 else ENV_SPIN_S[load.crowded()]
                 if not next_step(spin):
                     break
                 step = words[_ACTION]
@@ -437,11 +452,22 @@ class SharedSteps:
             self._model_bell.ring()
         return served
 
-    def _follow_model(self, placement: Placement) -> None:
-        """Pin the serving thread to the core the model's colocate word names, or release it."""
-        wanted = int(self._words[_COLOCATE]) - 1
-        if wanted != placement.core and (wanted < 0 or not placement.pin(wanted)):
+    def _follow_model(self, placement: Placement) -> bool:
+        """Place the serving thread as the model's placement word says; return whether the rollout is
+        split (the lease then sleeps between steps, pinned off the model's core where it can be).
+
+        The word is the model's core plus one (join it there), minus that (keep off it), or 0 (unpinned).
+        """
+        word = int(self._words[_PLACEMENT])
+        if word > 0:
+            placed = placement.pin(word - 1)
+        elif word < 0:
+            placed = placement.avoid(-word - 1)
+        else:
+            placed = False
+        if not placed and placement.pinned:
             placement.release()
+        return word < 0
 
     def write(self, step: int, result: Any) -> int:
         """Write a step's results (a StepResult with every row), then its step number; return finished.

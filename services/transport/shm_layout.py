@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-MAGIC = 0x524C_5441_5348_4D04
+MAGIC = 0x524C_5441_5348_4D05
 """First header word: a file that does not start with it is no step buffer of this version."""
 ALIGN = 64
 HEADER = (
@@ -29,7 +29,7 @@ HEADER = (
     "serving",
     "env_sleeping",
     "model_sleeping",
-    "colocate",
+    "placement",
 )
 SLOT = {name: i for i, name in enumerate(HEADER)}
 

@@ -1,4 +1,5 @@
-"""Co-located rollouts: the model's thread and the env actor's lease pinned to one core, short slices."""
+"""Placed rollouts: the model's thread pinned, the env actor's lease off its core (split) or on it, short
+slices."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
@@ -93,6 +94,44 @@ def test_a_placement_refuses_a_core_the_thread_may_not_use_and_a_thread_on_one_c
     assert in_thread(work) == (False, False, -1)
 
 
+@multi_core
+def test_a_placement_keeps_the_thread_off_one_core_and_moves_between_pin_and_avoid() -> None:
+    def work() -> tuple[set[int], int, set[int], int, bool, set[int], bool]:
+        placement = Placement()
+        assert placement.avoid(CORES[0])
+        avoided, kept_off = os.sched_getaffinity(0), placement.avoided
+        assert placement.pin(CORES[0])  # from avoiding a core to joining it, the cores before either
+        pinned, core = os.sched_getaffinity(0), placement.core
+        placement.release()
+        return (
+            avoided,
+            kept_off,
+            pinned,
+            core,
+            placement.avoided == -1,
+            os.sched_getaffinity(0),
+            placement.pinned,
+        )
+
+    avoided, kept_off, pinned, core, cleared, after, still = in_thread(work)
+
+    assert avoided == set(CORES) - {CORES[0]} and kept_off == CORES[0]
+    assert pinned == {CORES[0]} and core == CORES[0]
+    assert cleared and after == set(CORES) and not still
+
+
+@multi_core
+def test_a_placement_refuses_to_avoid_a_core_the_thread_cannot_leave() -> None:
+    def work() -> tuple[bool, bool, bool]:
+        placement = Placement()
+        outside = placement.avoid(max(CORES) + 1000)
+        os.sched_setaffinity(0, {CORES[0]})
+        alone = placement.avoid(CORES[0])
+        return outside, alone, placement.pinned
+
+    assert in_thread(work) == (False, False, False)
+
+
 def test_a_short_slice_is_asked_for_and_given_back_where_the_kernel_takes_it() -> None:
     def work() -> tuple[bool, int, bool, int]:
         asked = request_slice(SLICE_NS)
@@ -120,11 +159,12 @@ def vec_env() -> VecTradingEnv:
 
 
 class Busy(Crowd):
-    """A crowd that always says the other cores are taken (or never, with busy=False)."""
+    """A crowd that always says the other cores are taken (or never, with busy=False), and every core
+    with full=True."""
 
-    def __init__(self, busy: bool = True) -> None:
+    def __init__(self, busy: bool = True, full: bool = False) -> None:
         super().__init__(path="/nonexistent")
-        self._busy = busy
+        self._busy, self._full = busy, full
         self.samples: list[int] = []
 
     def sample(self, own: int = 1) -> None:
@@ -133,12 +173,15 @@ class Busy(Crowd):
     def busy(self) -> bool:
         return self._busy
 
+    def full(self) -> bool:
+        return self._full
 
-def pair(folder: Path, *, busy: bool = True) -> tuple[SharedSteps, SharedSteps]:
+
+def pair(folder: Path, *, busy: bool = True, full: bool = True) -> tuple[SharedSteps, SharedSteps]:
     layout = StepLayout.of(N, OBS, "discrete3")
     owner = SharedSteps.create(folder, "train", layout)
     model = SharedSteps.attach(folder, owner.name, layout, layout.size)
-    model._crowd = Busy(busy)
+    model._crowd = Busy(busy, full)
     return owner, model
 
 
@@ -176,11 +219,40 @@ def test_the_crowd_counts_other_runnable_tasks_against_the_other_cores(
     crowd.close()
 
 
+@pytest.mark.parametrize(
+    ("cores", "readings", "own", "full"),
+    [
+        (2, [2, 2, 2, 2], 1, False),  # one other task: the other core is taken, the caller's is not
+        (2, [3, 3, 3, 3], 1, True),  # two others on two cores: every core taken
+        (2, [3, 3, 3, 2], 1, True),  # three readings of four
+        (2, [3, 3, 2, 2], 1, False),
+        (2, [4, 4, 4, 4], 2, True),  # three others besides the caller and its lease
+        (2, [3, 3, 3, 3], 2, False),  # the second "other" is the session's own lease
+        (4, [5, 5, 5, 5], 1, True),
+        (4, [4, 4, 4, 4], 1, False),  # three others on four cores: busy, not full
+        (1, [5, 5, 5, 5], 1, False),  # one core: nothing to place
+    ],
+)
+def test_the_crowd_is_full_when_others_take_every_core(
+    tmp_path: Path, cores: int, readings: list[int], own: int, full: bool
+) -> None:
+    path = tmp_path / "loadavg"
+    write_loadavg(path, 0)
+    crowd = Crowd(str(path), cores=cores)
+    for running in readings:
+        write_loadavg(path, running)
+        crowd.sample(own)
+
+    assert crowd.full() is full
+    assert crowd.busy() or not full, "a full machine is a busy one"
+    crowd.close()
+
+
 def test_a_crowd_without_its_file_never_says_busy(tmp_path: Path) -> None:
     crowd = Crowd(str(tmp_path / "absent"), cores=2)
     crowd.sample()
 
-    assert not crowd.busy()
+    assert not crowd.busy() and not crowd.full()
 
 
 def test_the_last_four_readings_decide(tmp_path: Path) -> None:
@@ -204,7 +276,7 @@ def test_a_rollout_on_a_machine_with_a_free_core_stays_unpinned(tmp_path: Path) 
 
     def work() -> tuple[bool, int, set[int]]:
         begun = model.begin_rollout()
-        return begun, int(model._words[_SLOT["colocate"]]), os.sched_getaffinity(0)
+        return begun, int(model._words[_SLOT["placement"]]), os.sched_getaffinity(0)
 
     begun, word, cores = in_thread(work)
 
@@ -214,9 +286,21 @@ def test_a_rollout_on_a_machine_with_a_free_core_stays_unpinned(tmp_path: Path) 
     assert (model.rollouts, model.colocated_rollouts) == (1, 0)
 
 
-@multi_core
-def test_a_rollout_puts_the_lease_on_the_models_core_and_the_end_lets_both_go(tmp_path: Path) -> None:
-    owner, model = pair(tmp_path)
+class Rollout(NamedTuple):
+    """What one placed rollout of 20 steps showed (placed_rollout)."""
+
+    core: int
+    word: int
+    pinned: set[int]
+    released: set[int]
+    cleared: int
+    seen: list[set[int]]
+    after_lease: list[set[int]]
+    lease_sleeps: int
+
+
+def placed_rollout(owner: SharedSteps, model: SharedSteps) -> Rollout:
+    """Run a lease in a thread and a 20-step rollout of the model in another; return what they showed."""
     env = vec_env()
     seen: list[set[int]] = []
 
@@ -230,7 +314,7 @@ def test_a_rollout_puts_the_lease_on_the_models_core_and_the_end_lets_both_go(tm
         owner.serve(step_envs, idle_s=5.0)
         after_lease.append(os.sched_getaffinity(0))
 
-    def rollout() -> tuple[int, int, set[int], set[int], int]:
+    def rollout() -> Rollout:
         first = model.put_actions(np.zeros(N, dtype=np.int64))
         owner.serve_token(first, env.step)
         lease = threading.Thread(target=serve)
@@ -239,29 +323,63 @@ def test_a_rollout_puts_the_lease_on_the_models_core_and_the_end_lets_both_go(tm
         while not model._words[_SLOT["serving"]]:
             assert time.monotonic() < deadline, "the lease never started"
             time.sleep(0.001)
+        sleeps = owner._env_bell.sleeps
         assert model.begin_rollout()
         core = thread_placement().core
-        word = int(model._words[_SLOT["colocate"]])
+        word = int(model._words[_SLOT["placement"]])
         pinned = os.sched_getaffinity(0)
         for _ in range(20):
             step = model.put_actions(np.ones(N, dtype=np.int64))
             assert model.wait(step)
             model.read(step)
         model.end_rollout()
-        cleared = int(model._words[_SLOT["colocate"]])
+        cleared = int(model._words[_SLOT["placement"]])
         released = os.sched_getaffinity(0)
         owner._words[_SLOT["action_step"]] = -5  # ends the lease
         lease.join(10)
-        return core, word - 1, pinned, released, cleared
+        return Rollout(
+            core, word, pinned, released, cleared, seen, after_lease, owner._env_bell.sleeps - sleeps
+        )
 
-    core, word_core, pinned, released, cleared = in_thread(rollout)
+    result: Rollout = in_thread(rollout)
+    return result
 
-    assert word_core == core and pinned == {core}, "the model pins itself and names its core"
-    assert (model.rollouts, model.colocated_rollouts) == (1, 1)
+
+@multi_core
+def test_a_rollout_on_a_full_machine_puts_the_lease_on_the_models_core_and_the_end_lets_both_go(
+    tmp_path: Path,
+) -> None:
+    owner, model = pair(tmp_path, full=True)
+
+    got = placed_rollout(owner, model)
+
+    core = got.core
+    assert got.word - 1 == core and got.pinned == {core}, "the model pins itself and names its core"
+    assert (model.rollouts, model.colocated_rollouts, model.split_rollouts) == (1, 1, 0)
     # The lease follows the word from its next turn on: every step after the first few ran on that core.
-    assert seen[-1] == {core} and sum(s == {core} for s in seen) >= len(seen) - 2
-    assert released == set(CORES) and cleared == 0
-    assert after_lease == [set(CORES)], "the lease gives its thread back its cores when it ends"
+    assert got.seen[-1] == {core} and sum(s == {core} for s in got.seen) >= len(got.seen) - 2
+    assert got.released == set(CORES) and got.cleared == 0
+    assert got.after_lease == [set(CORES)], "the lease gives its thread back its cores when it ends"
+
+
+@multi_core
+def test_a_rollout_beside_busy_other_cores_is_split_and_the_lease_sleeps_off_the_models_core(
+    tmp_path: Path,
+) -> None:
+    owner, model = pair(tmp_path, full=False)
+
+    got = placed_rollout(owner, model)
+
+    core = got.core
+    assert got.word == -(core + 1) and got.pinned == {core}, "the model pins itself and names its core"
+    assert (model.rollouts, model.colocated_rollouts, model.split_rollouts) == (1, 0, 1)
+    others = set(CORES) - {core}
+    assert got.seen[-1] == others and sum(s == others for s in got.seen) >= len(got.seen) - 2
+    # Split, the lease sleeps on its bell for each next step instead of spinning (the first steps may
+    # come before it read the word).
+    assert got.lease_sleeps >= 15
+    assert got.released == set(CORES) and got.cleared == 0
+    assert got.after_lease == [set(CORES)]
 
 
 @multi_core
@@ -304,7 +422,7 @@ def test_colocation_off_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     def work() -> tuple[bool, int, set[int]]:
         begun = model.begin_rollout()
         model.end_rollout()
-        return begun, int(model._words[_SLOT["colocate"]]), os.sched_getaffinity(0)
+        return begun, int(model._words[_SLOT["placement"]]), os.sched_getaffinity(0)
 
     begun, word, cores = in_thread(work)
 
