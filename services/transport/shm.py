@@ -270,7 +270,17 @@ class SharedSteps:
         impossible).
         """
         self.rollouts += 1
-        self._env_bell.ring()  # a wake-up call: a lease asleep through the update spins for the first step
+        try:
+            return self._place()
+        finally:
+            # A wake-up call: a lease asleep through the update spins for the first step. Rung after the
+            # crowd is read, or the lease it wakes counts as another process's task (its word still
+            # says it sleeps) and one CPU hog looks like two: a quarter of the rollouts beside one hog
+            # went on one core (docs/BENCHMARKS.md, section 14, session 12).
+            self._env_bell.ring()
+
+    def _place(self) -> bool:
+        """Pin the calling thread and write the placement word as the crowd says; return whether pinned."""
         if not COLOCATE:
             return False
         crowd = self._sample_crowd()

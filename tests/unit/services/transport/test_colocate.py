@@ -286,6 +286,22 @@ def test_a_rollout_on_a_machine_with_a_free_core_stays_unpinned(tmp_path: Path) 
     assert (model.rollouts, model.colocated_rollouts) == (1, 0)
 
 
+@pytest.mark.parametrize("busy", [True, False])
+def test_the_wake_up_call_rings_after_the_crowd_is_read(tmp_path: Path, busy: bool) -> None:
+    # Rung first, the lease it wakes would run while its word still says it sleeps: counted as another
+    # process's task, it made one CPU hog look like a full machine.
+    _, model = pair(tmp_path, busy=busy, full=False)
+    assert isinstance(model._crowd, Busy)
+    events: list[str] = []
+    crowd_sample, bell_ring = model._crowd.sample, model._env_bell.ring
+    model._crowd.sample = lambda own=1: (events.append("sample"), crowd_sample(own))[1]  # type: ignore[method-assign]
+    model._env_bell.ring = lambda: (events.append("ring"), bell_ring())[1]  # type: ignore[method-assign]
+
+    in_thread(lambda: (model.begin_rollout(), model.end_rollout()))
+
+    assert events == ["sample", "ring", "sample"]
+
+
 class Rollout(NamedTuple):
     """What one placed rollout of 20 steps showed (placed_rollout)."""
 
