@@ -275,7 +275,7 @@ class SharedSteps:
         finally:
             # A wake-up call: a lease asleep through the update spins for the first step. Rung after the
             # crowd is read, or the lease it wakes counts as another process's task (its word still
-            # says it sleeps) and one CPU hog looks like two: a quarter of the rollouts beside one hog
+            # says it sleeps) and one CPU hog looks like two: 17 to 24 % of the rollouts beside one hog
             # went on one core (docs/BENCHMARKS.md, section 14, session 12).
             self._env_bell.ring()
 
