@@ -305,8 +305,9 @@ def bench_setups(
         print(
             f"  (a) shared steps: {lease['calls']:,} in the timed runs, {lease['tokens']:,} by token, the "
             f"rest within leases; the model's wait slept on its bell in {lease['sleeps']:,}; "
-            f"of {lease['rollouts']:,} rollouts {lease['split']:,} split (other processes kept the other "
-            f"cores busy) and {lease['colocated']:,} on one core (every core busy)"
+            f"of {lease['rollouts']:,} rollouts {lease['split']:,} split (other processes kept the "
+            f"other cores busy, the cheaper lately) and {lease['colocated']:,} on one core (every core "
+            f"busy, or the cheaper lately)"
         )
     ratios = {
         "actor_over_local": ("actor", "local", "(a)/(a'): the cost of the process boundary"),

@@ -8,16 +8,19 @@ decide, three of four needed, so that the session's own actors waking together o
 
 - **Apart, unpinned** (a core is free besides the model's): each side spins on its own core and a step
   costs about 40 us at 16 envs (docs/BENCHMARKS.md, section 14). Nothing is pinned.
-- **Split** (other processes keep every other core busy, but not the model's: one CPU hog on two cores).
+- **Split** (other processes keep every other core busy, but not the model's: one CPU hog on two cores;
+  while it costs less a step than one core, `PlacementChoice`).
   The model pins its training thread to the core it is on, where it spins alone; the env actor's lease
   pins its serving thread to every other core and sleeps on its bell between steps, where the ring
   wakes it ahead of the busy process (a short slice, below). A lease that spun there instead would
   yield its core to that process for the process's whole slice, up to 3 ms a step; one that was not
   pinned would be woken onto the model's core (the pipe's wake-up is a "sync" one, which pulls the
   woken thread to the waker's core) and wait there for the model's spin to yield. Beside one hog at 16
-  envs a step took 49 to 51 us split against 67 to 101 us on one core, and the learner keeps its core
-  and its caches to itself (section 14, session 11).
-- **On one core** (other processes keep every core busy, the model's too: three hogs on two cores):
+  envs a step took 49 to 51 us split against 67 to 101 us on one core one hour, and the learner kept
+  its core and its caches to itself (section 14, session 11); another hour the wake-up alone took
+  34 us of the model's ring, and one core was the cheaper (session 12).
+- **On one core** (other processes keep every core busy, the model's too: three hogs on two cores; and
+  beside busy other cores while it costs less a step than split):
   the model pins its training thread to its core and the lease pins its serving thread to the same
   core; each side's spin yields the core, and the side it waits for is the one that runs next. Split
   there, the model's own core is crowded and each of its yields hands that core to a busy process for
@@ -239,3 +242,45 @@ class Crowd:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+SPLIT, ONE_CORE = "split", "one core"
+
+
+class PlacementChoice:
+    """Choose split or one core for a rollout beside busy other cores, by what each cost lately.
+
+    Which is faster depends on the host as much as on the load. Split, every step wakes the lease on a
+    core a busy process holds, and the wake-up (an interprocessor interrupt, which a virtual machine
+    pays with an exit to its host) took 23 us a round trip outside training one hour and 34 us of the
+    model's ring alone inside it another; on one core the two processes hand over the core twice a step
+    and share its caches (docs/BENCHMARKS.md, section 14, sessions 11 and 12). So each placement's cost
+    is measured where it matters, as a rollout's wall time per step (the learner's forward passes
+    included), and the cheaper one runs; every `EXPLORE`-th choice takes the other, so that the choice
+    follows the machine.
+    """
+
+    EXPLORE = 16
+    WEIGHT = 0.3
+    """How much one rollout's cost moves a placement's moving average."""
+
+    def __init__(self) -> None:
+        self.cost: dict[str, float] = {}
+        """Each tried placement's moving average of seconds per step."""
+        self._chosen = 0
+
+    def choose(self) -> str:
+        """Return the placement for the next rollout: an untried one first (split), else the cheaper."""
+        self._chosen += 1
+        for mode in (SPLIT, ONE_CORE):
+            if mode not in self.cost:
+                return mode
+        best = min(self.cost, key=self.cost.__getitem__)
+        if self._chosen % self.EXPLORE == 0:
+            return ONE_CORE if best == SPLIT else SPLIT
+        return best
+
+    def record(self, mode: str, seconds_per_step: float) -> None:
+        """Take in what a rollout placed so cost a step."""
+        old = self.cost.get(mode)
+        self.cost[mode] = seconds_per_step if old is None else old + self.WEIGHT * (seconds_per_step - old)

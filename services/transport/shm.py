@@ -52,9 +52,11 @@ import numpy as np
 from services.env.records import StepOutputs
 from services.errors import TransportError
 from services.transport.colocate import (
+    ONE_CORE,
     SLICE_NS,
     Crowd,
     Placement,
+    PlacementChoice,
     current_cpu,
     release_thread,
     request_slice,
@@ -106,8 +108,8 @@ a CPU hog at 16 envs, 20 us 0.60: docs/BENCHMARKS.md, section 14)."""
 COLOCATE = True
 """Place the model's training thread and the env actor's serving thread during each rollout while other
 processes keep the other cores busy (services.transport.colocate): split (the model alone on its core,
-the lease on the others, asleep between steps) while the model's core is free of them, on one core (a
-hand-over) while every core is taken."""
+the lease on the others, asleep between steps) or on one core (a hand-over), whichever cost less a step
+lately while the model's core is free of them, on one core while every core is taken."""
 COLOCATED_SPIN_S = 0.002
 """How long either side spins while both are on one core, crowded or not, and the model while it has its
 core alone (split): each turn of the spin yields the core, and the side it waits for is the one that
@@ -174,6 +176,10 @@ class SharedSteps:
         """Whether the model's rollout is placed now (its thread pinned, the placement word set)."""
         self._crowd: Crowd | None = None
         """Whether other processes keep the other cores busy (the model's side, made at its first rollout)."""
+        self.choice = PlacementChoice()
+        """Split or one core beside busy other cores, by their recent cost (the model's side)."""
+        self._chosen: tuple[str, float, int] | None = None
+        """The placement the choice made for this rollout, its start (perf_counter) and first step."""
         self._sliced = False
         # What a step in which no env finished hands back for the finished envs' values (read-only).
         n = layout.n_envs
@@ -262,8 +268,8 @@ class SharedSteps:
 
     def begin_rollout(self) -> bool:
         """Pin the calling (training) thread to its core while other processes keep the other cores busy,
-        and ask the env actor's lease to take the other cores (split) or, while every core is taken,
-        to join it on its core (services.transport.colocate).
+        and ask the env actor's lease to take the other cores (split) or to join it on its core: while
+        every core is taken, or where that cost less a step lately (services.transport.colocate).
 
         Call it from the thread that steps, before a rollout's steps; end_rollout() undoes it. Returns
         whether the thread was pinned (not on a machine with a free core, nor where placement is off or
@@ -289,7 +295,12 @@ class SharedSteps:
             return False
         request_slice(SLICE_NS)
         self._pinned = True
-        if crowd.full():
+        if crowd.full():  # split, the model's own core would be crowded: one core, not measured
+            mode = ONE_CORE
+        else:
+            mode = self.choice.choose()
+            self._chosen = (mode, time.perf_counter(), self._step)
+        if mode == ONE_CORE:
             self._words[_PLACEMENT] = placement.core + 1
             self.colocated_rollouts += 1
         else:
@@ -299,6 +310,11 @@ class SharedSteps:
 
     def end_rollout(self) -> None:
         """Let the env actor's lease and the calling thread go back to every core they had."""
+        if self._chosen is not None:
+            mode, started, first = self._chosen
+            self._chosen = None
+            if self._step > first:
+                self.choice.record(mode, (time.perf_counter() - started) / (self._step - first))
         if COLOCATE:
             self._sample_crowd()
         self._words[_PLACEMENT] = 0

@@ -19,9 +19,12 @@ from services.env.options import EnvOptions
 from services.env.vec_env import VecTradingEnv
 from services.transport import colocate
 from services.transport.colocate import (
+    ONE_CORE,
     SLICE_NS,
+    SPLIT,
     Crowd,
     Placement,
+    PlacementChoice,
     current_cpu,
     release_thread,
     request_slice,
@@ -376,6 +379,7 @@ def test_a_rollout_on_a_full_machine_puts_the_lease_on_the_models_core_and_the_e
     assert got.seen[-1] == {core} and sum(s == {core} for s in got.seen) >= len(got.seen) - 2
     assert got.released == set(CORES) and got.cleared == 0
     assert got.after_lease == [set(CORES)], "the lease gives its thread back its cores when it ends"
+    assert model.choice.cost == {}, "a full machine's one-core rollout is forced, not a measure of the choice"
 
 
 @multi_core
@@ -396,6 +400,7 @@ def test_a_rollout_beside_busy_other_cores_is_split_and_the_lease_sleeps_off_the
     assert got.lease_sleeps >= 15
     assert got.released == set(CORES) and got.cleared == 0
     assert got.after_lease == [set(CORES)]
+    assert list(model.choice.cost) == [SPLIT] and model.choice.cost[SPLIT] > 0, "the rollout was measured"
 
 
 @multi_core
@@ -460,3 +465,64 @@ def test_release_thread_unpins_a_thread_whose_buffer_was_dropped(tmp_path: Path)
     pinned, after = in_thread(work)
 
     assert len(pinned) == 1 and after == set(CORES)
+
+
+def test_the_choice_tries_split_then_one_core_then_runs_the_cheaper_and_now_and_then_the_other() -> None:
+    choice = PlacementChoice()
+
+    assert choice.choose() == SPLIT
+    choice.record(SPLIT, 60e-6)
+    assert choice.choose() == ONE_CORE
+    choice.record(ONE_CORE, 40e-6)
+    picks = [choice.choose() for _ in range(3 * PlacementChoice.EXPLORE - 2)]
+
+    # Chosen 2 to 48 (the 16th, 32nd and 48th choices explore): one core but for those three.
+    assert [i + 3 for i, mode in enumerate(picks) if mode == SPLIT] == [16, 32, 48]
+    assert picks.count(ONE_CORE) == len(picks) - 3
+
+
+def test_the_choice_follows_a_placement_that_became_dearer() -> None:
+    choice = PlacementChoice()
+    choice.record(SPLIT, 60e-6)
+    choice.record(ONE_CORE, 40e-6)
+
+    choice.record(ONE_CORE, 100e-6)  # a moving average: 40 + 0.3 * 60
+
+    assert choice.cost[ONE_CORE] == pytest.approx(58e-6)
+    assert choice.choose() == ONE_CORE, "still (just) the cheaper"
+    choice.record(ONE_CORE, 100e-6)
+    assert choice.choose() == SPLIT
+
+
+@multi_core
+def test_rollouts_beside_busy_other_cores_are_placed_as_the_choice_says_and_measured(tmp_path: Path) -> None:
+    _, model = pair(tmp_path, full=False)
+
+    def rollout() -> int:
+        assert model.begin_rollout()
+        word = int(model._words[_SLOT["placement"]])
+        for _ in range(3):  # no lease serves them: the model's side of the steps is enough here
+            model.put_actions(np.ones(N, dtype=np.int64))
+        model.end_rollout()
+        return word
+
+    def work() -> list[int]:
+        words = [rollout(), rollout()]
+        model.choice.cost[SPLIT] = 1e-9  # split measured far cheaper since
+        return [*words, rollout()]
+
+    words = in_thread(work)
+
+    assert words[0] < 0 and words[1] > 0 and words[2] < 0, "split, one core, then the cheaper: split"
+    assert (model.split_rollouts, model.colocated_rollouts) == (2, 1)
+    assert set(model.choice.cost) == {SPLIT, ONE_CORE} and model.choice.cost[ONE_CORE] > 0
+
+
+@multi_core
+def test_an_unmeasured_rollout_is_not_recorded(tmp_path: Path) -> None:
+    # A rollout without a step (a fault before the first) says nothing of its placement's cost.
+    _, model = pair(tmp_path, full=False)
+
+    in_thread(lambda: (model.begin_rollout(), model.end_rollout()))
+
+    assert model.choice.cost == {}
