@@ -146,7 +146,7 @@ def build_env(host: ActorHost) -> pykka.ActorRef[Any]:
     """Start the env actor over the vectorized env factory."""
     from actors.environment import EnvActor
     from services.env.factory import VecEnvFactory
-    from services.transport.shm import shared_folder
+    from services.transport.shm_files import shared_folder
     from services.transport.shm_folder import SharedFolder
 
     symbols: tuple[str, ...] = ()

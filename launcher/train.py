@@ -47,7 +47,7 @@ from services.session.state import SessionState
 from services.transport.curve import LOCAL_KIT
 from services.transport.endpoints import Endpoints, ipc_folder
 from services.transport.hub import EventHub
-from services.transport.shm import remove_buffers
+from services.transport.shm_files import remove_buffers
 from services.transport.sockets import Client, Publisher
 
 logger = logging.getLogger(__name__)

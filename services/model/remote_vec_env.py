@@ -30,7 +30,8 @@ from messages import (
 from services.env.options import build_action_space, build_observation_space
 from services.errors import TransportError
 from services.transport.colocate import release_thread
-from services.transport.shm import SharedResult, SharedSteps, StepLayout, shared_folder
+from services.transport.shm import SharedResult, SharedSteps, StepLayout
+from services.transport.shm_files import shared_folder
 
 
 class Requester(Protocol):

@@ -32,7 +32,8 @@ already served is answered without stepping again, so no step is ever taken twic
 killed or replaced mid-write leaves a step number that is not the one asked for, so the model raises
 `TornBuffer` instead of reading half a step; a model waiting on a killed env actor's `serving` word gives
 up after `SPIN_DEADLINE_S` and sends the token, which fails like any request to a dead actor. On x86-64
-stores become visible in program order, which the step-number-last rule relies on.
+stores become visible in program order, which the step-number-last rule relies on. The durations named
+here are in services.transport.shm_waits, the buffer files' names in services.transport.shm_files.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import numpy as np
 
 from services.env.records import StepOutputs
 from services.errors import TransportError
+from services.transport import shm_waits as waits
 from services.transport.colocate import (
     ONE_CORE,
     SLICE_NS,
@@ -63,14 +65,13 @@ from services.transport.colocate import (
     thread_placement,
 )
 from services.transport.doorbell import CpuLoad, Doorbell
+from services.transport.shm_files import SUFFIX, remove_buffers
 from services.transport.shm_layout import HEADER as _HEADER
 from services.transport.shm_layout import SLOT as _SLOT
 from services.transport.shm_layout import StepLayout
 
 logger = logging.getLogger(__name__)
 
-SUFFIX = ".shm"
-"""How a buffer file's name ends; anything else in the folder is not a buffer."""
 _ACTION, _RESULT, _FINISHED = (_SLOT[k] for k in ("action_step", "result_step", "finished"))
 _SERVING = _SLOT["serving"]
 _ENV_SLEEPING, _MODEL_SLEEPING, _PLACEMENT = (
@@ -80,40 +81,6 @@ _BELLS = (".env-bell", ".model-bell")
 """The named pipes next to a buffer file: the env actor sleeps on the first, the model on the second."""
 _WRITING = -1
 """The results' step number while they are being written."""
-
-LEASE_IDLE_S = 0.02
-"""How long a lease without an interruption check waits for the next step before it ends: a rollout's
-steps come every 0.1-0.5 ms, a short update phase (16 envs) takes about 10 ms."""
-LEASE_MAX_S = 0.25
-"""The longest lease without an interruption check: the env actor's other requests wait no longer."""
-CHECKED_IDLE_S = 1.0
-"""How long a lease that checks for other work (`interrupted`) waits for the next step: it outlasts the
-learner's update phases, so a session's rollouts all step within one lease instead of starting each
-with a token (a signed request that must also wake the env actor's socket poll)."""
-CHECKED_MAX_S = 5.0
-"""The longest lease that checks for other work: well inside the supervisor's limit on one message."""
-CHECK_S = 0.002
-"""How often such a lease asks whether other work waits (a request, a stop); that work waits no longer."""
-SPIN_DEADLINE_S = 1.0
-"""How long the model waits on a serving env actor before it sends the token instead."""
-ENV_SPIN_S = (0.002, 0.00002)
-"""How long the env actor spins for the next actions before it sleeps on its bell, on an idle and on a
-crowded machine (services.transport.doorbell.CpuLoad): the learner's forward pass and bookkeeping
-between two steps take 0.1-0.5 ms, which a spinning env actor covers on a free core."""
-MODEL_SPIN_S = (0.002, 0.00002)
-"""How long the model spins for a step's results before it sleeps on its bell, on an idle and on a
-crowded machine: a compiled step of 16 to 64 single-asset envs takes 5-15 us; on a crowded core a
-longer spin keeps the env actor from the core it needs (200 us gave 0.52 of the in-process rate beside
-a CPU hog at 16 envs, 20 us 0.60: docs/BENCHMARKS.md, section 14)."""
-COLOCATE = True
-"""Place the model's training thread and the env actor's serving thread during each rollout while other
-processes keep the other cores busy (services.transport.colocate): split (the model alone on its core,
-the lease on the others, asleep between steps) or on one core (a hand-over), whichever cost less a step
-lately while the model's core is free of them, on one core while every core is taken."""
-COLOCATED_SPIN_S = 0.002
-"""How long either side spins while both are on one core, crowded or not, and the model while it has its
-core alone (split): each turn of the spin yields the core, and the side it waits for is the one that
-gets it."""
 
 
 class TornBuffer(TransportError):
@@ -246,7 +213,7 @@ class SharedSteps:
         self._env_bell.ring()
         return self._step
 
-    def wait(self, step: int, deadline_s: float = SPIN_DEADLINE_S) -> bool:
+    def wait(self, step: int, deadline_s: float = waits.SPIN_DEADLINE_S) -> bool:
         """Wait until a lease has served `step`; return False when the token must be sent instead.
 
         False when the env actor is not serving, stops serving without this step, or has not served it
@@ -259,7 +226,7 @@ class SharedSteps:
         def ready() -> bool:
             return words[_RESULT] == step or not words[_SERVING]
 
-        spin = COLOCATED_SPIN_S if self._pinned else MODEL_SPIN_S[self._load.crowded()]
+        spin = waits.COLOCATED_SPIN_S if self._pinned else waits.MODEL_SPIN_S[self._load.crowded()]
         self._model_bell.wait(ready, spin, time.perf_counter() + deadline_s, self._load)
         if words[_RESULT] != step:
             return False
@@ -287,7 +254,7 @@ class SharedSteps:
 
     def _place(self) -> bool:
         """Pin the calling thread and write the placement word as the crowd says; return whether pinned."""
-        if not COLOCATE:
+        if not waits.COLOCATE:
             return False
         crowd = self._sample_crowd()
         placement = thread_placement()
@@ -315,7 +282,7 @@ class SharedSteps:
             self._chosen = None
             if self._step > first:
                 self.choice.record(mode, (time.perf_counter() - started) / (self._step - first))
-        if COLOCATE:
+        if waits.COLOCATE:
             self._sample_crowd()
         self._words[_PLACEMENT] = 0
         self._pinned = False
@@ -403,15 +370,15 @@ class SharedSteps:
         """
         checked = interrupted is not None
         if idle_s is None:
-            idle_s = CHECKED_IDLE_S if checked else LEASE_IDLE_S
+            idle_s = waits.CHECKED_IDLE_S if checked else waits.LEASE_IDLE_S
         if max_s is None:
-            max_s = CHECKED_MAX_S if checked else LEASE_MAX_S
+            max_s = waits.CHECKED_MAX_S if checked else waits.LEASE_MAX_S
         words = self._words
         served = 0
         last = words[_RESULT]
         clock = time.perf_counter
         end = clock() + max_s
-        check_at = clock() + CHECK_S if checked else math.inf
+        check_at = clock() + waits.CHECK_S if checked else math.inf
 
         def moved() -> bool:
             return bool(words[_ACTION] != last)
@@ -429,7 +396,7 @@ class SharedSteps:
                 if now >= check_at and interrupted is not None:
                     if interrupted():
                         return False
-                    check_at = now + CHECK_S
+                    check_at = now + waits.CHECK_S
                 if now >= idle_end:
                     return False
                 if bell.wait(moved, spin, min(idle_end, check_at), load, wake_spin):
@@ -450,7 +417,7 @@ class SharedSteps:
                 if split:  # on a core a busy process holds: only a sleeper is woken ahead of it
                     spin = 0.0
                 else:
-                    spin = COLOCATED_SPIN_S if placement.core >= 0 else ENV_SPIN_S[load.crowded()]
+                    spin = waits.COLOCATED_SPIN_S if placement.core >= 0 else waits.ENV_SPIN_S[load.crowded()]
                 if not next_step(spin):
                     break
                 step = words[_ACTION]
@@ -530,22 +497,3 @@ class SharedSteps:
                 bell.path.unlink(missing_ok=True)
         if self.owner:
             self.path.unlink(missing_ok=True)
-
-
-def remove_buffers(folder: Path, role: str = "") -> int:
-    """Remove the buffer files left in folder (of one role, or all); return how many were removed.
-
-    A buffer's bells (named pipes) go with it and are not counted.
-    """
-    removed = 0
-    for path in folder.glob(f"{role}-*{SUFFIX}*" if role else f"*{SUFFIX}*"):
-        path.unlink(missing_ok=True)
-        removed += path.name.endswith(SUFFIX)
-    return removed
-
-
-def shared_folder(endpoint: str) -> Path | None:
-    """Return the folder of an ipc endpoint's socket, where its buffers live; None for other endpoints."""
-    if not endpoint.startswith("ipc://"):
-        return None
-    return Path(endpoint[len("ipc://") :]).parent

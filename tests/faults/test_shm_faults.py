@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from services.transport.shm import SUFFIX
+from services.transport.shm_files import SUFFIX
 from tests.faults import test_faults as scenarios
 from tests.sessions import events
 

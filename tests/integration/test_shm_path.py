@@ -23,7 +23,8 @@ from services.env.portfolio import VecPortfolioEnv
 from services.env.vec_env import VecTradingEnv
 from services.model.remote_vec_env import RemoteBackend, RemoteVecEnv
 from services.runtime import PsutilProbe, SystemClock
-from services.transport.shm import SUFFIX, StepLayout
+from services.transport.shm import StepLayout
+from services.transport.shm_files import SUFFIX
 from services.transport.shm_folder import SharedFolder
 from services.transport.sockets import Client, RemoteError, Server
 from tests.integration.signing import KEY

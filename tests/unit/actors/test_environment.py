@@ -36,7 +36,7 @@ from messages import (
     StepShared,
 )
 from services.env.records import StepOutputs, StepResult
-from services.transport import shm
+from services.transport import shm, shm_waits
 from services.transport.shm import SharedSteps, StepLayout
 from services.transport.shm_folder import SharedFolder
 from tests.fakes import FakeClock, FakeProbe, FakePublisher, FakeServer
@@ -239,8 +239,8 @@ def test_describe_reset_and_step_serve_the_train_envs_in_one_batch(world) -> Non
 
 def test_a_request_that_comes_during_a_lease_ends_it_and_is_answered(tmp_path, monkeypatch) -> None:
     # The lease's own limits are made a minute long: only the waiting request can end it.
-    monkeypatch.setattr(shm, "CHECKED_IDLE_S", 60.0)
-    monkeypatch.setattr(shm, "CHECKED_MAX_S", 60.0)
+    monkeypatch.setattr(shm_waits, "CHECKED_IDLE_S", 60.0)
+    monkeypatch.setattr(shm_waits, "CHECKED_MAX_S", 60.0)
     server, factory = FakeServer(), FakeFactory()
     ports = Ports(server=lambda: server, publisher=FakePublisher)
     ref = EnvActor.start(

@@ -437,7 +437,7 @@ def test_the_lease_lets_go_of_the_core_once_the_model_clears_the_word(tmp_path: 
 
 
 def test_colocation_off_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("services.transport.shm.COLOCATE", False)
+    monkeypatch.setattr("services.transport.shm_waits.COLOCATE", False)
     _, model = pair(tmp_path)
 
     def work() -> tuple[bool, int, set[int]]:

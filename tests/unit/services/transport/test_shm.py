@@ -18,18 +18,11 @@ import pytest
 
 from services.env.options import EnvOptions
 from services.env.vec_env import VecTradingEnv
-from services.transport import shm
-from services.transport.shm import (
-    _SLOT,
-    CHECK_S,
-    SUFFIX,
-    SharedSteps,
-    StepLayout,
-    TornBuffer,
-    remove_buffers,
-    shared_folder,
-)
+from services.transport import shm_waits
+from services.transport.shm import _SLOT, SharedSteps, StepLayout, TornBuffer
+from services.transport.shm_files import SUFFIX, remove_buffers, shared_folder
 from services.transport.shm_folder import SharedFolder
+from services.transport.shm_waits import CHECK_S
 
 ROOT = Path(__file__).resolve().parents[4]
 N, OBS = 5, (14,)
@@ -294,8 +287,8 @@ def test_a_lease_that_checks_for_other_work_outlasts_a_pause_and_ends_once_work_
 def test_the_start_of_a_rollout_wakes_a_sleeping_lease_and_it_spins_for_the_first_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shm, "ENV_SPIN_S", (0.2, 0.2))  # spun out before the update ends, then asleep
-    monkeypatch.setattr(shm, "COLOCATE", False)
+    monkeypatch.setattr(shm_waits, "ENV_SPIN_S", (0.2, 0.2))  # spun out before the update ends, then asleep
+    monkeypatch.setattr(shm_waits, "COLOCATE", False)
     owner, model = pair(tmp_path)
     env = CountingEnv()
     thread, served = lease_in_thread(owner, env, interrupted=lambda: False, idle_s=60.0, max_s=60.0)
