@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import zmq
 
@@ -26,6 +24,7 @@ from services.transport.credentials import (
 )
 from services.transport.endpoints import connect, context, secure_ipc
 from services.transport.events import unpack_event
+from services.transport.socket_wait import SocketWaiter
 
 logger = logging.getLogger(__name__)
 
@@ -40,59 +39,6 @@ class RequestTimeout(TransportError):
 
 class RemoteError(TransportError):
     """The peer answered with RequestFailed."""
-
-
-SPIN_S = 0.002
-"""How long a socket on the hot path polls before it blocks: a reply to an env step, or the next step
-request, usually arrives within this, and waking a blocked process costs more than the spin."""
-HOT_S = 0.01
-"""A socket is on the hot path while its last message (received by a server, sent by a client) is at most
-this old; any other socket blocks at once, so idle actors cost no CPU."""
-
-
-# Plain ints: the spin reads these hundreds of times a request, and pyzmq's enums are slower to combine.
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-
-
-class _Waiter:
-    """Wait until a socket is readable: poll it in a loop for a short while when it is busy, else block.
-
-    The loop gives the CPU away (sched_yield) between polls, so that on a machine with few cores the
-    ZeroMQ I/O threads of both processes, which carry the message, are not kept waiting by the spin.
-    """
-
-    __slots__ = ("_last", "_sock")
-
-    def __init__(self, sock: zmq.Socket[bytes]) -> None:
-        self._sock = sock
-        self._last = -math.inf
-
-    def touch(self) -> None:
-        """Mark the socket busy: the next wait spins before it blocks."""
-        self._last = time.perf_counter()
-
-    def wait(self, timeout_ms: int) -> bool:
-        """Return True once the socket has a message, False after timeout_ms without one."""
-        readable = self._readable
-        if readable():
-            return True
-        if timeout_ms <= 0:
-            return False
-        started = now = time.perf_counter()
-        if now - self._last < HOT_S:
-            end = now + min(SPIN_S, timeout_ms / 1000)
-            while now < end:
-                os.sched_yield()
-                if readable():
-                    return True
-                now = time.perf_counter()
-            timeout_ms -= int((now - started) * 1000)
-        return bool(self._sock.poll(max(timeout_ms, 0)))
-
-    def _readable(self) -> bool:
-        """Tell whether a message is waiting, without blocking (cheaper than poll(0))."""
-        return bool(cast(int, self._sock.get(_EVENTS)) & _POLLIN)
 
 
 def _tune(sock: zmq.Socket[bytes], max_bytes: int) -> None:
@@ -217,7 +163,7 @@ class Server:
         self._guard = ServerGuard(self._sock, key)
         self._sock.bind(endpoint)
         secure_ipc(endpoint)
-        self._waiter = _Waiter(self._sock)
+        self._waiter = SocketWaiter(self._sock)
         self.endpoint = endpoint
         self.refused = 0
         """Messages refused because they were not signed with this session's key."""
@@ -347,7 +293,7 @@ class Client:
         if auth is not None:
             auth.apply(self._sock)
         connect(self._sock, endpoint)
-        self._waiter = _Waiter(self._sock)
+        self._waiter = SocketWaiter(self._sock)
         self._rejections = _Throttle()
 
     @classmethod

@@ -49,8 +49,8 @@ from services.session.state import SessionState
 from services.transport.endpoints import context, is_loopback
 from services.transport.events import pack_event, unpack_event
 from services.transport.hub import EventHub
+from services.transport.socket_wait import SPIN_S
 from services.transport.sockets import (
-    SPIN_S,
     Client,
     Publisher,
     RemoteError,
