@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import zmq
 
-import services.transport.sockets
+import services.transport.socket_wait
 from messages import (
     PROTOCOL_VERSION,
     DecodeError,
@@ -470,7 +470,7 @@ class YieldCounter:
             self.calls += 1
             real()
 
-        monkeypatch.setattr(services.transport.sockets.os, "sched_yield", counted)
+        monkeypatch.setattr(services.transport.socket_wait.os, "sched_yield", counted)
 
 
 def test_an_idle_server_blocks_without_spinning(res: Resources, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -488,7 +488,7 @@ def test_a_server_spins_right_after_a_request_then_blocks_once_idle(
     res: Resources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hot_s = 0.5  # wide, so that a slow CI machine cannot make the first poll miss the window
-    monkeypatch.setattr(services.transport.sockets, "HOT_S", hot_s)
+    monkeypatch.setattr(services.transport.socket_wait, "HOT_S", hot_s)
     server = res.add(Server(endpoint(res, "ipc"), max_bytes=MAX_BYTES, name="test", key=KEY))
     client = client_for(res, server.endpoint)
     client.send(Ping(sender="test"))
