@@ -213,11 +213,12 @@ class SharedSteps:
         self._env_bell.ring()
         return self._step
 
-    def wait(self, step: int, deadline_s: float = waits.SPIN_DEADLINE_S) -> bool:
+    def wait(self, step: int, deadline_s: float | None = None) -> bool:
         """Wait until a lease has served `step`; return False when the token must be sent instead.
 
         False when the env actor is not serving, stops serving without this step, or has not served it
-        within deadline_s (a stopped or killed env actor: the token then fails as any request does).
+        within deadline_s (default SPIN_DEADLINE_S; a stopped or killed env actor: the token then fails as
+        any request does).
         """
         words = self._words
         if not words[_SERVING]:
@@ -227,6 +228,8 @@ class SharedSteps:
             return words[_RESULT] == step or not words[_SERVING]
 
         spin = waits.COLOCATED_SPIN_S if self._pinned else waits.MODEL_SPIN_S[self._load.crowded()]
+        if deadline_s is None:
+            deadline_s = waits.SPIN_DEADLINE_S
         self._model_bell.wait(ready, spin, time.perf_counter() + deadline_s, self._load)
         if words[_RESULT] != step:
             return False

@@ -378,6 +378,20 @@ def test_a_model_spinning_on_a_killed_env_actor_gives_up_and_sends_the_token(tmp
         model.read(step)
 
 
+def test_the_models_default_deadline_is_read_when_it_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner, model = pair(tmp_path)
+    owner._words[_SLOT["serving"]] = 1
+    step = model.put_actions(np.ones(N, dtype=np.int64))
+    monkeypatch.setattr(shm_waits, "SPIN_DEADLINE_S", 0.05)  # after the buffer was made: read at the wait
+    started = time.monotonic()
+
+    assert not model.wait(step)
+
+    assert time.monotonic() - started < 0.9, "gave up at the deadline set, not the 1 s it was"
+
+
 def test_a_portfolio_buffer_holds_a_row_of_weights_per_env(tmp_path: Path) -> None:
     layout = StepLayout.of(N, OBS, "discrete3", action_size=4)
     owner = SharedSteps.create(tmp_path, "train", layout)
