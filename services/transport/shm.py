@@ -217,8 +217,7 @@ class SharedSteps:
         """Wait until a lease has served `step`; return False when the token must be sent instead.
 
         False when the env actor is not serving, stops serving without this step, or has not served it
-        within deadline_s (default SPIN_DEADLINE_S; a stopped or killed env actor: the token then fails as
-        any request does).
+        within deadline_s (SPIN_DEADLINE_S; a stopped or killed env actor: the token then fails too).
         """
         words = self._words
         if not words[_SERVING]:
@@ -228,9 +227,8 @@ class SharedSteps:
             return words[_RESULT] == step or not words[_SERVING]
 
         spin = waits.COLOCATED_SPIN_S if self._pinned else waits.MODEL_SPIN_S[self._load.crowded()]
-        if deadline_s is None:
-            deadline_s = waits.SPIN_DEADLINE_S
-        self._model_bell.wait(ready, spin, time.perf_counter() + deadline_s, self._load)
+        deadline = time.perf_counter() + (waits.SPIN_DEADLINE_S if deadline_s is None else deadline_s)
+        self._model_bell.wait(ready, spin, deadline, self._load)
         if words[_RESULT] != step:
             return False
         self.leased += 1
@@ -250,9 +248,8 @@ class SharedSteps:
             return self._place()
         finally:
             # A wake-up call: a lease asleep through the update spins for the first step. Rung after the
-            # crowd is read, or the lease it wakes counts as another process's task (its word still
-            # says it sleeps) and one CPU hog looks like two: 17 to 24 % of the rollouts beside one hog
-            # went on one core (docs/BENCHMARKS.md, section 14, session 12).
+            # crowd is read, or the lease it wakes counts as another's task (its word says it sleeps):
+            # 17 to 24 % of rollouts beside one hog went on one core (BENCHMARKS.md section 14).
             self._env_bell.ring()
 
     def _place(self) -> bool:
