@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, TypeVar
 
 import pykka
 
@@ -35,6 +35,9 @@ from messages import (
     Stopped,
 )
 from services.errors import InputError
+
+if TYPE_CHECKING:
+    import zmq
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +269,10 @@ class ServiceActor(pykka.ThreadingActor):
         if self._queued or not self.actor_inbox.empty():
             return True
         return self._server is not None and self._server.pending()
+
+    def request_socket(self) -> zmq.Socket[bytes] | None:
+        """The command socket, for a handler that sleeps until a request comes (None without one)."""
+        return None if self._server is None else self._server.socket
 
     def poll_timeout_ms(self) -> int:
         """How long an idle poll of the command socket may block."""

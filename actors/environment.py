@@ -37,6 +37,8 @@ from messages import (
 from messages.commands import PORTFOLIO_ARRAYS, RECORD_ARRAYS
 
 if TYPE_CHECKING:
+    import zmq
+
     from services.env.records import StepOutputs
 
 logger = logging.getLogger(__name__)
@@ -55,9 +57,15 @@ class SharedStepBuffer(Protocol):
         """Step the envs with the step's actions unless a lease already did; return how many finished."""
         ...
 
-    def serve(self, step_envs: Callable[[np.ndarray], Any], *, interrupted: Callable[[], bool]) -> int:
+    def serve(
+        self,
+        step_envs: Callable[[np.ndarray], Any],
+        *,
+        interrupted: Callable[[], bool],
+        woken_by: zmq.Socket[bytes] | None = None,
+    ) -> int:
         """Step each next step the model writes until it stops coming or interrupted() says other work
-        waits (a lease); return how many."""
+        waits (a lease; asleep, a message on woken_by wakes it to ask); return how many."""
         ...
 
     def outputs(self) -> StepOutputs:
@@ -154,7 +162,7 @@ class EnvActor(ServiceActor):
                     correlation_id=msg.msg_id, step=msg.step, finished=finished, sender=self.name
                 )
                 self.reply(peer, stepped)
-                buffer.serve(step_envs, interrupted=self.requests_waiting)
+                buffer.serve(step_envs, interrupted=self.requests_waiting, woken_by=self.request_socket())
             case AttachShared():
                 self.reply(peer, self._attach(msg))
             case ResetEnvs():

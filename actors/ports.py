@@ -18,6 +18,8 @@ from messages import Command, DataLoaded, Event, Incoming, Message, Reply
 from services.errors import TransportError
 
 if TYPE_CHECKING:
+    import zmq
+
     from services.data.dataset import EpisodeSplit
     from services.env.records import StepOutputs, StepResult
 
@@ -51,6 +53,12 @@ class CommandServer(Protocol):
 
     def pending(self) -> bool:
         """Tell, without blocking, whether a request waits to be polled."""
+        ...
+
+    @property
+    def socket(self) -> zmq.Socket[bytes] | None:
+        """The socket requests arrive on, for a handler that sleeps until one comes (None: it asks
+        `pending` now and then instead)."""
         ...
 
     def close(self) -> None:

@@ -52,6 +52,9 @@ class FakeServer:
     def push_garbage(self, error: str, peer: bytes = b"peer") -> None:
         self._inbox.put(Incoming(peer, None, error))
 
+    socket = None
+    """No socket to sleep on: a lease asks `pending` every CHECK_S."""
+
     def pending(self) -> bool:
         return not self._inbox.empty()
 

@@ -21,8 +21,16 @@ again. The model sends one at the start of each rollout, so the env actor's leas
 update, is spinning by the time the rollout's first actions come.
 
 A ring can be missed in one interleaving (the sleeper sets its word while the ringer reads the old one:
-no fence orders a store before a later load here); the sleeper's poll has a timeout (`NAP_S`) after
-which it checks the step word again, so a missed ring costs that much once and loses nothing.
+no fence orders a store before a later load here); the sleeper's first poll has a timeout (`NAP_S`)
+after which it checks the step word again, so a missed ring costs that much once and loses nothing.
+The word stays set through the rest of the sleep, by then long visible to the ringer, so later naps
+last until the deadline: a lease asleep through the learner's update does not wake every NAP_S (on two
+cores beside a CPU hog those wake-ups cost the learner 3 to 6 % of its rate: docs/BENCHMARKS.md,
+section 14).
+
+A sleeper can also wake on a ZeroMQ socket (`wait(..., also=socket)`): the env actor's lease sleeps on
+its bell and its command socket at once, so a request ends the lease at once without the lease waking
+to look for one.
 
 The pipes live next to their buffer in the session's 0700 ipc folder (0600), are made by the buffer's
 owner and removed with it.
@@ -40,8 +48,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import zmq
+
 NAP_S = 0.002
-"""The longest a sleeper blocks before it looks at the step word again (a missed ring costs this)."""
+"""The longest the first nap of a sleep lasts before the sleeper looks at the step word again (a missed
+ring costs this); the naps after it last until the deadline."""
 LOAD_WINDOW_S = 0.005
 """How often CpuLoad looks at the thread's time spent waiting for a core."""
 CROWDED_SHARE = 0.1
@@ -141,6 +152,8 @@ class Doorbell:
         self._poll.register(fd, select.POLLIN)
         self.called_at = -math.inf
         """time.perf_counter() of the last wake-up call (a ring that woke a wait before its condition)."""
+        self._poller: zmq.Poller | None = None
+        self._poller_socket: zmq.Socket[bytes] | None = None
         self.sleeps = 0
         """Waits on this bell that went to sleep after their spin (the rest ended spinning or at their
         deadline)."""
@@ -165,6 +178,7 @@ class Doorbell:
         deadline: float,
         load: CpuLoad | None = None,
         wake_spin_s: float | None = None,
+        also: zmq.Socket[bytes] | None = None,
     ) -> bool:
         """Return True once ready() holds; spin spin_s, then sleep on the bell; False at deadline.
 
@@ -178,6 +192,8 @@ class Doorbell:
             deadline: time.perf_counter() value after which to give up.
             load: the waiting thread's CpuLoad, which leaves the sleeps' wake-ups out of its windows.
             wake_spin_s: seconds to spin after a wake-up call.
+            also: a socket that ends the sleep too: the wait returns ready() as soon as a message
+                waits on it (owned by the calling thread, as ZeroMQ sockets must be).
         """
         if ready():
             return True
@@ -191,26 +207,39 @@ class Doorbell:
                 if ready():
                     return True
                 os.sched_yield()  # a runnable process waiting for this core gets it at once
-            rung = False
-            while not rung:  # a ring without the condition is a wake-up call: spin again
-                remaining = deadline - clock()
-                if remaining <= 0:
-                    return ready()
-                words[slot] = 1
-                try:
-                    if ready():
-                        return True
+            words[slot] = 1
+            try:
+                nap = NAP_S
+                rung = False
+                while not rung:  # a ring without the condition is a wake-up call: spin again
+                    remaining = deadline - clock()
+                    if remaining <= 0 or ready():
+                        return ready()
                     if not slept:
                         self.sleeps, slept = self.sleeps + 1, True
                     with load.asleep() if load is not None else contextlib.nullcontext():
-                        rung = bool(self._poll.poll(max(1, int(min(remaining, NAP_S) * 1000))))
+                        rung, message = self._sleep(max(1, int(min(remaining, nap) * 1000)), also)
+                    nap = math.inf  # the word has long been visible: no ring is missed from now on
                     if rung:
                         self._drain()
-                finally:
-                    words[slot] = 0
-                if ready():
-                    return True
+                    if message:
+                        return ready()
+            finally:
+                words[slot] = 0
+            if ready():
+                return True
             self.called_at = clock()
+
+    def _sleep(self, timeout_ms: int, also: zmq.Socket[bytes] | None) -> tuple[bool, bool]:
+        """Block up to timeout_ms on the pipe (and `also`); return (rung, a message waits on `also`)."""
+        if also is None:
+            return bool(self._poll.poll(timeout_ms)), False
+        if self._poller is None or self._poller_socket is not also:
+            self._poller, self._poller_socket = zmq.Poller(), also
+            self._poller.register(self._fd, zmq.POLLIN)
+            self._poller.register(also, zmq.POLLIN)
+        events = dict(self._poller.poll(timeout_ms))
+        return self._fd in events, also in events
 
     def _drain(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -218,6 +247,7 @@ class Doorbell:
 
     def close(self) -> None:
         """Close this process's end of the pipe."""
+        self._poller = self._poller_socket = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

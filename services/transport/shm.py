@@ -22,10 +22,12 @@ How the env actor learns of step 2, and the model of step 3, has two forms:
   side rings (services.transport.doorbell), so no system call is on the path of a step between two busy
   processes and a waiting process costs no CPU. The env actor's lease asks every `CHECK_S` whether other
   work waits (a request on its socket or already polled, a stop) and ends as soon as some does, so that
-  work waits no longer than that; otherwise it ends after `CHECKED_IDLE_S` without a new step (longer
-  than the learner's update phases, so a session's rollouts follow each other within one lease) or
-  `CHECKED_MAX_S` in all. A lease without that check (`LEASE_IDLE_S`, `LEASE_MAX_S`) ends sooner. Then
-  `serving` is cleared, the action step number is checked once more, and the next step goes by token.
+  work waits no longer than that; asleep, it sleeps on its command socket as well and asks when a
+  request comes, else every `ASLEEP_CHECK_S` (a stop). Otherwise it ends after `CHECKED_IDLE_S`
+  without a new step (longer than the learner's update phases, so a session's rollouts follow each
+  other within one lease) or `CHECKED_MAX_S` in all. A lease without that check (`LEASE_IDLE_S`,
+  `LEASE_MAX_S`) ends sooner. Then `serving` is cleared, the action step number is checked once more,
+  and the next step goes by token.
 
 Either side can stop waiting at any moment and fall back to the token: a token for a step the lease
 already served is answered without stepping again, so no step is ever taken twice or lost. A writer
@@ -46,7 +48,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -69,6 +71,9 @@ from services.transport.shm_files import SUFFIX, remove_buffers
 from services.transport.shm_layout import HEADER as _HEADER
 from services.transport.shm_layout import SLOT as _SLOT
 from services.transport.shm_layout import StepLayout
+
+if TYPE_CHECKING:
+    import zmq
 
 logger = logging.getLogger(__name__)
 
@@ -356,12 +361,18 @@ class SharedSteps:
         step_envs: Callable[[np.ndarray], Any],
         *,
         interrupted: Callable[[], bool] | None = None,
+        woken_by: zmq.Socket[bytes] | None = None,
         idle_s: float | None = None,
         max_s: float | None = None,
     ) -> int:
         """Hold a lease: step each next step the model writes until idle_s passes without one, max_s in
         all, or interrupted() says other work waits (asked every CHECK_S); return the steps served. Call it
         right after answering a token.
+
+        woken_by is the socket whose requests are other work (the env actor's command socket): asleep
+        on its bell the lease sleeps on it too and asks at once when a message comes, and otherwise
+        only every ASLEEP_CHECK_S (for work that comes by no socket, a stop), instead of waking every
+        CHECK_S through the learner's update phase.
 
         idle_s and max_s default to CHECKED_IDLE_S and CHECKED_MAX_S with an interruption check, to
         LEASE_IDLE_S and LEASE_MAX_S without one. A step that fails (bad actions) ends the lease
@@ -399,8 +410,14 @@ class SharedSteps:
                     check_at = now + waits.CHECK_S
                 if now >= idle_end:
                     return False
-                if bell.wait(moved, spin, min(idle_end, check_at), load, wake_spin):
+                if woken_by is None:
+                    deadline = min(idle_end, check_at)
+                else:
+                    deadline = min(idle_end, now + waits.ASLEEP_CHECK_S)
+                if bell.wait(moved, spin, deadline, load, wake_spin, woken_by):
                     return True
+                if woken_by is not None:  # a request came, or the deadline: ask at once
+                    check_at = clock()
                 if bell.called_at >= now:  # the spin after a wake-up call goes on past the check
                     spin = max(0.0, wake_spin - (clock() - bell.called_at))
                 else:

@@ -17,7 +17,13 @@ with a token (a signed request that must also wake the env actor's socket poll).
 CHECKED_MAX_S = 5.0
 """The longest lease that checks for other work: well inside the supervisor's limit on one message."""
 CHECK_S = 0.002
-"""How often such a lease asks whether other work waits (a request, a stop); that work waits no longer."""
+"""How often such a lease asks whether other work waits (a request, a stop) while it serves or spins;
+that work waits no longer."""
+ASLEEP_CHECK_S = 0.05
+"""How often a lease asleep on its bell and its command socket asks whether other work waits: a request
+wakes it at once, so this bounds only work that comes by no socket (a stop in the actor's inbox). Waking
+every CHECK_S through the learner's update phase instead cost the learner 3 to 6 % of its rate on two
+cores beside a CPU hog (docs/BENCHMARKS.md, section 14)."""
 SPIN_DEADLINE_S = 1.0
 """How long the model waits on a serving env actor before it sends the token instead."""
 ENV_SPIN_S = (0.002, 0.00002)

@@ -196,6 +196,11 @@ class Server:
         """Tell, without blocking, whether a message waits on the socket (signed or not)."""
         return self._waiter.wait(0)
 
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
+        """The ROUTER, for a handler that sleeps until a request comes (it polls, the Server reads)."""
+        return self._sock
+
     def _incoming(self, taken: _Taken) -> Incoming | None:
         peer = taken.frames[0].bytes
         if taken.error:

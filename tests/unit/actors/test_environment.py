@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 
 from actors.environment import EnvActor
 from actors.ports import Ports
@@ -26,6 +27,7 @@ from messages import (
     ErrorRaised,
     EvaluationComputed,
     FinishEvaluation,
+    Message,
     RequestFailed,
     ResetEnvs,
     SessionSet,
@@ -237,11 +239,45 @@ def test_describe_reset_and_step_serve_the_train_envs_in_one_batch(world) -> Non
     assert stepped.sender == "env"
 
 
-def test_a_request_that_comes_during_a_lease_ends_it_and_is_answered(tmp_path, monkeypatch) -> None:
-    # The lease's own limits are made a minute long: only the waiting request can end it.
+class SocketServer(FakeServer):
+    """A fake server whose requests also arrive as a byte on a ZeroMQ socket, as the real ROUTER's do:
+    a lease asleep on that socket wakes for them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        context = zmq.Context.instance()
+        self.socket = context.socket(zmq.PAIR)  # type: ignore[assignment]
+        self.socket.bind("inproc://env-actor-lease-test")
+        self._client = context.socket(zmq.PAIR)
+        self._client.connect("inproc://env-actor-lease-test")
+
+    def push(self, msg: Message, peer: bytes = b"peer") -> Message:
+        super().push(msg, peer)
+        self._client.send(b"\x01")
+        return msg
+
+    def pending(self) -> bool:  # called on the actor's thread, the socket's reader
+        while self.socket.poll(0):
+            self.socket.recv()
+        return super().pending()
+
+    def close(self) -> None:
+        super().close()
+        self.socket.close(0)
+        self._client.close(0)
+
+
+@pytest.mark.parametrize("woken", [False, True], ids=["asked-every-check", "woken-by-its-socket"])
+def test_a_request_that_comes_during_a_lease_ends_it_and_is_answered(tmp_path, monkeypatch, woken) -> None:
+    # The lease's own limits are made a minute long: only the waiting request can end it; with a socket
+    # to sleep on, the lease asleep asks only once a minute unless the request wakes it.
     monkeypatch.setattr(shm_waits, "CHECKED_IDLE_S", 60.0)
     monkeypatch.setattr(shm_waits, "CHECKED_MAX_S", 60.0)
-    server, factory = FakeServer(), FakeFactory()
+    monkeypatch.setattr(shm_waits, "ASLEEP_CHECK_S", 60.0)
+    if woken:  # and it does not ask while it serves either: only the socket's wake-up gets it to ask
+        monkeypatch.setattr(shm_waits, "CHECK_S", 60.0)
+    monkeypatch.setattr(shm_waits, "COLOCATE", False)
+    server, factory = SocketServer() if woken else FakeServer(), FakeFactory()
     ports = Ports(server=lambda: server, publisher=FakePublisher)
     ref = EnvActor.start(
         factory=factory, shared=SharedFolder(tmp_path), ports=ports, clock=FakeClock(), probe=FakeProbe()
@@ -264,6 +300,9 @@ def test_a_request_that_comes_during_a_lease_ends_it_and_is_answered(tmp_path, m
             time.sleep(0.001)
         following = model.put_actions(np.array([1, 1, 1, 1]))
         assert model.wait(following), "the lease serves the next step"
+        while not model._words[shm._SLOT["env_sleeping"]]:  # the update phase: the lease sleeps
+            assert time.monotonic() < deadline, "the lease never slept"
+            time.sleep(0.001)
 
         spec = server.reply_to(server.push(DescribeEnvs(role="train")), timeout_s=20.0)
 

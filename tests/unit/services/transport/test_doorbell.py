@@ -4,11 +4,13 @@ delays; the load probe reads how long the thread waited for a core."""
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from services.transport.doorbell import LOAD_WINDOW_S, NAP_S, CpuLoad, Doorbell
 
@@ -73,14 +75,68 @@ def test_no_ring_goes_out_while_nobody_sleeps(tmp_path: Path) -> None:
         os.read(sleeper._fd, 1)
 
 
-def test_a_missed_ring_costs_one_nap_and_the_deadline_is_kept(tmp_path: Path) -> None:
+def test_a_missed_ring_costs_the_first_nap_and_the_deadline_is_kept(tmp_path: Path) -> None:
     sleeper, _, _ = bell(tmp_path)
-    ready_at = time.perf_counter() + 3 * NAP_S
+    ready_at = time.perf_counter() + NAP_S / 2  # true while the sleeper naps, and nobody rings
 
     started = time.perf_counter()
     assert sleeper.wait(lambda: time.perf_counter() >= ready_at, spin_s=0.0, deadline=started + 30.0)
+    assert time.perf_counter() - started < 10.0, "seen after the first nap, not at the deadline"
     assert not sleeper.wait(lambda: False, spin_s=0.0, deadline=time.perf_counter() + 0.02)
-    assert time.perf_counter() - started < 10.0
+
+
+class CountingPoll:
+    """A bell's poll that notes each nap's timeout and whether the sleeping word was set for it."""
+
+    def __init__(self, poll: select.poll, words: memoryview) -> None:
+        self._poll = poll
+        self._words = words
+        self.naps: list[tuple[int, int]] = []
+
+    def poll(self, timeout_ms: int) -> list[tuple[int, int]]:
+        self.naps.append((timeout_ms, self._words[0]))
+        return self._poll.poll(timeout_ms)
+
+
+def test_after_its_first_short_nap_a_sleep_lasts_until_a_ring_or_its_deadline(tmp_path: Path) -> None:
+    sleeper, _, words = bell(tmp_path)
+    naps = CountingPoll(sleeper._poll, words)
+    sleeper._poll = naps  # type: ignore[assignment]
+
+    started = time.perf_counter()
+    assert not sleeper.wait(lambda: False, spin_s=0.0, deadline=started + 0.3)
+
+    assert time.perf_counter() - started >= 0.3
+    timeouts = [timeout for timeout, _ in naps.naps]
+    assert timeouts[0] <= NAP_S * 1000 and len(timeouts) <= 3, f"it woke {len(timeouts)} times: {timeouts}"
+    assert all(word == 1 for _, word in naps.naps), "the sleeping word stays set through the sleep"
+    assert words[0] == 0
+
+
+def test_a_message_on_the_socket_it_also_sleeps_on_ends_a_sleep(tmp_path: Path) -> None:
+    sleeper, _, words = bell(tmp_path)
+    context = zmq.Context.instance()
+    receiver, sender = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    receiver.bind("inproc://doorbell-test")
+    sender.connect("inproc://doorbell-test")
+
+    started = time.perf_counter()
+
+    def later() -> None:
+        while not words[0] and time.perf_counter() < started + 10:  # asleep: send, ring nothing
+            time.sleep(0.0005)
+        sender.send(b"request")
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    try:
+        assert not sleeper.wait(lambda: False, spin_s=0.0, deadline=started + 30.0, also=receiver)
+        assert time.perf_counter() - started < 10.0, "woken by the message, not at the deadline"
+        assert words[0] == 0 and receiver.poll(0), "the message is left for its reader"
+    finally:
+        thread.join()
+        receiver.close(0)
+        sender.close(0)
 
 
 def test_a_bell_that_is_not_a_named_pipe_is_refused(tmp_path: Path) -> None:

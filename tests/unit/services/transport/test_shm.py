@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zmq
 
 from services.env.options import EnvOptions
 from services.env.vec_env import VecTradingEnv
@@ -282,6 +283,44 @@ def test_a_lease_that_checks_for_other_work_outlasts_a_pause_and_ends_once_work_
     assert served == [3] and not model._words[_SLOT["serving"]]
     gaps = np.diff(asked[:-1])
     assert len(asked) > 20 and gaps.min() >= 0.5 * CHECK_S, "asked again and again, every CHECK_S at most"
+
+
+def test_a_lease_asleep_on_its_socket_asks_rarely_and_a_request_ends_it_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shm_waits, "ASLEEP_CHECK_S", 30.0)  # only the socket can end it soon
+    monkeypatch.setattr(shm_waits, "COLOCATE", False)
+    owner, model = pair(tmp_path)
+    env = CountingEnv()
+    context = zmq.Context.instance()
+    socket, client = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    socket.bind("inproc://lease-socket-test")
+    client.connect("inproc://lease-socket-test")
+    asked: list[float] = []
+
+    def interrupted() -> bool:  # the actor's check: a request waits on its socket
+        asked.append(time.monotonic())
+        return bool(socket.poll(0))
+
+    try:
+        thread, served = lease_in_thread(
+            owner, env, interrupted=interrupted, woken_by=socket, idle_s=60.0, max_s=60.0
+        )
+        wait_serving(model)
+        step = model.put_actions(np.ones(N, dtype=np.int64))
+        assert model.wait(step), "the lease serves the step"
+        time.sleep(0.3)  # an update phase: asleep on the bell and the socket
+        quiet = len(asked)
+
+        sent = time.monotonic()
+        client.send(b"request")
+        thread.join(10)
+        assert not thread.is_alive() and served == [1], "the request ended the lease"
+        assert time.monotonic() - sent < 10.0, "at once, not after ASLEEP_CHECK_S"
+        assert quiet <= 5, f"asked {quiet} times in 0.3 s asleep (every CHECK_S would be about 150)"
+    finally:
+        socket.close(0)
+        client.close(0)
 
 
 def test_the_start_of_a_rollout_wakes_a_sleeping_lease_and_it_spins_for_the_first_step(
