@@ -369,10 +369,8 @@ class SharedSteps:
         all, or interrupted() says other work waits (asked every CHECK_S); return the steps served. Call it
         right after answering a token.
 
-        woken_by is the socket whose requests are other work (the env actor's command socket): asleep
-        on its bell the lease sleeps on it too and asks at once when a message comes, and otherwise
-        only every ASLEEP_CHECK_S (for work that comes by no socket, a stop), instead of waking every
-        CHECK_S through the learner's update phase.
+        Asleep, the lease also sleeps on woken_by (its command socket), asks when a message comes
+        there and else only every ASLEEP_CHECK_S (a stop).
 
         idle_s and max_s default to CHECKED_IDLE_S and CHECKED_MAX_S with an interruption check, to
         LEASE_IDLE_S and LEASE_MAX_S without one. A step that fails (bad actions) ends the lease
@@ -410,10 +408,7 @@ class SharedSteps:
                     check_at = now + waits.CHECK_S
                 if now >= idle_end:
                     return False
-                if woken_by is None:
-                    deadline = min(idle_end, check_at)
-                else:
-                    deadline = min(idle_end, now + waits.ASLEEP_CHECK_S)
+                deadline = min(idle_end, check_at if woken_by is None else now + waits.ASLEEP_CHECK_S)
                 if bell.wait(moved, spin, deadline, load, wake_spin, woken_by):
                     return True
                 if woken_by is not None:  # a request came, or the deadline: ask at once
