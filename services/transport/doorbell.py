@@ -47,8 +47,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import zmq
+if TYPE_CHECKING:  # zmq is loaded only by a sleeper that also waits on a socket (predict loads none)
+    import zmq
 
 NAP_S = 0.002
 """The longest the first nap of a sleep lasts before the sleeper looks at the step word again (a missed
@@ -235,6 +237,8 @@ class Doorbell:
         if also is None:
             return bool(self._poll.poll(timeout_ms)), False
         if self._poller is None or self._poller_socket is not also:
+            import zmq
+
             self._poller, self._poller_socket = zmq.Poller(), also
             self._poller.register(self._fd, zmq.POLLIN)
             self._poller.register(also, zmq.POLLIN)
