@@ -55,20 +55,22 @@ from services.transport.colocate import (
 )
 from services.transport.doorbell import CpuLoad, Doorbell
 from services.transport.shm_files import SUFFIX, remove_buffers
-from services.transport.shm_layout import HEADER as _HEADER
-from services.transport.shm_layout import SLOT as _SLOT
-from services.transport.shm_layout import StepLayout
-from services.transport.shm_serve import ACTION as _ACTION
-from services.transport.shm_serve import FINISHED as _FINISHED
-from services.transport.shm_serve import PLACEMENT as _PLACEMENT
-from services.transport.shm_serve import RESULT as _RESULT
-from services.transport.shm_serve import SERVING as _SERVING
-from services.transport.shm_serve import WRITING as _WRITING
+from services.transport.shm_layout import (
+    ACTION,
+    ENV_SLEEPING,
+    FINISHED,
+    HEADER,
+    MODEL_SLEEPING,
+    PLACEMENT,
+    RESULT,
+    SERVING,
+    WRITING,
+    StepLayout,
+)
 from services.transport.shm_serve import EnvSide, TornBuffer
 
 logger = logging.getLogger(__name__)
 
-_ENV_SLEEPING, _MODEL_SLEEPING = (_SLOT[k] for k in ("env_sleeping", "model_sleeping"))
 _BELLS = (".env-bell", ".model-bell")
 """The named pipes next to a buffer file: the env actor sleeps on the first, the model on the second."""
 
@@ -95,9 +97,9 @@ class SharedSteps(EnvSide):
         self.layout = layout
         self.owner = owner
         offsets, _ = layout.offsets()
-        self._header = np.frombuffer(mapping, dtype=np.int64, count=len(_HEADER))
+        self._header = np.frombuffer(mapping, dtype=np.int64, count=len(HEADER))
         # The step words are read in spin loops: a memoryview reads a word in a fraction of numpy's time.
-        self._words = memoryview(mapping)[: len(_HEADER) * 8].cast("q")
+        self._words = memoryview(mapping)[: len(HEADER) * 8].cast("q")
         views = {
             name: np.frombuffer(mapping, dtype=dtype, count=math.prod(shape), offset=offsets[name]).reshape(
                 shape
@@ -112,7 +114,7 @@ class SharedSteps(EnvSide):
         self._done = self._flags[2]
         self._return = views["episode_return"]
         self._length = views["episode_length"]
-        self._step = int(self._header[_ACTION])
+        self._step = int(self._header[ACTION])
         self.leased = 0
         """Steps the env actor served within leases, without a token (the rest came by token)."""
         self.rollouts = self.colocated_rollouts = self.split_rollouts = 0
@@ -122,8 +124,8 @@ class SharedSteps(EnvSide):
         if owner:
             Doorbell.make(env_bell)
             Doorbell.make(model_bell)
-        self._env_bell = Doorbell(env_bell, self._words, _ENV_SLEEPING)
-        self._model_bell = Doorbell(model_bell, self._words, _MODEL_SLEEPING)
+        self._env_bell = Doorbell(env_bell, self._words, ENV_SLEEPING)
+        self._model_bell = Doorbell(model_bell, self._words, MODEL_SLEEPING)
         self._load = CpuLoad()
         self._pinned = False
         """Whether the model's rollout is placed now (its thread pinned, the placement word set)."""
@@ -195,7 +197,7 @@ class SharedSteps(EnvSide):
         """Write the next step's actions, then their step number (waking a sleeping lease); return it."""
         np.copyto(self.actions, np.asarray(actions).reshape(self.layout.action_shape), casting="same_kind")
         self._step += 1
-        self._words[_ACTION] = self._step
+        self._words[ACTION] = self._step
         self._env_bell.ring()
         return self._step
 
@@ -206,16 +208,16 @@ class SharedSteps(EnvSide):
         within deadline_s (SPIN_DEADLINE_S; a stopped or killed env actor: the token then fails too).
         """
         words = self._words
-        if not words[_SERVING]:
+        if not words[SERVING]:
             return False
 
         def ready() -> bool:
-            return words[_RESULT] == step or not words[_SERVING]
+            return words[RESULT] == step or not words[SERVING]
 
         spin = waits.COLOCATED_SPIN_S if self._pinned else waits.MODEL_SPIN_S[self._load.crowded()]
         deadline = time.perf_counter() + (waits.SPIN_DEADLINE_S if deadline_s is None else deadline_s)
         self._model_bell.wait(ready, spin, deadline, self._load)
-        if words[_RESULT] != step:
+        if words[RESULT] != step:
             return False
         self.leased += 1
         return True
@@ -254,10 +256,10 @@ class SharedSteps(EnvSide):
             mode = self.choice.choose()
             self._chosen = (mode, time.perf_counter(), self._step)
         if mode == ONE_CORE:
-            self._words[_PLACEMENT] = placement.core + 1
+            self._words[PLACEMENT] = placement.core + 1
             self.colocated_rollouts += 1
         else:
-            self._words[_PLACEMENT] = -(placement.core + 1)
+            self._words[PLACEMENT] = -(placement.core + 1)
             self.split_rollouts += 1
         return True
 
@@ -270,7 +272,7 @@ class SharedSteps(EnvSide):
                 self.choice.record(mode, (time.perf_counter() - started) / (self._step - first))
         if waits.COLOCATE:
             self._sample_crowd()
-        self._words[_PLACEMENT] = 0
+        self._words[PLACEMENT] = 0
         self._pinned = False
         release_thread()
 
@@ -280,7 +282,7 @@ class SharedSteps(EnvSide):
         if self._crowd is None:
             self._crowd = Crowd()
         words = self._words
-        self._crowd.sample(1 + int(bool(words[_SERVING]) and not words[_ENV_SLEEPING]))
+        self._crowd.sample(1 + int(bool(words[SERVING]) and not words[ENV_SLEEPING]))
         return self._crowd
 
     def read(self, step: int) -> SharedResult:
@@ -290,7 +292,7 @@ class SharedSteps(EnvSide):
         When no env finished, terminal_obs is empty and the episodes' values are shared read-only zeros.
         """
         self._check_results(step)
-        finished = self._words[_FINISHED]
+        finished = self._words[FINISHED]
         obs, reward, flags = self._obs.copy(), self._reward.copy(), self._flags.copy()
         if finished:
             done = flags[2]
@@ -304,9 +306,9 @@ class SharedSteps(EnvSide):
         return SharedResult(obs, reward, flags[0], flags[1], terminal, returns, lengths)
 
     def _check_results(self, step: int) -> None:
-        held = self._words[_RESULT]
+        held = self._words[RESULT]
         if held != step:
-            state = "half-written" if held == _WRITING else f"step {held}"
+            state = "half-written" if held == WRITING else f"step {held}"
             raise TornBuffer(f"shared buffer {self.name} holds {state}, not step {step}")
 
     def close(self) -> None:

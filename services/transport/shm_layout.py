@@ -32,6 +32,11 @@ HEADER = (
     "placement",
 )
 SLOT = {name: i for i, name in enumerate(HEADER)}
+ACTION, RESULT, FINISHED, SERVING = (SLOT[k] for k in ("action_step", "result_step", "finished", "serving"))
+ENV_SLEEPING, MODEL_SLEEPING, PLACEMENT = (SLOT[k] for k in ("env_sleeping", "model_sleeping", "placement"))
+"""The header words both sides read and write, by index."""
+WRITING = -1
+"""The results' step number while they are being written."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,19 +30,12 @@ from services.errors import TransportError
 from services.transport import shm_waits as waits
 from services.transport.colocate import SLICE_NS, Placement, request_slice, thread_placement
 from services.transport.doorbell import CpuLoad, Doorbell
-from services.transport.shm_layout import SLOT
+from services.transport.shm_layout import ACTION, FINISHED, PLACEMENT, RESULT, SERVING, WRITING
 
 if TYPE_CHECKING:
     import zmq
 
 logger = logging.getLogger(__name__)
-
-ACTION, RESULT, FINISHED, SERVING, PLACEMENT = (
-    SLOT[k] for k in ("action_step", "result_step", "finished", "serving", "placement")
-)
-"""The header words both sides read and write, by index."""
-WRITING = -1
-"""The results' step number while they are being written."""
 
 
 class TornBuffer(TransportError):

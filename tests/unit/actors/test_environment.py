@@ -38,9 +38,10 @@ from messages import (
     StepShared,
 )
 from services.env.records import StepOutputs, StepResult
-from services.transport import shm, shm_waits
+from services.transport import shm_waits
 from services.transport.shm import SharedSteps, StepLayout
 from services.transport.shm_folder import SharedFolder
+from services.transport.shm_layout import ENV_SLEEPING, SERVING
 from tests.fakes import FakeClock, FakeProbe, FakePublisher, FakeServer
 
 N_FEATURES = 3
@@ -295,19 +296,19 @@ def test_a_request_that_comes_during_a_lease_ends_it_and_is_answered(tmp_path, m
         stepped = server.reply_to(server.push(StepShared(role="train", name=attached.name, step=step)))
         assert isinstance(stepped, SharedStepped) and stepped.finished == 2
         deadline = time.monotonic() + 10
-        while not model._words[shm._SERVING]:  # the lease starts right after the answer
+        while not model._words[SERVING]:  # the lease starts right after the answer
             assert time.monotonic() < deadline, "the actor holds a lease after the token"
             time.sleep(0.001)
         following = model.put_actions(np.array([1, 1, 1, 1]))
         assert model.wait(following), "the lease serves the next step"
-        while not model._words[shm._SLOT["env_sleeping"]]:  # the update phase: the lease sleeps
+        while not model._words[ENV_SLEEPING]:  # the update phase: the lease sleeps
             assert time.monotonic() < deadline, "the lease never slept"
             time.sleep(0.001)
 
         spec = server.reply_to(server.push(DescribeEnvs(role="train")), timeout_s=20.0)
 
         assert isinstance(spec, EnvSpec) and spec.n_envs == 4
-        assert not model._words[shm._SERVING], "the lease ended for the request"
+        assert not model._words[SERVING], "the lease ended for the request"
         np.testing.assert_allclose(model.read(following).reward, 0.1, rtol=1e-6)
         model.close()
     finally:
