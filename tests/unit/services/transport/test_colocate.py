@@ -31,7 +31,7 @@ from services.transport.colocate import (
     thread_placement,
 )
 from services.transport.shm import SharedSteps, StepLayout
-from services.transport.shm_layout import SLOT
+from services.transport.shm_layout import ACTION, PLACEMENT, SERVING
 
 N, OBS = 4, (14,)
 CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -280,7 +280,7 @@ def test_a_rollout_on_a_machine_with_a_free_core_stays_unpinned(tmp_path: Path) 
 
     def work() -> tuple[bool, int, set[int]]:
         begun = model.begin_rollout()
-        return begun, int(model._words[SLOT["placement"]]), os.sched_getaffinity(0)
+        return begun, int(model._words[PLACEMENT]), os.sched_getaffinity(0)
 
     begun, word, cores = in_thread(work)
 
@@ -340,22 +340,22 @@ def placed_rollout(owner: SharedSteps, model: SharedSteps) -> Rollout:
         lease = threading.Thread(target=serve)
         lease.start()
         deadline = time.monotonic() + 10
-        while not model._words[SLOT["serving"]]:
+        while not model._words[SERVING]:
             assert time.monotonic() < deadline, "the lease never started"
             time.sleep(0.001)
         sleeps = owner._env_bell.sleeps
         assert model.begin_rollout()
         core = thread_placement().core
-        word = int(model._words[SLOT["placement"]])
+        word = int(model._words[PLACEMENT])
         pinned = os.sched_getaffinity(0)
         for _ in range(20):
             step = model.put_actions(np.ones(N, dtype=np.int64))
             assert model.wait(step)
             model.read(step)
         model.end_rollout()
-        cleared = int(model._words[SLOT["placement"]])
+        cleared = int(model._words[PLACEMENT])
         released = os.sched_getaffinity(0)
-        owner._words[SLOT["action_step"]] = -5  # ends the lease
+        owner._words[ACTION] = -5  # ends the lease
         lease.join(10)
         return Rollout(
             core, word, pinned, released, cleared, seen, after_lease, owner._env_bell.sleeps - sleeps
@@ -419,7 +419,7 @@ def test_the_lease_lets_go_of_the_core_once_the_model_clears_the_word(tmp_path: 
         owner.serve_token(first, env.step)
         lease = threading.Thread(target=lambda: owner.serve(step_envs, idle_s=5.0))
         lease.start()
-        while not model._words[SLOT["serving"]]:
+        while not model._words[SERVING]:
             time.sleep(0.001)
         model.begin_rollout()
         for _ in range(5):
@@ -429,7 +429,7 @@ def test_the_lease_lets_go_of_the_core_once_the_model_clears_the_word(tmp_path: 
         for _ in range(5):  # steps of the same lease after the rollout's end (an eval, say)
             step = model.put_actions(np.ones(N, dtype=np.int64))
             model.wait(step)
-        owner._words[SLOT["action_step"]] = -5
+        owner._words[ACTION] = -5
         lease.join(10)
 
     in_thread(rollout)
@@ -444,7 +444,7 @@ def test_colocation_off_changes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     def work() -> tuple[bool, int, set[int]]:
         begun = model.begin_rollout()
         model.end_rollout()
-        return begun, int(model._words[SLOT["placement"]]), os.sched_getaffinity(0)
+        return begun, int(model._words[PLACEMENT]), os.sched_getaffinity(0)
 
     begun, word, cores = in_thread(work)
 
@@ -501,7 +501,7 @@ def test_rollouts_beside_busy_other_cores_are_placed_as_the_choice_says_and_meas
 
     def rollout() -> int:
         assert model.begin_rollout()
-        word = int(model._words[SLOT["placement"]])
+        word = int(model._words[PLACEMENT])
         for _ in range(3):  # no lease serves them: the model's side of the steps is enough here
             model.put_actions(np.ones(N, dtype=np.int64))
         model.end_rollout()

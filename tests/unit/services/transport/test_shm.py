@@ -23,7 +23,7 @@ from services.transport import shm_waits
 from services.transport.shm import SharedSteps, StepLayout, TornBuffer
 from services.transport.shm_files import SUFFIX, remove_buffers, shared_folder
 from services.transport.shm_folder import SharedFolder
-from services.transport.shm_layout import SLOT
+from services.transport.shm_layout import ACTION, ENV_SLEEPING, FINISHED, RESULT, SERVING
 from services.transport.shm_waits import CHECK_S
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -111,7 +111,7 @@ def test_a_writer_killed_mid_write_leaves_a_step_the_model_refuses(tmp_path: Pat
         from services.transport.shm import SharedSteps, StepLayout
         layout = StepLayout.of({N}, {OBS!r}, "discrete3")
         steps = SharedSteps.attach(Path({str(tmp_path)!r}), {owner.name!r}, layout, layout.size)
-        steps._header[{SLOT["result_step"]}] = -1  # results being written
+        steps._header[{RESULT}] = -1  # results being written
         steps._obs[:2] = 7.0  # half the observations
         os.kill(os.getpid(), signal.SIGKILL)
         """
@@ -216,7 +216,7 @@ def lease_in_thread(
 
 def wait_serving(model: SharedSteps) -> None:
     deadline = time.monotonic() + 10
-    while not model._words[SLOT["serving"]]:
+    while not model._words[SERVING]:
         assert time.monotonic() < deadline, "the lease never started"
         time.sleep(0.001)
 
@@ -241,9 +241,9 @@ def test_a_lease_serves_steps_without_tokens_exactly_as_in_process(tmp_path: Pat
         np.testing.assert_array_equal(got.terminal_obs, expected.terminal_obs)
 
     assert model.leased == 50 and env.steps == 51
-    owner._words[SLOT["action_step"]] = -5  # not the next step: the lease ends and leaves it to a token
+    owner._words[ACTION] = -5  # not the next step: the lease ends and leaves it to a token
     thread.join(10)
-    assert served == [50] and not model._words[SLOT["serving"]]
+    assert served == [50] and not model._words[SERVING]
 
 
 def test_a_lease_ends_when_steps_stop_coming_and_the_next_goes_by_token(tmp_path: Path) -> None:
@@ -277,11 +277,11 @@ def test_a_lease_that_checks_for_other_work_outlasts_a_pause_and_ends_once_work_
         assert model.wait(step), "the lease serves the step"
         time.sleep(0.1)  # an update phase five times LEASE_IDLE_S: the lease holds
 
-    assert model._words[SLOT["serving"]] and thread.is_alive()
+    assert model._words[SERVING] and thread.is_alive()
     work.set()
     thread.join(10)
     assert not thread.is_alive(), "other work ends the lease (its limits were a minute)"
-    assert served == [3] and not model._words[SLOT["serving"]]
+    assert served == [3] and not model._words[SERVING]
     gaps = np.diff(asked[:-1])
     assert len(asked) > 20 and gaps.min() >= 0.5 * CHECK_S, "asked again and again, every CHECK_S at most"
 
@@ -334,24 +334,24 @@ def test_the_start_of_a_rollout_wakes_a_sleeping_lease_and_it_spins_for_the_firs
     thread, served = lease_in_thread(owner, env, interrupted=lambda: False, idle_s=60.0, max_s=60.0)
     wait_serving(model)
     deadline = time.monotonic() + 10
-    while not model._words[SLOT["env_sleeping"]]:  # the update phase: the lease sleeps
+    while not model._words[ENV_SLEEPING]:  # the update phase: the lease sleeps
         assert time.monotonic() < deadline, "the lease never slept"
         time.sleep(0.001)
     sleeps = owner._env_bell.sleeps
 
     model.begin_rollout()
-    while model._words[SLOT["env_sleeping"]]:
+    while model._words[ENV_SLEEPING]:
         assert time.monotonic() < deadline, "the wake-up call did not wake the lease"
         time.sleep(0.001)
     awake = []
     for _ in range(25):  # the first forward pass, across a dozen of the lease's checks (CHECK_S)
         time.sleep(0.002)
-        awake.append(not model._words[SLOT["env_sleeping"]])
+        awake.append(not model._words[ENV_SLEEPING])
     step = model.put_actions(np.ones(N, dtype=np.int64))
 
     assert model.wait(step)
     assert all(awake) and owner._env_bell.sleeps == sleeps, "the first step found the lease spinning"
-    owner._words[SLOT["action_step"]] = -5
+    owner._words[ACTION] = -5
     thread.join(10)
     assert served == [1]
 
@@ -370,7 +370,7 @@ def test_a_step_written_as_other_work_ends_the_lease_is_served_before_the_lease_
 
     assert owner.serve(env.step, interrupted=interrupted) == 1
 
-    assert env.steps == 1 and owner._words[SLOT["result_step"]] == written[0]
+    assert env.steps == 1 and owner._words[RESULT] == written[0]
     assert model.read(written[0]).obs.shape == (N, *OBS)
 
 
@@ -386,7 +386,7 @@ def test_a_token_for_a_step_the_lease_served_does_not_step_again(tmp_path: Path)
     # The model gave up spinning just before the result came and sent the token anyway.
     finished = owner.serve_token(step, env.step)
 
-    assert env.steps == 1 and finished == owner._words[SLOT["finished"]]
+    assert env.steps == 1 and finished == owner._words[FINISHED]
     assert model.read(step).reward.shape == (N,)
 
 
@@ -407,7 +407,7 @@ def test_a_failed_step_ends_the_lease_and_its_token_reports_the_error(tmp_path: 
 
 def test_a_model_spinning_on_a_killed_env_actor_gives_up_and_sends_the_token(tmp_path: Path) -> None:
     owner, model = pair(tmp_path)
-    owner._words[SLOT["serving"]] = 1  # a lease whose env actor was killed: nobody clears the word
+    owner._words[SERVING] = 1  # a lease whose env actor was killed: nobody clears the word
     step = model.put_actions(np.ones(N, dtype=np.int64))
     started = time.monotonic()
 
@@ -422,7 +422,7 @@ def test_the_models_default_deadline_is_read_when_it_waits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     owner, model = pair(tmp_path)
-    owner._words[SLOT["serving"]] = 1
+    owner._words[SERVING] = 1
     step = model.put_actions(np.ones(N, dtype=np.int64))
     monkeypatch.setattr(shm_waits, "SPIN_DEADLINE_S", 0.05)  # after the buffer was made: read at the wait
     started = time.monotonic()
